@@ -1,0 +1,472 @@
+//! The wire codec: rumqttc's `mqttbytes` for both protocol versions behind one packet type.
+//!
+//! The rest of the broker speaks MQTT 5.0 packets only (`v5::Packet`): 5.0 is a superset, so a
+//! 3.1.1 packet converts up without loss, and on the way out a 5.0 packet converts down by
+//! dropping what 3.1.1 cannot say (properties, reason codes beyond its few). That is how v5
+//! properties never reach a 3.1.1 client (the rumqttd bug in `rumqttd-notes.md`).
+//!
+//! Checks a server needs that a client library's codec does not make live here too: the protocol
+//! level is read before choosing a decoder, and the fixed-header flags of every packet type are
+//! verified (MQTT 5.0 §2.1.3).
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::{self as v4wire, v4};
+use rumqttc::v5::mqttbytes::{self as v5wire, v5, QoS};
+
+/// The protocol version of a connection, fixed by its CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V4,
+    V5,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("packet of {size} bytes exceeds the maximum of {max}")]
+    TooLarge { size: usize, max: u32 },
+    #[error("unsupported protocol level {0}")]
+    UnsupportedLevel(u8),
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    #[error("first packet is not CONNECT")]
+    NotConnect,
+}
+
+impl From<v5wire::Error> for CodecError {
+    fn from(e: v5wire::Error) -> Self {
+        match e {
+            v5wire::Error::PayloadSizeLimitExceeded { pkt_size, max } => CodecError::TooLarge {
+                size: pkt_size,
+                max,
+            },
+            other => CodecError::Malformed(other.to_string()),
+        }
+    }
+}
+
+impl From<v4wire::Error> for CodecError {
+    fn from(e: v4wire::Error) -> Self {
+        CodecError::Malformed(e.to_string())
+    }
+}
+
+/// Finds the protocol level of a CONNECT at the start of `buf`. `Ok(None)` means more bytes are
+/// needed.
+pub fn connect_version(buf: &[u8]) -> Result<Option<Version>, CodecError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    if first != 0x10 {
+        return Err(CodecError::NotConnect);
+    }
+    // Skip the remaining-length varint (1..=4 bytes).
+    let mut i = 1;
+    loop {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i > 4 {
+            return Err(CodecError::Malformed("remaining length".into()));
+        }
+    }
+    // Protocol name: a 2-byte length then "MQTT" (or "MQIsdp" for 3.1), then the level.
+    let Some(name_len) = buf.get(i..i + 2) else {
+        return Ok(None);
+    };
+    let name_len = u16::from_be_bytes([name_len[0], name_len[1]]) as usize;
+    let Some(&level) = buf.get(i + 2 + name_len) else {
+        return Ok(None);
+    };
+    match level {
+        4 => Ok(Some(Version::V4)),
+        5 => Ok(Some(Version::V5)),
+        other => Err(CodecError::UnsupportedLevel(other)),
+    }
+}
+
+/// Reads one packet from the front of `buf`. `Ok(None)` means more bytes are needed.
+pub fn read(
+    version: Version,
+    buf: &mut BytesMut,
+    max_size: u32,
+) -> Result<Option<v5::Packet>, CodecError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    check_flags(buf[0])?;
+    // A 5.0 DISCONNECT may omit everything after the fixed header (reason 0x00); the codec
+    // insists on a payload, so answer that two-byte form here.
+    if version == Version::V5 && buf[0] == 0xE0 && buf[1] == 0 {
+        let _ = buf.split_to(2);
+        return Ok(Some(v5::Packet::Disconnect(v5::Disconnect::new(
+            v5::DisconnectReasonCode::NormalDisconnection,
+        ))));
+    }
+    // mqttbytes counts the limit against the remaining length; MQTT counts the whole packet.
+    let limit = max_size.saturating_sub(5);
+    match version {
+        Version::V5 => match v5::Packet::read(buf, Some(limit)) {
+            Ok(packet) => Ok(Some(packet)),
+            Err(v5wire::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        },
+        Version::V4 => match v4::Packet::read(buf, limit as usize) {
+            Ok(packet) => Ok(Some(up(packet))),
+            Err(v4wire::Error::InsufficientBytes(_)) => Ok(None),
+            Err(v4wire::Error::PayloadSizeLimitExceeded(size)) => Err(CodecError::TooLarge {
+                size,
+                max: max_size,
+            }),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// Rejects fixed-header flags the specification reserves (§2.1.3): PUBREL, SUBSCRIBE and
+/// UNSUBSCRIBE carry 0b0010, PUBLISH may not be QoS 3, everything else carries 0.
+fn check_flags(byte1: u8) -> Result<(), CodecError> {
+    let (kind, flags) = (byte1 >> 4, byte1 & 0x0F);
+    let ok = match kind {
+        3 => (flags >> 1) & 0b11 != 0b11,
+        6 | 8 | 10 => flags == 0b0010,
+        1..=15 => flags == 0,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CodecError::Malformed(format!(
+            "invalid fixed header byte {byte1:#04x}"
+        )))
+    }
+}
+
+/// Writes one packet for a client of `version`. Returns `false` when the packet has no 3.1.1 form
+/// (a server DISCONNECT, AUTH): the caller then just closes.
+pub fn write(
+    version: Version,
+    packet: &v5::Packet,
+    buf: &mut BytesMut,
+) -> Result<bool, CodecError> {
+    match version {
+        Version::V5 => {
+            packet.write(buf, None)?;
+            Ok(true)
+        }
+        Version::V4 => match down(packet) {
+            Some(p) => {
+                p.write(buf, usize::MAX)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        },
+    }
+}
+
+/// Converts a 3.1.1 packet to its 5.0 equivalent.
+fn up(packet: v4::Packet) -> v5::Packet {
+    use v5::Packet as P;
+    match packet {
+        v4::Packet::Connect(c) => {
+            let will = c.last_will.map(|w| v5::LastWill {
+                topic: Bytes::from(w.topic),
+                message: w.message,
+                qos: qos_up(w.qos),
+                retain: w.retain,
+                properties: None,
+            });
+            let login = c.login.map(|l| v5::Login {
+                username: l.username,
+                password: l.password,
+            });
+            let connect = v5::Connect {
+                keep_alive: c.keep_alive,
+                client_id: c.client_id,
+                clean_start: c.clean_session,
+                properties: None,
+            };
+            P::Connect(connect, will, login)
+        }
+        v4::Packet::Publish(p) => P::Publish(v5::Publish {
+            dup: p.dup,
+            qos: qos_up(p.qos),
+            retain: p.retain,
+            topic: Bytes::from(p.topic),
+            pkid: p.pkid,
+            payload: p.payload,
+            properties: None,
+        }),
+        v4::Packet::PubAck(a) => P::PubAck(v5::PubAck::new(a.pkid, None)),
+        v4::Packet::PubRec(a) => P::PubRec(v5::PubRec::new(a.pkid, None)),
+        v4::Packet::PubRel(a) => P::PubRel(v5::PubRel::new(a.pkid, None)),
+        v4::Packet::PubComp(a) => P::PubComp(v5::PubComp::new(a.pkid, None)),
+        v4::Packet::Subscribe(s) => P::Subscribe(v5::Subscribe {
+            pkid: s.pkid,
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| v5::Filter {
+                    path: f.path,
+                    qos: qos_up(f.qos),
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
+                })
+                .collect(),
+            properties: None,
+        }),
+        v4::Packet::Unsubscribe(u) => P::Unsubscribe(v5::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.topics,
+            properties: None,
+        }),
+        v4::Packet::PingReq => P::PingReq(v5::PingReq),
+        v4::Packet::PingResp => P::PingResp(v5::PingResp),
+        v4::Packet::Disconnect => P::Disconnect(v5::Disconnect::new(
+            v5::DisconnectReasonCode::NormalDisconnection,
+        )),
+        v4::Packet::ConnAck(a) => P::ConnAck(v5::ConnAck {
+            session_present: a.session_present,
+            code: v5::ConnectReturnCode::Success,
+            properties: None,
+        }),
+        v4::Packet::SubAck(a) => P::SubAck(v5::SubAck {
+            pkid: a.pkid,
+            return_codes: Vec::new(),
+            properties: None,
+        }),
+        v4::Packet::UnsubAck(a) => P::UnsubAck(v5::UnsubAck {
+            pkid: a.pkid,
+            reasons: Vec::new(),
+            properties: None,
+        }),
+    }
+}
+
+/// Converts a server packet to its 3.1.1 form, dropping every property.
+fn down(packet: &v5::Packet) -> Option<v4::Packet> {
+    use v4::Packet as P;
+    Some(match packet {
+        v5::Packet::ConnAck(a) => {
+            P::ConnAck(v4::ConnAck::new(connack_code(a.code), a.session_present))
+        }
+        v5::Packet::Publish(p) => P::Publish(v4::Publish {
+            dup: p.dup,
+            qos: qos_down(p.qos),
+            retain: p.retain,
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            pkid: p.pkid,
+            payload: p.payload.clone(),
+        }),
+        v5::Packet::PubAck(a) => P::PubAck(v4::PubAck::new(a.pkid)),
+        v5::Packet::PubRec(a) => P::PubRec(v4::PubRec::new(a.pkid)),
+        v5::Packet::PubRel(a) => P::PubRel(v4::PubRel::new(a.pkid)),
+        v5::Packet::PubComp(a) => P::PubComp(v4::PubComp::new(a.pkid)),
+        v5::Packet::SubAck(a) => P::SubAck(v4::SubAck {
+            pkid: a.pkid,
+            return_codes: a
+                .return_codes
+                .iter()
+                .map(|c| match c {
+                    v5::SubscribeReasonCode::Success(q) => {
+                        v4::SubscribeReasonCode::Success(qos_down(*q))
+                    }
+                    _ => v4::SubscribeReasonCode::Failure,
+                })
+                .collect(),
+        }),
+        v5::Packet::UnsubAck(a) => P::UnsubAck(v4::UnsubAck { pkid: a.pkid }),
+        v5::Packet::PingResp(_) => P::PingResp,
+        _ => return None,
+    })
+}
+
+/// The 3.1.1 CONNACK return code closest to a 5.0 reason code.
+fn connack_code(code: v5::ConnectReturnCode) -> v4::ConnectReturnCode {
+    use v5::ConnectReturnCode as C;
+    match code {
+        C::Success => v4::ConnectReturnCode::Success,
+        C::UnsupportedProtocolVersion | C::RefusedProtocolVersion => {
+            v4::ConnectReturnCode::RefusedProtocolVersion
+        }
+        C::ClientIdentifierNotValid | C::BadClientId => v4::ConnectReturnCode::BadClientId,
+        // mosquitto answers wrong credentials with 0x05 too; clients treat both as final.
+        C::BadUserNamePassword | C::NotAuthorized | C::Banned | C::BadAuthenticationMethod => {
+            v4::ConnectReturnCode::NotAuthorized
+        }
+        _ => v4::ConnectReturnCode::ServiceUnavailable,
+    }
+}
+
+fn qos_up(q: v4wire::QoS) -> QoS {
+    match q {
+        v4wire::QoS::AtMostOnce => QoS::AtMostOnce,
+        v4wire::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        v4wire::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+fn qos_down(q: QoS) -> v4wire::QoS {
+    match q {
+        QoS::AtMostOnce => v4wire::QoS::AtMostOnce,
+        QoS::AtLeastOnce => v4wire::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => v4wire::QoS::ExactlyOnce,
+    }
+}
+
+/// The QoS a subscriber receives: the lower of the publication's and the subscription's.
+pub fn min_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) <= (b as u8) {
+        a
+    } else {
+        b
+    }
+}
+
+/// The higher of two QoS levels.
+pub fn max_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) >= (b as u8) {
+        a
+    } else {
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4_bytes(p: v4::Packet) -> BytesMut {
+        let mut b = BytesMut::new();
+        p.write(&mut b, usize::MAX).unwrap();
+        b
+    }
+
+    #[test]
+    fn detects_version_from_partial_connect() {
+        let mut c = v4::Connect::new("c1");
+        c.keep_alive = 30;
+        let full = v4_bytes(v4::Packet::Connect(c));
+        for n in 0..9 {
+            assert_eq!(connect_version(&full[..n]).unwrap(), None, "prefix {n}");
+        }
+        assert_eq!(connect_version(&full).unwrap(), Some(Version::V4));
+        let mut v5c = BytesMut::new();
+        v5::Packet::Connect(
+            v5::Connect {
+                keep_alive: 5,
+                client_id: "x".into(),
+                clean_start: true,
+                properties: None,
+            },
+            None,
+            None,
+        )
+        .write(&mut v5c, None)
+        .unwrap();
+        assert_eq!(connect_version(&v5c).unwrap(), Some(Version::V5));
+        assert!(matches!(
+            connect_version(&[0x30, 0]),
+            Err(CodecError::NotConnect)
+        ));
+        assert!(matches!(
+            connect_version(&[0x10, 7, 0, 4, b'M', b'Q', b'T', b'T', 3]),
+            Err(CodecError::UnsupportedLevel(3))
+        ));
+    }
+
+    #[test]
+    fn v4_publish_round_trips_through_v5() {
+        let p = v4::Publish {
+            dup: false,
+            qos: v4wire::QoS::AtLeastOnce,
+            retain: true,
+            topic: "a/b".into(),
+            pkid: 7,
+            payload: Bytes::from_static(b"hi"),
+        };
+        let mut buf = v4_bytes(v4::Packet::Publish(p.clone()));
+        let packet = read(Version::V4, &mut buf, 1024).unwrap().unwrap();
+        let mut out = BytesMut::new();
+        assert!(write(Version::V4, &packet, &mut out).unwrap());
+        assert_eq!(out, v4_bytes(v4::Packet::Publish(p)));
+    }
+
+    #[test]
+    fn v5_properties_never_reach_v4() {
+        let mut props = v5::PublishProperties::default();
+        props.user_properties.push(("k".into(), "v".into()));
+        props.content_type = Some("text/plain".into());
+        let p = v5::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: Bytes::from_static(b"t"),
+            pkid: 0,
+            payload: Bytes::from_static(b"x"),
+            properties: Some(props),
+        };
+        let mut out = BytesMut::new();
+        write(Version::V4, &v5::Packet::Publish(p), &mut out).unwrap();
+        assert_eq!(&out[..], &[0x30, 4, 0, 1, b't', b'x']);
+    }
+
+    #[test]
+    fn partial_input_needs_more_and_oversize_is_refused() {
+        let p = v4::Packet::Publish(v4::Publish::new(
+            "t",
+            v4wire::QoS::AtMostOnce,
+            vec![0u8; 100],
+        ));
+        let full = v4_bytes(p);
+        for n in 0..full.len() {
+            let mut part = BytesMut::from(&full[..n]);
+            assert!(
+                read(Version::V4, &mut part, 1024).unwrap().is_none(),
+                "prefix {n}"
+            );
+        }
+        let mut big = full.clone();
+        assert!(matches!(
+            read(Version::V4, &mut big, 50),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn reserved_flags_are_malformed() {
+        for bytes in [
+            &[0x60u8, 2, 0, 1][..],
+            &[0x36, 2, 0, 1],
+            &[0xC1, 0],
+            &[0x80, 2, 0, 1],
+        ] {
+            let mut b = BytesMut::from(bytes);
+            assert!(
+                matches!(
+                    read(Version::V4, &mut b, 1024),
+                    Err(CodecError::Malformed(_))
+                ),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_v5_disconnect_is_normal() {
+        let mut b = BytesMut::from(&[0xE0u8, 0][..]);
+        let p = read(Version::V5, &mut b, 1024).unwrap().unwrap();
+        assert!(matches!(
+            p,
+            v5::Packet::Disconnect(v5::Disconnect {
+                reason_code: v5::DisconnectReasonCode::NormalDisconnection,
+                ..
+            })
+        ));
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,408 @@
+//! The one typed configuration: the embedded `config/natter.toml`, or a file given with `--config`,
+//! then `NATTER_<SECTION>_<KEY>` environment overrides, then command-line flags; validated before
+//! anything starts.
+//!
+//! Environment variables are passed in as an iterator (not read here) so tests can inject them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default configuration, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../config/natter.toml");
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "NATTER_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub tls: TlsConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub listen: String,
+    pub ws_listen: String,
+    pub tls_listen: String,
+    pub wss_listen: String,
+    pub handshake_timeout_secs: u64,
+    pub max_packet_size: u32,
+    pub max_keepalive_secs: u16,
+    pub receive_maximum: u16,
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub queue_overflow: QueueOverflow,
+    pub topic_alias_maximum: u16,
+    pub max_session_expiry_secs: u32,
+    pub max_retained: usize,
+    pub max_client_id_len: usize,
+    pub sys_interval_secs: u64,
+}
+
+/// What a full session queue does with one more message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueOverflow {
+    DropOldest,
+    DropNewest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub allow_anonymous: bool,
+    pub acl_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Overrides given on the command line (they win over file and environment).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub mqtt: Option<String>,
+    pub ws: Option<String>,
+    pub http: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the file (or the embedded default), applies environment overrides and flags, and
+    /// validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            None => DEFAULT_TOML.to_string(),
+        };
+        // A file given with --config may set only some keys: start from the defaults.
+        let mut table: toml::Table = DEFAULT_TOML
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        let file_table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_string()))?;
+        merge(&mut table, file_table)?;
+        for (name, value) in env {
+            if let Some(key) = name.strip_prefix(ENV_PREFIX) {
+                apply_env(&mut table, &name, key, &value)?;
+            }
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().trim().to_string()))?;
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded defaults, validated (what tests start from).
+    pub fn default_config() -> Config {
+        Config::load(None, std::iter::empty(), &Overrides::default())
+            .expect("the embedded default config is valid")
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.mqtt {
+            self.mqtt.listen = v.clone();
+        }
+        if let Some(v) = &o.ws {
+            self.mqtt.ws_listen = v.clone();
+        }
+        if let Some(v) = &o.http {
+            self.http.listen = v.clone();
+        }
+        if let Some(v) = &o.data_dir {
+            self.storage.data_dir = v.clone();
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        addr("mqtt.listen", &m.listen, false)?;
+        addr("mqtt.ws_listen", &m.ws_listen, true)?;
+        addr("mqtt.tls_listen", &m.tls_listen, true)?;
+        addr("mqtt.wss_listen", &m.wss_listen, true)?;
+        addr("http.listen", &self.http.listen, true)?;
+        if m.handshake_timeout_secs == 0 {
+            return Err(invalid("mqtt.handshake_timeout_secs", "must be at least 1"));
+        }
+        // 2 (fixed header) + the largest remaining length MQTT can encode.
+        if !(16..=268_435_460).contains(&m.max_packet_size) {
+            return Err(invalid(
+                "mqtt.max_packet_size",
+                "must be between 16 and 268435460 bytes",
+            ));
+        }
+        if m.receive_maximum == 0 {
+            return Err(invalid("mqtt.receive_maximum", "must be at least 1"));
+        }
+        if m.max_inflight == 0 {
+            return Err(invalid("mqtt.max_inflight", "must be at least 1"));
+        }
+        if m.max_client_id_len == 0 {
+            return Err(invalid("mqtt.max_client_id_len", "must be at least 1"));
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return Err(invalid("tls", "set both cert and key, or neither"));
+        }
+        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if !path.is_empty() && !Path::new(path).is_file() {
+                return Err(invalid(key, format!("{path} is not a readable file")));
+            }
+        }
+        if !self.auth.acl_file.is_empty() && !Path::new(&self.auth.acl_file).is_file() {
+            return Err(invalid(
+                "auth.acl_file",
+                format!("{} is not a readable file", self.auth.acl_file),
+            ));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.data_dir", "must not be empty"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid("log.level", "not a valid tracing filter"));
+        }
+        Ok(())
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        !self.tls.cert.is_empty()
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.mqtt.handshake_timeout_secs)
+    }
+}
+
+/// Parses a listen address; an empty string disables the listener where `optional`.
+fn addr(key: &str, value: &str, optional: bool) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.is_empty() {
+        return if optional {
+            Ok(None)
+        } else {
+            Err(invalid(key, "must be set"))
+        };
+    }
+    value.parse().map(Some).map_err(|_| {
+        invalid(
+            key,
+            format!("`{value}` is not an address like 0.0.0.0:1883"),
+        )
+    })
+}
+
+/// Parses an already validated listen address (`None` when disabled).
+pub fn listen_addr(value: &str) -> Option<SocketAddr> {
+    value.parse().ok()
+}
+
+/// Copies `from` over `into`, section by section.
+fn merge(into: &mut toml::Table, from: toml::Table) -> Result<(), ConfigError> {
+    for (section, value) in from {
+        match (into.get_mut(&section), value) {
+            (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
+                for (key, v) in src {
+                    if !dst.contains_key(&key) {
+                        return Err(invalid(&format!("{section}.{key}"), "unknown key"));
+                    }
+                    dst.insert(key, v);
+                }
+            }
+            _ => return Err(invalid(&section, "unknown section")),
+        }
+    }
+    Ok(())
+}
+
+/// Applies `NATTER_SECTION_KEY=value`. The value is read as TOML (numbers, booleans) and falls
+/// back to a plain string, so `NATTER_MQTT_LISTEN=0.0.0.0:1884` needs no quoting.
+fn apply_env(
+    table: &mut toml::Table,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let lower = key.to_ascii_lowercase();
+    let (section, field) = lower
+        .split_once('_')
+        .ok_or_else(|| invalid(name, "expected NATTER_<SECTION>_<KEY>"))?;
+    let Some(toml::Value::Table(dst)) = table.get_mut(section) else {
+        return Err(invalid(name, format!("unknown section `{section}`")));
+    };
+    let Some(current) = dst.get(field) else {
+        return Err(invalid(name, format!("unknown key `{section}.{field}`")));
+    };
+    let parsed = match current {
+        toml::Value::String(_) => toml::Value::String(value.to_string()),
+        _ => format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| invalid(name, format!("`{value}` is not a valid value")))?,
+    };
+    dst.insert(field.to_string(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::default_config();
+        assert_eq!(c.mqtt.listen, "0.0.0.0:1883");
+        assert!(!c.auth.allow_anonymous);
+        assert!(!c.tls_enabled());
+    }
+
+    #[test]
+    fn env_overrides_and_flags() {
+        let o = Overrides {
+            ws: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(
+            None,
+            env(&[
+                ("NATTER_MQTT_LISTEN", "127.0.0.1:1999"),
+                ("NATTER_AUTH_ALLOW_ANONYMOUS", "true"),
+                ("NATTER_MQTT_MAX_INFLIGHT", "5"),
+                ("NATTER_MQTT_WS_LISTEN", "1.2.3.4:5"),
+                ("UNRELATED", "x"),
+            ]),
+            &o,
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.listen, "127.0.0.1:1999");
+        assert!(c.auth.allow_anonymous);
+        assert_eq!(c.mqtt.max_inflight, 5);
+        assert_eq!(c.mqtt.ws_listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "NATTER_MQTT_LISTEN",
+                "nowhere",
+                "config: mqtt.listen: `nowhere` is not an address like 0.0.0.0:1883",
+            ),
+            (
+                "NATTER_MQTT_FROB",
+                "1",
+                "config: NATTER_MQTT_FROB: unknown key `mqtt.frob`",
+            ),
+            (
+                "NATTER_NOPE_X",
+                "1",
+                "config: NATTER_NOPE_X: unknown section `nope`",
+            ),
+            (
+                "NATTER_MQTT_RECEIVE_MAXIMUM",
+                "0",
+                "config: mqtt.receive_maximum: must be at least 1",
+            ),
+            (
+                "NATTER_MQTT_QUEUE_OVERFLOW",
+                "explode",
+                "config: unknown variant `explode`, expected `drop_oldest` or `drop_newest`",
+            ),
+            (
+                "NATTER_TLS_CERT",
+                "/nonexistent.pem",
+                "config: tls: set both cert and key, or neither",
+            ),
+        ];
+        for (k, v, want) in cases {
+            let err = Config::load(None, env(&[(k, v)]), &Overrides::default()).unwrap_err();
+            assert_eq!(err.to_string(), *want);
+        }
+    }
+
+    #[test]
+    fn file_sets_some_keys_and_rejects_unknown_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "[mqtt]\nlisten = \"127.0.0.1:2000\"\n").unwrap();
+        let c = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.mqtt.listen, "127.0.0.1:2000");
+        assert_eq!(c.mqtt.max_inflight, 64);
+        std::fs::write(&path, "[mqtt]\nlistne = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap_err();
+        assert_eq!(err.to_string(), "config: mqtt.listne: unknown key");
+    }
+}

@@ -1,0 +1,832 @@
+//! One MQTT connection: CONNECT, then a loop that reads packets, authorizes them and hands them
+//! to the router, and writes what the router puts in the connection's mailbox.
+//!
+//! Everything version-specific stays here and in `codec`: the router sees 5.0 packets and
+//! [`Message`]s; a 3.1.1 client simply never sends properties and never sees any.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ring::rand::SecureRandom;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    LastWill, Login, Packet, PubAck, PubAckReason, PubComp, PubRec, PubRecReason, Publish,
+    PublishProperties,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::oneshot;
+
+use super::transport::Transport;
+use super::Shared;
+use crate::access::{Identity, Refusal};
+use crate::codec::{self, CodecError, Version};
+use crate::router::{Ack, ConnectRequest, Delivery, Event, Mailbox, Message, Outbound, Will};
+use crate::stats::Stats;
+use crate::topics;
+
+/// How long a closing connection may take to write its last packets.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Close {
+    /// The client sent DISCONNECT.
+    Client { will: bool, expiry: Option<u32> },
+    /// The peer vanished or the socket failed.
+    Lost,
+    /// We end it, telling a 5.0 client why.
+    Server(DisconnectReasonCode),
+}
+
+pub(super) struct Connection {
+    shared: Arc<Shared>,
+    io: Transport,
+    version: Version,
+    peer: SocketAddr,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    identity: Identity,
+    conn_id: u64,
+    mailbox: Arc<Mailbox>,
+    /// 1.5 × the keep alive in force; `None` when keep alive is 0.
+    keepalive: Option<Duration>,
+    /// The client's Maximum Packet Size (5.0).
+    client_max_packet: Option<u32>,
+    /// Topic aliases the client set towards us.
+    alias_in: HashMap<u16, Bytes>,
+    /// Topic aliases we set towards the client, up to its Topic Alias Maximum.
+    alias_out: HashMap<Bytes, u16>,
+    client_alias_max: u16,
+    /// QoS 2 packet ids received and not yet released (Receive Maximum accounting).
+    pending_qos2: HashSet<u16>,
+    /// A session that expires at disconnect cannot be given an expiry by DISCONNECT (§3.14.2.2.2).
+    expiry_was_zero: bool,
+}
+
+fn protocol_error(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.into())
+}
+
+/// Reads and answers the CONNECT. `Ok(None)`: refused or gone, already answered.
+pub(super) async fn accept(
+    mut io: Transport,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> io::Result<Option<Connection>> {
+    let limits = &shared.limits;
+    let mut buf = BytesMut::new();
+    let version = loop {
+        match codec::connect_version(&buf) {
+            Ok(Some(v)) => break v,
+            Ok(None) => {}
+            Err(CodecError::UnsupportedLevel(level)) => {
+                tracing::info!(%peer, level, "unsupported protocol level");
+                refuse(
+                    &mut io,
+                    Version::V4,
+                    ConnectReturnCode::UnsupportedProtocolVersion,
+                )
+                .await;
+                return Ok(None);
+            }
+            Err(e) => return Err(protocol_error(e.to_string())),
+        }
+        if io.read(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+    };
+    let packet = loop {
+        match codec::read(version, &mut buf, limits.max_packet_size) {
+            Ok(Some(p)) => break p,
+            Ok(None) => {
+                if io.read(&mut buf).await? == 0 {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(protocol_error(e.to_string())),
+        }
+    };
+    let Packet::Connect(connect, will, login) = packet else {
+        return Err(protocol_error("first packet is not CONNECT"));
+    };
+    match admit(shared, version, connect, will, login).await {
+        Ok(admitted) => {
+            let Admitted {
+                identity,
+                conn_id,
+                mailbox,
+                keepalive,
+                client_max_packet,
+                client_alias_max,
+                expiry_was_zero,
+                connack,
+            } = admitted;
+            tracing::debug!(%peer, client = %identity.client_id, ?version, "connected");
+            let mut conn = Connection {
+                shared: shared.clone(),
+                io,
+                version,
+                peer,
+                rbuf: buf,
+                wbuf: BytesMut::new(),
+                identity,
+                conn_id,
+                mailbox,
+                keepalive,
+                client_max_packet,
+                alias_in: HashMap::new(),
+                alias_out: HashMap::new(),
+                client_alias_max,
+                pending_qos2: HashSet::new(),
+                expiry_was_zero,
+            };
+            conn.queue(&Packet::ConnAck(connack));
+            // The router may have queued resends already: CONNACK must go first, so the
+            // mailbox is drained only once this write is done.
+            conn.flush().await?;
+            Ok(Some(conn))
+        }
+        Err(code) => {
+            tracing::info!(%peer, ?version, ?code, "connection refused");
+            refuse(&mut io, version, code).await;
+            Ok(None)
+        }
+    }
+}
+
+async fn refuse(io: &mut Transport, version: Version, code: ConnectReturnCode) {
+    let mut buf = BytesMut::new();
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+        properties: None,
+    });
+    if codec::write(version, &connack, &mut buf).is_ok() {
+        let _ = io.write(buf.freeze()).await;
+    }
+    io.shutdown().await;
+}
+
+struct Admitted {
+    identity: Identity,
+    conn_id: u64,
+    mailbox: Arc<Mailbox>,
+    keepalive: Option<Duration>,
+    client_max_packet: Option<u32>,
+    client_alias_max: u16,
+    expiry_was_zero: bool,
+    connack: ConnAck,
+}
+
+/// Validates, authenticates and registers a CONNECT with the router.
+async fn admit(
+    shared: &Arc<Shared>,
+    version: Version,
+    connect: Connect,
+    will: Option<LastWill>,
+    login: Option<Login>,
+) -> Result<Admitted, ConnectReturnCode> {
+    let limits = &shared.limits;
+    let props = connect.properties.unwrap_or_else(empty_connect_properties);
+    if props.authentication_method.is_some() {
+        return Err(ConnectReturnCode::BadAuthenticationMethod);
+    }
+    if props.receive_maximum == Some(0) || props.max_packet_size == Some(0) {
+        return Err(ConnectReturnCode::ProtocolError);
+    }
+
+    let user = shared
+        .access
+        .authenticate(login.as_ref().map(|l| l.username.as_str()))
+        .map_err(|r| match r {
+            Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
+            Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
+        })?;
+
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        // 3.1.1 allows an empty id only with a clean session (§3.1.3-8).
+        if version == Version::V4 && !connect.clean_start {
+            return Err(ConnectReturnCode::ClientIdentifierNotValid);
+        }
+        let id = random_client_id();
+        assigned = Some(id.clone());
+        id.into()
+    } else if connect.client_id.len() > limits.max_client_id_len {
+        return Err(ConnectReturnCode::ClientIdentifierNotValid);
+    } else {
+        connect.client_id.into()
+    };
+    let identity = Identity { user, client_id };
+
+    let will = match will {
+        Some(w) => Some(will_message(shared, &identity, w)?),
+        None => None,
+    };
+
+    // Keep alive: 5.0 clients are told the server's cap; 3.1.1 clients cannot be, so theirs is
+    // honoured as sent.
+    let mut server_keep_alive = None;
+    let mut keep_alive = connect.keep_alive;
+    if version == Version::V5
+        && limits.max_keepalive > 0
+        && (keep_alive == 0 || keep_alive > limits.max_keepalive)
+    {
+        keep_alive = limits.max_keepalive;
+        server_keep_alive = Some(keep_alive);
+    }
+    let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+
+    let requested_expiry = match version {
+        Version::V5 => props.session_expiry_interval.unwrap_or(0),
+        Version::V4 if connect.clean_start => 0,
+        Version::V4 => limits.max_session_expiry,
+    };
+    let expiry = requested_expiry.min(limits.max_session_expiry);
+
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let mailbox = Arc::new(Mailbox::new(limits.max_queued_qos0));
+    let (tx, rx) = oneshot::channel();
+    let request = ConnectRequest {
+        identity: identity.clone(),
+        conn_id,
+        mailbox: mailbox.clone(),
+        clean_start: connect.clean_start,
+        expiry_secs: expiry,
+        receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+        will,
+    };
+    if shared
+        .router
+        .send(Event::Connect(request, tx))
+        .await
+        .is_err()
+    {
+        return Err(ConnectReturnCode::ServerUnavailable);
+    }
+    let session_present = rx.await.map_err(|_| ConnectReturnCode::ServerUnavailable)?;
+
+    let properties = (version == Version::V5).then(|| {
+        let mut p = empty_connack_properties();
+        p.assigned_client_identifier = assigned;
+        p.receive_max = Some(limits.receive_maximum);
+        p.max_packet_size = Some(limits.max_packet_size);
+        p.topic_alias_max = Some(limits.topic_alias_maximum);
+        p.server_keep_alive = server_keep_alive;
+        if expiry != requested_expiry {
+            p.session_expiry_interval = Some(expiry);
+        }
+        p
+    });
+    Ok(Admitted {
+        identity,
+        conn_id,
+        mailbox,
+        keepalive,
+        client_max_packet: props.max_packet_size,
+        client_alias_max: props.topic_alias_max.unwrap_or(0),
+        expiry_was_zero: expiry == 0,
+        connack: ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+            properties,
+        },
+    })
+}
+
+/// Checks a will like a PUBLISH and turns it into a message.
+fn will_message(
+    shared: &Shared,
+    identity: &Identity,
+    w: LastWill,
+) -> Result<Will, ConnectReturnCode> {
+    let topic = std::str::from_utf8(&w.topic).map_err(|_| ConnectReturnCode::TopicNameInvalid)?;
+    topics::validate_name(topic).map_err(|_| ConnectReturnCode::TopicNameInvalid)?;
+    if !shared.access.can_publish(identity, topic) {
+        tracing::info!(client = %identity.client_id, topic, "will refused by ACL");
+        return Err(ConnectReturnCode::NotAuthorized);
+    }
+    let p = w.properties;
+    let delay_secs = p.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
+    let expiry = p.as_ref().and_then(|p| p.message_expiry_interval);
+    if p.as_ref().and_then(|p| p.payload_format_indicator) == Some(1)
+        && std::str::from_utf8(&w.message).is_err()
+    {
+        return Err(ConnectReturnCode::PayloadFormatInvalid);
+    }
+    let properties = p.map(|p| PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: None,
+        topic_alias: None,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: p.content_type,
+    });
+    Ok(Will {
+        delay_secs,
+        message: Message {
+            topic: w.topic,
+            payload: w.message,
+            qos: w.qos,
+            retain: w.retain,
+            properties,
+            // A will's expiry counts from its publication; the router stamps that moment.
+            expires_at: None,
+            origin: Some(identity.client_id.clone()),
+        },
+        expiry_secs: expiry,
+    })
+}
+
+fn random_client_id() -> String {
+    let mut bytes = [0u8; 8];
+    // The system RNG failing is not recoverable in any useful way; a fixed-size fill cannot fail
+    // otherwise. Fall back to the connection clock so an id is still unique enough.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        bytes = nanos.to_le_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("natter-{hex}")
+}
+
+fn empty_connect_properties() -> rumqttc::v5::mqttbytes::v5::ConnectProperties {
+    rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        session_expiry_interval: None,
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: Vec::new(),
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
+fn empty_connack_properties() -> ConnAckProperties {
+    ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: None,
+        assigned_client_identifier: None,
+        topic_alias_max: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
+impl Connection {
+    pub(super) async fn run(mut self) {
+        let close = self.serve().await;
+        self.finish(close).await;
+    }
+
+    async fn serve(&mut self) -> Close {
+        let shutdown = self.shared.shutdown.clone();
+        let mailbox = self.mailbox.clone();
+        let mut outbox = Vec::new();
+        let mut last_read = Instant::now();
+        loop {
+            if let Some(close) = self.handle_buffered().await {
+                return close;
+            }
+            if self.flush().await.is_err() {
+                return Close::Lost;
+            }
+            if self.rbuf.is_empty() {
+                // Hand the read buffer back while idle; the next read takes a fresh one.
+                self.rbuf = BytesMut::new();
+            }
+            let deadline = self.keepalive.map(|k| last_read + k);
+            tokio::select! {
+                _ = shutdown.cancelled() => return Close::Server(DisconnectReasonCode::ServerShuttingDown),
+                _ = mailbox.ready() => {
+                    mailbox.drain_into(&mut outbox);
+                    for item in outbox.drain(..) {
+                        if let Some(close) = self.on_outbound(item).await {
+                            return close;
+                        }
+                    }
+                }
+                read = self.io.read(&mut self.rbuf) => match read {
+                    Ok(0) | Err(_) => return Close::Lost,
+                    Ok(n) => {
+                        last_read = Instant::now();
+                        Stats::add(&self.shared.stats.bytes_received, n as u64);
+                    }
+                },
+                _ = sleep_until(deadline) => {
+                    tracing::debug!(client = %self.identity.client_id, "keep alive timeout");
+                    return Close::Server(DisconnectReasonCode::KeepAliveTimeout);
+                }
+            }
+        }
+    }
+
+    /// Handles every complete packet in the read buffer.
+    async fn handle_buffered(&mut self) -> Option<Close> {
+        loop {
+            match codec::read(
+                self.version,
+                &mut self.rbuf,
+                self.shared.limits.max_packet_size,
+            ) {
+                Ok(Some(packet)) => {
+                    if let Some(close) = self.on_packet(packet).await {
+                        return Some(close);
+                    }
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::info!(client = %self.identity.client_id, peer = %self.peer, error = %e, "bad packet");
+                    return Some(Close::Server(match e {
+                        CodecError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+                        _ => DisconnectReasonCode::MalformedPacket,
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn on_packet(&mut self, packet: Packet) -> Option<Close> {
+        match packet {
+            Packet::Publish(p) => return self.on_publish(p).await,
+            Packet::PubAck(a) => return self.ack(Ack::PubAck(a.pkid)).await,
+            Packet::PubRec(r) => {
+                let accepted = matches!(
+                    r.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                );
+                return self.ack(Ack::PubRec(r.pkid, accepted)).await;
+            }
+            Packet::PubComp(c) => return self.ack(Ack::PubComp(c.pkid)).await,
+            Packet::PubRel(r) => {
+                self.pending_qos2.remove(&r.pkid);
+                let event = Event::Release {
+                    client: self.identity.client_id.clone(),
+                    pkid: r.pkid,
+                };
+                if self.shared.router.send(event).await.is_err() {
+                    return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
+                }
+                self.queue(&Packet::PubComp(PubComp::new(r.pkid, None)));
+            }
+            Packet::Subscribe(s) => {
+                let shared_no_local = s
+                    .filters
+                    .iter()
+                    .any(|f| f.nolocal && f.path.starts_with("$share/"));
+                if shared_no_local || s.properties.as_ref().and_then(|p| p.id) == Some(0) {
+                    return Some(Close::Server(DisconnectReasonCode::ProtocolError));
+                }
+                let event = Event::Subscribe {
+                    client: self.identity.client_id.clone(),
+                    conn_id: self.conn_id,
+                    packet: s,
+                };
+                if self.shared.router.send(event).await.is_err() {
+                    return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
+                }
+            }
+            Packet::Unsubscribe(u) => {
+                let event = Event::Unsubscribe {
+                    client: self.identity.client_id.clone(),
+                    conn_id: self.conn_id,
+                    packet: u,
+                };
+                if self.shared.router.send(event).await.is_err() {
+                    return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
+                }
+            }
+            Packet::PingReq(_) => {
+                self.queue(&Packet::PingResp(rumqttc::v5::mqttbytes::v5::PingResp))
+            }
+            Packet::Disconnect(d) => {
+                let expiry = d.properties.and_then(|p| p.session_expiry_interval);
+                if self.expiry_was_zero && expiry.is_some_and(|e| e > 0) {
+                    return Some(Close::Server(DisconnectReasonCode::ProtocolError));
+                }
+                return Some(Close::Client {
+                    will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                    expiry,
+                });
+            }
+            Packet::Connect(..)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp(_)
+            | Packet::Auth(_) => {
+                tracing::info!(client = %self.identity.client_id, "unexpected packet from client");
+                return Some(Close::Server(DisconnectReasonCode::ProtocolError));
+            }
+        }
+        None
+    }
+
+    async fn ack(&mut self, ack: Ack) -> Option<Close> {
+        let event = Event::Ack {
+            client: self.identity.client_id.clone(),
+            conn_id: self.conn_id,
+            ack,
+        };
+        if self.shared.router.send(event).await.is_err() {
+            return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
+        }
+        None
+    }
+
+    async fn on_publish(&mut self, p: Publish) -> Option<Close> {
+        let (qos, pkid) = (p.qos, p.pkid);
+        let mut properties = p.properties;
+        let topic = match self.resolve_alias(p.topic, properties.as_mut()) {
+            Ok(topic) => topic,
+            Err(reason) => return Some(Close::Server(reason)),
+        };
+        let Ok(topic_str) = std::str::from_utf8(&topic) else {
+            return Some(Close::Server(DisconnectReasonCode::MalformedPacket));
+        };
+        if let Err(e) = topics::validate_name(topic_str) {
+            tracing::info!(client = %self.identity.client_id, topic = topic_str, error = %e, "invalid topic name");
+            // 3.1.1 has no way to refuse one message: a wildcard in a topic name is a protocol
+            // violation there, and the connection ends.
+            if self.version == Version::V4 || qos == QoS::AtMostOnce {
+                return Some(Close::Server(DisconnectReasonCode::TopicNameInvalid));
+            }
+            return self.refuse_publish(qos, pkid, PubAckReason::TopicNameInvalid);
+        }
+        let utf8_promised = properties.as_ref().and_then(|p| p.payload_format_indicator) == Some(1);
+        if utf8_promised && std::str::from_utf8(&p.payload).is_err() {
+            return self.refuse_publish(qos, pkid, PubAckReason::PayloadFormatInvalid);
+        }
+        if !self.shared.access.can_publish(&self.identity, topic_str) {
+            tracing::info!(client = %self.identity.client_id, topic = topic_str, "publish refused by ACL");
+            return self.refuse_publish(qos, pkid, PubAckReason::NotAuthorized);
+        }
+        if qos == QoS::ExactlyOnce
+            && !self.pending_qos2.contains(&pkid)
+            && self.pending_qos2.len() >= usize::from(self.shared.limits.receive_maximum)
+        {
+            return Some(Close::Server(DisconnectReasonCode::ReceiveMaximumExceeded));
+        }
+        let expires_at = properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+        if let Some(p) = properties.as_mut() {
+            // Subscription identifiers are the server's to set (§3.3.4).
+            p.subscription_identifiers.clear();
+            p.message_expiry_interval = None;
+        }
+        let message = Message {
+            topic,
+            payload: p.payload,
+            qos,
+            retain: p.retain,
+            properties,
+            expires_at,
+            origin: Some(self.identity.client_id.clone()),
+        };
+        let event = Event::Publish {
+            client: self.identity.client_id.clone(),
+            message,
+            qos2_pkid: (qos == QoS::ExactlyOnce).then_some(pkid),
+        };
+        if self.shared.router.send(event).await.is_err() {
+            return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
+        }
+        Stats::add(&self.shared.stats.messages_received, 1);
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.queue(&Packet::PubAck(PubAck::new(pkid, None))),
+            QoS::ExactlyOnce => {
+                self.pending_qos2.insert(pkid);
+                self.queue(&Packet::PubRec(PubRec::new(pkid, None)));
+            }
+        }
+        None
+    }
+
+    /// Applies an inbound topic alias (5.0 §3.3.2.3.4): sets it when a topic comes with it,
+    /// looks it up when the topic is empty.
+    fn resolve_alias(
+        &mut self,
+        topic: Bytes,
+        properties: Option<&mut PublishProperties>,
+    ) -> Result<Bytes, DisconnectReasonCode> {
+        let alias = properties.and_then(|p| p.topic_alias.take());
+        match alias {
+            None if topic.is_empty() => Err(DisconnectReasonCode::ProtocolError),
+            None => Ok(topic),
+            Some(a) if a == 0 || a > self.shared.limits.topic_alias_maximum => {
+                Err(DisconnectReasonCode::TopicAliasInvalid)
+            }
+            Some(a) if topic.is_empty() => self
+                .alias_in
+                .get(&a)
+                .cloned()
+                .ok_or(DisconnectReasonCode::ProtocolError),
+            Some(a) => {
+                self.alias_in.insert(a, topic.clone());
+                Ok(topic)
+            }
+        }
+    }
+
+    /// Refuses one PUBLISH: 5.0 learns why from the acknowledgement's reason code; 3.1.1 has no
+    /// negative acknowledgement, so it gets a normal one and the message is dropped (as mosquitto
+    /// does), rather than a disconnect it would answer by reconnecting in a loop.
+    fn refuse_publish(&mut self, qos: QoS, pkid: u16, reason: PubAckReason) -> Option<Close> {
+        let v5 = self.version == Version::V5;
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let mut ack = PubAck::new(pkid, None);
+                if v5 {
+                    ack.reason = reason;
+                }
+                self.queue(&Packet::PubAck(ack));
+            }
+            QoS::ExactlyOnce => {
+                let mut rec = PubRec::new(pkid, None);
+                if v5 {
+                    rec.reason = pubrec_reason(reason);
+                }
+                self.queue(&Packet::PubRec(rec));
+            }
+        }
+        None
+    }
+
+    async fn on_outbound(&mut self, item: Outbound) -> Option<Close> {
+        match item {
+            Outbound::Publish(d) => {
+                if let Some(ack) = self.write_delivery(d) {
+                    return self.ack(ack).await;
+                }
+            }
+            Outbound::Packet(p) => self.queue(&p),
+            Outbound::Disconnect(reason) => return Some(Close::Server(reason)),
+        }
+        None
+    }
+
+    /// Encodes a delivery. When it cannot be sent (expired, or larger than the client accepts)
+    /// the specification says to treat it as delivered: the returned ack tells the router so.
+    fn write_delivery(&mut self, d: Delivery) -> Option<Ack> {
+        let m = &d.message;
+        let dropped = match d.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Ack::PubAck(d.pkid)),
+            QoS::ExactlyOnce => Some(Ack::PubRec(d.pkid, false)),
+        };
+        let now = Instant::now();
+        let mut properties = None;
+        if self.version == Version::V5 {
+            let expiry = match m.expires_at {
+                Some(at) if at <= now => {
+                    Stats::add(&self.shared.stats.messages_dropped, 1);
+                    return dropped;
+                }
+                Some(at) => Some(remaining_secs(at - now)),
+                None => None,
+            };
+            if m.properties.is_some() || expiry.is_some() || !d.subscription_ids.is_empty() {
+                let mut p = m.properties.clone().unwrap_or_default();
+                p.message_expiry_interval = expiry;
+                p.subscription_identifiers = d.subscription_ids.clone();
+                properties = Some(p);
+            }
+        }
+        let mut publish = Publish {
+            dup: d.dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: m.topic.clone(),
+            pkid: d.pkid,
+            payload: m.payload.clone(),
+            properties,
+        };
+        if let Some(max) = self.client_max_packet {
+            if publish.size() > max as usize {
+                tracing::debug!(client = %self.identity.client_id, "message larger than the client's maximum packet size dropped");
+                Stats::add(&self.shared.stats.messages_dropped, 1);
+                return dropped;
+            }
+        }
+        if self.version == Version::V5 && self.client_alias_max > 0 {
+            self.apply_alias_out(&mut publish);
+        }
+        self.queue(&Packet::Publish(publish));
+        Stats::add(&self.shared.stats.messages_sent, 1);
+        None
+    }
+
+    /// Outbound topic aliases: the first time a topic is sent it gets the next free alias; later
+    /// messages on it carry only the alias. Once the client's maximum is used up, new topics go
+    /// out in full.
+    fn apply_alias_out(&mut self, publish: &mut Publish) {
+        let alias = match self.alias_out.get(&publish.topic) {
+            Some(&a) => {
+                publish.topic = Bytes::new();
+                a
+            }
+            None if self.alias_out.len() < usize::from(self.client_alias_max) => {
+                let a = self.alias_out.len() as u16 + 1;
+                self.alias_out.insert(publish.topic.clone(), a);
+                a
+            }
+            None => return,
+        };
+        publish
+            .properties
+            .get_or_insert_with(PublishProperties::default)
+            .topic_alias = Some(alias);
+    }
+
+    /// Encodes a packet into the write buffer.
+    fn queue(&mut self, packet: &Packet) {
+        if let Err(e) = codec::write(self.version, packet, &mut self.wbuf) {
+            tracing::warn!(client = %self.identity.client_id, error = %e, "cannot encode packet");
+        }
+    }
+
+    /// Writes the write buffer out.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.wbuf).freeze();
+        Stats::add(&self.shared.stats.bytes_sent, data.len() as u64);
+        self.io.write(data).await
+    }
+
+    async fn finish(mut self, close: Close) {
+        let (publish_will, expiry) = match &close {
+            Close::Client { will, expiry } => (*will, *expiry),
+            Close::Lost | Close::Server(_) => (true, None),
+        };
+        if let Close::Server(reason) = close {
+            tracing::debug!(client = %self.identity.client_id, ?reason, "closing connection");
+            if self.version == Version::V5 {
+                self.queue(&Packet::Disconnect(Disconnect::new(reason)));
+            }
+        }
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            let _ = self.flush().await;
+            self.io.shutdown().await;
+        })
+        .await;
+        let event = Event::Closed {
+            client: self.identity.client_id.clone(),
+            conn_id: self.conn_id,
+            publish_will,
+            expiry_secs: expiry,
+        };
+        let _ = self.shared.router.send(event).await;
+        tracing::debug!(client = %self.identity.client_id, peer = %self.peer, "disconnected");
+    }
+}
+
+fn pubrec_reason(reason: PubAckReason) -> PubRecReason {
+    match reason {
+        PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+        PubAckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
+        PubAckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
+        _ => PubRecReason::UnspecifiedError,
+    }
+}
+
+/// Whole seconds left, rounded up so a message is never reported as already expired.
+fn remaining_secs(d: Duration) -> u32 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

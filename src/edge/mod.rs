@@ -1,0 +1,155 @@
+//! The network edge: listeners, handshakes, and one task per connection speaking MQTT.
+//!
+//! Each accepted socket gets its own task at once; the TLS handshake, the WebSocket upgrade and
+//! the CONNECT all happen inside that task under `handshake_timeout_secs`, so a slow or silent
+//! peer never delays anyone else's accept.
+
+mod connection;
+mod tls;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use tls::{acceptor as tls_acceptor, TlsError};
+use transport::{Io, Transport};
+
+use crate::access::Access;
+use crate::config::MqttConfig;
+use crate::router::Event;
+use crate::stats::Stats;
+
+/// What kind of listener a socket arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+/// The connection-level limits, from `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub max_packet_size: u32,
+    pub max_keepalive: u16,
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    pub max_client_id_len: usize,
+    pub max_session_expiry: u32,
+    /// QoS 0 messages a connection's mailbox may hold before dropping.
+    pub max_queued_qos0: usize,
+}
+
+impl Limits {
+    pub fn from_config(m: &MqttConfig) -> Limits {
+        Limits {
+            handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
+            max_packet_size: m.max_packet_size,
+            max_keepalive: m.max_keepalive_secs,
+            receive_maximum: m.receive_maximum,
+            topic_alias_maximum: m.topic_alias_maximum,
+            max_client_id_len: m.max_client_id_len,
+            max_session_expiry: m.max_session_expiry_secs,
+            max_queued_qos0: m.max_queued_messages.max(1),
+        }
+    }
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub limits: Limits,
+    pub access: Arc<Access>,
+    pub router: mpsc::Sender<Event>,
+    pub stats: Arc<Stats>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub next_conn_id: AtomicU64,
+}
+
+/// Accepts connections on `listener` until shutdown; each runs in its own tracked task.
+pub async fn accept_loop(
+    listener: TcpListener,
+    kind: Kind,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let shared2 = shared.clone();
+                let tls = tls.clone();
+                shared
+                    .tasks
+                    .spawn(async move { handle(stream, peer, kind, tls, shared2).await });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, ?kind, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
+    // MQTT is request/response heavy: Nagle's algorithm would add tens of ms to small packets.
+    let _ = stream.set_nodelay(true);
+    let limits = &shared.limits;
+    let handshake = async {
+        let transport = open(stream, kind, tls, limits.max_packet_size as usize).await?;
+        connection::accept(transport, peer, &shared).await
+    };
+    let conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+        Ok(Ok(Some(conn))) => conn,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, ?kind, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, ?kind, "handshake timed out");
+            return;
+        }
+    };
+    conn.run().await;
+}
+
+async fn open(
+    stream: TcpStream,
+    kind: Kind,
+    tls: Option<TlsAcceptor>,
+    max_frame: usize,
+) -> std::io::Result<Transport> {
+    let secure = |stream: TcpStream| async {
+        let acceptor =
+            tls.ok_or_else(|| std::io::Error::other("TLS listener without TLS config"))?;
+        let io: Box<dyn Io> = Box::new(acceptor.accept(stream).await?);
+        Ok::<_, std::io::Error>(io)
+    };
+    Ok(match kind {
+        Kind::Tcp => Transport::Tcp(stream),
+        Kind::Tls => Transport::Stream(secure(stream).await?),
+        Kind::Ws => Transport::websocket(Box::new(stream), max_frame).await?,
+        Kind::Wss => Transport::websocket(secure(stream).await?, max_frame).await?,
+    })
+}

@@ -1,0 +1,676 @@
+//! The router: sessions, the subscription index, retained messages, wills and `$SYS` statistics.
+//!
+//! It is plain data behind one task. Connections send it [`Event`]s over one channel (so events
+//! from one connection keep their order) and it answers through each connection's [`Mailbox`]
+//! without ever waiting on a client. All decisions are made by [`Router`]'s methods, which take
+//! the current time as an argument so tests drive them directly.
+//!
+//! Delivery is at min(publication QoS, subscription QoS); a session receiving through several
+//! overlapping filters gets the message once, at the highest of those QoS, with every matching
+//! subscription identifier. Each QoS 1/2 message sent towards a client is remembered with its
+//! packet id until the client acknowledges it, which is where delivery receipts attach.
+
+mod mailbox;
+mod session;
+mod subscriptions;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{
+    DisconnectReasonCode, Packet, PublishProperties, RetainForwardRule, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::{mpsc, oneshot};
+
+pub use mailbox::{Mailbox, Outbound};
+use session::{Link, Outcome, Session, Subscribed};
+use subscriptions::{SubOptions, Subscriptions};
+
+use crate::access::{Access, Identity};
+use crate::codec::{max_qos, min_qos};
+use crate::config::{MqttConfig, QueueOverflow};
+use crate::stats::Stats;
+use crate::topics::{self, SysTopic};
+
+/// An application message as the router carries it; shared by every delivery.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// A valid topic name (UTF-8, checked by the edge).
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// 5.0 properties passed on to subscribers (never the topic alias or subscription ids).
+    pub properties: Option<PublishProperties>,
+    pub expires_at: Option<Instant>,
+    /// The publishing client, for No Local; `None` for messages the server makes.
+    pub origin: Option<Arc<str>>,
+}
+
+impl Message {
+    pub fn topic_str(&self) -> &str {
+        std::str::from_utf8(&self.topic).unwrap_or_default()
+    }
+}
+
+/// One message on its way to one client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    /// Assigned by the session when the message enters the in-flight window (0 for QoS 0).
+    pub pkid: u16,
+    pub subscription_ids: Vec<usize>,
+}
+
+/// A last will: published when the connection ends without a clean DISCONNECT, after its delay.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub message: Message,
+    pub delay_secs: u32,
+    /// Message expiry, counted from when the will is published.
+    pub expiry_secs: Option<u32>,
+}
+
+impl Will {
+    /// The message to publish now.
+    fn into_message(self, now: Instant) -> Message {
+        let mut message = self.message;
+        message.expires_at = self
+            .expiry_secs
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        message
+    }
+}
+
+/// A CONNECT the edge has authenticated and authorized.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub identity: Identity,
+    pub conn_id: u64,
+    pub mailbox: Arc<Mailbox>,
+    pub clean_start: bool,
+    pub expiry_secs: u32,
+    pub receive_maximum: u16,
+    pub will: Option<Will>,
+}
+
+/// A client's acknowledgement of a message we sent it.
+#[derive(Debug, Clone, Copy)]
+pub enum Ack {
+    PubAck(u16),
+    /// PUBREC, and whether its reason code accepted the message.
+    PubRec(u16, bool),
+    PubComp(u16),
+}
+
+/// What connections tell the router.
+#[derive(Debug)]
+pub enum Event {
+    /// Replies whether a session was present.
+    Connect(ConnectRequest, oneshot::Sender<bool>),
+    /// An authorized PUBLISH; `qos2_pkid` is set for QoS 2 so a resent packet is routed once.
+    Publish {
+        client: Arc<str>,
+        message: Message,
+        qos2_pkid: Option<u16>,
+    },
+    /// PUBREL for a QoS 2 message we received.
+    Release { client: Arc<str>, pkid: u16 },
+    Subscribe {
+        client: Arc<str>,
+        conn_id: u64,
+        packet: Subscribe,
+    },
+    Unsubscribe {
+        client: Arc<str>,
+        conn_id: u64,
+        packet: Unsubscribe,
+    },
+    Ack {
+        client: Arc<str>,
+        conn_id: u64,
+        ack: Ack,
+    },
+    /// The connection ended. `publish_will` unless it was a clean DISCONNECT; `expiry_secs` if
+    /// the DISCONNECT changed the session expiry.
+    Closed {
+        client: Arc<str>,
+        conn_id: u64,
+        publish_will: bool,
+        expiry_secs: Option<u32>,
+    },
+}
+
+/// The router's limits, from `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_inflight: u16,
+    pub max_queued: usize,
+    pub overflow: QueueOverflow,
+    pub max_retained: usize,
+    pub max_session_expiry: u32,
+    pub sys_interval: Option<Duration>,
+}
+
+impl Settings {
+    pub fn from_config(m: &MqttConfig) -> Settings {
+        Settings {
+            max_inflight: m.max_inflight,
+            max_queued: m.max_queued_messages,
+            overflow: m.queue_overflow,
+            max_retained: m.max_retained,
+            max_session_expiry: m.max_session_expiry_secs,
+            sys_interval: (m.sys_interval_secs > 0)
+                .then(|| Duration::from_secs(m.sys_interval_secs)),
+        }
+    }
+}
+
+pub struct Router {
+    settings: Settings,
+    access: Arc<Access>,
+    stats: Arc<Stats>,
+    sessions: HashMap<Arc<str>, Session>,
+    subscriptions: Subscriptions,
+    retained: HashMap<String, Arc<Message>>,
+    started: Instant,
+    next_sys: Option<Instant>,
+}
+
+/// How many events may wait for the router before publishers feel back-pressure.
+const EVENT_QUEUE: usize = 4096;
+
+/// Starts the router task; it ends when every sender is dropped.
+pub fn spawn(router: Router) -> mpsc::Sender<Event> {
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    tokio::spawn(run(router, rx));
+    tx
+}
+
+async fn run(mut router: Router, mut events: mpsc::Receiver<Event>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => router.handle(event, Instant::now()),
+                None => break,
+            },
+            _ = tick.tick() => router.tick(Instant::now()),
+        }
+    }
+}
+
+impl Router {
+    pub fn new(settings: Settings, access: Arc<Access>, stats: Arc<Stats>) -> Router {
+        let now = Instant::now();
+        Router {
+            next_sys: settings.sys_interval.map(|_| now),
+            settings,
+            access,
+            stats,
+            sessions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
+            retained: HashMap::new(),
+            started: now,
+        }
+    }
+
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Connect(req, reply) => {
+                let present = self.connect(req, now);
+                // The connection may have gone meanwhile; its Closed event follows.
+                let _ = reply.send(present);
+            }
+            Event::Publish {
+                client,
+                message,
+                qos2_pkid,
+            } => {
+                if let (Some(pkid), Some(s)) = (qos2_pkid, self.sessions.get_mut(&client)) {
+                    if !s.incoming_qos2.insert(pkid) {
+                        return;
+                    }
+                }
+                self.publish(message, now);
+            }
+            Event::Release { client, pkid } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.incoming_qos2.remove(&pkid);
+                }
+            }
+            Event::Subscribe {
+                client,
+                conn_id,
+                packet,
+            } => self.subscribe(&client, conn_id, packet, now),
+            Event::Unsubscribe {
+                client,
+                conn_id,
+                packet,
+            } => self.unsubscribe(&client, conn_id, packet),
+            Event::Ack {
+                client,
+                conn_id,
+                ack,
+            } => self.ack(&client, conn_id, ack, now),
+            Event::Closed {
+                client,
+                conn_id,
+                publish_will,
+                expiry_secs,
+            } => self.closed(&client, conn_id, publish_will, expiry_secs, now),
+        }
+    }
+
+    /// Attaches a connection to its session (new, resumed or taken over); returns whether a
+    /// session was present.
+    fn connect(&mut self, req: ConnectRequest, now: Instant) -> bool {
+        let client = req.identity.client_id.clone();
+        let mut resumed = None;
+        if let Some(mut old) = self.sessions.remove(&client) {
+            if let Some(link) = old.link.take() {
+                link.mailbox
+                    .push(Outbound::Disconnect(DisconnectReasonCode::SessionTakenOver));
+                Stats::sub(&self.stats.clients_connected, 1);
+            }
+            // A session never passes from one user to another.
+            let same_owner = old.identity.user == req.identity.user;
+            let resume = !req.clean_start && same_owner;
+            // The old connection's will: a resumed session cancels a delayed will (the client is
+            // back in time); otherwise the old session ends and its will goes out now.
+            if let Some(will) = old.will.take() {
+                if !resume || (will.delay_secs == 0 && old.will_at.is_none()) {
+                    self.publish(will.into_message(now), now);
+                }
+            }
+            if resume {
+                resumed = Some(old);
+            } else {
+                self.drop_subscriptions(&old);
+            }
+        }
+        let present = resumed.is_some();
+        let mut session = resumed.unwrap_or_else(|| Session::new(req.identity.clone(), 0));
+        session.identity = req.identity;
+        session.expiry_secs = req.expiry_secs.min(self.settings.max_session_expiry);
+        session.expires_at = None;
+        session.will = req.will;
+        session.will_at = None;
+        session.link = Some(Link {
+            conn_id: req.conn_id,
+            mailbox: req.mailbox,
+            window: usize::from(req.receive_maximum.min(self.settings.max_inflight)),
+        });
+        Stats::add(&self.stats.clients_connected, 1);
+        if present {
+            session.resend_inflight();
+            let expired = session.pump(now);
+            Stats::add(&self.stats.messages_dropped, expired as u64);
+        }
+        self.sessions.insert(client, session);
+        present
+    }
+
+    /// Routes a message to every matching session, and keeps it if retained.
+    pub fn publish(&mut self, message: Message, now: Instant) {
+        let message = Arc::new(message);
+        let topic = message.topic_str();
+        if message.retain {
+            if message.payload.is_empty() {
+                self.retained.remove(topic);
+            } else if self.retained.len() < self.settings.max_retained
+                || self.retained.contains_key(topic)
+            {
+                self.retained.insert(topic.to_string(), message.clone());
+            }
+        }
+
+        // Collect (client, QoS, retain-as-published, subscription id) per matching filter, then
+        // merge per client.
+        let mut hits: Vec<(Arc<str>, QoS, bool, Option<usize>)> = Vec::new();
+        {
+            let sessions = &self.sessions;
+            let access = &self.access;
+            let origin = message.origin.as_deref();
+            self.subscriptions.for_each_match(
+                topic,
+                &|client| sessions.get(client).is_some_and(Session::is_connected),
+                &mut |hit| {
+                    let o = hit.options;
+                    if o.no_local && origin == Some(&**hit.client) {
+                        return;
+                    }
+                    if o.check_read {
+                        let Some(s) = sessions.get(hit.client) else {
+                            return;
+                        };
+                        if !access.can_read(&s.identity, topic) {
+                            return;
+                        }
+                    }
+                    hits.push((hit.client.clone(), o.qos, o.retain_as_published, o.id));
+                },
+            );
+        }
+        if hits.len() > 1 {
+            hits.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let mut i = 0;
+        while i < hits.len() {
+            let client = hits[i].0.clone();
+            let (mut qos, mut rap) = (hits[i].1, hits[i].2);
+            let mut ids: Vec<usize> = hits[i].3.into_iter().collect();
+            let mut j = i + 1;
+            while j < hits.len() && hits[j].0 == client {
+                qos = max_qos(qos, hits[j].1);
+                rap |= hits[j].2;
+                ids.extend(hits[j].3);
+                j += 1;
+            }
+            i = j;
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: min_qos(message.qos, qos),
+                retain: rap && message.retain,
+                dup: false,
+                pkid: 0,
+                subscription_ids: ids,
+            };
+            self.deliver(&client, delivery, now);
+        }
+    }
+
+    fn deliver(&mut self, client: &str, delivery: Delivery, now: Instant) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        if delivery.message.is_expired(now) {
+            Stats::add(&self.stats.messages_dropped, 1);
+            return;
+        }
+        let outcome = session.deliver(delivery, self.settings.max_queued, self.settings.overflow);
+        if outcome == Outcome::Dropped {
+            Stats::add(&self.stats.messages_dropped, 1);
+        }
+    }
+
+    fn subscribe(&mut self, client: &Arc<str>, conn_id: u64, packet: Subscribe, now: Instant) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let Some(mailbox) = session.link.as_ref().filter(|l| l.conn_id == conn_id) else {
+            return;
+        };
+        let mailbox = mailbox.mailbox.clone();
+        let id = packet.properties.as_ref().and_then(|p| p.id);
+        let mut codes = Vec::with_capacity(packet.filters.len());
+        let mut retained_for: Vec<(String, QoS)> = Vec::new();
+        for f in &packet.filters {
+            let Ok(sub) = topics::parse_subscription(&f.path) else {
+                codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                continue;
+            };
+            if !self.access.can_subscribe(&session.identity, sub.filter) {
+                tracing::info!(client = %client, filter = %f.path, "subscription refused by ACL");
+                codes.push(SubscribeReasonCode::NotAuthorized);
+                continue;
+            }
+            let options = SubOptions {
+                qos: f.qos,
+                no_local: f.nolocal,
+                retain_as_published: f.preserve_retain,
+                id,
+                check_read: self.access.needs_read_check(sub.filter),
+            };
+            let existed = self
+                .subscriptions
+                .insert(sub.group, sub.filter, client, options);
+            session.subscriptions.insert(
+                f.path.as_str().into(),
+                Subscribed {
+                    group: sub.group.map(Arc::from),
+                    filter: sub.filter.into(),
+                },
+            );
+            codes.push(SubscribeReasonCode::Success(f.qos));
+            let send_retained = sub.group.is_none()
+                && match f.retain_forward_rule {
+                    RetainForwardRule::OnEverySubscribe => true,
+                    RetainForwardRule::OnNewSubscribe => !existed,
+                    RetainForwardRule::Never => false,
+                };
+            if send_retained {
+                retained_for.push((sub.filter.to_string(), f.qos));
+            }
+        }
+        mailbox.push(Outbound::Packet(Packet::SubAck(SubAck {
+            pkid: packet.pkid,
+            return_codes: codes,
+            properties: None,
+        })));
+        for (filter, qos) in retained_for {
+            self.send_retained(client, &filter, qos, id, now);
+        }
+    }
+
+    /// Sends the retained messages matching a new subscription (always with RETAIN set).
+    fn send_retained(
+        &mut self,
+        client: &str,
+        filter: &str,
+        qos: QoS,
+        id: Option<usize>,
+        now: Instant,
+    ) {
+        let Some(session) = self.sessions.get(client) else {
+            return;
+        };
+        let check = self.access.needs_read_check(filter);
+        let mut matching: Vec<Arc<Message>> = if topics::has_wildcard(filter) {
+            self.retained
+                .iter()
+                .filter(|(t, _)| topics::matches(filter, t))
+                .filter(|(t, _)| !check || self.access.can_read(&session.identity, t))
+                .map(|(_, m)| m.clone())
+                .collect()
+        } else {
+            self.retained.get(filter).cloned().into_iter().collect()
+        };
+        matching.sort_by(|a, b| a.topic.cmp(&b.topic));
+        for message in matching {
+            let delivery = Delivery {
+                qos: min_qos(message.qos, qos),
+                message,
+                retain: true,
+                dup: false,
+                pkid: 0,
+                subscription_ids: id.into_iter().collect(),
+            };
+            self.deliver(client, delivery, now);
+        }
+    }
+
+    fn unsubscribe(&mut self, client: &Arc<str>, conn_id: u64, packet: Unsubscribe) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let Some(link) = session.link.as_ref().filter(|l| l.conn_id == conn_id) else {
+            return;
+        };
+        let mailbox = link.mailbox.clone();
+        let reasons = packet
+            .filters
+            .iter()
+            .map(|raw| {
+                if topics::parse_subscription(raw).is_err() {
+                    return UnsubAckReason::TopicFilterInvalid;
+                }
+                match session.subscriptions.remove(raw.as_str()) {
+                    Some(sub) => {
+                        self.subscriptions
+                            .remove(sub.group.as_deref(), &sub.filter, client);
+                        UnsubAckReason::Success
+                    }
+                    None => UnsubAckReason::NoSubscriptionExisted,
+                }
+            })
+            .collect();
+        mailbox.push(Outbound::Packet(Packet::UnsubAck(UnsubAck {
+            pkid: packet.pkid,
+            reasons,
+            properties: None,
+        })));
+    }
+
+    fn ack(&mut self, client: &str, conn_id: u64, ack: Ack, now: Instant) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        if !session.link.as_ref().is_some_and(|l| l.conn_id == conn_id) {
+            return;
+        }
+        let done = match ack {
+            Ack::PubAck(pkid) => session.on_puback(pkid),
+            Ack::PubRec(pkid, accepted) => session.on_pubrec(pkid, accepted),
+            Ack::PubComp(pkid) => session.on_pubcomp(pkid),
+        };
+        if done.is_some() {
+            let expired = session.pump(now);
+            Stats::add(&self.stats.messages_dropped, expired as u64);
+        }
+    }
+
+    fn closed(
+        &mut self,
+        client: &str,
+        conn_id: u64,
+        publish_will: bool,
+        expiry: Option<u32>,
+        now: Instant,
+    ) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        if !session.link.as_ref().is_some_and(|l| l.conn_id == conn_id) {
+            return;
+        }
+        session.link = None;
+        Stats::sub(&self.stats.clients_connected, 1);
+        if let Some(secs) = expiry {
+            session.expiry_secs = secs.min(self.settings.max_session_expiry);
+        }
+        let expiry_secs = session.expiry_secs;
+        let mut will_now = None;
+        match session.will.take() {
+            Some(will) if publish_will => {
+                if will.delay_secs == 0 || expiry_secs == 0 {
+                    will_now = Some(will.into_message(now));
+                } else {
+                    let delay = will.delay_secs.min(expiry_secs);
+                    session.will_at = Some(now + Duration::from_secs(u64::from(delay)));
+                    session.will = Some(will);
+                }
+            }
+            _ => {}
+        }
+        if expiry_secs == 0 {
+            self.end_session(client);
+        } else if expiry_secs != u32::MAX {
+            session.expires_at = Some(now + Duration::from_secs(u64::from(expiry_secs)));
+        }
+        if let Some(message) = will_now {
+            self.publish(message, now);
+        }
+    }
+
+    fn end_session(&mut self, client: &str) {
+        if let Some(session) = self.sessions.remove(client) {
+            self.drop_subscriptions(&session);
+        }
+    }
+
+    fn drop_subscriptions(&mut self, session: &Session) {
+        for sub in session.subscriptions.values() {
+            self.subscriptions.remove(
+                sub.group.as_deref(),
+                &sub.filter,
+                &session.identity.client_id,
+            );
+        }
+    }
+
+    /// Time-driven work: delayed wills, expired sessions, `$SYS` statistics.
+    pub fn tick(&mut self, now: Instant) {
+        let mut wills = Vec::new();
+        let mut ended = Vec::new();
+        for (client, s) in &mut self.sessions {
+            if s.link.is_some() {
+                continue;
+            }
+            let session_over = s.expires_at.is_some_and(|at| now >= at);
+            if s.will_at.is_some_and(|at| now >= at) || session_over {
+                if let Some(will) = s.will.take() {
+                    wills.push(will.into_message(now));
+                }
+                s.will_at = None;
+            }
+            if session_over {
+                ended.push(client.clone());
+            }
+        }
+        for client in ended {
+            self.end_session(&client);
+        }
+        for message in wills {
+            self.publish(message, now);
+        }
+        if let (Some(interval), Some(due)) = (self.settings.sys_interval, self.next_sys) {
+            if now >= due {
+                self.next_sys = Some(now + interval);
+                self.publish_sys(now);
+            }
+        }
+    }
+
+    fn publish_sys(&mut self, now: Instant) {
+        let s = self.stats.clone();
+        for topic in SysTopic::ALL {
+            let value = match topic {
+                SysTopic::Version => concat!("natter ", env!("CARGO_PKG_VERSION")).to_string(),
+                SysTopic::Uptime => {
+                    format!("{} seconds", now.duration_since(self.started).as_secs())
+                }
+                SysTopic::ClientsConnected => Stats::get(&s.clients_connected).to_string(),
+                SysTopic::ClientsTotal => self.sessions.len().to_string(),
+                SysTopic::MessagesReceived => Stats::get(&s.messages_received).to_string(),
+                SysTopic::MessagesSent => Stats::get(&s.messages_sent).to_string(),
+                SysTopic::MessagesDropped => Stats::get(&s.messages_dropped).to_string(),
+                SysTopic::BytesReceived => Stats::get(&s.bytes_received).to_string(),
+                SysTopic::BytesSent => Stats::get(&s.bytes_sent).to_string(),
+                SysTopic::RetainedCount => self.retained.len().to_string(),
+                SysTopic::SubscriptionsCount => self.subscriptions.len().to_string(),
+            };
+            self.publish(
+                Message {
+                    topic: Bytes::from_static(topic.as_str().as_bytes()),
+                    payload: Bytes::from(value),
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    properties: None,
+                    expires_at: None,
+                    origin: None,
+                },
+                now,
+            );
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Wires the parts together: `Listeners::bind` takes the sockets, `run` serves them until the
+//! shutdown token fires, then lets connections say goodbye within a bounded time.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access::{Access, AccessError};
+use crate::config::{listen_addr, Config};
+use crate::edge::{self, Kind, Limits, Shared, TlsError};
+use crate::router::{self, Router, Settings};
+use crate::stats::Stats;
+
+/// How long connections get to send DISCONNECT and flush at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error("auth: {0}")]
+    Access(#[from] AccessError),
+}
+
+/// The bound listening sockets. Binding is separate from serving so that tests (and callers
+/// that pass port 0) can learn the real addresses first.
+pub struct Listeners {
+    pub mqtt: TcpListener,
+    pub ws: Option<TcpListener>,
+    pub tls: Option<TcpListener>,
+    pub wss: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        let m = &config.mqtt;
+        let tls = config.tls_enabled();
+        Ok(Listeners {
+            mqtt: bind_one("mqtt.listen", &m.listen)
+                .await?
+                .ok_or_else(|| io::Error::other("mqtt.listen is not set"))
+                .map_err(|source| ServerError::Bind {
+                    what: "mqtt.listen",
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source,
+                })?,
+            ws: bind_one("mqtt.ws_listen", &m.ws_listen).await?,
+            tls: if tls {
+                bind_one("mqtt.tls_listen", &m.tls_listen).await?
+            } else {
+                None
+            },
+            wss: if tls {
+                bind_one("mqtt.wss_listen", &m.wss_listen).await?
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The addresses actually bound, by kind.
+    pub fn addrs(&self) -> Vec<(Kind, SocketAddr)> {
+        let mut out = Vec::new();
+        for (kind, l) in [
+            (Kind::Tcp, Some(&self.mqtt)),
+            (Kind::Ws, self.ws.as_ref()),
+            (Kind::Tls, self.tls.as_ref()),
+            (Kind::Wss, self.wss.as_ref()),
+        ] {
+            if let Some(addr) = l.and_then(|l| l.local_addr().ok()) {
+                out.push((kind, addr));
+            }
+        }
+        out
+    }
+}
+
+async fn bind_one(what: &'static str, value: &str) -> Result<Option<TcpListener>, ServerError> {
+    let Some(addr) = listen_addr(value) else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+/// Serves MQTT on `listeners` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let access = Arc::new(Access::from_config(&config.auth)?);
+    let tls = match config.tls_enabled() {
+        true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),
+        false => None,
+    };
+    let stats = Arc::new(Stats::default());
+    let router = Router::new(
+        Settings::from_config(&config.mqtt),
+        access.clone(),
+        stats.clone(),
+    );
+    let tasks = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        limits: Limits::from_config(&config.mqtt),
+        access,
+        router: router::spawn(router),
+        stats,
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+        next_conn_id: AtomicU64::new(1),
+    });
+
+    for (kind, addr) in listeners.addrs() {
+        tracing::info!(%addr, ?kind, "listening");
+    }
+    let mut accepting = Vec::new();
+    let Listeners {
+        mqtt,
+        ws,
+        tls: tls_l,
+        wss,
+    } = listeners;
+    for (kind, listener) in [
+        (Kind::Tcp, Some(mqtt)),
+        (Kind::Ws, ws),
+        (Kind::Tls, tls_l),
+        (Kind::Wss, wss),
+    ] {
+        if let Some(listener) = listener {
+            accepting.push(tokio::spawn(edge::accept_loop(
+                listener,
+                kind,
+                tls.clone(),
+                shared.clone(),
+            )));
+        }
+    }
+    drop(shared);
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    for task in accepting {
+        let _ = task.await;
+    }
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    Ok(())
+}
