@@ -1,0 +1,207 @@
+//! The one way tests start natter: a real server on ephemeral ports with a temporary data
+//! directory, running on its own runtime thread, stopped when the guard drops. Plus small
+//! helpers shared by the integration tests: a raw MQTT client for exact packet-level checks,
+//! and TLS material generated per test.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use natter::config::Config;
+use natter::edge::Kind;
+use natter::server::{self, Listeners};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub mqtt: SocketAddr,
+    pub ws: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+    /// PEM of the CA that signed the server certificate (TLS servers only).
+    pub ca_pem: Option<String>,
+    pub dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Anonymous clients allowed, no ACL: a plain broker.
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts with the defaults changed by `edit` (listen addresses are already ephemeral).
+    pub fn start_with(edit: impl FnOnce(&mut Config)) -> TestServer {
+        Self::launch(false, edit)
+    }
+
+    /// Also serves TLS and WSS with a certificate for `localhost` made for this test.
+    pub fn start_tls() -> TestServer {
+        Self::launch(true, |_| {})
+    }
+
+    fn launch(tls: bool, edit: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default_config();
+        config.mqtt.listen = "127.0.0.1:0".into();
+        config.mqtt.ws_listen = "127.0.0.1:0".into();
+        config.mqtt.tls_listen = "127.0.0.1:0".into();
+        config.mqtt.wss_listen = "127.0.0.1:0".into();
+        config.mqtt.sys_interval_secs = 1;
+        config.auth.allow_anonymous = true;
+        config.storage.data_dir = dir.path().join("data");
+        let mut ca_pem = None;
+        if tls {
+            let (ca, cert, key) = make_certificates();
+            let cert_path = dir.path().join("cert.pem");
+            let key_path = dir.path().join("key.pem");
+            std::fs::write(&cert_path, cert).expect("write cert");
+            std::fs::write(&key_path, key).expect("write key");
+            config.tls.cert = cert_path.display().to_string();
+            config.tls.key = key_path.display().to_string();
+            ca_pem = Some(ca);
+        }
+        edit(&mut config);
+
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listeners = Listeners::bind(&config).await.expect("bind");
+                tx.send(listeners.addrs()).expect("report addresses");
+                server::run(config, listeners, token)
+                    .await
+                    .expect("server run");
+            });
+        });
+        let addrs = rx.recv_timeout(WAIT).expect("server started");
+        let find = |kind| addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a);
+        TestServer {
+            mqtt: find(Kind::Tcp).expect("mqtt listener"),
+            ws: find(Kind::Ws),
+            tls: find(Kind::Tls),
+            wss: find(Kind::Wss),
+            ca_pem,
+            dir,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.mqtt.port()
+    }
+
+    /// Stops the server and waits for it (as SIGTERM would).
+    pub fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A CA, and a server certificate for `localhost` and 127.0.0.1 signed by it (PEM).
+fn make_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// A bare MQTT 5.0 client over TCP for packet-exact tests: it sends what it is told and returns
+/// what arrives, with no automatic acknowledgements, retries or reconnects.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, None).expect("encode");
+        self.send_bytes(&out).await;
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet, or `None` if the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match Packet::read(&mut self.buf, None) {
+                    Ok(p) => return Some(p),
+                    Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                    Err(e) => panic!("undecodable packet from server: {e}"),
+                }
+                let n = self.stream.read_buf(&mut self.buf).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for a packet")
+    }
+
+    /// Waits for the server to close the connection, skipping packets; returns the last one.
+    pub async fn closed(&mut self) -> Option<Packet> {
+        let mut last = None;
+        while let Some(p) = self.recv().await {
+            last = Some(p);
+        }
+        last
+    }
+
+    /// Drops the socket without DISCONNECT (an abrupt loss, as after `kill -9`).
+    pub fn vanish(self) {
+        drop(self.stream);
+    }
+}
+
+pub mod clients;

@@ -1,0 +1,238 @@
+//! MQTT 3.1.1 behaviour, driven by rumqttc's 3.1.1 client against a real server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::clients::v4::{Client, Incoming, MqttOptions};
+use common::TestServer;
+use rumqttc::{LastWill, QoS, SubscribeReasonCode};
+
+fn options(server: &TestServer, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", server.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    o
+}
+
+async fn subscribed(server: &TestServer, id: &str, filter: &str, qos: QoS) -> Client {
+    let (mut c, _) = Client::connect(options(server, id)).await;
+    c.client.subscribe(filter, qos).await.unwrap();
+    c.suback().await;
+    c
+}
+
+#[tokio::test]
+async fn delivery_is_at_the_lower_of_publish_and_subscription_qos() {
+    let server = TestServer::start();
+    let mut sub = subscribed(&server, "sub", "t/#", QoS::AtLeastOnce).await;
+    let (publisher, _) = Client::connect(options(&server, "pub")).await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publisher
+            .client
+            .publish(format!("t/{i}"), qos, false, vec![i as u8])
+            .await
+            .unwrap();
+        let got = sub.publish().await;
+        assert_eq!(got.topic, format!("t/{i}"));
+        assert_eq!(&got.payload[..], &[i as u8]);
+        let want = if i == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        assert_eq!(got.qos, want, "publish at {qos:?}");
+        assert!(!got.retain);
+    }
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
+    let server = TestServer::start();
+    let (mut sub, _) = Client::connect(options(&server, "sub")).await;
+    sub.client.subscribe("a/+", QoS::AtMostOnce).await.unwrap();
+    sub.suback().await;
+    sub.client.subscribe("a/#", QoS::ExactlyOnce).await.unwrap();
+    sub.suback().await;
+    let (publisher, _) = Client::connect(options(&server, "pub")).await;
+    publisher
+        .client
+        .publish("a/b", QoS::ExactlyOnce, false, "x")
+        .await
+        .unwrap();
+    let got = sub.publish().await;
+    assert_eq!(got.qos, QoS::ExactlyOnce);
+    sub.no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn retained_messages_are_set_replaced_and_cleared_only_by_empty_retained() {
+    let server = TestServer::start();
+    let (publisher, _) = Client::connect(options(&server, "pub")).await;
+    let p = &publisher.client;
+    p.publish("r/x", QoS::AtLeastOnce, true, "one")
+        .await
+        .unwrap();
+    p.publish("r/x", QoS::AtLeastOnce, true, "two")
+        .await
+        .unwrap();
+    // An empty message that is not retained must not clear anything (a rumqttd bug).
+    p.publish("r/x", QoS::AtLeastOnce, false, "").await.unwrap();
+
+    let mut s1 = subscribed(&server, "s1", "r/#", QoS::AtLeastOnce).await;
+    let got = s1.publish().await;
+    assert_eq!(&got.payload[..], b"two");
+    assert!(got.retain, "retained delivery on subscribe carries RETAIN");
+
+    p.publish("r/x", QoS::AtLeastOnce, true, "").await.unwrap();
+    let cleared = s1.publish().await;
+    assert!(cleared.payload.is_empty());
+    let mut s2 = subscribed(&server, "s2", "r/#", QoS::AtLeastOnce).await;
+    s2.no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn will_is_published_on_abrupt_loss_but_not_after_clean_disconnect() {
+    let server = TestServer::start();
+    let mut watcher = subscribed(&server, "watcher", "will/#", QoS::AtLeastOnce).await;
+
+    let mut o = options(&server, "dies");
+    o.set_last_will(LastWill::new("will/dies", "gone", QoS::AtLeastOnce, false));
+    let (dies, _) = Client::connect(o).await;
+    dies.vanish();
+    let will = watcher.publish().await;
+    assert_eq!(will.topic, "will/dies");
+    assert_eq!(&will.payload[..], b"gone");
+
+    let mut o = options(&server, "polite");
+    o.set_last_will(LastWill::new(
+        "will/polite",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (mut polite, _) = Client::connect(o).await;
+    polite.client.disconnect().await.unwrap();
+    // The event loop ends once DISCONNECT is written.
+    while polite.next().await.is_ok() {}
+    watcher.no_publish(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn persistent_session_keeps_subscriptions_and_queues_while_away() {
+    let server = TestServer::start();
+    let mut o = options(&server, "phone");
+    o.set_clean_session(false);
+    let (mut phone, ack) = Client::connect(o.clone()).await;
+    assert!(matches!(ack, Incoming::ConnAck(a) if !a.session_present));
+    phone
+        .client
+        .subscribe("inbox/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    phone.suback().await;
+    phone.client.disconnect().await.unwrap();
+    while phone.next().await.is_ok() {}
+
+    let (publisher, _) = Client::connect(options(&server, "pub")).await;
+    for i in 0..3 {
+        publisher
+            .client
+            .publish("inbox/1", QoS::AtLeastOnce, false, format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    // QoS 0 is not queued for an absent client.
+    publisher
+        .client
+        .publish("inbox/1", QoS::AtMostOnce, false, "lost")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (mut phone, ack) = Client::connect(o).await;
+    assert!(matches!(ack, Incoming::ConnAck(a) if a.session_present));
+    for i in 0..3 {
+        assert_eq!(
+            &phone.publish().await.payload[..],
+            format!("m{i}").as_bytes()
+        );
+    }
+    phone.no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_second_connection_with_the_same_client_id_takes_over() {
+    let server = TestServer::start();
+    let (mut first, _) = Client::connect(options(&server, "same")).await;
+    let (_second, _) = Client::connect(options(&server, "same")).await;
+    loop {
+        match first.next().await {
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+#[tokio::test]
+async fn wildcards_do_not_match_dollar_topics() {
+    let server = TestServer::start();
+    let mut all = subscribed(&server, "all", "#", QoS::AtMostOnce).await;
+    let mut sys = subscribed(&server, "sys", "$SYS/broker/uptime", QoS::AtMostOnce).await;
+    let got = sys.publish().await;
+    assert_eq!(got.topic, "$SYS/broker/uptime");
+    assert!(std::str::from_utf8(&got.payload)
+        .unwrap()
+        .ends_with(" seconds"));
+    all.no_publish(Duration::from_millis(1500)).await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let server = TestServer::start();
+    let mut sub = subscribed(&server, "sub", "u/+", QoS::AtLeastOnce).await;
+    let (publisher, _) = Client::connect(options(&server, "pub")).await;
+    publisher
+        .client
+        .publish("u/1", QoS::AtLeastOnce, false, "a")
+        .await
+        .unwrap();
+    assert_eq!(&sub.publish().await.payload[..], b"a");
+    sub.client.unsubscribe("u/+").await.unwrap();
+    loop {
+        if let Ok(Incoming::UnsubAck(_)) = sub.next().await {
+            break;
+        }
+    }
+    publisher
+        .client
+        .publish("u/1", QoS::AtLeastOnce, false, "b")
+        .await
+        .unwrap();
+    sub.no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn invalid_filters_get_a_failure_code() {
+    let server = TestServer::start();
+    let (mut sub, _) = Client::connect(options(&server, "sub")).await;
+    sub.client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("ok/#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("$share/g".into(), QoS::AtLeastOnce),
+        ])
+        .await
+        .unwrap();
+    match sub.suback().await {
+        Incoming::SubAck(ack) => assert_eq!(
+            ack.return_codes,
+            [
+                SubscribeReasonCode::Success(QoS::AtLeastOnce),
+                SubscribeReasonCode::Failure
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+}
