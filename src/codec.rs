@@ -98,13 +98,10 @@ pub fn read(
         return Ok(None);
     }
     check_flags(buf[0])?;
-    // A 5.0 DISCONNECT may omit everything after the fixed header (reason 0x00); the codec
-    // insists on a payload, so answer that two-byte form here.
-    if version == Version::V5 && buf[0] == 0xE0 && buf[1] == 0 {
-        let _ = buf.split_to(2);
-        return Ok(Some(v5::Packet::Disconnect(v5::Disconnect::new(
-            v5::DisconnectReasonCode::NormalDisconnection,
-        ))));
+    if version == Version::V5 && buf[0] == 0xE0 {
+        if let Some(packet) = short_disconnect(buf)? {
+            return Ok(Some(packet));
+        }
     }
     // mqttbytes counts the limit against the remaining length; MQTT counts the whole packet.
     let limit = max_size.saturating_sub(5);
@@ -124,6 +121,24 @@ pub fn read(
             Err(e) => Err(e.into()),
         },
     }
+}
+
+/// A 5.0 DISCONNECT may stop after the fixed header (reason 0x00) or after the reason code (no
+/// properties, §3.14.2.2.1). mqttbytes rejects the first form and misreads the second, so both
+/// are decoded here; longer forms go to the codec.
+fn short_disconnect(buf: &mut BytesMut) -> Result<Option<v5::Packet>, CodecError> {
+    let reason = match buf[1] {
+        0 => 0,
+        1 => match buf.get(2) {
+            Some(&r) => r,
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let reason = v5::DisconnectReasonCode::try_from(reason)
+        .map_err(|_| CodecError::Malformed(format!("DISCONNECT reason {reason:#04x}")))?;
+    let _ = buf.split_to(2 + usize::from(buf[1]));
+    Ok(Some(v5::Packet::Disconnect(v5::Disconnect::new(reason))))
 }
 
 /// Rejects fixed-header flags the specification reserves (§2.1.3): PUBREL, SUBSCRIBE and
@@ -154,7 +169,17 @@ pub fn write(
 ) -> Result<bool, CodecError> {
     match version {
         Version::V5 => {
-            packet.write(buf, None)?;
+            match packet {
+                // mqttbytes writes a DISCONNECT without properties with a remaining length one
+                // short (it counts the reason code, not the empty property length it then
+                // writes), so that form is written here: reason code, property length 0.
+                v5::Packet::Disconnect(d) if d.properties.is_none() => {
+                    buf.extend_from_slice(&[0xE0, 2, d.reason_code as u8, 0]);
+                }
+                _ => {
+                    packet.write(buf, None)?;
+                }
+            }
             Ok(true)
         }
         Version::V4 => match down(packet) {
@@ -454,6 +479,26 @@ mod tests {
                 "{bytes:?}"
             );
         }
+    }
+
+    #[test]
+    fn v5_disconnect_encodes_with_a_correct_length_and_reads_back() {
+        let mut out = BytesMut::new();
+        let d = v5::Packet::Disconnect(v5::Disconnect::new(
+            v5::DisconnectReasonCode::KeepAliveTimeout,
+        ));
+        write(Version::V5, &d, &mut out).unwrap();
+        assert_eq!(&out[..], &[0xE0, 2, 0x8D, 0]);
+        assert_eq!(read(Version::V5, &mut out, 1024).unwrap(), Some(d));
+        let mut reason_only = BytesMut::from(&[0xE0u8, 1, 0x04][..]);
+        assert!(matches!(
+            read(Version::V5, &mut reason_only, 1024).unwrap(),
+            Some(v5::Packet::Disconnect(v5::Disconnect {
+                reason_code: v5::DisconnectReasonCode::DisconnectWithWillMessage,
+                ..
+            }))
+        ));
+        assert!(reason_only.is_empty());
     }
 
     #[test]

@@ -1,0 +1,624 @@
+//! MQTT 5.0 behaviour, packet by packet: a bare client (`RawClient`) sends exactly what each
+//! test needs and sees exactly what the server answers, reason codes and properties included.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{RawClient, TestServer};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    Filter, LastWill, LastWillProperties, Login, Packet, PubAck, PubAckReason, PubComp, PubRec,
+    PubRel, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe, SubscribeProperties,
+    SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::QoS;
+
+struct Opts {
+    clean: bool,
+    props: ConnectProperties,
+    will: Option<LastWill>,
+    login: Option<Login>,
+    keep_alive: u16,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            clean: true,
+            props: ConnectProperties::new(),
+            will: None,
+            login: None,
+            keep_alive: 30,
+        }
+    }
+}
+
+async fn connect_with(server: &TestServer, id: &str, o: Opts) -> (RawClient, ConnAck) {
+    let mut c = RawClient::connect(server.mqtt).await;
+    let connect = Connect {
+        keep_alive: o.keep_alive,
+        client_id: id.into(),
+        clean_start: o.clean,
+        properties: Some(o.props),
+    };
+    c.send(Packet::Connect(connect, o.will, o.login)).await;
+    match c.recv().await {
+        Some(Packet::ConnAck(ack)) => (c, ack),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+async fn connect(server: &TestServer, id: &str) -> RawClient {
+    let (c, ack) = connect_with(server, id, Opts::default()).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    c
+}
+
+fn expiring(secs: u32) -> Opts {
+    let mut o = Opts::default();
+    o.props.session_expiry_interval = Some(secs);
+    o
+}
+
+async fn subscribe_filter(
+    c: &mut RawClient,
+    pkid: u16,
+    filter: Filter,
+    id: Option<usize>,
+) -> SubAck {
+    let props = id.map(|id| SubscribeProperties {
+        id: Some(id),
+        user_properties: Vec::new(),
+    });
+    c.send(Packet::Subscribe(Subscribe {
+        pkid,
+        filters: vec![filter],
+        properties: props,
+    }))
+    .await;
+    loop {
+        match c.recv().await {
+            Some(Packet::SubAck(ack)) => return ack,
+            Some(_) => continue,
+            None => panic!("closed while waiting for SUBACK"),
+        }
+    }
+}
+
+async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
+    let ack = subscribe_filter(c, 1, Filter::new(filter, qos), None).await;
+    assert_eq!(ack.return_codes, [SubscribeReasonCode::Success(qos)]);
+}
+
+fn publish(topic: &str, qos: QoS, pkid: u16, payload: &'static [u8]) -> Publish {
+    let mut p = Publish::new(topic, qos, Bytes::from_static(payload), None);
+    p.pkid = pkid;
+    p
+}
+
+/// The next PUBLISH (acknowledging nothing).
+async fn next_publish(c: &mut RawClient) -> Publish {
+    loop {
+        match c.recv().await {
+            Some(Packet::Publish(p)) => return p,
+            Some(_) => continue,
+            None => panic!("closed while waiting for PUBLISH"),
+        }
+    }
+}
+
+/// Asserts nothing but pings arrive for `quiet`.
+async fn silent(c: &mut RawClient, quiet: Duration) {
+    if let Ok(p) = tokio::time::timeout(quiet, c.recv()).await {
+        panic!("expected silence, got {p:?}");
+    }
+}
+
+fn disconnect_reason(p: Option<Packet>) -> DisconnectReasonCode {
+    match p {
+        Some(Packet::Disconnect(d)) => d.reason_code,
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn connack_advertises_limits_and_assigns_client_ids() {
+    let server = TestServer::start();
+    let (_c, ack) = connect_with(&server, "", Opts::default()).await;
+    let props = ack.properties.expect("CONNACK properties");
+    let assigned = props.assigned_client_identifier.expect("assigned id");
+    assert!(assigned.starts_with("natter-"), "{assigned}");
+    assert_eq!(props.receive_max, Some(256));
+    assert_eq!(props.max_packet_size, Some(1_048_576));
+    assert_eq!(props.topic_alias_max, Some(64));
+}
+
+#[tokio::test]
+async fn will_waits_for_its_delay_and_a_timely_reconnect_cancels_it() {
+    let server = TestServer::start();
+    let mut watcher = connect(&server, "watcher").await;
+    subscribe(&mut watcher, "will/#", QoS::AtLeastOnce).await;
+
+    let will = |topic: &str, delay| {
+        let props = LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        LastWill::new(topic, "gone", QoS::AtMostOnce, false, Some(props))
+    };
+
+    // Delayed will: nothing at once, the will after about 2 s.
+    let mut o = expiring(60);
+    o.will = Some(will("will/late", 2));
+    let (late, _) = connect_with(&server, "late", o).await;
+    let t0 = Instant::now();
+    late.vanish();
+    let got = next_publish(&mut watcher).await;
+    assert_eq!(&got.topic[..], b"will/late");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // Reconnecting to the session within the delay cancels the will.
+    let mut o = expiring(60);
+    o.will = Some(will("will/back", 2));
+    let (back, _) = connect_with(&server, "back", o).await;
+    back.vanish();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut o = expiring(60);
+    o.clean = false;
+    let (_back, ack) = connect_with(&server, "back", o).await;
+    assert!(ack.session_present);
+    silent(&mut watcher, Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn sessions_expire_after_their_interval() {
+    let server = TestServer::start();
+    for (id, secs) in [("short", 1), ("long", 60)] {
+        let (mut c, _) = connect_with(&server, id, expiring(secs)).await;
+        subscribe(&mut c, "x/#", QoS::AtLeastOnce).await;
+        c.send(Packet::Disconnect(Disconnect::new(
+            DisconnectReasonCode::NormalDisconnection,
+        )))
+        .await;
+        assert!(c.closed().await.is_none());
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (id, present) in [("short", false), ("long", true)] {
+        let mut o = expiring(60);
+        o.clean = false;
+        let (_c, ack) = connect_with(&server, id, o).await;
+        assert_eq!(ack.session_present, present, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn shared_subscriptions_take_turns() {
+    let server = TestServer::start();
+    let mut a = connect(&server, "a").await;
+    let mut b = connect(&server, "b").await;
+    subscribe(&mut a, "$share/workers/job/#", QoS::AtMostOnce).await;
+    subscribe(&mut b, "$share/workers/job/#", QoS::AtMostOnce).await;
+    let mut p = connect(&server, "p").await;
+    for _ in 0..4 {
+        p.send(Packet::Publish(publish("job/1", QoS::AtMostOnce, 0, b"j")))
+            .await;
+    }
+    for c in [&mut a, &mut b] {
+        for _ in 0..2 {
+            assert_eq!(&next_publish(c).await.topic[..], b"job/1");
+        }
+        silent(c, Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn inbound_topic_aliases_resolve_and_bad_ones_disconnect() {
+    let server = TestServer::start();
+    let mut sub = connect(&server, "sub").await;
+    subscribe(&mut sub, "al/#", QoS::AtMostOnce).await;
+    let mut p = connect(&server, "p").await;
+    let aliased = |topic: &str, alias: u16, payload: &'static [u8]| {
+        let props = PublishProperties {
+            topic_alias: Some(alias),
+            ..Default::default()
+        };
+        Packet::Publish(Publish::new(topic, QoS::AtMostOnce, payload, Some(props)))
+    };
+    p.send(aliased("al/1", 1, b"a")).await;
+    p.send(aliased("", 1, b"b")).await;
+    for want in [&b"a"[..], b"b"] {
+        let got = next_publish(&mut sub).await;
+        assert_eq!(&got.topic[..], b"al/1");
+        assert_eq!(&got.payload[..], want);
+    }
+    p.send(aliased("al/2", 65, b"c")).await;
+    assert_eq!(
+        disconnect_reason(p.closed().await),
+        DisconnectReasonCode::TopicAliasInvalid
+    );
+}
+
+#[tokio::test]
+async fn outbound_topic_aliases_are_used_when_the_client_allows_them() {
+    let server = TestServer::start();
+    let mut o = Opts::default();
+    o.props.topic_alias_max = Some(4);
+    let (mut sub, _) = connect_with(&server, "sub", o).await;
+    subscribe(&mut sub, "ao/#", QoS::AtMostOnce).await;
+    let mut p = connect(&server, "p").await;
+    for _ in 0..2 {
+        p.send(Packet::Publish(publish("ao/1", QoS::AtMostOnce, 0, b"x")))
+            .await;
+    }
+    let first = next_publish(&mut sub).await;
+    assert_eq!(&first.topic[..], b"ao/1");
+    let alias = first
+        .properties
+        .and_then(|p| p.topic_alias)
+        .expect("alias set");
+    let second = next_publish(&mut sub).await;
+    assert!(second.topic.is_empty());
+    assert_eq!(second.properties.and_then(|p| p.topic_alias), Some(alias));
+}
+
+#[tokio::test]
+async fn expired_messages_are_not_delivered_and_others_carry_the_time_left() {
+    let server = TestServer::start();
+    let mut p = connect(&server, "p").await;
+    for (topic, secs) in [("ex/short", 1), ("ex/long", 100)] {
+        let props = PublishProperties {
+            message_expiry_interval: Some(secs),
+            ..Default::default()
+        };
+        let mut m = Publish::new(topic, QoS::AtLeastOnce, "v", Some(props));
+        m.retain = true;
+        m.pkid = 1;
+        p.send(Packet::Publish(m)).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut sub = connect(&server, "sub").await;
+    subscribe(&mut sub, "ex/#", QoS::AtMostOnce).await;
+    let got = next_publish(&mut sub).await;
+    assert_eq!(&got.topic[..], b"ex/long");
+    let left = got
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .unwrap();
+    assert!((98..=100).contains(&left), "{left}");
+    silent(&mut sub, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn no_local_suppresses_own_messages_only() {
+    let server = TestServer::start();
+    let mut me = connect(&server, "me").await;
+    let mut f = Filter::new("nl/#", QoS::AtMostOnce);
+    f.nolocal = true;
+    subscribe_filter(&mut me, 1, f, None).await;
+    me.send(Packet::Publish(publish(
+        "nl/1",
+        QoS::AtMostOnce,
+        0,
+        b"mine",
+    )))
+    .await;
+    let mut other = connect(&server, "other").await;
+    other
+        .send(Packet::Publish(publish(
+            "nl/1",
+            QoS::AtMostOnce,
+            0,
+            b"theirs",
+        )))
+        .await;
+    assert_eq!(&next_publish(&mut me).await.payload[..], b"theirs");
+}
+
+#[tokio::test]
+async fn request_response_properties_pass_through() {
+    let server = TestServer::start();
+    let mut responder = connect(&server, "responder").await;
+    subscribe(&mut responder, "req/#", QoS::AtMostOnce).await;
+    let mut requester = connect(&server, "requester").await;
+    let props = PublishProperties {
+        response_topic: Some("resp/requester".into()),
+        correlation_data: Some(Bytes::from_static(b"\x00\x01corr")),
+        user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+        content_type: Some("text/plain".into()),
+        payload_format_indicator: Some(1),
+        ..Default::default()
+    };
+    requester
+        .send(Packet::Publish(Publish::new(
+            "req/time",
+            QoS::AtMostOnce,
+            "now?",
+            Some(props.clone()),
+        )))
+        .await;
+    let got = next_publish(&mut responder).await;
+    assert_eq!(got.properties, Some(props));
+}
+
+#[tokio::test]
+async fn oversized_packets_are_refused_with_0x95() {
+    let server = TestServer::start_with(|c| c.mqtt.max_packet_size = 1024);
+    let mut c = connect(&server, "big").await;
+    let payload: &'static [u8] = Box::leak(vec![7u8; 2000].into_boxed_slice());
+    c.send(Packet::Publish(publish(
+        "big/1",
+        QoS::AtMostOnce,
+        0,
+        payload,
+    )))
+    .await;
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::PacketTooLarge
+    );
+    // The server keeps serving.
+    let _ = connect(&server, "next").await;
+}
+
+#[tokio::test]
+async fn messages_larger_than_the_client_accepts_are_skipped() {
+    let server = TestServer::start();
+    let mut o = Opts::default();
+    o.props.max_packet_size = Some(100);
+    let (mut small, _) = connect_with(&server, "small", o).await;
+    subscribe(&mut small, "sz/#", QoS::AtLeastOnce).await;
+    let mut p = connect(&server, "p").await;
+    let big: &'static [u8] = Box::leak(vec![1u8; 500].into_boxed_slice());
+    p.send(Packet::Publish(publish("sz/1", QoS::AtLeastOnce, 1, big)))
+        .await;
+    p.send(Packet::Publish(publish(
+        "sz/1",
+        QoS::AtLeastOnce,
+        2,
+        b"small",
+    )))
+    .await;
+    let got = next_publish(&mut small).await;
+    assert_eq!(&got.payload[..], b"small");
+}
+
+#[tokio::test]
+async fn subscription_identifiers_are_returned_with_each_match() {
+    let server = TestServer::start();
+    let mut c = connect(&server, "c").await;
+    subscribe_filter(&mut c, 1, Filter::new("si/#", QoS::AtMostOnce), Some(7)).await;
+    subscribe_filter(&mut c, 2, Filter::new("si/+", QoS::AtMostOnce), Some(9)).await;
+    let mut p = connect(&server, "p").await;
+    p.send(Packet::Publish(publish("si/a", QoS::AtMostOnce, 0, b"x")))
+        .await;
+    let got = next_publish(&mut c).await;
+    let mut ids = got.properties.unwrap().subscription_identifiers;
+    ids.sort();
+    assert_eq!(ids, [7, 9]);
+    silent(&mut c, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn retain_handling_and_retain_as_published() {
+    let server = TestServer::start();
+    let mut p = connect(&server, "p").await;
+    let mut m = publish("rh/1", QoS::AtMostOnce, 0, b"kept");
+    m.retain = true;
+    p.send(Packet::Publish(m.clone())).await;
+
+    let mut c = connect(&server, "c").await;
+    let with = |rule: RetainForwardRule, rap: bool| {
+        let mut f = Filter::new("rh/#", QoS::AtMostOnce);
+        f.retain_forward_rule = rule;
+        f.preserve_retain = rap;
+        f
+    };
+    subscribe_filter(&mut c, 1, with(RetainForwardRule::Never, false), None).await;
+    silent(&mut c, Duration::from_millis(200)).await;
+    subscribe_filter(
+        &mut c,
+        2,
+        with(RetainForwardRule::OnNewSubscribe, false),
+        None,
+    )
+    .await;
+    silent(&mut c, Duration::from_millis(200)).await;
+    subscribe_filter(
+        &mut c,
+        3,
+        with(RetainForwardRule::OnEverySubscribe, false),
+        None,
+    )
+    .await;
+    assert!(next_publish(&mut c).await.retain);
+
+    let mut fresh = connect(&server, "fresh").await;
+    subscribe_filter(
+        &mut fresh,
+        1,
+        with(RetainForwardRule::OnNewSubscribe, true),
+        None,
+    )
+    .await;
+    assert!(next_publish(&mut fresh).await.retain);
+    // Live traffic: RETAIN kept only for the retain-as-published subscription.
+    p.send(Packet::Publish(m)).await;
+    assert!(next_publish(&mut fresh).await.retain);
+    assert!(!next_publish(&mut c).await.retain);
+}
+
+#[tokio::test]
+async fn outbound_flow_respects_the_clients_receive_maximum() {
+    let server = TestServer::start();
+    let mut o = Opts::default();
+    o.props.receive_maximum = Some(2);
+    let (mut slow, _) = connect_with(&server, "slow", o).await;
+    subscribe(&mut slow, "rm/#", QoS::AtLeastOnce).await;
+    let mut p = connect(&server, "p").await;
+    for i in 1..=5 {
+        p.send(Packet::Publish(publish("rm/1", QoS::AtLeastOnce, i, b"m")))
+            .await;
+    }
+    let a = next_publish(&mut slow).await;
+    let _b = next_publish(&mut slow).await;
+    silent(&mut slow, Duration::from_millis(300)).await;
+    slow.send(Packet::PubAck(PubAck::new(a.pkid, None))).await;
+    let c = next_publish(&mut slow).await;
+    assert_ne!(c.pkid, 0);
+    silent(&mut slow, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn qos2_is_exactly_once_across_reconnects_both_ways() {
+    let server = TestServer::start();
+    let mut sub = {
+        let (c, _) = connect_with(&server, "sub", expiring(60)).await;
+        c
+    };
+    subscribe(&mut sub, "q2/#", QoS::ExactlyOnce).await;
+
+    // Inbound: the publisher loses its connection after PUBREC and resends with DUP.
+    let (mut p, _) = connect_with(&server, "p", expiring(60)).await;
+    p.send(Packet::Publish(publish(
+        "q2/1",
+        QoS::ExactlyOnce,
+        10,
+        b"once",
+    )))
+    .await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(r)) if r.pkid == 10));
+    p.vanish();
+    let mut o = expiring(60);
+    o.clean = false;
+    let (mut p, ack) = connect_with(&server, "p", o).await;
+    assert!(ack.session_present);
+    let mut again = publish("q2/1", QoS::ExactlyOnce, 10, b"once");
+    again.dup = true;
+    p.send(Packet::Publish(again)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(r)) if r.pkid == 10));
+    p.send(Packet::PubRel(PubRel::new(10, None))).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubComp(c)) if c.pkid == 10));
+
+    // Outbound: the subscriber vanishes before PUBREC; the message comes again with DUP.
+    let first = next_publish(&mut sub).await;
+    assert_eq!(&first.payload[..], b"once");
+    assert!(!first.dup);
+    sub.vanish();
+    let mut o = expiring(60);
+    o.clean = false;
+    let (mut sub, ack) = connect_with(&server, "sub", o).await;
+    assert!(ack.session_present);
+    let resent = next_publish(&mut sub).await;
+    assert!(resent.dup);
+    assert_eq!(resent.pkid, first.pkid);
+    sub.send(Packet::PubRec(PubRec::new(resent.pkid, None)))
+        .await;
+    assert!(matches!(sub.recv().await, Some(Packet::PubRel(r)) if r.pkid == resent.pkid));
+    sub.send(Packet::PubComp(PubComp::new(resent.pkid, None)))
+        .await;
+    silent(&mut sub, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn keep_alive_is_enforced_at_one_and_a_half_times() {
+    let server = TestServer::start();
+    let mut o = Opts::default();
+    o.keep_alive = 1;
+    let (mut c, _) = connect_with(&server, "sleepy", o).await;
+    let t0 = Instant::now();
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::KeepAliveTimeout
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_keep_alive_caps_what_clients_ask_for() {
+    let server = TestServer::start_with(|c| c.mqtt.max_keepalive_secs = 20);
+    for asked in [0, 600] {
+        let mut o = Opts::default();
+        o.keep_alive = asked;
+        let (_c, ack) = connect_with(&server, "k", o).await;
+        assert_eq!(ack.properties.unwrap().server_keep_alive, Some(20));
+    }
+}
+
+#[tokio::test]
+async fn takeover_and_shutdown_say_why() {
+    let mut server = TestServer::start();
+    let mut old = connect(&server, "dup").await;
+    let mut new = connect(&server, "dup").await;
+    assert_eq!(
+        disconnect_reason(old.closed().await),
+        DisconnectReasonCode::SessionTakenOver
+    );
+    server.stop();
+    assert_eq!(
+        disconnect_reason(new.closed().await),
+        DisconnectReasonCode::ServerShuttingDown
+    );
+}
+
+#[tokio::test]
+async fn credentials_and_anonymous_access_are_refused_properly() {
+    let server = TestServer::start();
+    let mut o = Opts::default();
+    o.login = Some(Login::new("bob", "wrong"));
+    let (_c, ack) = connect_with(&server, "bob", o).await;
+    assert_eq!(ack.code, ConnectReturnCode::BadUserNamePassword);
+
+    let closed = TestServer::start_with(|c| c.auth.allow_anonymous = false);
+    let (_c, ack) = connect_with(&closed, "anon", Opts::default()).await;
+    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
+}
+
+#[tokio::test]
+async fn invalid_topics_and_payloads_are_refused_per_message() {
+    let server = TestServer::start();
+    let mut c = connect(&server, "c").await;
+    c.send(Packet::Publish(publish("a/+", QoS::AtLeastOnce, 1, b"x")))
+        .await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::PubAck(a)) if a.reason == PubAckReason::TopicNameInvalid)
+    );
+    let props = PublishProperties {
+        payload_format_indicator: Some(1),
+        ..Default::default()
+    };
+    c.send(Packet::Publish({
+        let mut p = Publish::new("a/b", QoS::AtLeastOnce, &b"\xff\xfe"[..], Some(props));
+        p.pkid = 2;
+        p
+    }))
+    .await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::PubAck(a)) if a.reason == PubAckReason::PayloadFormatInvalid)
+    );
+    c.send(Packet::Publish(publish(
+        "$SYS/x",
+        QoS::AtLeastOnce,
+        3,
+        b"x",
+    )))
+    .await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::PubAck(a)) if a.reason == PubAckReason::NotAuthorized)
+    );
+}
