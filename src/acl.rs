@@ -137,15 +137,11 @@ impl Acl {
         let mut granted = false;
         for (grant, topic) in rules {
             match (grant, action) {
-                (Grant::Deny, Action::Subscribe(filter)) => {
-                    if covers(&topic, filter) {
-                        return false;
-                    }
-                }
-                (Grant::Deny, Action::Publish(name) | Action::Read(name)) => {
-                    if topics::matches(&topic, name) {
-                        return false;
-                    }
+                (Grant::Deny, Action::Subscribe(filter)) if covers(&topic, filter) => return false,
+                (Grant::Deny, Action::Publish(name) | Action::Read(name))
+                    if topics::matches(&topic, name) =>
+                {
+                    return false
                 }
                 (Grant::Write | Grant::ReadWrite, Action::Publish(name))
                 | (Grant::Read | Grant::ReadWrite, Action::Read(name)) => {

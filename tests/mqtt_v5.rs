@@ -534,8 +534,10 @@ async fn qos2_is_exactly_once_across_reconnects_both_ways() {
 #[tokio::test]
 async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     let server = TestServer::start();
-    let mut o = Opts::default();
-    o.keep_alive = 1;
+    let o = Opts {
+        keep_alive: 1,
+        ..Default::default()
+    };
     let (mut c, _) = connect_with(&server, "sleepy", o).await;
     let t0 = Instant::now();
     assert_eq!(
@@ -553,8 +555,10 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
 async fn server_keep_alive_caps_what_clients_ask_for() {
     let server = TestServer::start_with(|c| c.mqtt.max_keepalive_secs = 20);
     for asked in [0, 600] {
-        let mut o = Opts::default();
-        o.keep_alive = asked;
+        let o = Opts {
+            keep_alive: asked,
+            ..Default::default()
+        };
         let (_c, ack) = connect_with(&server, "k", o).await;
         assert_eq!(ack.properties.unwrap().server_keep_alive, Some(20));
     }
@@ -579,8 +583,10 @@ async fn takeover_and_shutdown_say_why() {
 #[tokio::test]
 async fn credentials_and_anonymous_access_are_refused_properly() {
     let server = TestServer::start();
-    let mut o = Opts::default();
-    o.login = Some(Login::new("bob", "wrong"));
+    let o = Opts {
+        login: Some(Login::new("bob", "wrong")),
+        ..Default::default()
+    };
     let (_c, ack) = connect_with(&server, "bob", o).await;
     assert_eq!(ack.code, ConnectReturnCode::BadUserNamePassword);
 

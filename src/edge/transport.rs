@@ -119,6 +119,8 @@ impl Transport {
 
 /// Accepts the WebSocket upgrade when the client offers the `mqtt` subprotocol (or none, as some
 /// embedded clients do) and answers with `mqtt`.
+// The signature is tungstenite's callback type; its error type is theirs.
+#[allow(clippy::result_large_err)]
 fn choose_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
     let offered = req
         .headers()

@@ -18,8 +18,9 @@ use super::Delivery;
 pub enum Outbound {
     /// A message for the client (the connection applies topic aliases and size limits).
     Publish(Delivery),
-    /// A control packet (SUBACK, UNSUBACK, PUBREL…), written as is.
-    Packet(Packet),
+    /// A control packet (SUBACK, UNSUBACK, PUBREL…), written as is. Boxed: a 5.0 packet is
+    /// several hundred bytes and publishes, the common case, should not pay for it.
+    Packet(Box<Packet>),
     /// Send DISCONNECT with this reason (5.0) and close.
     Disconnect(DisconnectReasonCode),
 }

@@ -407,10 +407,10 @@ impl Router {
         let Some(session) = self.sessions.get_mut(client) else {
             return;
         };
-        let Some(mailbox) = session.link.as_ref().filter(|l| l.conn_id == conn_id) else {
+        let Some(link) = session.link_for(conn_id) else {
             return;
         };
-        let mailbox = mailbox.mailbox.clone();
+        let mailbox = link.mailbox.clone();
         let id = packet.properties.as_ref().and_then(|p| p.id);
         let mut codes = Vec::with_capacity(packet.filters.len());
         let mut retained_for: Vec<(String, QoS)> = Vec::new();
@@ -452,11 +452,11 @@ impl Router {
                 retained_for.push((sub.filter.to_string(), f.qos));
             }
         }
-        mailbox.push(Outbound::Packet(Packet::SubAck(SubAck {
+        mailbox.push(Outbound::Packet(Box::new(Packet::SubAck(SubAck {
             pkid: packet.pkid,
             return_codes: codes,
             properties: None,
-        })));
+        }))));
         for (filter, qos) in retained_for {
             self.send_retained(client, &filter, qos, id, now);
         }
@@ -503,7 +503,7 @@ impl Router {
         let Some(session) = self.sessions.get_mut(client) else {
             return;
         };
-        let Some(link) = session.link.as_ref().filter(|l| l.conn_id == conn_id) else {
+        let Some(link) = session.link_for(conn_id) else {
             return;
         };
         let mailbox = link.mailbox.clone();
@@ -524,18 +524,18 @@ impl Router {
                 }
             })
             .collect();
-        mailbox.push(Outbound::Packet(Packet::UnsubAck(UnsubAck {
+        mailbox.push(Outbound::Packet(Box::new(Packet::UnsubAck(UnsubAck {
             pkid: packet.pkid,
             reasons,
             properties: None,
-        })));
+        }))));
     }
 
     fn ack(&mut self, client: &str, conn_id: u64, ack: Ack, now: Instant) {
         let Some(session) = self.sessions.get_mut(client) else {
             return;
         };
-        if !session.link.as_ref().is_some_and(|l| l.conn_id == conn_id) {
+        if session.link_for(conn_id).is_none() {
             return;
         }
         let done = match ack {
@@ -560,7 +560,7 @@ impl Router {
         let Some(session) = self.sessions.get_mut(client) else {
             return;
         };
-        if !session.link.as_ref().is_some_and(|l| l.conn_id == conn_id) {
+        if session.link_for(conn_id).is_none() {
             return;
         }
         session.link = None;

@@ -97,6 +97,12 @@ impl Session {
         self.link.is_some()
     }
 
+    /// The link, if it belongs to connection `conn_id` (events from a connection that was taken
+    /// over must not touch its successor's session).
+    pub fn link_for(&self, conn_id: u64) -> Option<&Link> {
+        self.link.as_ref().filter(|l| l.conn_id == conn_id)
+    }
+
     /// Hands a message to the session: sent now if connected and the window allows, else queued
     /// (QoS 1/2 only; QoS 0 is never queued), else dropped under the overflow policy.
     pub fn deliver(&mut self, d: Delivery, max_queue: usize, overflow: QueueOverflow) -> Outcome {
@@ -187,7 +193,9 @@ impl Session {
         self.inflight[idx].stage = Stage::Released;
         if let Some(link) = &self.link {
             link.mailbox
-                .push(Outbound::Packet(Packet::PubRel(PubRel::new(pkid, None))));
+                .push(Outbound::Packet(Box::new(Packet::PubRel(PubRel::new(
+                    pkid, None,
+                )))));
         }
         None
     }
@@ -217,7 +225,9 @@ impl Session {
                     d.dup = true;
                     Outbound::Publish(d)
                 }
-                Stage::Released => Outbound::Packet(Packet::PubRel(PubRel::new(f.pkid, None))),
+                Stage::Released => {
+                    Outbound::Packet(Box::new(Packet::PubRel(PubRel::new(f.pkid, None))))
+                }
             };
             link.mailbox.push(item);
         }
