@@ -66,6 +66,8 @@ pub(super) struct Connection {
     pending_qos2: HashSet<u16>,
     /// A session that expires at disconnect cannot be given an expiry by DISCONNECT (§3.14.2.2.2).
     expiry_was_zero: bool,
+    /// Events for the router, sent in order before the connection reads again.
+    events: Vec<Event>,
 }
 
 fn protocol_error(reason: impl Into<String>) -> io::Error {
@@ -144,6 +146,7 @@ pub(super) async fn accept(
                 client_alias_max,
                 pending_qos2: HashSet::new(),
                 expiry_was_zero,
+                events: Vec::new(),
             };
             conn.queue(&Packet::ConnAck(connack));
             // The router may have queued resends already: CONNACK must go first, so the
@@ -402,13 +405,20 @@ impl Connection {
         self.finish(close).await;
     }
 
+    // Packet handling below is synchronous on purpose: the connection awaits in only a few
+    // places (sending events, writing, the select), which keeps this task's future, allocated
+    // once per connection for its whole life, small.
     async fn serve(&mut self) -> Close {
         let shutdown = self.shared.shutdown.clone();
         let mailbox = self.mailbox.clone();
         let mut outbox = Vec::new();
         let mut last_read = Instant::now();
         loop {
-            if let Some(close) = self.handle_buffered().await {
+            let closing = self.handle_buffered();
+            if !self.send_events().await {
+                return Close::Server(DisconnectReasonCode::ServerShuttingDown);
+            }
+            if let Some(close) = closing {
                 return close;
             }
             if self.flush().await.is_err() {
@@ -424,7 +434,7 @@ impl Connection {
                 _ = mailbox.ready() => {
                     mailbox.drain_into(&mut outbox);
                     for item in outbox.drain(..) {
-                        if let Some(close) = self.on_outbound(item).await {
+                        if let Some(close) = self.on_outbound(item) {
                             return close;
                         }
                     }
@@ -444,8 +454,18 @@ impl Connection {
         }
     }
 
+    /// Sends queued events to the router, in order; `false` if the router is gone.
+    async fn send_events(&mut self) -> bool {
+        for event in self.events.drain(..) {
+            if self.shared.router.send(event).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Handles every complete packet in the read buffer.
-    async fn handle_buffered(&mut self) -> Option<Close> {
+    fn handle_buffered(&mut self) -> Option<Close> {
         loop {
             match codec::read(
                 self.version,
@@ -453,7 +473,7 @@ impl Connection {
                 self.shared.limits.max_packet_size,
             ) {
                 Ok(Some(packet)) => {
-                    if let Some(close) = self.on_packet(packet).await {
+                    if let Some(close) = self.on_packet(packet) {
                         return Some(close);
                     }
                 }
@@ -469,27 +489,24 @@ impl Connection {
         }
     }
 
-    async fn on_packet(&mut self, packet: Packet) -> Option<Close> {
+    fn on_packet(&mut self, packet: Packet) -> Option<Close> {
         match packet {
-            Packet::Publish(p) => return self.on_publish(p).await,
-            Packet::PubAck(a) => return self.ack(Ack::PubAck(a.pkid)).await,
+            Packet::Publish(p) => return self.on_publish(p),
+            Packet::PubAck(a) => self.ack(Ack::PubAck(a.pkid)),
             Packet::PubRec(r) => {
                 let accepted = matches!(
                     r.reason,
                     PubRecReason::Success | PubRecReason::NoMatchingSubscribers
                 );
-                return self.ack(Ack::PubRec(r.pkid, accepted)).await;
+                self.ack(Ack::PubRec(r.pkid, accepted));
             }
-            Packet::PubComp(c) => return self.ack(Ack::PubComp(c.pkid)).await,
+            Packet::PubComp(c) => self.ack(Ack::PubComp(c.pkid)),
             Packet::PubRel(r) => {
                 self.pending_qos2.remove(&r.pkid);
-                let event = Event::Release {
+                self.events.push(Event::Release {
                     client: self.identity.client_id.clone(),
                     pkid: r.pkid,
-                };
-                if self.shared.router.send(event).await.is_err() {
-                    return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
-                }
+                });
                 self.queue(&Packet::PubComp(PubComp::new(r.pkid, None)));
             }
             Packet::Subscribe(s) => {
@@ -500,24 +517,18 @@ impl Connection {
                 if shared_no_local || s.properties.as_ref().and_then(|p| p.id) == Some(0) {
                     return Some(Close::Server(DisconnectReasonCode::ProtocolError));
                 }
-                let event = Event::Subscribe {
+                self.events.push(Event::Subscribe {
                     client: self.identity.client_id.clone(),
                     conn_id: self.conn_id,
                     packet: s,
-                };
-                if self.shared.router.send(event).await.is_err() {
-                    return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
-                }
+                });
             }
             Packet::Unsubscribe(u) => {
-                let event = Event::Unsubscribe {
+                self.events.push(Event::Unsubscribe {
                     client: self.identity.client_id.clone(),
                     conn_id: self.conn_id,
                     packet: u,
-                };
-                if self.shared.router.send(event).await.is_err() {
-                    return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
-                }
+                });
             }
             Packet::PingReq(_) => {
                 self.queue(&Packet::PingResp(rumqttc::v5::mqttbytes::v5::PingResp))
@@ -545,19 +556,15 @@ impl Connection {
         None
     }
 
-    async fn ack(&mut self, ack: Ack) -> Option<Close> {
-        let event = Event::Ack {
+    fn ack(&mut self, ack: Ack) {
+        self.events.push(Event::Ack {
             client: self.identity.client_id.clone(),
             conn_id: self.conn_id,
             ack,
-        };
-        if self.shared.router.send(event).await.is_err() {
-            return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
-        }
-        None
+        });
     }
 
-    async fn on_publish(&mut self, p: Publish) -> Option<Close> {
+    fn on_publish(&mut self, p: Publish) -> Option<Close> {
         let (qos, pkid) = (p.qos, p.pkid);
         let mut properties = p.properties;
         let topic = match self.resolve_alias(p.topic, properties.as_mut()) {
@@ -608,14 +615,11 @@ impl Connection {
             expires_at,
             origin: Some(self.identity.client_id.clone()),
         };
-        let event = Event::Publish {
+        self.events.push(Event::Publish {
             client: self.identity.client_id.clone(),
             message,
             qos2_pkid: (qos == QoS::ExactlyOnce).then_some(pkid),
-        };
-        if self.shared.router.send(event).await.is_err() {
-            return Some(Close::Server(DisconnectReasonCode::ServerShuttingDown));
-        }
+        });
         Stats::add(&self.shared.stats.messages_received, 1);
         match qos {
             QoS::AtMostOnce => {}
@@ -679,11 +683,11 @@ impl Connection {
         None
     }
 
-    async fn on_outbound(&mut self, item: Outbound) -> Option<Close> {
+    fn on_outbound(&mut self, item: Outbound) -> Option<Close> {
         match item {
             Outbound::Publish(d) => {
                 if let Some(ack) = self.write_delivery(d) {
-                    return self.ack(ack).await;
+                    self.ack(ack);
                 }
             }
             Outbound::Packet(p) => self.queue(&p),
@@ -798,13 +802,13 @@ impl Connection {
             self.io.shutdown().await;
         })
         .await;
-        let event = Event::Closed {
+        self.events.push(Event::Closed {
             client: self.identity.client_id.clone(),
             conn_id: self.conn_id,
             publish_will,
             expiry_secs: expiry,
-        };
-        let _ = self.shared.router.send(event).await;
+        });
+        self.send_events().await;
         tracing::debug!(client = %self.identity.client_id, peer = %self.peer, "disconnected");
     }
 }

@@ -115,10 +115,12 @@ async fn handle(
     // MQTT is request/response heavy: Nagle's algorithm would add tens of ms to small packets.
     let _ = stream.set_nodelay(true);
     let limits = &shared.limits;
-    let handshake = async {
+    // Boxed: TLS and WebSocket handshake state is large, and an unboxed future would size
+    // every connection's task for it for the connection's whole life.
+    let handshake = Box::pin(async {
         let transport = open(stream, kind, tls, limits.max_packet_size as usize).await?;
         connection::accept(transport, peer, &shared).await
-    };
+    });
     let conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
         Ok(Ok(Some(conn))) => conn,
         Ok(Ok(None)) => return,
