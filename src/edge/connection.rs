@@ -4,7 +4,7 @@
 //! Everything version-specific stays here and in `codec`: the router sees 5.0 packets and
 //! [`Message`]s; a 3.1.1 client simply never sends properties and never sees any.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -67,7 +67,7 @@ pub(super) struct Connection {
     /// A session that expires at disconnect cannot be given an expiry by DISCONNECT (§3.14.2.2.2).
     expiry_was_zero: bool,
     /// Events for the router, sent in order before the connection reads again.
-    events: Vec<Event>,
+    events: VecDeque<Event>,
 }
 
 fn protocol_error(reason: impl Into<String>) -> io::Error {
@@ -79,7 +79,7 @@ pub(super) async fn accept(
     mut io: Transport,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-) -> io::Result<Option<Connection>> {
+) -> io::Result<Option<Box<Connection>>> {
     let limits = &shared.limits;
     let mut buf = BytesMut::new();
     let version = loop {
@@ -129,7 +129,9 @@ pub(super) async fn accept(
                 connack,
             } = admitted;
             tracing::debug!(%peer, client = %identity.client_id, ?version, "connected");
-            let mut conn = Connection {
+            // Boxed: the connection lives as long as its task, whose future then holds only a
+            // pointer to it instead of a second copy.
+            let mut conn = Box::new(Connection {
                 shared: shared.clone(),
                 io,
                 version,
@@ -146,8 +148,8 @@ pub(super) async fn accept(
                 client_alias_max,
                 pending_qos2: HashSet::new(),
                 expiry_was_zero,
-                events: Vec::new(),
-            };
+                events: VecDeque::new(),
+            });
             conn.queue(&Packet::ConnAck(connack));
             // The router may have queued resends already: CONNACK must go first, so the
             // mailbox is drained only once this write is done.
@@ -228,7 +230,7 @@ async fn admit(
     let identity = Identity { user, client_id };
 
     let will = match will {
-        Some(w) => Some(will_message(shared, &identity, w)?),
+        Some(w) => Some(Box::new(will_message(shared, &identity, w)?)),
         None => None,
     };
 
@@ -400,7 +402,7 @@ fn empty_connack_properties() -> ConnAckProperties {
 }
 
 impl Connection {
-    pub(super) async fn run(mut self) {
+    pub(super) async fn run(mut self: Box<Self>) {
         let close = self.serve().await;
         self.finish(close).await;
     }
@@ -411,7 +413,7 @@ impl Connection {
     async fn serve(&mut self) -> Close {
         let shutdown = self.shared.shutdown.clone();
         let mailbox = self.mailbox.clone();
-        let mut outbox = Vec::new();
+        let mut outbox = VecDeque::new();
         let mut last_read = Instant::now();
         loop {
             let closing = self.handle_buffered();
@@ -432,12 +434,14 @@ impl Connection {
             tokio::select! {
                 _ = shutdown.cancelled() => return Close::Server(DisconnectReasonCode::ServerShuttingDown),
                 _ = mailbox.ready() => {
-                    mailbox.drain_into(&mut outbox);
-                    for item in outbox.drain(..) {
+                    mailbox.swap(&mut outbox);
+                    while let Some(item) = outbox.pop_front() {
                         if let Some(close) = self.on_outbound(item) {
                             return close;
                         }
                     }
+                    // Give the (now empty) queue's memory back while idle.
+                    outbox = VecDeque::new();
                 }
                 read = self.io.read(&mut self.rbuf) => match read {
                     Ok(0) | Err(_) => return Close::Lost,
@@ -456,11 +460,18 @@ impl Connection {
 
     /// Sends queued events to the router, in order; `false` if the router is gone.
     async fn send_events(&mut self) -> bool {
-        for event in self.events.drain(..) {
-            if self.shared.router.send(event).await.is_err() {
+        // Reserve a slot first and take the event only then: an event held across the await
+        // would be stored in this task's future for the connection's whole life.
+        while !self.events.is_empty() {
+            let Ok(permit) = self.shared.router.reserve().await else {
                 return false;
+            };
+            if let Some(event) = self.events.pop_front() {
+                permit.send(event);
             }
         }
+        // Events are large; an idle connection should not keep room for them.
+        self.events = VecDeque::new();
         true
     }
 
@@ -503,7 +514,7 @@ impl Connection {
             Packet::PubComp(c) => self.ack(Ack::PubComp(c.pkid)),
             Packet::PubRel(r) => {
                 self.pending_qos2.remove(&r.pkid);
-                self.events.push(Event::Release {
+                self.events.push_back(Event::Release {
                     client: self.identity.client_id.clone(),
                     pkid: r.pkid,
                 });
@@ -517,14 +528,14 @@ impl Connection {
                 if shared_no_local || s.properties.as_ref().and_then(|p| p.id) == Some(0) {
                     return Some(Close::Server(DisconnectReasonCode::ProtocolError));
                 }
-                self.events.push(Event::Subscribe {
+                self.events.push_back(Event::Subscribe {
                     client: self.identity.client_id.clone(),
                     conn_id: self.conn_id,
                     packet: s,
                 });
             }
             Packet::Unsubscribe(u) => {
-                self.events.push(Event::Unsubscribe {
+                self.events.push_back(Event::Unsubscribe {
                     client: self.identity.client_id.clone(),
                     conn_id: self.conn_id,
                     packet: u,
@@ -557,7 +568,7 @@ impl Connection {
     }
 
     fn ack(&mut self, ack: Ack) {
-        self.events.push(Event::Ack {
+        self.events.push_back(Event::Ack {
             client: self.identity.client_id.clone(),
             conn_id: self.conn_id,
             ack,
@@ -615,7 +626,7 @@ impl Connection {
             expires_at,
             origin: Some(self.identity.client_id.clone()),
         };
-        self.events.push(Event::Publish {
+        self.events.push_back(Event::Publish {
             client: self.identity.client_id.clone(),
             message,
             qos2_pkid: (qos == QoS::ExactlyOnce).then_some(pkid),
@@ -786,7 +797,7 @@ impl Connection {
         self.io.write(data).await
     }
 
-    async fn finish(mut self, close: Close) {
+    async fn finish(&mut self, close: Close) {
         let (publish_will, expiry) = match &close {
             Close::Client { will, expiry } => (*will, *expiry),
             Close::Lost | Close::Server(_) => (true, None),
@@ -802,7 +813,7 @@ impl Connection {
             self.io.shutdown().await;
         })
         .await;
-        self.events.push(Event::Closed {
+        self.events.push_back(Event::Closed {
             client: self.identity.client_id.clone(),
             conn_id: self.conn_id,
             publish_will,

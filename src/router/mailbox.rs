@@ -72,14 +72,12 @@ impl Mailbox {
         true
     }
 
-    /// Moves everything queued into `out`.
-    pub fn drain_into(&self, out: &mut Vec<Outbound>) {
+    /// Exchanges the queue with `out` (which should be empty): the connection takes the whole
+    /// batch without copying, and the mailbox starts again from `out`'s storage.
+    pub fn swap(&self, out: &mut VecDeque<Outbound>) {
         let mut inner = self.lock();
         inner.qos0 = 0;
-        out.extend(inner.items.drain(..));
-        if inner.items.capacity() > 64 {
-            inner.items.shrink_to_fit();
-        }
+        std::mem::swap(&mut inner.items, out);
     }
 
     /// Resolves when something was pushed since the last call.

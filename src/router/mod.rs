@@ -80,11 +80,13 @@ pub struct Will {
 
 impl Will {
     /// The message to publish now.
-    fn into_message(self, now: Instant) -> Message {
-        let mut message = self.message;
-        message.expires_at = self
-            .expiry_secs
-            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+    fn into_message(self: Box<Self>, now: Instant) -> Message {
+        let Will {
+            mut message,
+            expiry_secs,
+            ..
+        } = *self;
+        message.expires_at = expiry_secs.map(|secs| now + Duration::from_secs(u64::from(secs)));
         message
     }
 }
@@ -98,7 +100,7 @@ pub struct ConnectRequest {
     pub clean_start: bool,
     pub expiry_secs: u32,
     pub receive_maximum: u16,
-    pub will: Option<Will>,
+    pub will: Option<Box<Will>>,
 }
 
 /// A client's acknowledgement of a message we sent it.
@@ -434,11 +436,16 @@ impl Router {
             let existed = self
                 .subscriptions
                 .insert(sub.group, sub.filter, client, options);
+            let raw: Arc<str> = f.path.as_str().into();
+            let filter = match sub.group {
+                None => raw.clone(),
+                Some(_) => sub.filter.into(),
+            };
             session.subscriptions.insert(
-                f.path.as_str().into(),
+                raw,
                 Subscribed {
                     group: sub.group.map(Arc::from),
-                    filter: sub.filter.into(),
+                    filter,
                 },
             );
             codes.push(SubscribeReasonCode::Success(f.qos));

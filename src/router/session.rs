@@ -63,7 +63,8 @@ pub struct Session {
     pub expiry_secs: u32,
     /// When an unconnected session ends.
     pub expires_at: Option<Instant>,
-    pub will: Option<Will>,
+    /// Boxed: most sessions have no will, and a will is as large as the rest of the session.
+    pub will: Option<Box<Will>>,
     /// When a delayed will is due.
     pub will_at: Option<Instant>,
 }

@@ -41,20 +41,25 @@ struct Group {
     next: usize,
 }
 
+impl Entries {
+    fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.shared.is_empty()
+    }
+}
+
+/// A trie node. Entries are boxed and created on demand: most nodes are either inner levels
+/// with no subscribers or leaves with no children, and one client per topic (a device's own
+/// stream) is the common shape, so an empty part must cost one pointer, not a struct.
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
-    here: Entries,
-    below: Entries,
+    here: Option<Box<Entries>>,
+    below: Option<Box<Entries>>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.here.plain.is_empty()
-            && self.here.shared.is_empty()
-            && self.below.plain.is_empty()
-            && self.below.shared.is_empty()
+        self.children.is_empty() && self.here.is_none() && self.below.is_none()
     }
 }
 
@@ -103,6 +108,8 @@ impl Subscriptions {
                 true
             }
             None => {
+                // Exact growth: most lists hold one subscriber.
+                list.reserve_exact(1);
                 list.push((client.clone(), options));
                 self.count += 1;
                 false
@@ -125,7 +132,10 @@ impl Subscriptions {
         group: Option<&str>,
         client: &str,
     ) -> bool {
-        let entries_remove = |entries: &mut Entries| -> bool {
+        let entries_remove = |slot: &mut Option<Box<Entries>>| -> bool {
+            let Some(entries) = slot.as_mut() else {
+                return false;
+            };
             let list = match group {
                 None => &mut entries.plain,
                 Some(name) => match entries.shared.iter_mut().find(|g| &*g.name == name) {
@@ -137,6 +147,9 @@ impl Subscriptions {
             list.retain(|(c, _)| &**c != client);
             let removed = list.len() != before;
             entries.shared.retain(|g| !g.members.is_empty());
+            if entries.is_empty() {
+                *slot = None;
+            }
             removed
         };
         match levels.next() {
@@ -159,11 +172,11 @@ impl Subscriptions {
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
             if level == "#" && levels.peek().is_none() {
-                return &mut node.below;
+                return node.below.get_or_insert_with(Box::default);
             }
             node = node.children.entry(level.into()).or_default();
         }
-        &mut node.here
+        node.here.get_or_insert_with(Box::default)
     }
 
     /// Calls `hit` for every subscription matching `topic`; for each shared group it picks one
@@ -191,10 +204,14 @@ impl Subscriptions {
         let wild_ok = !(dollar && depth == 0);
         if wild_ok {
             // `a/#` matches `a` itself as well as everything below it.
-            Self::emit(&mut node.below, eligible, hit);
+            if let Some(below) = node.below.as_mut() {
+                Self::emit(below, eligible, hit);
+            }
         }
         let Some((level, rest)) = levels.split_first() else {
-            Self::emit(&mut node.here, eligible, hit);
+            if let Some(here) = node.here.as_mut() {
+                Self::emit(here, eligible, hit);
+            }
             return;
         };
         if let Some(child) = node.children.get_mut(*level) {
