@@ -1,14 +1,23 @@
 //! Who may connect, and what a connected client may publish, subscribe to and receive.
 //!
-//! Every CONNECT, PUBLISH, will and SUBSCRIBE filter is decided here, and every delivery through a
-//! wildcard filter is checked again (`can_read`), so a broad filter never leaks a topic the ACL
-//! denies. The broker's own `$SYS` tree is never writable by clients.
+//! Every CONNECT, PUBLISH, will and SUBSCRIBE filter is decided here, and every delivery through
+//! a filter that can reach chat topics or ACL-governed wildcards is checked again (`can_read`),
+//! so a broad filter never carries a topic its subscriber may not read, and a member removed
+//! from a conversation stops receiving at once. The chat namespaces follow the membership rules
+//! in [`crate::chat`]; other topics follow the ACL file; `$SYS` is for admins (and whoever the
+//! ACL file grants it to) and is never writable by clients.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 use crate::acl::{Acl, Action, Client};
+use crate::chat::{Denied, Directory};
 use crate::config::AuthConfig;
-use crate::topics;
+use crate::password;
+use crate::store::Store;
+use crate::topics::{self, ChatTopic, ConvKind, FilterScope};
 
 /// A connected client as the access rules see it.
 #[derive(Debug, Clone)]
@@ -25,6 +34,40 @@ pub enum Refusal {
     BadCredentials,
     #[error("not authorized")]
     NotAuthorized,
+    #[error("the account store is unavailable")]
+    Unavailable,
+}
+
+/// Why a PUBLISH (or will) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Chat(#[from] Denied),
+    #[error("the ACL does not allow this topic")]
+    Acl,
+    #[error("$SYS is written by the server only")]
+    Sys,
+}
+
+impl Refused {
+    pub fn code(self) -> &'static str {
+        match self {
+            Refused::Chat(d) => d.code(),
+            Refused::Acl => "acl",
+            Refused::Sys => "server_only",
+        }
+    }
+}
+
+/// Where an authorized PUBLISH goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// An ordinary topic.
+    Plain,
+    /// A conversation topic: also copied to each member's `u/{user}/c/{conv}/{kind}`.
+    Conversation { copies: Vec<Bytes> },
+    /// A request for the server (`q/{user}/{op}`).
+    Request { op: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +79,18 @@ pub enum AccessError {
 pub struct Access {
     allow_anonymous: bool,
     acl: Option<Acl>,
+    store: Arc<Store>,
+    directory: Arc<RwLock<Directory>>,
+    /// Bounds password verifications in flight (each holds a blocking thread).
+    logins: Semaphore,
 }
 
 impl Access {
-    pub fn from_config(auth: &AuthConfig) -> Result<Access, AccessError> {
+    pub fn new(
+        auth: &AuthConfig,
+        store: Arc<Store>,
+        directory: Arc<RwLock<Directory>>,
+    ) -> Result<Access, AccessError> {
         let acl = if auth.acl_file.is_empty() {
             None
         } else {
@@ -48,85 +99,324 @@ impl Access {
         Ok(Access {
             allow_anonymous: auth.allow_anonymous,
             acl,
+            store,
+            directory,
+            logins: Semaphore::new(auth.max_concurrent_logins),
         })
     }
 
-    /// Checks CONNECT credentials and returns the user they prove.
-    ///
-    /// There is no account store yet, so any user name and password is unverifiable and refused:
-    /// a server must never trust a name it cannot check. Clients without credentials get in only
-    /// when `auth.allow_anonymous` is set.
-    pub fn authenticate(&self, username: Option<&str>) -> Result<Option<Arc<str>>, Refusal> {
-        match username {
-            Some(_) => Err(Refusal::BadCredentials),
-            None if self.allow_anonymous => Ok(None),
-            None => Err(Refusal::NotAuthorized),
+    fn dir(&self) -> RwLockReadGuard<'_, Directory> {
+        self.directory.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks CONNECT credentials (user id and password) and returns the user they prove; no
+    /// credentials means anonymous, if allowed.
+    pub async fn authenticate(
+        &self,
+        login: Option<(&str, &str)>,
+    ) -> Result<Option<Arc<str>>, Refusal> {
+        let Some((user, password)) = login else {
+            return match self.allow_anonymous {
+                true => Ok(None),
+                false => Err(Refusal::NotAuthorized),
+            };
+        };
+        if !topics::valid_id(user) {
+            return Err(Refusal::BadCredentials);
+        }
+        let _permit = self
+            .logins
+            .acquire()
+            .await
+            .map_err(|_| Refusal::Unavailable)?;
+        let store = self.store.clone();
+        let (id, password) = (user.to_string(), password.to_string());
+        let verified = tokio::task::spawn_blocking(move || {
+            store.login_info(&id).map(|info| match info {
+                Some((hash, admin)) if password::verify(&password, &hash) => Some(admin),
+                _ => None,
+            })
+        })
+        .await;
+        match verified {
+            Ok(Ok(Some(admin))) => {
+                // An account created a moment ago by another process: usable at once, before
+                // the periodic reload brings the rest of its data.
+                let known = self.dir().user_exists(user);
+                if !known {
+                    self.directory
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .set_user(user, admin);
+                }
+                Ok(Some(user.into()))
+            }
+            Ok(Ok(None)) => Err(Refusal::BadCredentials),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read accounts");
+                Err(Refusal::Unavailable)
+            }
+            Err(_) => Err(Refusal::Unavailable),
         }
     }
 
-    pub fn can_publish(&self, who: &Identity, topic: &str) -> bool {
-        !topics::is_sys(topic) && self.acl_allows(who, Action::Publish(topic))
+    /// A user's devices use `{user}` or `{user}.{device}`; anonymous clients may use neither form
+    /// for any existing user, so a session takeover never crosses users.
+    pub fn client_id_allowed(&self, user: Option<&str>, client_id: &str) -> bool {
+        match user {
+            Some(u) => {
+                client_id == u
+                    || client_id
+                        .strip_prefix(u)
+                        .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1)
+            }
+            None => {
+                let owner = client_id.split('.').next().unwrap_or(client_id);
+                !self.dir().user_exists(owner)
+            }
+        }
+    }
+
+    /// Decides a PUBLISH (or will) and where it goes.
+    pub fn authorize_publish(&self, who: &Identity, topic: &str) -> Result<Route, Refused> {
+        if topics::is_sys(topic) {
+            return Err(Refused::Sys);
+        }
+        let Some(chat) = topics::classify(topic) else {
+            return match self.acl_allows(who, Action::Publish(topic)) {
+                true => Ok(Route::Plain),
+                false => Err(Refused::Acl),
+            };
+        };
+        let dir = self.dir();
+        dir.can_publish(who.user.as_deref(), chat)?;
+        Ok(match chat {
+            ChatTopic::Conv { conv, kind } => Route::Conversation {
+                copies: stream_copies(&dir, conv, kind),
+            },
+            ChatTopic::Request { op, .. } => Route::Request { op: op.to_string() },
+            // can_publish refuses everything else.
+            _ => return Err(Refused::Chat(Denied::ServerOnly)),
+        })
     }
 
     pub fn can_subscribe(&self, who: &Identity, filter: &str) -> bool {
-        self.acl_allows(who, Action::Subscribe(filter))
+        match topics::filter_scope(filter) {
+            scope @ FilterScope::Chat { .. } => {
+                self.dir().can_subscribe(who.user.as_deref(), scope).is_ok()
+            }
+            FilterScope::Wide if filter.starts_with(['+', '#']) => {
+                // Spans plain topics too: the ACL decides those.
+                self.acl_allows(who, Action::Subscribe(filter))
+            }
+            FilterScope::Wide => true,
+            FilterScope::Plain if filter.starts_with("$SYS") => {
+                self.is_admin(who) || self.acl_grants(who, Action::Subscribe(filter))
+            }
+            FilterScope::Plain => self.acl_allows(who, Action::Subscribe(filter)),
+        }
     }
 
     pub fn can_read(&self, who: &Identity, topic: &str) -> bool {
-        self.acl_allows(who, Action::Read(topic))
+        match topics::classify(topic) {
+            Some(chat) => self.dir().can_read(who.user.as_deref(), chat),
+            None if topics::is_sys(topic) => {
+                self.is_admin(who) || self.acl_grants(who, Action::Read(topic))
+            }
+            None => self.acl_allows(who, Action::Read(topic)),
+        }
     }
 
-    /// Whether deliveries through `filter` must be checked message by message: a wildcard filter
-    /// may match topics the rules treat differently from the filter as a whole.
+    /// Whether deliveries through `filter` must be checked message by message: anything that
+    /// can reach chat topics (membership changes at any time), and wildcards under an ACL.
     pub fn needs_read_check(&self, filter: &str) -> bool {
-        self.acl.is_some() && topics::has_wildcard(filter)
+        match topics::filter_scope(filter) {
+            FilterScope::Chat { .. } | FilterScope::Wide => true,
+            FilterScope::Plain => self.acl.is_some() && topics::has_wildcard(filter),
+        }
     }
 
+    fn is_admin(&self, who: &Identity) -> bool {
+        who.user.as_deref().is_some_and(|u| self.dir().is_admin(u))
+    }
+
+    /// The ACL's decision; everything is allowed without an ACL file.
     fn acl_allows(&self, who: &Identity, action: Action<'_>) -> bool {
-        match &self.acl {
-            None => true,
-            Some(acl) => acl.allows(
+        self.acl.is_none() || self.acl_grants(who, action)
+    }
+
+    /// Whether an ACL file exists and grants the action.
+    fn acl_grants(&self, who: &Identity, action: Action<'_>) -> bool {
+        self.acl.as_ref().is_some_and(|acl| {
+            acl.allows(
                 Client {
                     user: who.user.as_deref(),
                     client_id: &who.client_id,
                 },
                 action,
-            ),
-        }
+            )
+        })
     }
+}
+
+/// Each member's copy of a conversation topic.
+fn stream_copies(dir: &Directory, conv: &str, kind: ConvKind) -> Vec<Bytes> {
+    dir.members(conv)
+        .into_iter()
+        .map(|m| Bytes::from(topics::stream_copy(m, conv, kind)))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{ConversationRow, Snapshot, UserRow};
 
-    fn open(anon: bool) -> Access {
-        Access {
-            allow_anonymous: anon,
-            acl: None,
+    fn access(acl: Option<&str>) -> (Access, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let user = |id: &str, admin| UserRow {
+            id: id.into(),
+            admin,
+            created_at: 0,
+        };
+        let s = |x: &str| x.to_string();
+        let directory = Directory::from_snapshot(Snapshot {
+            users: vec![user("alice", false), user("bob", false), user("root", true)],
+            conversations: vec![ConversationRow {
+                id: s("g.team"),
+                name: s(""),
+                topic: s(""),
+            }],
+            members: vec![
+                (s("g.team"), s("alice"), s("owner")),
+                (s("g.team"), s("bob"), s("member")),
+            ],
+            blocks: vec![],
+        });
+        let a = Access {
+            allow_anonymous: true,
+            acl: acl.map(|t| Acl::parse(t).unwrap()),
+            store,
+            directory: Arc::new(RwLock::new(directory)),
+            logins: Semaphore::new(1),
+        };
+        (a, dir)
+    }
+
+    fn who(user: Option<&str>, client: &str) -> Identity {
+        Identity {
+            user: user.map(Arc::from),
+            client_id: client.into(),
         }
     }
 
     #[test]
-    fn credentials_are_never_trusted_without_a_store() {
-        assert_eq!(open(true).authenticate(None), Ok(None));
-        assert_eq!(open(false).authenticate(None), Err(Refusal::NotAuthorized));
+    fn client_ids_stay_in_their_owners_namespace() {
+        let (a, _d) = access(None);
+        let cases: &[(Option<&str>, &str, bool)] = &[
+            (Some("alice"), "alice", true),
+            (Some("alice"), "alice.phone", true),
+            (Some("alice"), "alice.", false),
+            (Some("alice"), "alicex", false),
+            (Some("alice"), "bob.phone", false),
+            (None, "alice", false),
+            (None, "alice.laptop", false),
+            (None, "sensor-7", true),
+            (None, "nobody.x", true),
+        ];
+        for (user, id, want) in cases {
+            assert_eq!(a.client_id_allowed(*user, id), *want, "{user:?} as {id}");
+        }
+    }
+
+    #[test]
+    fn publish_routes_and_refusals() {
+        let (a, _d) = access(None);
+        let alice = who(Some("alice"), "alice");
+        match a.authorize_publish(&alice, "c/g.team/m").unwrap() {
+            Route::Conversation { mut copies } => {
+                copies.sort();
+                assert_eq!(copies, ["u/alice/c/g.team/m", "u/bob/c/g.team/m"]);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
-            open(true).authenticate(Some("alice")),
-            Err(Refusal::BadCredentials)
+            a.authorize_publish(&alice, "q/alice/group.create"),
+            Ok(Route::Request {
+                op: "group.create".into()
+            })
+        );
+        assert_eq!(a.authorize_publish(&alice, "sensors/1"), Ok(Route::Plain));
+        assert_eq!(a.authorize_publish(&alice, "$SYS/x"), Err(Refused::Sys));
+        assert_eq!(
+            a.authorize_publish(&alice, "p/alice"),
+            Err(Refused::Chat(Denied::ServerOnly))
+        );
+        assert_eq!(
+            a.authorize_publish(&who(None, "x"), "c/g.team/m"),
+            Err(Refused::Chat(Denied::Anonymous))
         );
     }
 
     #[test]
-    fn sys_is_read_only() {
-        let a = open(true);
-        let who = Identity {
-            user: None,
-            client_id: "c".into(),
-        };
-        assert!(!a.can_publish(&who, "$SYS/broker/uptime"));
-        assert!(a.can_publish(&who, "a/b"));
-        assert!(a.can_subscribe(&who, "$SYS/#"));
-        assert!(!a.needs_read_check("#"));
+    fn subscriptions_and_reads_across_namespaces() {
+        let (a, _d) = access(Some("topic read public/#\nuser alice\ntopic readwrite #\n"));
+        let alice = who(Some("alice"), "alice");
+        let bob = who(Some("bob"), "bob");
+        let root = who(Some("root"), "root");
+        let anon = who(None, "x");
+        let cases: &[(&Identity, &str, bool)] = &[
+            (&alice, "#", true),
+            (&bob, "#", false),
+            (&bob, "c/+/m", true),
+            (&bob, "u/bob/#", true),
+            (&bob, "u/alice/#", false),
+            (&bob, "c/g.team/m", true),
+            (&anon, "c/g.team/m", false),
+            (&anon, "public/#", true),
+            (&bob, "$SYS/#", false),
+            (&root, "$SYS/#", true),
+        ];
+        for (w, filter, want) in cases {
+            assert_eq!(
+                a.can_subscribe(w, filter),
+                *want,
+                "{w:?} subscribes {filter}"
+            );
+        }
+        assert!(a.can_read(&alice, "c/g.team/m"));
+        assert!(!a.can_read(&root, "c/g.team/m"));
+        assert!(!a.can_read(&alice, "u/bob/c/g.team/m"));
+        assert!(a.can_read(&root, "$SYS/broker/uptime"));
+        assert!(!a.can_read(&bob, "$SYS/broker/uptime"));
+        assert!(a.needs_read_check("#"));
+        assert!(a.needs_read_check("c/g.team/m"));
+        assert!(!a.needs_read_check("public/x"));
+    }
+
+    #[tokio::test]
+    async fn credentials_are_checked_against_the_store() {
+        let (a, _d) = access(None);
+        a.store
+            .add_user("carol", &password::hash("pw", 1000).unwrap())
+            .unwrap();
+        assert_eq!(
+            a.authenticate(Some(("carol", "pw"))).await,
+            Ok(Some("carol".into()))
+        );
+        assert_eq!(
+            a.authenticate(Some(("carol", "no"))).await,
+            Err(Refusal::BadCredentials)
+        );
+        assert_eq!(
+            a.authenticate(Some(("nobody", "pw"))).await,
+            Err(Refusal::BadCredentials)
+        );
+        assert_eq!(
+            a.authenticate(Some(("Bad Id", "pw"))).await,
+            Err(Refusal::BadCredentials)
+        );
+        assert_eq!(a.authenticate(None).await, Ok(None));
     }
 }

@@ -43,6 +43,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub limits: LimitsConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
 }
@@ -94,6 +95,17 @@ pub struct HttpConfig {
 pub struct AuthConfig {
     pub allow_anonymous: bool,
     pub acl_file: String,
+    pub pbkdf2_iterations: u32,
+    pub max_concurrent_logins: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections_per_user: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub publish_rate: u32,
+    pub publish_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +232,18 @@ impl Config {
             return Err(invalid(
                 "auth.acl_file",
                 format!("{} is not a readable file", self.auth.acl_file),
+            ));
+        }
+        if self.auth.pbkdf2_iterations == 0 {
+            return Err(invalid("auth.pbkdf2_iterations", "must be at least 1"));
+        }
+        if self.auth.max_concurrent_logins == 0 {
+            return Err(invalid("auth.max_concurrent_logins", "must be at least 1"));
+        }
+        if self.limits.publish_rate > 0 && self.limits.publish_burst == 0 {
+            return Err(invalid(
+                "limits.publish_burst",
+                "must be at least 1 when publish_rate is set",
             ));
         }
         if self.storage.data_dir.as_os_str().is_empty() {

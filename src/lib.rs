@@ -27,10 +27,14 @@
 
 pub mod access;
 pub mod acl;
+pub mod chat;
 pub mod codec;
 pub mod config;
 pub mod edge;
+pub mod ids;
+pub mod password;
 pub mod router;
 pub mod server;
 pub mod stats;
+pub mod store;
 pub mod topics;

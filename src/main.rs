@@ -3,10 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use natter::chat::Role;
 use natter::config::{Config, LogFormat, Overrides, DEFAULT_TOML};
 use natter::server::{self, Listeners};
+use natter::store::Store;
+use natter::{password, topics};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -45,6 +48,86 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage accounts (works while the server runs).
+    User {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage group conversations (works while the server runs).
+    Conv {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: ConvCommand,
+    },
+}
+
+/// Where the data is, for commands that work on the store.
+#[derive(Args)]
+struct Common {
+    /// Configuration file (TOML).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; prints a generated password unless one is given.
+    Add {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List users.
+    List,
+    /// Remove a user; their live connections are closed.
+    Remove { name: String },
+    /// Set a new password (generated and printed unless given).
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Make a user an admin (or take it back with --revoke).
+    Admin {
+        name: String,
+        #[arg(long)]
+        revoke: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConvCommand {
+    /// Create a group; prints its conversation id (g.{id}).
+    Create {
+        /// The group's owner.
+        #[arg(long)]
+        owner: String,
+        /// Group id (default: random).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Members besides the owner (repeat the flag).
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
+    /// Add a member to a group, or change their role.
+    Add {
+        conv: String,
+        user: String,
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Remove a member from a group.
+    Remove { conv: String, user: String },
+    /// List groups and their members.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +144,12 @@ fn main() -> ExitCode {
         } => {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS
+        }
+        Command::User { common, command } => run_admin(&common, |store, config| {
+            user_command(store, config, command)
+        }),
+        Command::Conv { common, command } => {
+            run_admin(&common, |store, _| conv_command(store, command))
         }
         Command::Serve {
             config,
@@ -93,6 +182,143 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs an account or conversation command against the store.
+fn run_admin(common: &Common, f: impl FnOnce(&Store, &Config) -> anyhow::Result<()>) -> ExitCode {
+    let overrides = Overrides {
+        data_dir: common.data_dir.clone(),
+        ..Overrides::default()
+    };
+    let config = match Config::load(common.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("natter: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = Store::open(&config.storage.data_dir)
+        .context("cannot open the store")
+        .and_then(|store| f(&store, &config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn user_command(store: &Store, config: &Config, command: UserCommand) -> anyhow::Result<()> {
+    let iterations = config.auth.pbkdf2_iterations;
+    let password_or_generated = |given: Option<String>| -> anyhow::Result<(String, bool)> {
+        match given {
+            Some(p) if p.is_empty() => bail!("the password must not be empty"),
+            Some(p) => Ok((p, false)),
+            None => Ok((password::generate()?, true)),
+        }
+    };
+    match command {
+        UserCommand::Add { name, password } => {
+            if !topics::valid_id(&name) {
+                bail!("`{name}` is not a valid user id: use 1-32 of a-z, 0-9, _ and -");
+            }
+            let (pw, generated) = password_or_generated(password)?;
+            store.add_user(&name, &password::hash(&pw, iterations)?)?;
+            if generated {
+                println!("created user {name} with password: {pw}");
+            } else {
+                println!("created user {name}");
+            }
+        }
+        UserCommand::List => {
+            for u in store.list_users()? {
+                println!("{}{}", u.id, if u.admin { " (admin)" } else { "" });
+            }
+        }
+        UserCommand::Remove { name } => {
+            if !store.remove_user(&name)? {
+                bail!("no user {name}");
+            }
+            println!("removed user {name}");
+        }
+        UserCommand::Passwd { name, password } => {
+            let (pw, generated) = password_or_generated(password)?;
+            if !store.set_password(&name, &password::hash(&pw, iterations)?)? {
+                bail!("no user {name}");
+            }
+            if generated {
+                println!("new password for {name}: {pw}");
+            } else {
+                println!("password changed for {name}");
+            }
+        }
+        UserCommand::Admin { name, revoke } => {
+            if !store.set_admin(&name, !revoke)? {
+                bail!("no user {name}");
+            }
+            println!(
+                "{name} is {}an admin",
+                if revoke { "no longer " } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn conv_command(store: &Store, command: ConvCommand) -> anyhow::Result<()> {
+    match command {
+        ConvCommand::Create {
+            owner,
+            id,
+            name,
+            members,
+        } => {
+            let id = id.unwrap_or_else(|| natter::ids::random_hex(6));
+            if !topics::valid_id(&id) {
+                bail!("`{id}` is not a valid group id: use 1-32 of a-z, 0-9, _ and -");
+            }
+            let conv = topics::group_conv(&id);
+            let mut roster = vec![(owner.as_str(), Role::Owner.as_str())];
+            for m in &members {
+                if !roster.iter().any(|(u, _)| u == m) {
+                    roster.push((m.as_str(), Role::Member.as_str()));
+                }
+            }
+            store
+                .create_conversation(&conv, false, &name, &owner, &roster)
+                .context("cannot create the group (do all members exist?)")?;
+            println!("{conv}");
+        }
+        ConvCommand::Add { conv, user, role } => {
+            let role = Role::parse(&role)
+                .with_context(|| format!("`{role}` is not a role: owner, admin or member"))?;
+            store
+                .set_member(&conv, &user, role.as_str())
+                .context("cannot add the member (do the group and user exist?)")?;
+            println!("{user} is {} of {conv}", role.as_str());
+        }
+        ConvCommand::Remove { conv, user } => {
+            if !store.remove_member(&conv, &user)? {
+                bail!("{user} is not a member of {conv}");
+            }
+            println!("removed {user} from {conv}");
+        }
+        ConvCommand::List => {
+            let snap = store.snapshot()?;
+            for c in snap.conversations.iter().filter(|c| c.id.starts_with("g.")) {
+                let mut members: Vec<String> = snap
+                    .members
+                    .iter()
+                    .filter(|(conv, _, _)| conv == &c.id)
+                    .map(|(_, u, r)| format!("{u} ({r})"))
+                    .collect();
+                members.sort();
+                println!("{} {:?}: {}", c.id, c.name, members.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     std::fs::create_dir_all(&config.storage.data_dir).with_context(|| {
@@ -101,12 +327,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
             config.storage.data_dir.display()
         )
     })?;
-    if !config.auth.allow_anonymous {
-        tracing::warn!(
-            "no client can log in: there are no accounts yet and anonymous access is off \
-             (set NATTER_AUTH_ALLOW_ANONYMOUS=true or auth.allow_anonymous)"
-        );
-    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listeners = Listeners::bind(&config).await?;

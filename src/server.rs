@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -12,10 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{Access, AccessError};
+use crate::chat::service::ChatService;
+use crate::chat::Directory;
 use crate::config::{listen_addr, Config};
 use crate::edge::{self, Kind, Limits, Shared, TlsError};
 use crate::router::{self, Router, Settings};
 use crate::stats::Stats;
+use crate::store::{Store, StoreError};
 
 /// How long connections get to send DISCONNECT and flush at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -32,6 +35,8 @@ pub enum ServerError {
     Tls(#[from] TlsError),
     #[error("auth: {0}")]
     Access(#[from] AccessError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// The bound listening sockets. Binding is separate from serving so that tests (and callers
@@ -103,22 +108,28 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let access = Arc::new(Access::from_config(&config.auth)?);
+    let store = Arc::new(Store::open(&config.storage.data_dir)?);
+    let directory = Arc::new(RwLock::new(Directory::from_snapshot(store.snapshot()?)));
+    let access = Arc::new(Access::new(&config.auth, store.clone(), directory.clone())?);
     let tls = match config.tls_enabled() {
         true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),
         false => None,
     };
     let stats = Arc::new(Stats::default());
     let router = Router::new(
-        Settings::from_config(&config.mqtt),
+        Settings::from_config(&config.mqtt, &config.limits),
         access.clone(),
         stats.clone(),
     );
+    let router = router::spawn(router);
+    let chat = Arc::new(ChatService::new(store, directory, router.clone()));
+    let watcher = tokio::spawn(chat.clone().watch(shutdown.clone()));
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
-        limits: Limits::from_config(&config.mqtt),
+        limits: Limits::from_config(&config.mqtt, &config.limits),
         access,
-        router: router::spawn(router),
+        chat,
+        router,
         stats,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
@@ -164,5 +175,6 @@ pub async fn run(
     {
         tracing::warn!("some connections did not close in time");
     }
+    let _ = watcher.await;
     Ok(())
 }

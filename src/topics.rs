@@ -1,8 +1,9 @@
 //! Topic names and topic filters: the only code that parses or builds topic strings.
 //!
 //! `topics.md` at the top of the repository documents the scheme this module implements; keep the
-//! two in step. For now the scheme is plain MQTT (MQTT 3.1.1 §4.7, MQTT 5.0 §4.7–4.8) plus the
-//! `$SYS/broker/…` statistics names; the chat namespaces (`c/…`, `u/…`, `q/…`, `p/…`) join here.
+//! two in step: plain MQTT (MQTT 3.1.1 §4.7, MQTT 5.0 §4.7–4.8), the `$SYS/broker/…` statistics
+//! names, and the chat namespaces `c/…` (conversations), `u/…` (a user's stream), `q/…`
+//! (requests) and `p/…` (presence), with the user and conversation ids inside them.
 
 use std::fmt;
 
@@ -119,6 +120,172 @@ pub fn parse_subscription(raw: &str) -> Result<Subscription<'_>, TopicError> {
     };
     validate_filter(parsed.filter)?;
     Ok(parsed)
+}
+
+/// Longest user id and group id.
+pub const MAX_ID_LEN: usize = 32;
+
+/// Whether `id` is a valid user id (or group id): `[a-z0-9_-]{1,32}`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A conversation id: `d.{a}.{b}` (direct, the two user ids sorted) or `g.{id}` (group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvId<'a> {
+    Direct(&'a str, &'a str),
+    Group(&'a str),
+}
+
+/// Parses a conversation id; direct ids must name two different users in sorted order, so each
+/// pair of users has exactly one direct conversation.
+pub fn parse_conv(id: &str) -> Option<ConvId<'_>> {
+    if let Some(rest) = id.strip_prefix("d.") {
+        let (a, b) = rest.split_once('.')?;
+        (valid_id(a) && valid_id(b) && a < b).then_some(ConvId::Direct(a, b))
+    } else {
+        let g = id.strip_prefix("g.")?;
+        valid_id(g).then_some(ConvId::Group(g))
+    }
+}
+
+/// The direct conversation of two users.
+pub fn direct_conv(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("d.{x}.{y}")
+}
+
+/// The conversation id of group `id`.
+pub fn group_conv(id: &str) -> String {
+    format!("g.{id}")
+}
+
+/// What a topic inside a conversation carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvKind {
+    /// `m`: messages.
+    Messages,
+    /// `e`: edits, deletes, reactions.
+    Events,
+    /// `r`: receipts.
+    Receipts,
+    /// `t`: typing.
+    Typing,
+}
+
+impl ConvKind {
+    fn parse(s: &str) -> Option<ConvKind> {
+        Some(match s {
+            "m" => ConvKind::Messages,
+            "e" => ConvKind::Events,
+            "r" => ConvKind::Receipts,
+            "t" => ConvKind::Typing,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConvKind::Messages => "m",
+            ConvKind::Events => "e",
+            ConvKind::Receipts => "r",
+            ConvKind::Typing => "t",
+        }
+    }
+}
+
+/// A topic in one of the chat namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatTopic<'a> {
+    /// `c/{conv}/{m|e|r|t}`
+    Conv { conv: &'a str, kind: ConvKind },
+    /// `u/{user}/…`: written by the server, read by the user.
+    Stream { user: &'a str },
+    /// `q/{user}/{op}`: a request from `user` to the server.
+    Request { user: &'a str, op: &'a str },
+    /// `p/{user}`: presence, written by the server.
+    Presence { user: &'a str },
+    /// In a chat namespace but not one of the forms above.
+    Malformed,
+}
+
+/// The first levels reserved for chat.
+const CHAT_ROOTS: [&str; 4] = ["c", "u", "q", "p"];
+
+/// Classifies a topic name: `None` for plain MQTT topics.
+pub fn classify(topic: &str) -> Option<ChatTopic<'_>> {
+    let mut levels = topic.split('/');
+    let root = levels.next()?;
+    if !CHAT_ROOTS.contains(&root) {
+        return None;
+    }
+    let parts: Vec<&str> = levels.collect();
+    let parsed = match (root, parts.as_slice()) {
+        ("c", [conv, kind]) if parse_conv(conv).is_some() => {
+            ConvKind::parse(kind).map(|kind| ChatTopic::Conv { conv, kind })
+        }
+        ("u", [user, _, ..]) if valid_id(user) => Some(ChatTopic::Stream { user }),
+        ("q", [user, op]) if valid_id(user) && !op.is_empty() => {
+            Some(ChatTopic::Request { user, op })
+        }
+        ("p", [user]) if valid_id(user) => Some(ChatTopic::Presence { user }),
+        _ => None,
+    };
+    Some(parsed.unwrap_or(ChatTopic::Malformed))
+}
+
+/// How a SUBSCRIBE filter relates to the chat namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterScope<'a> {
+    /// Matches plain topics only.
+    Plain,
+    /// Matches chat topics in one namespace with a literal second level: `c/{conv}/…`,
+    /// `u/{user}/…`, `q/{user}/…`, `p/{user}`.
+    Chat { root: &'a str, id: &'a str },
+    /// May match chat topics of many conversations or users (a wildcard at the first or second
+    /// level); what it delivers is narrowed message by message.
+    Wide,
+}
+
+/// Classifies a (valid) SUBSCRIBE filter.
+pub fn filter_scope(filter: &str) -> FilterScope<'_> {
+    let mut levels = filter.split('/');
+    let root = levels.next().unwrap_or_default();
+    if root == "+" || root == "#" {
+        return FilterScope::Wide;
+    }
+    if !CHAT_ROOTS.contains(&root) {
+        return FilterScope::Plain;
+    }
+    match levels.next() {
+        Some("+") | Some("#") => FilterScope::Wide,
+        Some(id) => FilterScope::Chat { root, id },
+        None => FilterScope::Chat { root, id: "" },
+    }
+}
+
+/// A user's copy of a conversation's traffic: `u/{user}/c/{conv}/{kind}`.
+pub fn stream_copy(user: &str, conv: &str, kind: ConvKind) -> String {
+    format!("u/{user}/c/{conv}/{}", kind.as_str())
+}
+
+/// Membership changes for a user: `u/{user}/events`.
+pub fn user_events(user: &str) -> String {
+    format!("u/{user}/events")
+}
+
+/// Errors for a user (refused publishes a 3.1.1 client cannot be told about otherwise).
+pub fn user_errors(user: &str) -> String {
+    format!("u/{user}/errors")
+}
+
+/// Replies to a user's requests: `u/{user}/reply/{op}`.
+pub fn user_reply(user: &str, op: &str) -> String {
+    format!("u/{user}/reply/{op}")
 }
 
 /// The `$SYS` topics the broker publishes (mosquitto's names, so existing dashboards work).
@@ -259,6 +426,123 @@ mod tests {
             parse_subscription("$share/g/a#"),
             Err(TopicError::BadMultiLevel)
         );
+    }
+
+    #[test]
+    fn ids_and_conversations() {
+        for (id, ok) in [
+            ("alice", true),
+            ("a-b_9", true),
+            ("", false),
+            ("Alice", false),
+            ("a.b", false),
+            ("a/b", false),
+            ("é", false),
+        ] {
+            assert_eq!(valid_id(id), ok, "{id:?}");
+        }
+        assert!(!valid_id(&"a".repeat(33)));
+        assert_eq!(
+            parse_conv("d.alice.bob"),
+            Some(ConvId::Direct("alice", "bob"))
+        );
+        assert_eq!(parse_conv("d.bob.alice"), None, "unsorted");
+        assert_eq!(parse_conv("d.bob.bob"), None, "with oneself");
+        assert_eq!(parse_conv("g.team-1"), Some(ConvId::Group("team-1")));
+        assert_eq!(parse_conv("g."), None);
+        assert_eq!(parse_conv("x.a"), None);
+        assert_eq!(direct_conv("bob", "alice"), "d.alice.bob");
+        assert_eq!(group_conv("t"), "g.t");
+    }
+
+    #[test]
+    fn chat_topic_classification_table() {
+        use ChatTopic as T;
+        let cases: &[(&str, Option<ChatTopic>)] = &[
+            (
+                "c/g.team/m",
+                Some(T::Conv {
+                    conv: "g.team",
+                    kind: ConvKind::Messages,
+                }),
+            ),
+            (
+                "c/d.a.b/t",
+                Some(T::Conv {
+                    conv: "d.a.b",
+                    kind: ConvKind::Typing,
+                }),
+            ),
+            ("c/d.b.a/m", Some(T::Malformed)),
+            ("c/g.team/x", Some(T::Malformed)),
+            ("c/g.team/m/extra", Some(T::Malformed)),
+            ("u/alice/c/g.team/m", Some(T::Stream { user: "alice" })),
+            ("u/alice/events", Some(T::Stream { user: "alice" })),
+            ("u/alice", Some(T::Malformed)),
+            (
+                "q/alice/group.create",
+                Some(T::Request {
+                    user: "alice",
+                    op: "group.create",
+                }),
+            ),
+            ("q/alice/a/b", Some(T::Malformed)),
+            ("p/alice", Some(T::Presence { user: "alice" })),
+            ("p/alice/x", Some(T::Malformed)),
+            ("c", Some(T::Malformed)),
+            ("sensors/1", None),
+            ("cx/1", None),
+            ("$SYS/broker/uptime", None),
+        ];
+        for (topic, want) in cases {
+            assert_eq!(classify(topic), *want, "{topic}");
+        }
+    }
+
+    #[test]
+    fn filter_scope_table() {
+        use FilterScope as S;
+        let cases: &[(&str, FilterScope)] = &[
+            ("#", S::Wide),
+            ("+/+/+", S::Wide),
+            ("c/#", S::Wide),
+            ("c/+/m", S::Wide),
+            ("u/+/events", S::Wide),
+            (
+                "c/g.x/m",
+                S::Chat {
+                    root: "c",
+                    id: "g.x",
+                },
+            ),
+            (
+                "c/g.x/#",
+                S::Chat {
+                    root: "c",
+                    id: "g.x",
+                },
+            ),
+            (
+                "u/bob/#",
+                S::Chat {
+                    root: "u",
+                    id: "bob",
+                },
+            ),
+            (
+                "p/bob",
+                S::Chat {
+                    root: "p",
+                    id: "bob",
+                },
+            ),
+            ("c", S::Chat { root: "c", id: "" }),
+            ("sensors/#", S::Plain),
+            ("$SYS/#", S::Plain),
+        ];
+        for (filter, want) in cases {
+            assert_eq!(filter_scope(filter), *want, "{filter}");
+        }
     }
 
     #[test]

@@ -174,7 +174,11 @@ async fn a_second_connection_with_the_same_client_id_takes_over() {
 
 #[tokio::test]
 async fn wildcards_do_not_match_dollar_topics() {
-    let server = TestServer::start();
+    // $SYS is for admins and whoever the ACL grants it to.
+    let acl = tempfile::tempdir().unwrap();
+    let path = acl.path().join("acl");
+    std::fs::write(&path, "topic readwrite #\ntopic read $SYS/#\n").unwrap();
+    let server = TestServer::start_with(|c| c.auth.acl_file = path.display().to_string());
     let mut all = subscribed(&server, "all", "#", QoS::AtMostOnce).await;
     let mut sys = subscribed(&server, "sys", "$SYS/broker/uptime", QoS::AtMostOnce).await;
     let got = sys.publish().await;
@@ -188,15 +192,15 @@ async fn wildcards_do_not_match_dollar_topics() {
 #[tokio::test]
 async fn unsubscribe_stops_delivery() {
     let server = TestServer::start();
-    let mut sub = subscribed(&server, "sub", "u/+", QoS::AtLeastOnce).await;
+    let mut sub = subscribed(&server, "sub", "un/+", QoS::AtLeastOnce).await;
     let (publisher, _) = Client::connect(options(&server, "pub")).await;
     publisher
         .client
-        .publish("u/1", QoS::AtLeastOnce, false, "a")
+        .publish("un/1", QoS::AtLeastOnce, false, "a")
         .await
         .unwrap();
     assert_eq!(&sub.publish().await.payload[..], b"a");
-    sub.client.unsubscribe("u/+").await.unwrap();
+    sub.client.unsubscribe("un/+").await.unwrap();
     loop {
         if let Ok(Incoming::UnsubAck(_)) = sub.next().await {
             break;
@@ -204,7 +208,7 @@ async fn unsubscribe_stops_delivery() {
     }
     publisher
         .client
-        .publish("u/1", QoS::AtLeastOnce, false, "b")
+        .publish("un/1", QoS::AtLeastOnce, false, "b")
         .await
         .unwrap();
     sub.no_publish(Duration::from_millis(300)).await;

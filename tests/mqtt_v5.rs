@@ -129,7 +129,7 @@ async fn connack_advertises_limits_and_assigns_client_ids() {
     let (_c, ack) = connect_with(&server, "", Opts::default()).await;
     let props = ack.properties.expect("CONNACK properties");
     let assigned = props.assigned_client_identifier.expect("assigned id");
-    assert!(assigned.starts_with("natter-"), "{assigned}");
+    assert!(assigned.starts_with("natter."), "{assigned}");
     assert_eq!(props.receive_max, Some(256));
     assert_eq!(props.max_packet_size, Some(1_048_576));
     assert_eq!(props.topic_alias_max, Some(64));

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ring::rand::SecureRandom;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
     LastWill, Login, Packet, PubAck, PubAckReason, PubComp, PubRec, PubRecReason, Publish,
@@ -21,9 +20,11 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::oneshot;
 
+use super::rate::RateLimit;
 use super::transport::Transport;
 use super::Shared;
-use crate::access::{Identity, Refusal};
+use crate::access::{Identity, Refusal, Route};
+use crate::chat::service::{server_message, Request};
 use crate::codec::{self, CodecError, Version};
 use crate::router::{Ack, ConnectRequest, Delivery, Event, Mailbox, Message, Outbound, Will};
 use crate::stats::Stats;
@@ -68,6 +69,9 @@ pub(super) struct Connection {
     expiry_was_zero: bool,
     /// Events for the router, sent in order before the connection reads again.
     events: VecDeque<Event>,
+    /// Requests (`q/{user}/{op}`) for the chat service, answered in order.
+    requests: VecDeque<Request>,
+    publish_rate: RateLimit,
 }
 
 fn protocol_error(reason: impl Into<String>) -> io::Error {
@@ -149,6 +153,12 @@ pub(super) async fn accept(
                 pending_qos2: HashSet::new(),
                 expiry_was_zero,
                 events: VecDeque::new(),
+                requests: VecDeque::new(),
+                publish_rate: RateLimit::new(
+                    shared.limits.publish_rate,
+                    shared.limits.publish_burst,
+                    Instant::now(),
+                ),
             });
             conn.queue(&Packet::ConnAck(connack));
             // The router may have queued resends already: CONNACK must go first, so the
@@ -205,12 +215,17 @@ async fn admit(
         return Err(ConnectReturnCode::ProtocolError);
     }
 
+    let credentials = login
+        .as_ref()
+        .map(|l| (l.username.as_str(), l.password.as_str()));
     let user = shared
         .access
-        .authenticate(login.as_ref().map(|l| l.username.as_str()))
+        .authenticate(credentials)
+        .await
         .map_err(|r| match r {
             Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
             Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
+            Refusal::Unavailable => ConnectReturnCode::ServerUnavailable,
         })?;
 
     let mut assigned = None;
@@ -219,10 +234,16 @@ async fn admit(
         if version == Version::V4 && !connect.clean_start {
             return Err(ConnectReturnCode::ClientIdentifierNotValid);
         }
-        let id = random_client_id();
+        // A user's device gets an id in the user's namespace.
+        let owner = user.as_deref().unwrap_or("natter");
+        let id = format!("{owner}.{}", crate::ids::random_hex(8));
         assigned = Some(id.clone());
         id.into()
-    } else if connect.client_id.len() > limits.max_client_id_len {
+    } else if connect.client_id.len() > limits.max_client_id_len
+        || !shared
+            .access
+            .client_id_allowed(user.as_deref(), &connect.client_id)
+    {
         return Err(ConnectReturnCode::ClientIdentifierNotValid);
     } else {
         connect.client_id.into()
@@ -274,7 +295,13 @@ async fn admit(
     {
         return Err(ConnectReturnCode::ServerUnavailable);
     }
-    let session_present = rx.await.map_err(|_| ConnectReturnCode::ServerUnavailable)?;
+    let session_present = rx
+        .await
+        .map_err(|_| ConnectReturnCode::ServerUnavailable)?
+        .map_err(|refused| {
+            tracing::info!(client = %identity.client_id, %refused, "connection refused");
+            ConnectReturnCode::QuotaExceeded
+        })?;
 
     let properties = (version == Version::V5).then(|| {
         let mut p = empty_connack_properties();
@@ -312,9 +339,13 @@ fn will_message(
 ) -> Result<Will, ConnectReturnCode> {
     let topic = std::str::from_utf8(&w.topic).map_err(|_| ConnectReturnCode::TopicNameInvalid)?;
     topics::validate_name(topic).map_err(|_| ConnectReturnCode::TopicNameInvalid)?;
-    if !shared.access.can_publish(identity, topic) {
-        tracing::info!(client = %identity.client_id, topic, "will refused by ACL");
-        return Err(ConnectReturnCode::NotAuthorized);
+    // Wills go to plain topics only: a chat message is never sent on a client's behalf.
+    match shared.access.authorize_publish(identity, topic) {
+        Ok(Route::Plain) => {}
+        Ok(_) | Err(_) => {
+            tracing::info!(client = %identity.client_id, topic, "will refused");
+            return Err(ConnectReturnCode::NotAuthorized);
+        }
     }
     let p = w.properties;
     let delay_secs = p.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
@@ -348,21 +379,6 @@ fn will_message(
         },
         expiry_secs: expiry,
     })
-}
-
-fn random_client_id() -> String {
-    let mut bytes = [0u8; 8];
-    // The system RNG failing is not recoverable in any useful way; a fixed-size fill cannot fail
-    // otherwise. Fall back to the connection clock so an id is still unique enough.
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default();
-        bytes = nanos.to_le_bytes();
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("natter-{hex}")
 }
 
 fn empty_connect_properties() -> rumqttc::v5::mqttbytes::v5::ConnectProperties {
@@ -419,6 +435,10 @@ impl Connection {
             let closing = self.handle_buffered();
             if !self.send_events().await {
                 return Close::Server(DisconnectReasonCode::ServerShuttingDown);
+            }
+            while let Some(request) = self.requests.pop_front() {
+                // Boxed: a request's state must not enlarge every connection's task.
+                Box::pin(self.shared.chat.handle(request)).await;
             }
             if let Some(close) = closing {
                 return close;
@@ -598,10 +618,22 @@ impl Connection {
         if utf8_promised && std::str::from_utf8(&p.payload).is_err() {
             return self.refuse_publish(qos, pkid, PubAckReason::PayloadFormatInvalid);
         }
-        if !self.shared.access.can_publish(&self.identity, topic_str) {
-            tracing::info!(client = %self.identity.client_id, topic = topic_str, "publish refused by ACL");
-            return self.refuse_publish(qos, pkid, PubAckReason::NotAuthorized);
+        if !self.publish_rate.allow(Instant::now()) {
+            self.report_refusal(topic_str, "rate_limited", "too many messages; slow down");
+            return self.refuse_publish(qos, pkid, PubAckReason::QuotaExceeded);
         }
+        let route = match self
+            .shared
+            .access
+            .authorize_publish(&self.identity, topic_str)
+        {
+            Ok(route) => route,
+            Err(refused) => {
+                tracing::info!(client = %self.identity.client_id, topic = topic_str, %refused, "publish refused");
+                self.report_refusal(topic_str, refused.code(), &refused.to_string());
+                return self.refuse_publish(qos, pkid, PubAckReason::NotAuthorized);
+            }
+        };
         if qos == QoS::ExactlyOnce
             && !self.pending_qos2.contains(&pkid)
             && self.pending_qos2.len() >= usize::from(self.shared.limits.receive_maximum)
@@ -626,11 +658,33 @@ impl Connection {
             expires_at,
             origin: Some(self.identity.client_id.clone()),
         };
-        self.events.push_back(Event::Publish {
-            client: self.identity.client_id.clone(),
-            message,
-            qos2_pkid: (qos == QoS::ExactlyOnce).then_some(pkid),
-        });
+        match route {
+            Route::Request { op } => {
+                // A request is for the server alone; it is answered, not routed.
+                if let Some(user) = self.identity.user.clone() {
+                    let props = message.properties.unwrap_or_default();
+                    self.requests.push_back(Request {
+                        user,
+                        op,
+                        payload: message.payload,
+                        response_topic: props.response_topic,
+                        correlation: props.correlation_data,
+                    });
+                }
+            }
+            Route::Plain | Route::Conversation { .. } => {
+                let copies = match route {
+                    Route::Conversation { copies } => copies,
+                    _ => Vec::new(),
+                };
+                self.events.push_back(Event::Publish {
+                    client: self.identity.client_id.clone(),
+                    message,
+                    qos2_pkid: (qos == QoS::ExactlyOnce).then_some(pkid),
+                    copies,
+                });
+            }
+        }
         Stats::add(&self.shared.stats.messages_received, 1);
         match qos {
             QoS::AtMostOnce => {}
@@ -667,6 +721,24 @@ impl Connection {
                 Ok(topic)
             }
         }
+    }
+
+    /// Tells a logged-in user why a message was refused, on `u/{user}/errors`: the only way a
+    /// 3.1.1 client can learn it, and a readable reason for 5.0 clients too.
+    fn report_refusal(&mut self, topic: &str, code: &str, message: &str) {
+        let Some(user) = &self.identity.user else {
+            return;
+        };
+        let body = serde_json::json!({
+            "error": code,
+            "message": message,
+            "topic": topic,
+            "client": &*self.identity.client_id,
+        });
+        self.events.push_back(Event::ServerPublish(server_message(
+            topics::user_errors(user),
+            body.to_string(),
+        )));
     }
 
     /// Refuses one PUBLISH: 5.0 learns why from the acknowledgement's reason code; 3.1.1 has no
@@ -829,6 +901,7 @@ fn pubrec_reason(reason: PubAckReason) -> PubRecReason {
         PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
         PubAckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
         PubAckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
+        PubAckReason::QuotaExceeded => PubRecReason::QuotaExceeded,
         _ => PubRecReason::UnspecifiedError,
     }
 }

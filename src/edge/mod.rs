@@ -5,6 +5,7 @@
 //! peer never delays anyone else's accept.
 
 mod connection;
+mod rate;
 mod tls;
 mod transport;
 
@@ -23,7 +24,8 @@ pub use tls::{acceptor as tls_acceptor, TlsError};
 use transport::{Io, Transport};
 
 use crate::access::Access;
-use crate::config::MqttConfig;
+use crate::chat::service::ChatService;
+use crate::config::{LimitsConfig, MqttConfig};
 use crate::router::Event;
 use crate::stats::Stats;
 
@@ -48,11 +50,16 @@ pub struct Limits {
     pub max_session_expiry: u32,
     /// QoS 0 messages a connection's mailbox may hold before dropping.
     pub max_queued_qos0: usize,
+    /// PUBLISH packets per second per connection (0: unlimited) and the burst allowed.
+    pub publish_rate: u32,
+    pub publish_burst: u32,
 }
 
 impl Limits {
-    pub fn from_config(m: &MqttConfig) -> Limits {
+    pub fn from_config(m: &MqttConfig, l: &LimitsConfig) -> Limits {
         Limits {
+            publish_rate: l.publish_rate,
+            publish_burst: l.publish_burst,
             handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
             max_packet_size: m.max_packet_size,
             max_keepalive: m.max_keepalive_secs,
@@ -69,6 +76,7 @@ impl Limits {
 pub struct Shared {
     pub limits: Limits,
     pub access: Arc<Access>,
+    pub chat: Arc<ChatService>,
     pub router: mpsc::Sender<Event>,
     pub stats: Arc<Stats>,
     pub shutdown: CancellationToken,

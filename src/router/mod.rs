@@ -32,7 +32,7 @@ use subscriptions::{SubOptions, Subscriptions};
 
 use crate::access::{Access, Identity};
 use crate::codec::{max_qos, min_qos};
-use crate::config::{MqttConfig, QueueOverflow};
+use crate::config::{LimitsConfig, MqttConfig, QueueOverflow};
 use crate::stats::Stats;
 use crate::topics::{self, SysTopic};
 
@@ -112,17 +112,34 @@ pub enum Ack {
     PubComp(u16),
 }
 
-/// What connections tell the router.
+/// Why the router refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectRefused {
+    #[error("too many connections for this user")]
+    TooManyConnections,
+}
+
+/// What connections (and the chat service) tell the router.
 #[derive(Debug)]
 pub enum Event {
     /// Replies whether a session was present.
-    Connect(ConnectRequest, oneshot::Sender<bool>),
+    Connect(
+        ConnectRequest,
+        oneshot::Sender<Result<bool, ConnectRefused>>,
+    ),
     /// An authorized PUBLISH; `qos2_pkid` is set for QoS 2 so a resent packet is routed once.
+    /// The message is also published, unchanged but for the topic, on each of `copies` (a
+    /// conversation's traffic on its members' `u/{user}/…` streams).
     Publish {
         client: Arc<str>,
         message: Message,
         qos2_pkid: Option<u16>,
+        copies: Vec<Bytes>,
     },
+    /// A message the server itself publishes (events, replies, wills are separate).
+    ServerPublish(Message),
+    /// Ends every session of a user (removed account): DISCONNECT 0x98 to live connections.
+    Kick { user: Arc<str> },
     /// PUBREL for a QoS 2 message we received.
     Release { client: Arc<str>, pkid: u16 },
     Subscribe {
@@ -159,11 +176,17 @@ pub struct Settings {
     pub max_retained: usize,
     pub max_session_expiry: u32,
     pub sys_interval: Option<Duration>,
+    /// Live connections one user may have (0: no limit).
+    pub max_connections_per_user: usize,
+    /// Subscriptions one session may hold (0: no limit).
+    pub max_subscriptions: usize,
 }
 
 impl Settings {
-    pub fn from_config(m: &MqttConfig) -> Settings {
+    pub fn from_config(m: &MqttConfig, limits: &LimitsConfig) -> Settings {
         Settings {
+            max_connections_per_user: limits.max_connections_per_user,
+            max_subscriptions: limits.max_subscriptions_per_connection,
             max_inflight: m.max_inflight,
             max_queued: m.max_queued_messages,
             overflow: m.queue_overflow,
@@ -228,22 +251,30 @@ impl Router {
     pub fn handle(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connect(req, reply) => {
-                let present = self.connect(req, now);
+                let result = self.connect(req, now);
                 // The connection may have gone meanwhile; its Closed event follows.
-                let _ = reply.send(present);
+                let _ = reply.send(result);
             }
             Event::Publish {
                 client,
                 message,
                 qos2_pkid,
+                copies,
             } => {
                 if let (Some(pkid), Some(s)) = (qos2_pkid, self.sessions.get_mut(&client)) {
                     if !s.incoming_qos2.insert(pkid) {
                         return;
                     }
                 }
+                for topic in copies {
+                    let mut copy = message.clone();
+                    copy.topic = topic;
+                    self.publish(copy, now);
+                }
                 self.publish(message, now);
             }
+            Event::ServerPublish(message) => self.publish(message, now),
+            Event::Kick { user } => self.kick(&user),
             Event::Release { client, pkid } => {
                 if let Some(s) = self.sessions.get_mut(&client) {
                     s.incoming_qos2.remove(&pkid);
@@ -275,8 +306,20 @@ impl Router {
 
     /// Attaches a connection to its session (new, resumed or taken over); returns whether a
     /// session was present.
-    fn connect(&mut self, req: ConnectRequest, now: Instant) -> bool {
+    fn connect(&mut self, req: ConnectRequest, now: Instant) -> Result<bool, ConnectRefused> {
         let client = req.identity.client_id.clone();
+        if let (Some(user), max) = (&req.identity.user, self.settings.max_connections_per_user) {
+            // A takeover replaces a connection rather than adding one.
+            let live = self
+                .sessions
+                .values()
+                .filter(|s| s.link.is_some() && s.identity.user.as_ref() == Some(user))
+                .filter(|s| s.identity.client_id != client)
+                .count();
+            if max > 0 && live >= max {
+                return Err(ConnectRefused::TooManyConnections);
+            }
+        }
         let mut resumed = None;
         if let Some(mut old) = self.sessions.remove(&client) {
             if let Some(link) = old.link.take() {
@@ -319,7 +362,28 @@ impl Router {
             Stats::add(&self.stats.messages_dropped, expired as u64);
         }
         self.sessions.insert(client, session);
-        present
+        Ok(present)
+    }
+
+    /// Ends every session of `user`.
+    fn kick(&mut self, user: &str) {
+        let clients: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.identity.user.as_deref() == Some(user))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for client in clients {
+            if let Some(mut session) = self.sessions.remove(&client) {
+                if let Some(link) = session.link.take() {
+                    link.mailbox.push(Outbound::Disconnect(
+                        DisconnectReasonCode::AdministrativeAction,
+                    ));
+                    Stats::sub(&self.stats.clients_connected, 1);
+                }
+                self.drop_subscriptions(&session);
+            }
+        }
     }
 
     /// Routes a message to every matching session, and keeps it if retained.
@@ -422,8 +486,16 @@ impl Router {
                 continue;
             };
             if !self.access.can_subscribe(&session.identity, sub.filter) {
-                tracing::info!(client = %client, filter = %f.path, "subscription refused by ACL");
+                tracing::info!(client = %client, filter = %f.path, "subscription refused");
                 codes.push(SubscribeReasonCode::NotAuthorized);
+                continue;
+            }
+            let limit = self.settings.max_subscriptions;
+            if limit > 0
+                && session.subscriptions.len() >= limit
+                && !session.subscriptions.contains_key(f.path.as_str())
+            {
+                codes.push(SubscribeReasonCode::QuotaExceeded);
                 continue;
             }
             let options = SubOptions {

@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use natter::config::Config;
 use natter::edge::Kind;
 use natter::server::{self, Listeners};
+use natter::store::Store;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Password hashing in tests: cheap (production uses 600,000 iterations).
+const TEST_ITERATIONS: u32 = 1000;
 
 pub struct TestServer {
     pub mqtt: SocketAddr,
@@ -43,15 +47,35 @@ impl TestServer {
 
     /// Starts with the defaults changed by `edit` (listen addresses are already ephemeral).
     pub fn start_with(edit: impl FnOnce(&mut Config)) -> TestServer {
-        Self::launch(false, edit)
+        Self::launch(false, &[], edit)
+    }
+
+    /// Starts with these accounts (user id, password) already in the store.
+    pub fn start_with_users(users: &[(&str, &str)], edit: impl FnOnce(&mut Config)) -> TestServer {
+        Self::launch(false, users, edit)
     }
 
     /// Also serves TLS and WSS with a certificate for `localhost` made for this test.
     pub fn start_tls() -> TestServer {
-        Self::launch(true, |_| {})
+        Self::launch(true, &[], |_| {})
     }
 
-    fn launch(tls: bool, edit: impl FnOnce(&mut Config)) -> TestServer {
+    /// Opens the server's store from outside, as the `natter user …` commands do.
+    pub fn store(&self) -> Store {
+        Store::open(&self.dir.path().join("data")).expect("open store")
+    }
+
+    /// Adds an account while the server runs (as `natter user add` would).
+    pub fn add_user(&self, name: &str, password: &str) {
+        self.store()
+            .add_user(
+                name,
+                &natter::password::hash(password, TEST_ITERATIONS).unwrap(),
+            )
+            .expect("add user");
+    }
+
+    fn launch(tls: bool, users: &[(&str, &str)], edit: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::default_config();
         config.mqtt.listen = "127.0.0.1:0".into();
@@ -60,7 +84,15 @@ impl TestServer {
         config.mqtt.wss_listen = "127.0.0.1:0".into();
         config.mqtt.sys_interval_secs = 1;
         config.auth.allow_anonymous = true;
+        config.auth.pbkdf2_iterations = TEST_ITERATIONS;
         config.storage.data_dir = dir.path().join("data");
+        {
+            let store = Store::open(&config.storage.data_dir).expect("store");
+            for (name, password) in users {
+                let hash = natter::password::hash(password, TEST_ITERATIONS).unwrap();
+                store.add_user(name, &hash).expect("add user");
+            }
+        }
         let mut ca_pem = None;
         if tls {
             let (ca, cert, key) = make_certificates();

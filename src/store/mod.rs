@@ -1,0 +1,406 @@
+//! All SQLite access: accounts, conversations, members, blocks.
+//!
+//! One file, `{data_dir}/natter.db`, in WAL mode, so the server and the `natter user …` /
+//! `natter conv …` commands can use it at the same time (the server notices other processes'
+//! commits through `PRAGMA data_version`, see [`Store::data_version`]). The schema is versioned
+//! with `PRAGMA user_version`; [`MIGRATIONS`] lists every step in order.
+//!
+//! Calls block: async callers run them with `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Schema steps; entry `i` takes the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        password TEXT NOT NULL,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+        name TEXT NOT NULL DEFAULT '',
+        topic TEXT NOT NULL DEFAULT '',
+        created_by TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE members (
+        conv TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        user TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+        joined_at INTEGER NOT NULL,
+        PRIMARY KEY (conv, user)
+    );
+    CREATE INDEX members_by_user ON members(user);
+    CREATE TABLE blocks (
+        user TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        blocked TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        PRIMARY KEY (user, blocked)
+    );
+"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("the database is at schema version {found}, newer than this natter ({known})")]
+    TooNew { found: i64, known: usize },
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: String,
+    pub admin: bool,
+    pub created_at: i64,
+}
+
+/// A conversation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRow {
+    pub id: String,
+    pub name: String,
+    pub topic: String,
+}
+
+/// Everything the authorization rules need, read in one transaction.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub users: Vec<UserRow>,
+    pub conversations: Vec<ConversationRow>,
+    /// (conversation, user, role)
+    pub members: Vec<(String, String, String)>,
+    /// (user, blocked user)
+    pub blocks: Vec<(String, String)>,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Dir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let conn = Connection::open(data_dir.join("natter.db"))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let store = Store {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // rusqlite leaves the connection usable after a panic elsewhere; keep going.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(StoreError::TooNew {
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Changes whenever another connection (another process) commits: the server polls it to
+    /// pick up `natter user …` changes.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .lock()
+            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+
+    pub fn add_user(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let inserted = conn.execute(
+            "INSERT INTO users (id, password, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO NOTHING",
+            params![id, password_hash, now()],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::Exists(format!("user {id}")));
+        }
+        Ok(())
+    }
+
+    /// Removes a user with their memberships and blocks; returns whether they existed.
+    pub fn remove_user(&self, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        // Direct conversations go with the user; groups stay for the other members.
+        tx.execute(
+            "DELETE FROM conversations WHERE kind = 'direct'
+             AND id IN (SELECT conv FROM members WHERE user = ?1)",
+            params![id],
+        )?;
+        let removed = tx.execute("DELETE FROM users WHERE id = ?1", params![id])?;
+        tx.commit()?;
+        Ok(removed > 0)
+    }
+
+    pub fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT id, admin, created_at FROM users ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(UserRow {
+                id: r.get(0)?,
+                admin: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_password(&self, id: &str, password_hash: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "UPDATE users SET password = ?2 WHERE id = ?1",
+            params![id, password_hash],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn set_admin(&self, id: &str, admin: bool) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "UPDATE users SET admin = ?2 WHERE id = ?1",
+            params![id, admin],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// A user's password hash and admin flag.
+    pub fn login_info(&self, id: &str) -> Result<Option<(String, bool)>, StoreError> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                "SELECT password, admin FROM users WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Creates a conversation with its first members.
+    pub fn create_conversation(
+        &self,
+        id: &str,
+        direct: bool,
+        name: &str,
+        created_by: &str,
+        members: &[(&str, &str)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT INTO conversations (id, kind, name, created_by, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+            params![
+                id,
+                if direct { "direct" } else { "group" },
+                name,
+                created_by,
+                now()
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::Exists(format!("conversation {id}")));
+        }
+        for (user, role) in members {
+            tx.execute(
+                "INSERT INTO members (conv, user, role, joined_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, user, role, now()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds a member or changes their role.
+    pub fn set_member(&self, conv: &str, user: &str, role: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO members (conv, user, role, joined_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (conv, user) DO UPDATE SET role = excluded.role",
+            params![conv, user, role, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_member(&self, conv: &str, user: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "DELETE FROM members WHERE conv = ?1 AND user = ?2",
+            params![conv, user],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn update_conversation(
+        &self,
+        conv: &str,
+        name: &str,
+        topic: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE conversations SET name = ?2, topic = ?3 WHERE id = ?1",
+            params![conv, name, topic],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_block(&self, user: &str, blocked: &str, on: bool) -> Result<(), StoreError> {
+        let conn = self.lock();
+        if on {
+            conn.execute(
+                "INSERT INTO blocks (user, blocked) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![user, blocked],
+            )?;
+        } else {
+            conn.execute(
+                "DELETE FROM blocks WHERE user = ?1 AND blocked = ?2",
+                params![user, blocked],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Reads users, conversations, members and blocks in one consistent view.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut snap = Snapshot::default();
+        {
+            let mut stmt = tx.prepare("SELECT id, admin, created_at FROM users")?;
+            snap.users = stmt
+                .query_map([], |r| {
+                    Ok(UserRow {
+                        id: r.get(0)?,
+                        admin: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare("SELECT id, name, topic FROM conversations")?;
+            snap.conversations = stmt
+                .query_map([], |r| {
+                    Ok(ConversationRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        topic: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare("SELECT conv, user, role FROM members")?;
+            snap.members = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare("SELECT user, blocked FROM blocks")?;
+            snap.blocks = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+        }
+        tx.commit()?;
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_conversations_and_cascades() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.add_user("alice", "h1").unwrap();
+        store.add_user("bob", "h2").unwrap();
+        assert!(matches!(
+            store.add_user("bob", "x"),
+            Err(StoreError::Exists(_))
+        ));
+        assert_eq!(
+            store.login_info("bob").unwrap(),
+            Some(("h2".to_string(), false))
+        );
+        assert!(store.set_admin("alice", true).unwrap());
+        store
+            .create_conversation(
+                "g.t",
+                false,
+                "Team",
+                "alice",
+                &[("alice", "owner"), ("bob", "member")],
+            )
+            .unwrap();
+        store
+            .create_conversation(
+                "d.alice.bob",
+                true,
+                "",
+                "alice",
+                &[("alice", "member"), ("bob", "member")],
+            )
+            .unwrap();
+        store.set_block("bob", "alice", true).unwrap();
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.users.len(), 2);
+        assert_eq!(snap.members.len(), 4);
+        assert_eq!(snap.blocks, [("bob".to_string(), "alice".to_string())]);
+
+        assert!(store.remove_user("bob").unwrap());
+        let snap = store.snapshot().unwrap();
+        assert_eq!(
+            snap.members,
+            [("g.t".to_string(), "alice".to_string(), "owner".to_string())]
+        );
+        assert_eq!(
+            snap.conversations.len(),
+            1,
+            "the direct conversation went with bob"
+        );
+        assert!(snap.blocks.is_empty());
+        // Reopening keeps everything and does not migrate twice.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list_users().unwrap()[0].id, "alice");
+    }
+}
