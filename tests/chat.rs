@@ -1,0 +1,573 @@
+//! Chat identity and authorization end to end: accounts, direct and group conversations, the
+//! per-user stream, and a third user who tries every filter and topic and gets nothing.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::clients::{v4, v5};
+use common::TestServer;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, PubAckReason, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::{json, Value};
+
+const USERS: &[(&str, &str)] = &[("alice", "pw-a"), ("bob", "pw-b"), ("eve", "pw-e")];
+
+fn password(user: &str) -> &'static str {
+    USERS
+        .iter()
+        .find(|(u, _)| *u == user)
+        .map(|(_, p)| *p)
+        .unwrap_or("nope")
+}
+
+fn opts(server: &TestServer, user: &str, client_id: &str) -> v5::MqttOptions {
+    let mut o = v5::MqttOptions::new(client_id, "127.0.0.1", server.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_credentials(user, password(user));
+    o
+}
+
+/// Logs in as `user.test`, subscribed to the user's own stream (as an app would be).
+async fn login(server: &TestServer, user: &str) -> v5::Client {
+    let (mut c, _) = v5::Client::connect(opts(server, user, &format!("{user}.test"))).await;
+    let own = format!("u/{user}/#");
+    assert_eq!(
+        subscribe(&mut c, &own).await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    c
+}
+
+async fn subscribe(c: &mut v5::Client, filter: &str) -> SubscribeReasonCode {
+    c.client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    match c.suback().await {
+        v5::Incoming::SubAck(ack) => ack.return_codes[0],
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends a request on `q/{user}/{op}` and returns the JSON reply.
+async fn request(c: &mut v5::Client, user: &str, op: &str, body: Value) -> Value {
+    c.client
+        .publish(
+            format!("q/{user}/{op}"),
+            QoS::AtLeastOnce,
+            false,
+            body.to_string(),
+        )
+        .await
+        .unwrap();
+    loop {
+        let p = c.publish().await;
+        if p.topic == format!("u/{user}/reply/{op}") {
+            return serde_json::from_slice(&p.payload).unwrap();
+        }
+    }
+}
+
+/// The next publish whose topic is `topic`, skipping others (events, copies).
+async fn publish_on(c: &mut v5::Client, topic: &str) -> rumqttc::v5::mqttbytes::v5::Publish {
+    loop {
+        let p = c.publish().await;
+        if p.topic == topic {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_users_chat_directly_and_in_a_group_while_a_third_sees_nothing() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    let mut eve = login(&server, "eve").await;
+    assert_eq!(
+        subscribe(&mut bob, "u/bob/#").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    assert_eq!(
+        subscribe(&mut alice, "u/alice/#").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    // Eve tries every wide filter (accepted, narrowed to what she may read) and Bob's stream
+    // (refused outright).
+    for filter in ["#", "c/#", "c/+/m", "+/+/+", "u/+/#", "+/+/+/+/+"] {
+        assert_eq!(
+            subscribe(&mut eve, filter).await,
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            "{filter}"
+        );
+    }
+    for filter in [
+        "u/bob/#",
+        "u/alice/c/d.alice.bob/m",
+        "c/d.alice.bob/m",
+        "q/bob/#",
+    ] {
+        assert_eq!(
+            subscribe(&mut eve, filter).await,
+            SubscribeReasonCode::NotAuthorized,
+            "{filter}"
+        );
+    }
+
+    // Direct: no setup needed.
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "hi bob")
+        .await
+        .unwrap();
+    let got = publish_on(&mut bob, "u/bob/c/d.alice.bob/m").await;
+    assert_eq!(&got.payload[..], b"hi bob");
+    let echo = publish_on(&mut alice, "u/alice/c/d.alice.bob/m").await;
+    assert_eq!(
+        &echo.payload[..],
+        b"hi bob",
+        "the sender's other devices see it too"
+    );
+
+    // Group: created by request, with Bob as a member.
+    let reply = request(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "team", "name": "Team", "members": ["bob"]}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["conv"], "g.team");
+    let event = publish_on(&mut bob, "u/bob/events").await;
+    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["type"], "member_added");
+    assert_eq!(event["conv"], "g.team");
+    bob.client
+        .publish("c/g.team/m", QoS::AtLeastOnce, false, "hello team")
+        .await
+        .unwrap();
+    let got = publish_on(&mut alice, "u/alice/c/g.team/m").await;
+    assert_eq!(&got.payload[..], b"hello team");
+
+    // Eve, subscribed to everything she could think of, got nothing at all.
+    eve.no_publish(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn refused_publishes_get_0x87_on_5_0_and_an_error_event_on_3_1_1() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut eve = login(&server, "eve").await;
+    subscribe(&mut eve, "u/eve/#").await;
+    for topic in [
+        "c/d.alice.bob/m",
+        "p/alice",
+        "p/eve",
+        "u/alice/events",
+        "q/alice/group.create",
+        "c/g.nope/m",
+    ] {
+        eve.client
+            .publish(topic, QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+        loop {
+            match eve.next().await.unwrap() {
+                v5::Incoming::PubAck(a) => {
+                    assert_eq!(a.reason, PubAckReason::NotAuthorized, "{topic}");
+                    break;
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    // 3.1.1: acknowledged, dropped, explained on u/eve/errors, and still connected.
+    let mut o = v4::MqttOptions::new("eve.old", "127.0.0.1", server.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_credentials("eve", "pw-e");
+    let (mut old, _) = v4::Client::connect(o).await;
+    old.client
+        .subscribe("u/eve/errors", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    old.suback().await;
+    old.client
+        .publish(
+            "c/d.alice.bob/m",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "sneaky",
+        )
+        .await
+        .unwrap();
+    let err = old.publish().await;
+    let err: Value = serde_json::from_slice(&err.payload).unwrap();
+    assert_eq!(err["error"], "not_member");
+    assert_eq!(err["topic"], "c/d.alice.bob/m");
+    old.client
+        .publish("plain/topic", rumqttc::QoS::AtLeastOnce, false, "fine")
+        .await
+        .unwrap();
+    old.no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_group_joined_later_arrives_on_the_same_subscription_and_leaving_stops_it() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    subscribe(&mut bob, "u/bob/#").await;
+    // Bob also subscribes directly to the group topic he does not belong to yet: refused.
+    assert_eq!(
+        subscribe(&mut bob, "c/g.later/m").await,
+        SubscribeReasonCode::NotAuthorized
+    );
+
+    let reply = request(&mut alice, "alice", "group.create", json!({"id": "later"})).await;
+    assert_eq!(reply["ok"], true);
+    let reply = request(
+        &mut alice,
+        "alice",
+        "group.add",
+        json!({"conv": "g.later", "user": "bob"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    alice
+        .client
+        .publish("c/g.later/m", QoS::AtLeastOnce, false, "welcome")
+        .await
+        .unwrap();
+    assert_eq!(
+        &publish_on(&mut bob, "u/bob/c/g.later/m").await.payload[..],
+        b"welcome"
+    );
+
+    // Now a member, Bob may subscribe to the topic itself too; removal stops both at once.
+    assert_eq!(
+        subscribe(&mut bob, "c/g.later/m").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    let reply = request(
+        &mut alice,
+        "alice",
+        "group.remove",
+        json!({"conv": "g.later", "user": "bob"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    loop {
+        let event = publish_on(&mut bob, "u/bob/events").await;
+        let event: Value = serde_json::from_slice(&event.payload).unwrap();
+        if event["type"] == "member_removed" {
+            assert_eq!(event["conv"], "g.later");
+            break;
+        }
+    }
+    alice
+        .client
+        .publish("c/g.later/m", QoS::AtLeastOnce, false, "secret")
+        .await
+        .unwrap();
+    // Skip the events still in flight; no message may arrive.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(600);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, bob.publish()).await {
+            Ok(p) => assert!(p.topic.ends_with(b"/events"), "after removal Bob got {p:?}"),
+            Err(_) => break,
+        }
+    }
+}
+
+#[tokio::test]
+async fn roles_decide_who_manages_a_group() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    subscribe(&mut bob, "u/bob/#").await;
+    request(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "club", "members": ["bob"]}),
+    )
+    .await;
+    let reply = request(
+        &mut bob,
+        "bob",
+        "group.add",
+        json!({"conv": "g.club", "user": "eve"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], false);
+    assert_eq!(reply["error"], "forbidden_by_role");
+    let reply = request(
+        &mut bob,
+        "bob",
+        "group.remove",
+        json!({"conv": "g.club", "user": "alice"}),
+    )
+    .await;
+    assert_eq!(reply["error"], "forbidden_by_role");
+    let reply = request(
+        &mut alice,
+        "alice",
+        "group.role",
+        json!({"conv": "g.club", "user": "bob", "role": "admin"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let reply = request(
+        &mut bob,
+        "bob",
+        "group.add",
+        json!({"conv": "g.club", "user": "eve"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let reply = request(&mut bob, "bob", "members", json!({"conv": "g.club"})).await;
+    let users: Vec<&str> = reply["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["alice", "bob", "eve"]);
+    let reply = request(&mut bob, "bob", "group.create", json!({"id": "bad id"})).await;
+    assert_eq!(reply["error"], "bad_request");
+    let reply = request(&mut bob, "bob", "nonsense", json!({})).await;
+    assert_eq!(reply["error"], "bad_request");
+}
+
+#[tokio::test]
+async fn blocked_users_cannot_write_directly() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut bob = login(&server, "bob").await;
+    let mut eve = login(&server, "eve").await;
+    subscribe(&mut bob, "u/bob/#").await;
+    let reply = request(&mut bob, "bob", "block", json!({"user": "eve"})).await;
+    assert_eq!(reply["ok"], true);
+    eve.client
+        .publish("c/d.bob.eve/m", QoS::AtLeastOnce, false, "spam")
+        .await
+        .unwrap();
+    loop {
+        if let v5::Incoming::PubAck(a) = eve.next().await.unwrap() {
+            assert_eq!(a.reason, PubAckReason::NotAuthorized);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn logins_client_ids_and_limits() {
+    let server = TestServer::start_with_users(USERS, |c| {
+        c.auth.allow_anonymous = true;
+        c.limits.max_connections_per_user = 2;
+        c.limits.publish_rate = 1;
+        c.limits.publish_burst = 2;
+    });
+    // Wrong password: a proper refusal, not a reset.
+    let mut o = opts(&server, "alice", "alice");
+    o.set_credentials("alice", "wrong");
+    let (_c, r) = v5::Client::try_connect(o).await;
+    assert!(r
+        .unwrap_err()
+        .0
+        .contains(&format!("{:?}", ConnectReturnCode::BadUserNamePassword)));
+    let mut o4 = v4::MqttOptions::new("alice", "127.0.0.1", server.port());
+    o4.set_credentials("alice", "wrong");
+    let (_c, r) = v4::Client::try_connect(o4).await;
+    assert!(r.unwrap_err().0.contains("NotAuthorized"));
+
+    // Client ids live in the user's namespace; anonymous clients cannot borrow one.
+    for (user, id) in [
+        ("alice", "bob"),
+        ("alice", "bob.phone"),
+        ("alice", "alicex"),
+    ] {
+        let (_c, r) = v5::Client::try_connect(opts(&server, user, id)).await;
+        assert!(
+            r.unwrap_err().0.contains("ClientIdentifierNotValid"),
+            "{user} as {id}"
+        );
+    }
+    let mut anon = v5::MqttOptions::new("alice.phone", "127.0.0.1", server.port());
+    anon.set_keep_alive(Duration::from_secs(5));
+    let (_c, r) = v5::Client::try_connect(anon).await;
+    assert!(r.unwrap_err().0.contains("ClientIdentifierNotValid"));
+    let (mut empty, ack) = v5::Client::connect(opts(&server, "alice", "")).await;
+    match ack {
+        v5::Incoming::ConnAck(a) => {
+            let id = a.properties.unwrap().assigned_client_identifier.unwrap();
+            assert!(id.starts_with("alice."), "{id}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Two connections for Alice at most (the one above and one more).
+    let (_a2, _) = v5::Client::connect(opts(&server, "alice", "alice.two")).await;
+    let (_c, r) = v5::Client::try_connect(opts(&server, "alice", "alice.three")).await;
+    assert!(r.unwrap_err().0.contains("QuotaExceeded"));
+
+    // Publish rate: a burst of 2, then refusals with 0x97.
+    let mut reasons = Vec::new();
+    for i in 0..3 {
+        empty
+            .client
+            .publish("plain/x", QoS::AtLeastOnce, false, vec![i])
+            .await
+            .unwrap();
+        loop {
+            if let v5::Incoming::PubAck(a) = empty.next().await.unwrap() {
+                reasons.push(a.reason);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        reasons,
+        [
+            PubAckReason::Success,
+            PubAckReason::Success,
+            PubAckReason::QuotaExceeded
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_cli_manages_accounts_while_the_server_runs() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let natter = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(server.dir.path().join("data"))
+            .env("NATTER_AUTH_PBKDF2_ITERATIONS", "1000")
+            .output()
+            .expect("run natter");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = natter(&["user", "add", "carol"]);
+    let generated = out.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(generated.len(), 16, "{out}");
+
+    // Carol logs in at once with the generated password, and chats with Alice.
+    let mut o = v5::MqttOptions::new("carol", "127.0.0.1", server.port());
+    o.set_credentials("carol", generated);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (mut carol, _) = v5::Client::connect(o).await;
+    let mut alice = login(&server, "alice").await;
+    subscribe(&mut alice, "u/alice/#").await;
+    carol
+        .client
+        .publish("c/d.alice.carol/m", QoS::AtLeastOnce, false, "hi")
+        .await
+        .unwrap();
+    assert_eq!(
+        &publish_on(&mut alice, "u/alice/c/d.alice.carol/m")
+            .await
+            .payload[..],
+        b"hi"
+    );
+
+    // A group made from the CLI reaches Alice's stream as an event.
+    let conv = natter(&[
+        "conv", "create", "--owner", "alice", "--id", "ops", "--member", "carol",
+    ]);
+    assert_eq!(conv.trim(), "g.ops");
+    let event = publish_on(&mut alice, "u/alice/events").await;
+    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["conv"], "g.ops");
+    assert!(natter(&["user", "list"]).contains("carol"));
+
+    // Removing Carol closes her connection with DISCONNECT 0x98 (administrative action).
+    natter(&["user", "remove", "carol"]);
+    loop {
+        match carol.next().await {
+            Ok(_) => continue,
+            Err(e) => {
+                assert!(e.0.contains("AdministrativeAction"), "{e:?}");
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn mosquitto_clients_chat_with_passwords() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let port = server.port().to_string();
+    let mut sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "bob",
+            "-P",
+            "pw-b",
+            "-i",
+            "bob.cli",
+        ])
+        .args(["-t", "u/bob/#", "-q", "1", "-C", "1", "-W", "10", "-v"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (apt-get install mosquitto-clients)");
+    // Publish until the subscriber has one (it may not be subscribed yet at first).
+    let mut sent = 0;
+    while sent < 40 {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-u", "alice", "-P", "pw-a"])
+            .args([
+                "-t",
+                "c/d.alice.bob/m",
+                "-m",
+                "hi from the shell",
+                "-q",
+                "1",
+            ])
+            .status()
+            .expect("mosquitto_pub");
+        assert!(status.success());
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        if sub.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "u/bob/c/d.alice.bob/m hi from the shell"
+    );
+
+    // A wrong password is "not authorised", not a reset.
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "alice",
+            "-P",
+            "wrong",
+            "-t",
+            "x",
+            "-m",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not authorised"),
+        "{out:?}"
+    );
+}
