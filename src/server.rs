@@ -109,7 +109,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let store = Arc::new(Store::open(&config.storage.data_dir)?);
-    let directory = Arc::new(RwLock::new(Directory::from_snapshot(store.snapshot()?)));
+    let directory = Directory::from_snapshot(store.snapshot()?);
+    if directory.users().next().is_none() && !config.auth.allow_anonymous {
+        tracing::warn!("there are no accounts yet: create one with `natter user add NAME`");
+    }
+    let directory = Arc::new(RwLock::new(directory));
     let access = Arc::new(Access::new(&config.auth, store.clone(), directory.clone())?);
     let tls = match config.tls_enabled() {
         true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),
