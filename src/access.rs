@@ -65,7 +65,13 @@ pub enum Route {
     /// An ordinary topic.
     Plain,
     /// A conversation topic: also copied to each member's `u/{user}/c/{conv}/{kind}`.
-    Conversation { copies: Vec<Bytes> },
+    /// `moderator`: the publisher owns or administers the group (may delete others' messages).
+    Conversation {
+        conv: String,
+        kind: ConvKind,
+        copies: Vec<Bytes>,
+        moderator: bool,
+    },
     /// A request for the server (`q/{user}/{op}`).
     Request { op: String },
 }
@@ -192,7 +198,14 @@ impl Access {
         dir.can_publish(who.user.as_deref(), chat)?;
         Ok(match chat {
             ChatTopic::Conv { conv, kind } => Route::Conversation {
+                conv: conv.to_string(),
+                kind,
                 copies: stream_copies(&dir, conv, kind),
+                moderator: who
+                    .user
+                    .as_deref()
+                    .and_then(|u| dir.role(conv, u))
+                    .is_some_and(|r| r >= crate::chat::Role::Admin),
             },
             ChatTopic::Request { op, .. } => Route::Request { op: op.to_string() },
             // can_publish refuses everything else.
@@ -335,7 +348,7 @@ mod tests {
         let (a, _d) = access(None);
         let alice = who(Some("alice"), "alice");
         match a.authorize_publish(&alice, "c/g.team/m").unwrap() {
-            Route::Conversation { mut copies } => {
+            Route::Conversation { mut copies, .. } => {
                 copies.sort();
                 assert_eq!(copies, ["u/alice/c/g.team/m", "u/bob/c/g.team/m"]);
             }

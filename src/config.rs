@@ -112,6 +112,12 @@ pub struct LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    pub synchronous: crate::store::messages::Synchronous,
+    pub group_commit: bool,
+    pub max_text_bytes: usize,
+    pub retention_days: u64,
+    pub retention_per_conversation: u64,
+    pub retention_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -245,6 +251,15 @@ impl Config {
                 "limits.publish_burst",
                 "must be at least 1 when publish_rate is set",
             ));
+        }
+        if self.storage.retention_interval_secs == 0 {
+            return Err(invalid(
+                "storage.retention_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.storage.max_text_bytes == 0 {
+            return Err(invalid("storage.max_text_bytes", "must be at least 1"));
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));

@@ -18,6 +18,7 @@ use crate::config::{listen_addr, Config};
 use crate::edge::{self, Kind, Limits, Shared, TlsError};
 use crate::router::{self, Router, Settings};
 use crate::stats::Stats;
+use crate::store::messages::Writer;
 use crate::store::{Store, StoreError};
 
 /// How long connections get to send DISCONNECT and flush at shutdown.
@@ -109,6 +110,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let store = Arc::new(Store::open(&config.storage.data_dir)?);
+    let history = Writer::start(
+        &config.storage.data_dir,
+        config.storage.synchronous,
+        config.storage.group_commit,
+    )?;
     let directory = Directory::from_snapshot(store.snapshot()?);
     if directory.users().next().is_none() && !config.auth.allow_anonymous {
         tracing::warn!("there are no accounts yet: create one with `natter user add NAME`");
@@ -130,7 +136,8 @@ pub async fn run(
     let watcher = tokio::spawn(chat.clone().watch(shutdown.clone()));
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
-        limits: Limits::from_config(&config.mqtt, &config.limits),
+        limits: Limits::from_config(&config.mqtt, &config.limits, config.storage.max_text_bytes),
+        history,
         access,
         chat,
         router,

@@ -67,6 +67,12 @@ async fn request(c: &mut v5::Client, user: &str, op: &str, body: Value) -> Value
     }
 }
 
+/// The text of a delivered chat envelope.
+fn text(p: &rumqttc::v5::mqttbytes::v5::Publish) -> String {
+    let v: Value = serde_json::from_slice(&p.payload).expect("JSON envelope");
+    v["t"].as_str().expect("text").to_string()
+}
+
 /// The next publish whose topic is `topic`, skipping others (events, copies).
 async fn publish_on(c: &mut v5::Client, topic: &str) -> rumqttc::v5::mqttbytes::v5::Publish {
     loop {
@@ -120,11 +126,16 @@ async fn two_users_chat_directly_and_in_a_group_while_a_third_sees_nothing() {
         .await
         .unwrap();
     let got = publish_on(&mut bob, "u/bob/c/d.alice.bob/m").await;
-    assert_eq!(&got.payload[..], b"hi bob");
+    assert_eq!(text(&got), "hi bob");
+    let envelope: Value = serde_json::from_slice(&got.payload).unwrap();
+    assert_eq!(envelope["from"], "alice");
+    assert_eq!(envelope["dev"], "alice.test");
+    assert_eq!(envelope["conv"], "d.alice.bob");
+    assert_eq!(envelope["seq"], 1);
     let echo = publish_on(&mut alice, "u/alice/c/d.alice.bob/m").await;
     assert_eq!(
-        &echo.payload[..],
-        b"hi bob",
+        text(&echo),
+        "hi bob",
         "the sender's other devices see it too"
     );
 
@@ -147,7 +158,7 @@ async fn two_users_chat_directly_and_in_a_group_while_a_third_sees_nothing() {
         .await
         .unwrap();
     let got = publish_on(&mut alice, "u/alice/c/g.team/m").await;
-    assert_eq!(&got.payload[..], b"hello team");
+    assert_eq!(text(&got), "hello team");
 
     // Eve, subscribed to everything she could think of, got nothing at all.
     eve.no_publish(Duration::from_millis(500)).await;
@@ -239,8 +250,8 @@ async fn a_group_joined_later_arrives_on_the_same_subscription_and_leaving_stops
         .await
         .unwrap();
     assert_eq!(
-        &publish_on(&mut bob, "u/bob/c/g.later/m").await.payload[..],
-        b"welcome"
+        text(&publish_on(&mut bob, "u/bob/c/g.later/m").await),
+        "welcome"
     );
 
     // Now a member, Bob may subscribe to the topic itself too; removal stops both at once.
@@ -470,10 +481,8 @@ async fn the_cli_manages_accounts_while_the_server_runs() {
         .await
         .unwrap();
     assert_eq!(
-        &publish_on(&mut alice, "u/alice/c/d.alice.carol/m")
-            .await
-            .payload[..],
-        b"hi"
+        text(&publish_on(&mut alice, "u/alice/c/d.alice.carol/m").await),
+        "hi"
     );
 
     // A group made from the CLI reaches Alice's stream as an event.
@@ -543,10 +552,12 @@ fn mosquitto_clients_chat_with_passwords() {
         }
     }
     let out = sub.wait_with_output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "u/bob/c/d.alice.bob/m hi from the shell"
-    );
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (topic, envelope) = line.split_once(' ').expect("topic and payload");
+    assert_eq!(topic, "u/bob/c/d.alice.bob/m");
+    let envelope: Value = serde_json::from_str(envelope).unwrap();
+    assert_eq!(envelope["t"], "hi from the shell");
+    assert_eq!(envelope["from"], "alice");
 
     // A wrong password is "not authorised", not a reset.
     let out = Command::new("mosquitto_pub")

@@ -6,6 +6,7 @@
 //! delivery through a filter that can reach chat topics is checked again, so a removed member
 //! stops receiving at once). [`service`] changes it together with the store.
 
+pub mod envelope;
 pub mod service;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -563,5 +563,6 @@ pub fn server_message(topic: String, body: String) -> Message {
         properties: None,
         expires_at: None,
         origin: None,
+        msgpack: None,
     }
 }

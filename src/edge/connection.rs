@@ -24,14 +24,34 @@ use super::rate::RateLimit;
 use super::transport::Transport;
 use super::Shared;
 use crate::access::{Identity, Refusal, Route};
+use crate::chat::envelope::{self, Envelope, Format};
 use crate::chat::service::{server_message, Request};
 use crate::codec::{self, CodecError, Version};
 use crate::router::{Ack, ConnectRequest, Delivery, Event, Mailbox, Message, Outbound, Will};
 use crate::stats::Stats;
+use crate::store::messages::{AppendError, Appended, NewMessage};
 use crate::topics;
+use crate::topics::ConvKind;
 
 /// How long a closing connection may take to write its last packets.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// An inbound PUBLISH waiting for the store (or an acknowledgement queued behind one).
+enum Pending {
+    Ready(Box<Packet>),
+    Persist(Box<Persist>),
+}
+
+struct Persist {
+    /// Taken when handed to the writer.
+    new: Option<NewMessage>,
+    reply: Option<oneshot::Receiver<Result<Appended, AppendError>>>,
+    topic: Bytes,
+    qos: QoS,
+    pkid: u16,
+    copies: Vec<Bytes>,
+    ack: Option<Packet>,
+}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -71,6 +91,10 @@ pub(super) struct Connection {
     events: VecDeque<Event>,
     /// Requests (`q/{user}/{op}`) for the chat service, answered in order.
     requests: VecDeque<Request>,
+    /// Inbound messages waiting for the store, and acknowledgements queued behind them.
+    pending: VecDeque<Pending>,
+    /// How chat envelopes are delivered to this device.
+    format: Format,
     publish_rate: RateLimit,
 }
 
@@ -130,6 +154,7 @@ pub(super) async fn accept(
                 client_max_packet,
                 client_alias_max,
                 expiry_was_zero,
+                format,
                 connack,
             } = admitted;
             tracing::debug!(%peer, client = %identity.client_id, ?version, "connected");
@@ -154,6 +179,8 @@ pub(super) async fn accept(
                 expiry_was_zero,
                 events: VecDeque::new(),
                 requests: VecDeque::new(),
+                pending: VecDeque::new(),
+                format,
                 publish_rate: RateLimit::new(
                     shared.limits.publish_rate,
                     shared.limits.publish_burst,
@@ -195,6 +222,7 @@ struct Admitted {
     client_max_packet: Option<u32>,
     client_alias_max: u16,
     expiry_was_zero: bool,
+    format: Format,
     connack: ConnAck,
 }
 
@@ -323,6 +351,16 @@ async fn admit(
         client_max_packet: props.max_packet_size,
         client_alias_max: props.topic_alias_max.unwrap_or(0),
         expiry_was_zero: expiry == 0,
+        // A 5.0 device may ask for MessagePack envelopes with the user property format=msgpack.
+        format: if props
+            .user_properties
+            .iter()
+            .any(|(k, v)| k == "format" && v == "msgpack")
+        {
+            Format::MsgPack
+        } else {
+            Format::Json
+        },
         connack: ConnAck {
             session_present,
             code: ConnectReturnCode::Success,
@@ -376,6 +414,7 @@ fn will_message(
             // A will's expiry counts from its publication; the router stamps that moment.
             expires_at: None,
             origin: Some(identity.client_id.clone()),
+            msgpack: None,
         },
         expiry_secs: expiry,
     })
@@ -439,6 +478,12 @@ impl Connection {
             while let Some(request) = self.requests.pop_front() {
                 // Boxed: a request's state must not enlarge every connection's task.
                 Box::pin(self.shared.chat.handle(request)).await;
+            }
+            if !self.pending.is_empty() {
+                Box::pin(self.settle()).await;
+                if !self.send_events().await {
+                    return Close::Server(DisconnectReasonCode::ServerShuttingDown);
+                }
             }
             if let Some(close) = closing {
                 return close;
@@ -657,6 +702,16 @@ impl Connection {
             properties,
             expires_at,
             origin: Some(self.identity.client_id.clone()),
+            msgpack: None,
+        };
+        Stats::add(&self.shared.stats.messages_received, 1);
+        let ack = match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(pkid, None))),
+            QoS::ExactlyOnce => {
+                self.pending_qos2.insert(pkid);
+                Some(Packet::PubRec(PubRec::new(pkid, None)))
+            }
         };
         match route {
             Route::Request { op } => {
@@ -672,9 +727,59 @@ impl Connection {
                     });
                 }
             }
+            Route::Conversation {
+                conv,
+                kind: kind @ (ConvKind::Messages | ConvKind::Events),
+                copies,
+                moderator,
+            } => {
+                // History: stamped, stored, and only then routed and acknowledged (`settle`).
+                let content_type = message
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.content_type.as_deref());
+                let content = match envelope::parse(
+                    &message.payload,
+                    content_type,
+                    kind == ConvKind::Messages,
+                    self.shared.limits.max_text_bytes,
+                ) {
+                    Ok(content) => content,
+                    Err(e) => {
+                        self.pending_qos2.remove(&pkid);
+                        let topic = String::from_utf8_lossy(&message.topic).into_owned();
+                        self.report_refusal(&topic, e.code(), &e.to_string());
+                        return self.refuse_publish(qos, pkid, PubAckReason::PayloadFormatInvalid);
+                    }
+                };
+                let new = NewMessage {
+                    conv,
+                    sender: self
+                        .identity
+                        .user
+                        .as_deref()
+                        .unwrap_or_default()
+                        .to_string(),
+                    device: self.identity.client_id.to_string(),
+                    pkid: (qos != QoS::AtMostOnce).then_some(pkid),
+                    dup: p.dup,
+                    moderator,
+                    content,
+                };
+                self.pending.push_back(Pending::Persist(Box::new(Persist {
+                    new: Some(new),
+                    reply: None,
+                    topic: message.topic,
+                    qos,
+                    pkid,
+                    copies,
+                    ack,
+                })));
+                return None;
+            }
             Route::Plain | Route::Conversation { .. } => {
                 let copies = match route {
-                    Route::Conversation { copies } => copies,
+                    Route::Conversation { copies, .. } => copies,
                     _ => Vec::new(),
                 };
                 self.events.push_back(Event::Publish {
@@ -685,16 +790,97 @@ impl Connection {
                 });
             }
         }
-        Stats::add(&self.shared.stats.messages_received, 1);
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.queue(&Packet::PubAck(PubAck::new(pkid, None))),
-            QoS::ExactlyOnce => {
-                self.pending_qos2.insert(pkid);
-                self.queue(&Packet::PubRec(PubRec::new(pkid, None)));
-            }
+        if let Some(ack) = ack {
+            self.ack_in_order(ack);
         }
         None
+    }
+
+    /// Acknowledges an inbound PUBLISH behind any that still wait for the store: MQTT requires
+    /// acknowledgements in the order the messages came.
+    fn ack_in_order(&mut self, ack: Packet) {
+        if self.pending.is_empty() {
+            self.queue(&ack);
+        } else {
+            self.pending.push_back(Pending::Ready(Box::new(ack)));
+        }
+    }
+
+    /// Hands pending chat messages to the history writer, then, in arrival order, routes each
+    /// committed one and acknowledges it. Nothing is acknowledged before its commit.
+    async fn settle(&mut self) {
+        for p in self.pending.iter_mut() {
+            if let Pending::Persist(p) = p {
+                if let Some(new) = p.new.take() {
+                    p.reply = Some(self.shared.history.submit(new).await);
+                }
+            }
+        }
+        while let Some(p) = self.pending.pop_front() {
+            let p = match p {
+                Pending::Ready(ack) => {
+                    self.queue(&ack);
+                    continue;
+                }
+                Pending::Persist(p) => p,
+            };
+            let result = match p.reply {
+                Some(rx) => rx.await.unwrap_or(Err(AppendError::Stopped)),
+                None => Err(AppendError::Stopped),
+            };
+            match result {
+                Ok(appended) => {
+                    if !appended.duplicate {
+                        self.route_stored(&appended.envelope, p.topic, p.qos, p.copies);
+                    }
+                    if let Some(ack) = p.ack {
+                        self.queue(&ack);
+                    }
+                }
+                Err(AppendError::Refused(reason)) => {
+                    self.pending_qos2.remove(&p.pkid);
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    self.report_refusal(&topic, "refused", reason);
+                    self.refuse_publish(p.qos, p.pkid, PubAckReason::ImplementationSpecificError);
+                }
+                Err(e) => {
+                    // Not stored: the sender must not think it was. 5.0 learns it from the reason
+                    // code; 3.1.1 gets no acknowledgement and resends after reconnecting.
+                    tracing::error!(client = %self.identity.client_id, error = %e, "message not stored");
+                    self.pending_qos2.remove(&p.pkid);
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    self.report_refusal(
+                        &topic,
+                        "storage_failed",
+                        "the message was not stored; send it again",
+                    );
+                    if self.version == Version::V5 {
+                        self.refuse_publish(p.qos, p.pkid, PubAckReason::UnspecifiedError);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes a stored message: the envelope replaces what the client sent.
+    fn route_stored(&mut self, envelope: &Envelope, topic: Bytes, qos: QoS, copies: Vec<Bytes>) {
+        let message = Message {
+            topic,
+            payload: Bytes::from(envelope.encode(Format::Json)),
+            qos,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: Some(self.identity.client_id.clone()),
+            msgpack: Some(Bytes::from(envelope.encode(Format::MsgPack))),
+        };
+        self.events.push_back(Event::Publish {
+            client: self.identity.client_id.clone(),
+            message,
+            // Stored once already: a QoS 2 resend is caught by the store, not the router.
+            qos2_pkid: None,
+            copies,
+        });
     }
 
     /// Applies an inbound topic alias (5.0 §3.3.2.3.4): sets it when a topic comes with it,
@@ -753,14 +939,14 @@ impl Connection {
                 if v5 {
                     ack.reason = reason;
                 }
-                self.queue(&Packet::PubAck(ack));
+                self.ack_in_order(Packet::PubAck(ack));
             }
             QoS::ExactlyOnce => {
                 let mut rec = PubRec::new(pkid, None);
                 if v5 {
                     rec.reason = pubrec_reason(reason);
                 }
-                self.queue(&Packet::PubRec(rec));
+                self.ack_in_order(Packet::PubRec(rec));
             }
         }
         None
@@ -789,6 +975,12 @@ impl Connection {
             QoS::ExactlyOnce => Some(Ack::PubRec(d.pkid, false)),
         };
         let now = Instant::now();
+        // Chat envelopes go out in the device's chosen format.
+        let (payload, content_type) = match (&m.msgpack, self.format) {
+            (Some(packed), Format::MsgPack) => (packed.clone(), Some("application/msgpack")),
+            (Some(_), Format::Json) => (m.payload.clone(), Some("application/json")),
+            (None, _) => (m.payload.clone(), None),
+        };
         let mut properties = None;
         if self.version == Version::V5 {
             let expiry = match m.expires_at {
@@ -799,10 +991,17 @@ impl Connection {
                 Some(at) => Some(remaining_secs(at - now)),
                 None => None,
             };
-            if m.properties.is_some() || expiry.is_some() || !d.subscription_ids.is_empty() {
+            if m.properties.is_some()
+                || expiry.is_some()
+                || !d.subscription_ids.is_empty()
+                || content_type.is_some()
+            {
                 let mut p = m.properties.clone().unwrap_or_default();
                 p.message_expiry_interval = expiry;
                 p.subscription_identifiers = d.subscription_ids.clone();
+                if let Some(ct) = content_type {
+                    p.content_type = Some(ct.to_string());
+                }
                 properties = Some(p);
             }
         }
@@ -812,7 +1011,7 @@ impl Connection {
             retain: d.retain,
             topic: m.topic.clone(),
             pkid: d.pkid,
-            payload: m.payload.clone(),
+            payload,
             properties,
         };
         if let Some(max) = self.client_max_packet {
@@ -902,6 +1101,7 @@ fn pubrec_reason(reason: PubAckReason) -> PubRecReason {
         PubAckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
         PubAckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
         PubAckReason::QuotaExceeded => PubRecReason::QuotaExceeded,
+        PubAckReason::ImplementationSpecificError => PubRecReason::ImplementationSpecificError,
         _ => PubRecReason::UnspecifiedError,
     }
 }

@@ -28,6 +28,7 @@ use crate::chat::service::ChatService;
 use crate::config::{LimitsConfig, MqttConfig};
 use crate::router::Event;
 use crate::stats::Stats;
+use crate::store::messages::Writer;
 
 /// What kind of listener a socket arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +54,14 @@ pub struct Limits {
     /// PUBLISH packets per second per connection (0: unlimited) and the burst allowed.
     pub publish_rate: u32,
     pub publish_burst: u32,
+    /// Longest chat message text.
+    pub max_text_bytes: usize,
 }
 
 impl Limits {
-    pub fn from_config(m: &MqttConfig, l: &LimitsConfig) -> Limits {
+    pub fn from_config(m: &MqttConfig, l: &LimitsConfig, max_text_bytes: usize) -> Limits {
         Limits {
+            max_text_bytes,
             publish_rate: l.publish_rate,
             publish_burst: l.publish_burst,
             handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
@@ -77,6 +81,8 @@ pub struct Shared {
     pub limits: Limits,
     pub access: Arc<Access>,
     pub chat: Arc<ChatService>,
+    /// The history writer: chat messages are acknowledged after it commits them.
+    pub history: Writer,
     pub router: mpsc::Sender<Event>,
     pub stats: Arc<Stats>,
     pub shutdown: CancellationToken,

@@ -49,6 +49,9 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing client, for No Local; `None` for messages the server makes.
     pub origin: Option<Arc<str>>,
+    /// For chat messages: the same envelope in MessagePack, for devices that asked for it (the
+    /// payload is JSON).
+    pub msgpack: Option<Bytes>,
 }
 
 impl Message {
@@ -747,6 +750,7 @@ impl Router {
                     properties: None,
                     expires_at: None,
                     origin: None,
+                    msgpack: None,
                 },
                 now,
             );

@@ -1,4 +1,4 @@
-//! All SQLite access: accounts, conversations, members, blocks.
+//! All SQLite access: accounts, conversations, members, blocks, and (in [`messages`]) history.
 //!
 //! One file, `{data_dir}/natter.db`, in WAL mode, so the server and the `natter user …` /
 //! `natter conv …` commands can use it at the same time (the server notices other processes'
@@ -13,8 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+pub mod messages;
+
 /// Schema steps; entry `i` takes the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE users (
         id TEXT PRIMARY KEY,
         password TEXT NOT NULL,
@@ -42,7 +45,50 @@ const MIGRATIONS: &[&str] = &["
         blocked TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
         PRIMARY KEY (user, blocked)
     );
-"];
+",
+    "
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        conv TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        device TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        cid TEXT,
+        pkid INTEGER,
+        kind TEXT NOT NULL CHECK (kind IN ('msg', 'edit', 'delete', 'react', 'unreact')),
+        body TEXT,
+        reply_to INTEGER,
+        thread INTEGER,
+        target INTEGER,
+        emoji TEXT,
+        edited INTEGER NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (conv, seq)
+    );
+    CREATE UNIQUE INDEX messages_by_cid ON messages(sender, cid) WHERE cid IS NOT NULL;
+    CREATE INDEX messages_by_device ON messages(device, pkid);
+    CREATE INDEX messages_by_target ON messages(conv, target) WHERE target IS NOT NULL;
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        body, content = 'messages', content_rowid = 'id',
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
+    WHEN new.kind = 'msg' AND new.body IS NOT NULL BEGIN
+        INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+    WHEN old.kind = 'msg' AND old.body IS NOT NULL BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages
+    WHEN old.kind = 'msg' BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body)
+            SELECT 'delete', old.id, old.body WHERE old.body IS NOT NULL;
+        INSERT INTO messages_fts (rowid, body) SELECT new.id, new.body WHERE new.body IS NOT NULL;
+    END;
+",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,6 +101,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{0} already exists")]
     Exists(String),
+    #[error("commit failed: {0}")]
+    Commit(String),
     #[error("the database is at schema version {found}, newer than this natter ({known})")]
     TooNew { found: i64, known: usize },
 }

@@ -1,0 +1,531 @@
+//! Chat history: one writer thread that appends messages in batches (group commit), and the
+//! queries that read them back.
+//!
+//! Every message gets the next sequence number of its conversation inside the transaction that
+//! stores it, so sequences are dense and gap-free; a reply goes back to each waiting connection
+//! only after the batch's COMMIT returns, which is what lets the connection PUBACK the sender.
+//! With `synchronous = FULL` that COMMIT has reached the disk (power loss safe); with `NORMAL`
+//! (WAL) it survives a process crash but the last commits may be lost on power loss.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Store, StoreError};
+use crate::chat::envelope::{Content, Envelope, Kind};
+
+/// Most messages committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Messages waiting for the writer before publishers wait.
+const QUEUE: usize = 8192;
+/// How far back a DUP resend without a client message id is matched against what was stored.
+const DUP_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub conv: String,
+    pub sender: String,
+    pub device: String,
+    /// The MQTT packet id and DUP flag, for resends without a client message id.
+    pub pkid: Option<u16>,
+    pub dup: bool,
+    /// Whether the sender may delete others' messages (a group owner or admin).
+    pub moderator: bool,
+    pub content: Content,
+}
+
+/// The stored message; `duplicate` when it was stored before (same sender and cid, or a DUP
+/// resend): it must then not be delivered again.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub envelope: Envelope,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("{0}")]
+    Refused(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the history writer has stopped")]
+    Stopped,
+}
+
+type Job = (NewMessage, oneshot::Sender<Result<Appended, AppendError>>);
+
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// fsync at every commit: nothing acknowledged is lost even on power loss.
+    Full,
+    /// WAL without fsync at commit: safe against a process crash (`kill -9`), not power loss.
+    Normal,
+}
+
+/// The handle of the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Opens a second connection to `{data_dir}/natter.db` and starts the writer thread on it.
+    /// The thread ends when every handle is dropped.
+    pub fn start(
+        data_dir: &Path,
+        sync: Synchronous,
+        group_commit: bool,
+    ) -> Result<Writer, StoreError> {
+        let conn = Connection::open(data_dir.join("natter.db"))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Synchronous::Full => "FULL",
+                Synchronous::Normal => "NORMAL",
+            },
+        )?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("natter-writer".into())
+            .spawn(move || run(conn, rx, if group_commit { MAX_BATCH } else { 1 }))
+            .map_err(|e| StoreError::Dir {
+                path: data_dir.to_path_buf(),
+                source: e,
+            })?;
+        Ok(Writer { tx })
+    }
+
+    /// Queues a message; the receiver resolves once its batch is committed.
+    pub async fn submit(
+        &self,
+        message: NewMessage,
+    ) -> oneshot::Receiver<Result<Appended, AppendError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError((_, reply))) = self.tx.send((message, reply)).await {
+            let _ = reply.send(Err(AppendError::Stopped));
+        }
+        rx
+    }
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut last_seq: HashMap<String, u64> = HashMap::new();
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit(&mut conn, &batch, &mut last_seq);
+        match results {
+            Ok(results) => {
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, messages = batch.len(), "history commit failed");
+                // Sequence numbers handed out in the failed transaction were not stored.
+                last_seq.clear();
+                let message = e.to_string();
+                for (_, reply) in batch.drain(..) {
+                    let _ =
+                        reply.send(Err(AppendError::Store(StoreError::Commit(message.clone()))));
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Appends a batch in one transaction; a refused message does not fail the others.
+fn commit(
+    conn: &mut Connection,
+    batch: &[Job],
+    last_seq: &mut HashMap<String, u64>,
+) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+    let tx = conn.transaction()?;
+    let mut results = Vec::with_capacity(batch.len());
+    for (m, _) in batch {
+        results.push(append(&tx, m, last_seq)?);
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+fn append(
+    tx: &Transaction<'_>,
+    m: &NewMessage,
+    last_seq: &mut HashMap<String, u64>,
+) -> Result<Result<Appended, AppendError>, StoreError> {
+    let c = &m.content;
+    // Idempotency: the same (sender, cid) is the same message.
+    if let Some(cid) = &c.cid {
+        let found = tx
+            .query_row(
+                &format!("{SELECT} WHERE sender = ?1 AND cid = ?2"),
+                params![m.sender, cid],
+                row_to_envelope,
+            )
+            .optional()?;
+        if let Some(envelope) = found {
+            return Ok(Ok(Appended {
+                envelope,
+                duplicate: true,
+            }));
+        }
+    } else if let (true, Some(pkid)) = (m.dup, m.pkid) {
+        // A resend (DUP) without cid: the same device's latest message with this packet id, if
+        // it carried the same content to the same conversation.
+        let found = tx
+            .query_row(
+                &format!(
+                    "{SELECT} WHERE device = ?1 AND pkid = ?2 AND ts > ?3 ORDER BY id DESC LIMIT 1"
+                ),
+                params![m.device, pkid, now_ms() - DUP_WINDOW_MS],
+                row_to_envelope,
+            )
+            .optional()?;
+        if let Some(envelope) = found.filter(|e| e.conv == m.conv && e.t == c.text && e.k == c.kind)
+        {
+            return Ok(Ok(Appended {
+                envelope,
+                duplicate: true,
+            }));
+        }
+    }
+    if let Some(target) = c.target {
+        let author: Option<(String, String)> = tx
+            .query_row(
+                "SELECT sender, kind FROM messages WHERE conv = ?1 AND seq = ?2",
+                params![m.conv, target],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((author, kind)) = author else {
+            return Ok(Err(AppendError::Refused("no such message")));
+        };
+        if kind != Kind::Msg.as_str() {
+            return Ok(Err(AppendError::Refused(
+                "only messages can be edited or reacted to",
+            )));
+        }
+        let own = author == m.sender;
+        match c.kind {
+            Kind::Edit if !own => return Ok(Err(AppendError::Refused("only the author may edit"))),
+            Kind::Delete if !own && !m.moderator => {
+                return Ok(Err(AppendError::Refused(
+                    "only the author (or a group admin) may delete",
+                )))
+            }
+            _ => {}
+        }
+    }
+    let seq = match last_seq.get(&m.conv) {
+        Some(s) => s + 1,
+        None => {
+            let max: Option<i64> = tx.query_row(
+                "SELECT MAX(seq) FROM messages WHERE conv = ?1",
+                params![m.conv],
+                |r| r.get(0),
+            )?;
+            max.unwrap_or(0) as u64 + 1
+        }
+    };
+    let ts = now_ms();
+    tx.execute(
+        "INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body, reply_to,
+                               thread, target, emoji)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            m.conv,
+            seq,
+            m.sender,
+            m.device,
+            ts,
+            c.cid,
+            m.pkid,
+            c.kind.as_str(),
+            c.text,
+            c.reply_to,
+            c.thread,
+            c.target,
+            c.emoji
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    match (c.kind, c.target) {
+        (Kind::Edit, Some(target)) => {
+            tx.execute(
+                "UPDATE messages SET body = ?3, edited = 1 WHERE conv = ?1 AND seq = ?2",
+                params![m.conv, target, c.text],
+            )?;
+        }
+        (Kind::Delete, Some(target)) => {
+            // A tombstone: the entry stays (sequence numbers stay dense), its text goes.
+            tx.execute(
+                "UPDATE messages SET body = NULL, deleted = 1 WHERE conv = ?1 AND seq = ?2",
+                params![m.conv, target],
+            )?;
+        }
+        _ => {}
+    }
+    if topics_is_direct(&m.conv) {
+        tx.execute(
+            "INSERT INTO conversations (id, kind, created_by, created_at)
+             VALUES (?1, 'direct', ?2, ?3) ON CONFLICT (id) DO NOTHING",
+            params![m.conv, m.sender, ts / 1000],
+        )?;
+    }
+    last_seq.insert(m.conv.clone(), seq);
+    Ok(Ok(Appended {
+        envelope: Envelope {
+            id,
+            conv: m.conv.clone(),
+            seq,
+            from: m.sender.clone(),
+            dev: m.device.clone(),
+            ts,
+            k: c.kind,
+            cid: c.cid.clone(),
+            t: c.text.clone(),
+            re: c.reply_to,
+            th: c.thread,
+            target: c.target,
+            emoji: c.emoji.clone(),
+        },
+        duplicate: false,
+    }))
+}
+
+fn topics_is_direct(conv: &str) -> bool {
+    matches!(
+        crate::topics::parse_conv(conv),
+        Some(crate::topics::ConvId::Direct(..))
+    )
+}
+
+const SELECT: &str = "SELECT id, conv, seq, sender, device, ts, kind, cid, body, reply_to,
+    thread, target, emoji, edited, deleted FROM messages";
+
+fn row_to_envelope(r: &rusqlite::Row<'_>) -> rusqlite::Result<Envelope> {
+    let kind: String = r.get(6)?;
+    Ok(Envelope {
+        id: r.get(0)?,
+        conv: r.get(1)?,
+        seq: r.get(2)?,
+        from: r.get(3)?,
+        dev: r.get(4)?,
+        ts: r.get(5)?,
+        k: Kind::parse(&kind).unwrap_or(Kind::Msg),
+        cid: r.get(7)?,
+        t: r.get(8)?,
+        re: r.get(9)?,
+        th: r.get(10)?,
+        target: r.get(11)?,
+        emoji: r.get(12)?,
+    })
+}
+
+/// A history entry with what later events did to it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Item {
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub edited: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// Emoji → number of users reacting with it (messages only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<(String, u64)>,
+}
+
+/// One page of history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// More entries exist beyond this page in the direction read.
+    pub more: bool,
+}
+
+impl Store {
+    /// Entries of `conv` with `seq > after`, oldest first.
+    pub fn after(&self, conv: &str, after: u64, limit: usize) -> Result<Page, StoreError> {
+        self.page(
+            &format!("{SELECT} WHERE conv = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"),
+            params![conv, after, limit as i64 + 1],
+            limit,
+        )
+    }
+
+    /// Entries of `conv` with `seq < before`, newest first (scrolling up).
+    pub fn before(&self, conv: &str, before: u64, limit: usize) -> Result<Page, StoreError> {
+        self.page(
+            &format!("{SELECT} WHERE conv = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"),
+            params![conv, before, limit as i64 + 1],
+            limit,
+        )
+    }
+
+    /// Entries of the given conversations with `id > since`, in id order (a user's stream).
+    pub fn since(&self, convs: &[String], since: i64, limit: usize) -> Result<Page, StoreError> {
+        if convs.is_empty() {
+            return Ok(Page {
+                items: Vec::new(),
+                more: false,
+            });
+        }
+        let list = convs.iter().map(|_| "?").collect::<Vec<_>>().join(",");
+        let sql = format!("{SELECT} WHERE id > ? AND conv IN ({list}) ORDER BY id ASC LIMIT ?");
+        let mut values: Vec<rusqlite::types::Value> = vec![since.into()];
+        values.extend(convs.iter().map(|c| c.clone().into()));
+        values.push((limit as i64 + 1).into());
+        self.page(&sql, rusqlite::params_from_iter(values), limit)
+    }
+
+    /// Full-text search over the messages of the given conversations, newest first.
+    pub fn search(
+        &self,
+        convs: &[String],
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        if convs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = convs.iter().map(|_| "?").collect::<Vec<_>>().join(",");
+        // The query is passed as one quoted FTS5 string: user input never becomes FTS syntax.
+        let phrase = format!("\"{}\"", query.replace('"', "\"\""));
+        let sql = format!(
+            "SELECT m.id, m.conv, m.seq, m.sender, m.device, m.ts, m.kind, m.cid, m.body,
+                    m.reply_to, m.thread, m.target, m.emoji, m.edited, m.deleted
+             FROM messages_fts f JOIN messages m ON m.id = f.rowid
+             WHERE messages_fts MATCH ? AND m.conv IN ({list}) AND m.deleted = 0
+             ORDER BY m.id DESC LIMIT ?"
+        );
+        let mut values: Vec<rusqlite::types::Value> = vec![phrase.into()];
+        values.extend(convs.iter().map(|c| c.clone().into()));
+        values.push((limit as i64).into());
+        Ok(self
+            .page(&sql, rusqlite::params_from_iter(values), limit)?
+            .items)
+    }
+
+    fn page(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows: Vec<(Envelope, bool, bool)> = stmt
+            .query_map(params, |r| {
+                Ok((
+                    row_to_envelope(r)?,
+                    r.get::<_, bool>(13)?,
+                    r.get::<_, bool>(14)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let mut reactions = conn.prepare_cached(
+            "SELECT emoji, SUM(CASE kind WHEN 'react' THEN 1 ELSE -1 END) FROM messages
+             WHERE conv = ?1 AND target = ?2 AND kind IN ('react', 'unreact')
+             GROUP BY emoji HAVING SUM(CASE kind WHEN 'react' THEN 1 ELSE -1 END) > 0
+             ORDER BY emoji",
+        )?;
+        let mut items = Vec::with_capacity(rows.len());
+        for (envelope, edited, deleted) in rows {
+            let reactions = if envelope.k == Kind::Msg {
+                reactions
+                    .query_map(params![envelope.conv, envelope.seq], |r| {
+                        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+                    })?
+                    .collect::<Result<_, _>>()?
+            } else {
+                Vec::new()
+            };
+            items.push(Item {
+                envelope,
+                edited,
+                deleted,
+                reactions,
+            });
+        }
+        Ok(Page { items, more })
+    }
+
+    /// The conversations a user has direct messages in (groups come from the directory).
+    pub fn direct_conversations(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM conversations WHERE kind = 'direct'
+             AND (id LIKE 'd.' || ?1 || '.%' OR id LIKE 'd.%.' || ?1)",
+        )?;
+        let rows = stmt.query_map(params![user], |r| r.get::<_, String>(0))?;
+        Ok(rows
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|c| {
+                matches!(crate::topics::parse_conv(c), Some(crate::topics::ConvId::Direct(a, b)) if a == user || b == user)
+            })
+            .collect())
+    }
+
+    /// The lowest sequence number still stored in `conv` (after retention), if any.
+    pub fn first_seq(&self, conv: &str) -> Result<Option<u64>, StoreError> {
+        let conn = self.lock();
+        Ok(conn.query_row(
+            "SELECT MIN(seq) FROM messages WHERE conv = ?1",
+            params![conv],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Deletes entries older than `max_age` and beyond the newest `max_per_conv` of each
+    /// conversation (0 disables either rule); returns how many went.
+    pub fn enforce_retention(
+        &self,
+        max_age: Option<Duration>,
+        max_per_conv: u64,
+    ) -> Result<usize, StoreError> {
+        let conn = self.lock();
+        let mut removed = 0;
+        if let Some(age) = max_age {
+            let cutoff = now_ms() - age.as_millis() as i64;
+            removed += conn.execute("DELETE FROM messages WHERE ts < ?1", params![cutoff])?;
+        }
+        if max_per_conv > 0 {
+            removed += conn.execute(
+                "DELETE FROM messages WHERE id IN (
+                   SELECT m.id FROM messages m
+                   JOIN (SELECT conv, MAX(seq) AS top FROM messages GROUP BY conv) t
+                     ON t.conv = m.conv
+                   WHERE m.seq <= t.top - ?1)",
+                params![max_per_conv as i64],
+            )?;
+        }
+        Ok(removed)
+    }
+}
