@@ -105,15 +105,20 @@ pub fn read(
     }
     // mqttbytes counts the limit against the remaining length; MQTT counts the whole packet.
     let limit = max_size.saturating_sub(5);
+    // "Insufficient bytes" means "wait for more" only while nothing was consumed: mqttbytes
+    // splits a whole packet off the buffer before parsing it, and a packet that ends where its
+    // property length should start reports the same error. That packet is malformed, not
+    // incomplete (found by the fuzz target).
+    let before = buf.len();
     match version {
         Version::V5 => match v5::Packet::read(buf, Some(limit)) {
             Ok(packet) => Ok(Some(packet)),
-            Err(v5wire::Error::InsufficientBytes(_)) => Ok(None),
+            Err(v5wire::Error::InsufficientBytes(_)) if buf.len() == before => Ok(None),
             Err(e) => Err(e.into()),
         },
         Version::V4 => match v4::Packet::read(buf, limit as usize) {
             Ok(packet) => Ok(Some(up(packet))),
-            Err(v4wire::Error::InsufficientBytes(_)) => Ok(None),
+            Err(v4wire::Error::InsufficientBytes(_)) if buf.len() == before => Ok(None),
             Err(v4wire::Error::PayloadSizeLimitExceeded(size)) => Err(CodecError::TooLarge {
                 size,
                 max: max_size,

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::access::{Access, AccessError};
 use crate::chat::service::ChatService;
 use crate::chat::Directory;
-use crate::config::{listen_addr, Config};
+use crate::config::{listen_addr, Config, StorageConfig};
 use crate::edge::{self, Kind, Limits, Shared, TlsError};
 use crate::router::{self, Router, Settings};
 use crate::stats::Stats;
@@ -132,8 +132,14 @@ pub async fn run(
         stats.clone(),
     );
     let router = router::spawn(router);
+    let store_for_retention = store.clone();
     let chat = Arc::new(ChatService::new(store, directory, router.clone()));
     let watcher = tokio::spawn(chat.clone().watch(shutdown.clone()));
+    let retention = tokio::spawn(retain(
+        store_for_retention,
+        config.storage.clone(),
+        shutdown.clone(),
+    ));
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
         limits: Limits::from_config(&config.mqtt, &config.limits, config.storage.max_text_bytes),
@@ -187,5 +193,31 @@ pub async fn run(
         tracing::warn!("some connections did not close in time");
     }
     let _ = watcher.await;
+    let _ = retention.await;
     Ok(())
+}
+
+/// Deletes history beyond the configured retention, at start and then periodically.
+async fn retain(store: Arc<Store>, storage: StorageConfig, shutdown: CancellationToken) {
+    let max_age =
+        (storage.retention_days > 0).then(|| Duration::from_secs(storage.retention_days * 86_400));
+    if max_age.is_none() && storage.retention_per_conversation == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(storage.retention_interval_secs));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        let per_conv = storage.retention_per_conversation;
+        match tokio::task::spawn_blocking(move || store.enforce_retention(max_age, per_conv)).await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "history retention applied"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "history retention failed"),
+            Err(_) => return,
+        }
+    }
 }

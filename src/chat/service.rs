@@ -101,6 +101,47 @@ struct UserOp {
     user: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncOp {
+    /// One conversation, after this sequence number…
+    #[serde(default)]
+    conv: Option<String>,
+    #[serde(default)]
+    after: u64,
+    /// …or all of the user's conversations after this stream position (message id).
+    #[serde(default)]
+    since: i64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryOp {
+    conv: String,
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchOp {
+    q: String,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Page size bounds for history replies.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 200;
+
+fn page_size(limit: Option<usize>) -> usize {
+    limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
+}
+
 fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, ServiceError> {
     let payload = if payload.is_empty() { b"{}" } else { payload };
     serde_json::from_slice(payload).map_err(|e| ServiceError::BadRequest(e.to_string()))
@@ -240,6 +281,56 @@ impl ChatService {
                     .collect();
                 members.sort_by(|a, b| a["user"].as_str().cmp(&b["user"].as_str()));
                 Ok(json!({ "members": members }))
+            }
+            "sync" => {
+                let r: SyncOp = parse(&req.payload)?;
+                let limit = page_size(r.limit);
+                match r.conv {
+                    Some(conv) => {
+                        self.require_member(&conv, me)?;
+                        let c = conv.clone();
+                        let (page, first) = self
+                            .blocking(move |s| Ok((s.after(&c, r.after, limit)?, s.first_seq(&c)?)))
+                            .await?;
+                        let next = page.items.last().map_or(r.after, |i| i.envelope.seq);
+                        Ok(json!({
+                            "conv": conv,
+                            "messages": page.items,
+                            "more": page.more,
+                            "next": next,
+                            "first": first,
+                        }))
+                    }
+                    None => {
+                        let convs = self.conversations_of(me).await?;
+                        let page = self
+                            .blocking(move |s| s.since(&convs, r.since, limit))
+                            .await?;
+                        let next = page.items.last().map_or(r.since, |i| i.envelope.id);
+                        Ok(json!({"messages": page.items, "more": page.more, "next": next}))
+                    }
+                }
+            }
+            "history" => {
+                let r: HistoryOp = parse(&req.payload)?;
+                self.require_member(&r.conv, me)?;
+                let limit = page_size(r.limit);
+                let before = r.before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
+                let c = r.conv.clone();
+                let page = self.blocking(move |s| s.before(&c, before, limit)).await?;
+                Ok(json!({"conv": r.conv, "messages": page.items, "more": page.more}))
+            }
+            "search" => {
+                let r: SearchOp = parse(&req.payload)?;
+                if r.q.trim().is_empty() {
+                    return Err(ServiceError::BadRequest("q must not be empty".into()));
+                }
+                let limit = page_size(r.limit);
+                let convs = self.conversations_of(me).await?;
+                let items = self
+                    .blocking(move |s| s.search(&convs, &r.q, limit))
+                    .await?;
+                Ok(json!({"messages": items}))
             }
             other => Err(ServiceError::BadRequest(format!(
                 "unknown request `{other}`"
@@ -428,6 +519,24 @@ impl ChatService {
         self.blocking(move |s| s.set_block(&u, &o, on)).await?;
         self.write().set_block(user, other, on);
         Ok(())
+    }
+
+    fn require_member(&self, conv: &str, user: &str) -> Result<(), ServiceError> {
+        if self.read().is_member(conv, user) {
+            Ok(())
+        } else {
+            Err(Denied::NotMember.into())
+        }
+    }
+
+    /// Every conversation `user` belongs to: groups, and direct ones with history.
+    async fn conversations_of(&self, user: &str) -> Result<Vec<String>, ServiceError> {
+        let u = user.to_string();
+        let direct = self.blocking(move |s| s.direct_conversations(&u)).await?;
+        let d = self.read();
+        let mut convs: Vec<String> = d.groups_of(user).map(str::to_string).collect();
+        convs.extend(direct.into_iter().filter(|c| d.is_member(c, user)));
+        Ok(convs)
     }
 
     fn missing(&self, d: &Directory, conv: &str) -> ServiceError {

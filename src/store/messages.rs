@@ -7,7 +7,7 @@
 //! With `synchronous = FULL` that COMMIT has reached the disk (power loss safe); with `NORMAL`
 //! (WAL) it survives a process crash but the last commits may be lost on power loss.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -354,9 +354,9 @@ pub struct Item {
     pub edited: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
-    /// Emoji → number of users reacting with it (messages only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reactions: Vec<(String, u64)>,
+    /// Emoji → number of reactions with it (messages only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub reactions: BTreeMap<String, u64>,
 }
 
 /// One page of history.
@@ -464,7 +464,7 @@ impl Store {
                     })?
                     .collect::<Result<_, _>>()?
             } else {
-                Vec::new()
+                BTreeMap::new()
             };
             items.push(Item {
                 envelope,

@@ -236,4 +236,5 @@ impl RawClient {
     }
 }
 
+pub mod chat;
 pub mod clients;
