@@ -1,0 +1,186 @@
+//! "Sent" means on disk: publishers send QoS 1 chat messages as fast as they can, the server is
+//! killed with SIGKILL mid-stream and started again, and every message whose PUBACK a client
+//! received is in the history, in order, exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{RawClient, ServerProcess};
+use natter::store::Store;
+use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, Login, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::{json, Value};
+
+const PUBLISHERS: usize = 3;
+/// Messages each publisher keeps in flight.
+const WINDOW: u16 = 32;
+
+async fn connect(addr: std::net::SocketAddr, user: &str, password: &str, id: &str) -> RawClient {
+    let mut c = RawClient::connect(addr).await;
+    c.send(Packet::Connect(
+        Connect {
+            keep_alive: 30,
+            client_id: id.into(),
+            clean_start: true,
+            properties: Some(ConnectProperties::new()),
+        },
+        None,
+        Some(Login::new(user, password)),
+    ))
+    .await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(
+            a.code,
+            rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+        ),
+        other => panic!("no CONNACK: {other:?}"),
+    }
+    c
+}
+
+/// Publishes numbered messages in windows until the connection breaks; records every number
+/// whose PUBACK arrived.
+async fn publish_until_killed(
+    addr: std::net::SocketAddr,
+    n: usize,
+    acked: Arc<Mutex<Vec<String>>>,
+) {
+    let mut c = connect(addr, "alice", "pw-a", &format!("alice.p{n}")).await;
+    let mut next = 0u64;
+    loop {
+        let mut in_flight = HashMap::new();
+        for pkid in 1..=WINDOW {
+            let cid = format!("p{n}-{next}");
+            next += 1;
+            let body = json!({"cid": cid, "t": cid}).to_string();
+            let mut p = Publish::new("c/d.alice.bob/m", QoS::AtLeastOnce, Bytes::from(body), None);
+            p.pkid = pkid;
+            in_flight.insert(pkid, cid);
+            c.send(Packet::Publish(p)).await;
+        }
+        while !in_flight.is_empty() {
+            match tokio::time::timeout(Duration::from_secs(5), c.recv()).await {
+                Ok(Some(Packet::PubAck(a))) => {
+                    assert_eq!(a.reason, rumqttc::v5::mqttbytes::v5::PubAckReason::Success);
+                    let cid = in_flight
+                        .remove(&a.pkid)
+                        .expect("PUBACK for a packet in flight");
+                    acked.lock().unwrap().push(cid);
+                }
+                Ok(Some(_)) => {}
+                // Killed: whatever was not acknowledged may or may not be stored.
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for (user, pw) in [("alice", "pw-a"), ("bob", "pw-b")] {
+            store
+                .add_user(user, &natter::password::hash(pw, 1000).unwrap())
+                .unwrap();
+        }
+    }
+    let server = ServerProcess::start(dir.path());
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|n| tokio::spawn(publish_until_killed(server.mqtt, n, acked.clone())))
+        .collect();
+    // Let the stream get going, then pull the plug mid-stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while acked.lock().unwrap().len() < 600 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 100,
+        "only {} messages acknowledged before the kill",
+        acked.len()
+    );
+
+    // Start again on the same data and read everything back.
+    let server = ServerProcess::start(dir.path());
+    let mut bob = connect(server.mqtt, "bob", "pw-b", "bob.check").await;
+    bob.send(Packet::Subscribe(
+        rumqttc::v5::mqttbytes::v5::Subscribe::new(
+            rumqttc::v5::mqttbytes::v5::Filter::new("u/bob/reply/#", QoS::AtMostOnce),
+            None,
+        ),
+    ))
+    .await;
+    assert!(matches!(bob.recv().await, Some(Packet::SubAck(_))));
+    let mut stored: Vec<(u64, String)> = Vec::new();
+    let mut after = 0;
+    loop {
+        let body = json!({"conv": "d.alice.bob", "after": after, "limit": 200}).to_string();
+        bob.send(Packet::Publish(Publish::new(
+            "q/bob/sync",
+            QoS::AtMostOnce,
+            Bytes::from(body),
+            None,
+        )))
+        .await;
+        let reply: Value = loop {
+            if let Some(Packet::Publish(p)) = bob.recv().await {
+                break serde_json::from_slice(&p.payload).unwrap();
+            }
+        };
+        for m in reply["messages"].as_array().unwrap() {
+            stored.push((
+                m["seq"].as_u64().unwrap(),
+                m["cid"].as_str().unwrap().to_string(),
+            ));
+        }
+        after = reply["next"].as_u64().unwrap();
+        if reply["more"] == false {
+            break;
+        }
+    }
+
+    // Dense sequence numbers, no cid twice, every acknowledged cid present.
+    for (i, (seq, _)) in stored.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1, "sequence numbers have a hole");
+    }
+    let position: HashMap<&str, usize> = stored
+        .iter()
+        .enumerate()
+        .map(|(i, (_, cid))| (cid.as_str(), i))
+        .collect();
+    assert_eq!(position.len(), stored.len(), "a message was stored twice");
+    for cid in &acked {
+        assert!(
+            position.contains_key(cid.as_str()),
+            "{cid} was acknowledged but is not in the history"
+        );
+    }
+    // Each publisher's messages are in the order it sent them.
+    for n in 0..PUBLISHERS {
+        let prefix = format!("p{n}-");
+        let numbers: Vec<u64> = stored
+            .iter()
+            .filter_map(|(_, cid)| cid.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "publisher {n} out of order"
+        );
+    }
+    eprintln!(
+        "{} acknowledged before kill -9, {} stored",
+        acked.len(),
+        stored.len()
+    );
+}
