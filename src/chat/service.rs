@@ -594,7 +594,7 @@ impl ChatService {
     /// while the server runs): reloads the directory, disconnects removed users, and announces
     /// membership changes.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut seen = match self.blocking(|s| s.data_version()).await {
+        let mut seen = match self.blocking(|s| s.directory_version()).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch the store for changes");
@@ -608,10 +608,10 @@ impl ChatService {
                 _ = tick.tick() => {}
             }
             let _guard = self.changes.lock().await;
-            let version = match self.blocking(|s| s.data_version()).await {
+            let version = match self.blocking(|s| s.directory_version()).await {
                 Ok(v) => v,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the store's data version");
+                    tracing::warn!(error = %e, "cannot read the directory version");
                     continue;
                 }
             };

@@ -2,7 +2,7 @@
 //!
 //! One file, `{data_dir}/natter.db`, in WAL mode, so the server and the `natter user …` /
 //! `natter conv …` commands can use it at the same time (the server notices other processes'
-//! commits through `PRAGMA data_version`, see [`Store::data_version`]). The schema is versioned
+//! changes through [`Store::directory_version`]). The schema is versioned
 //! with `PRAGMA user_version`; [`MIGRATIONS`] lists every step in order.
 //!
 //! Calls block: async callers run them with `spawn_blocking`.
@@ -86,6 +86,43 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO messages_fts (messages_fts, rowid, body)
             SELECT 'delete', old.id, old.body WHERE old.body IS NOT NULL;
         INSERT INTO messages_fts (rowid, body) SELECT new.id, new.body WHERE new.body IS NOT NULL;
+    END;
+",
+    "
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('directory_version', 0);
+    CREATE TRIGGER users_insert_bumps AFTER INSERT ON users BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER users_update_bumps AFTER UPDATE ON users BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER users_delete_bumps AFTER DELETE ON users BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER members_insert_bumps AFTER INSERT ON members BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER members_update_bumps AFTER UPDATE ON members BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER members_delete_bumps AFTER DELETE ON members BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER blocks_insert_bumps AFTER INSERT ON blocks BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER blocks_delete_bumps AFTER DELETE ON blocks BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER conversations_insert_bumps AFTER INSERT ON conversations BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER conversations_update_bumps AFTER UPDATE ON conversations BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
+    END;
+    CREATE TRIGGER conversations_delete_bumps AFTER DELETE ON conversations BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
     END;
 ",
 ];
@@ -187,12 +224,15 @@ impl Store {
         Ok(())
     }
 
-    /// Changes whenever another connection (another process) commits: the server polls it to
-    /// pick up `natter user …` changes.
-    pub fn data_version(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .lock()
-            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+    /// Increases with every change to accounts, conversations, members or blocks, by any
+    /// process (triggers keep it): the server polls it to pick up `natter user …` changes
+    /// without reloading on every stored message.
+    pub fn directory_version(&self) -> Result<i64, StoreError> {
+        Ok(self.lock().query_row(
+            "SELECT value FROM meta WHERE key = 'directory_version'",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     pub fn add_user(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {
