@@ -44,6 +44,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub chat: ChatConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
 }
@@ -106,6 +107,15 @@ pub struct LimitsConfig {
     pub max_subscriptions_per_connection: usize,
     pub publish_rate: u32,
     pub publish_burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    pub presence_grace_secs: u64,
+    pub receipt_interval_ms: u64,
+    pub typing_interval_ms: u64,
+    pub typing_expiry_secs: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +261,9 @@ impl Config {
                 "limits.publish_burst",
                 "must be at least 1 when publish_rate is set",
             ));
+        }
+        if self.chat.receipt_interval_ms == 0 {
+            return Err(invalid("chat.receipt_interval_ms", "must be at least 1"));
         }
         if self.storage.retention_interval_secs == 0 {
             return Err(invalid(

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{Access, AccessError};
 use crate::chat::service::ChatService;
+use crate::chat::signals::{Settings as SignalSettings, Signals};
 use crate::chat::Directory;
 use crate::config::{listen_addr, Config, StorageConfig};
 use crate::edge::{self, Kind, Limits, Shared, TlsError};
@@ -126,14 +127,28 @@ pub async fn run(
         false => None,
     };
     let stats = Arc::new(Stats::default());
+    let (signals_tx, signals_rx) = tokio::sync::mpsc::unbounded_channel();
     let router = Router::new(
         Settings::from_config(&config.mqtt, &config.limits),
         access.clone(),
         stats.clone(),
+        signals_tx.clone(),
     );
     let router = router::spawn(router);
+    let signals = Signals::new(
+        signal_settings(&config),
+        store.clone(),
+        directory.clone(),
+        router.clone(),
+    );
+    let signals_task = tokio::spawn(signals.run(signals_rx, shutdown.clone()));
     let store_for_retention = store.clone();
-    let chat = Arc::new(ChatService::new(store, directory, router.clone()));
+    let chat = Arc::new(ChatService::new(
+        store,
+        directory,
+        router.clone(),
+        signals_tx.clone(),
+    ));
     let watcher = tokio::spawn(chat.clone().watch(shutdown.clone()));
     let retention = tokio::spawn(retain(
         store_for_retention,
@@ -142,8 +157,9 @@ pub async fn run(
     ));
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
-        limits: Limits::from_config(&config.mqtt, &config.limits, config.storage.max_text_bytes),
+        limits: Limits::from_config(&config.mqtt, &config.limits, &config),
         history,
+        signals: signals_tx,
         access,
         chat,
         router,
@@ -194,7 +210,15 @@ pub async fn run(
     }
     let _ = watcher.await;
     let _ = retention.await;
+    let _ = signals_task.await;
     Ok(())
+}
+
+fn signal_settings(config: &Config) -> SignalSettings {
+    SignalSettings {
+        grace: Duration::from_secs(config.chat.presence_grace_secs),
+        receipt_interval: Duration::from_millis(config.chat.receipt_interval_ms),
+    }
 }
 
 /// Deletes history beyond the configured retention, at start and then periodically.

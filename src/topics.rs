@@ -268,6 +268,16 @@ pub fn filter_scope(filter: &str) -> FilterScope<'_> {
     }
 }
 
+/// A conversation topic: `c/{conv}/{kind}`.
+pub fn conv_topic(conv: &str, kind: ConvKind) -> String {
+    format!("c/{conv}/{}", kind.as_str())
+}
+
+/// A user's presence: `p/{user}`.
+pub fn presence_topic(user: &str) -> String {
+    format!("p/{user}")
+}
+
 /// A user's copy of a conversation's traffic: `u/{user}/c/{conv}/{kind}`.
 pub fn stream_copy(user: &str, conv: &str, kind: ConvKind) -> String {
     format!("u/{user}/c/{conv}/{}", kind.as_str())

@@ -8,6 +8,7 @@
 
 pub mod envelope;
 pub mod service;
+pub mod signals;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::signals::Signal;
 use super::{Denied, Directory, Role};
 use crate::router::{Event, Message};
 use crate::store::{Store, StoreError};
@@ -61,6 +62,7 @@ pub struct ChatService {
     store: Arc<Store>,
     directory: Arc<RwLock<Directory>>,
     router: mpsc::Sender<Event>,
+    signals: mpsc::UnboundedSender<Signal>,
     /// Serialises changes, so a reload never races a change made here.
     changes: tokio::sync::Mutex<()>,
 }
@@ -152,11 +154,13 @@ impl ChatService {
         store: Arc<Store>,
         directory: Arc<RwLock<Directory>>,
         router: mpsc::Sender<Event>,
+        signals: mpsc::UnboundedSender<Signal>,
     ) -> ChatService {
         ChatService {
             store,
             directory,
             router,
+            signals,
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -253,17 +257,29 @@ impl ChatService {
                 Ok(json!({}))
             }
             "conversations" => {
+                let convs = self.conversations_of(me).await?;
+                let u = me.to_string();
+                let list = convs.clone();
+                let unread = self
+                    .blocking(move |s| {
+                        list.iter()
+                            .map(|c| s.unread(c, &u))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .await?;
                 let d = self.read();
-                let list: Vec<Value> = d
-                    .groups_of(me)
-                    .filter_map(|conv| {
-                        let g = d.group(conv)?;
-                        Some(json!({
+                let list: Vec<Value> = convs
+                    .iter()
+                    .zip(unread)
+                    .map(|(conv, unread)| {
+                        let g = d.group(conv);
+                        json!({
                             "conv": conv,
-                            "name": g.name,
-                            "topic": g.topic,
-                            "role": g.members.get(me).map(|r| r.as_str()),
-                        }))
+                            "name": g.map(|g| g.name.as_str()),
+                            "topic": g.map(|g| g.topic.as_str()),
+                            "role": d.role(conv, me).map(|r| r.as_str()),
+                            "unread": unread,
+                        })
                     })
                     .collect();
                 Ok(json!({ "conversations": list }))
@@ -289,16 +305,32 @@ impl ChatService {
                     Some(conv) => {
                         self.require_member(&conv, me)?;
                         let c = conv.clone();
-                        let (page, first) = self
-                            .blocking(move |s| Ok((s.after(&c, r.after, limit)?, s.first_seq(&c)?)))
+                        let u = me.to_string();
+                        let (page, first, receipts, unread) = self
+                            .blocking(move |s| {
+                                Ok((
+                                    s.after(&c, r.after, limit)?,
+                                    s.first_seq(&c)?,
+                                    s.receipts(&c)?,
+                                    s.unread(&c, &u)?,
+                                ))
+                            })
                             .await?;
                         let next = page.items.last().map_or(r.after, |i| i.envelope.seq);
+                        let receipts: Vec<Value> = receipts
+                            .into_iter()
+                            .map(|(user, delivered, read)| {
+                                json!({"user": user, "delivered": delivered, "read": read})
+                            })
+                            .collect();
                         Ok(json!({
                             "conv": conv,
                             "messages": page.items,
                             "more": page.more,
                             "next": next,
                             "first": first,
+                            "receipts": receipts,
+                            "unread": unread,
                         }))
                     }
                     None => {
@@ -310,6 +342,27 @@ impl ChatService {
                         Ok(json!({"messages": page.items, "more": page.more, "next": next}))
                     }
                 }
+            }
+            "presence" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct PresenceOp {
+                    status: String,
+                    #[serde(default)]
+                    hidden: bool,
+                }
+                let r: PresenceOp = parse(&req.payload)?;
+                let away = match r.status.as_str() {
+                    "online" => false,
+                    "away" => true,
+                    _ => return Err(ServiceError::BadRequest("status is online or away".into())),
+                };
+                let _ = self.signals.send(Signal::Status {
+                    user: req.user.clone(),
+                    away,
+                    hidden: r.hidden,
+                });
+                Ok(json!({}))
             }
             "history" => {
                 let r: HistoryOp = parse(&req.payload)?;
@@ -673,5 +726,6 @@ pub fn server_message(topic: String, body: String) -> Message {
         expires_at: None,
         origin: None,
         msgpack: None,
+        chat: None,
     }
 }

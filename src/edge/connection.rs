@@ -24,10 +24,13 @@ use super::rate::RateLimit;
 use super::transport::Transport;
 use super::Shared;
 use crate::access::{Identity, Refusal, Route};
-use crate::chat::envelope::{self, Envelope, Format};
+use crate::chat::envelope::{self, Envelope, Format, Kind};
 use crate::chat::service::{server_message, Request};
+use crate::chat::signals::Signal;
 use crate::codec::{self, CodecError, Version};
-use crate::router::{Ack, ConnectRequest, Delivery, Event, Mailbox, Message, Outbound, Will};
+use crate::router::{
+    Ack, ChatRef, ConnectRequest, Delivery, Event, Mailbox, Message, Outbound, Will,
+};
 use crate::stats::Stats;
 use crate::store::messages::{AppendError, Appended, NewMessage};
 use crate::topics;
@@ -95,6 +98,8 @@ pub(super) struct Connection {
     pending: VecDeque<Pending>,
     /// How chat envelopes are delivered to this device.
     format: Format,
+    /// When a typing indicator was last forwarded, per conversation.
+    typing: HashMap<String, Instant>,
     publish_rate: RateLimit,
 }
 
@@ -181,6 +186,7 @@ pub(super) async fn accept(
                 requests: VecDeque::new(),
                 pending: VecDeque::new(),
                 format,
+                typing: HashMap::new(),
                 publish_rate: RateLimit::new(
                     shared.limits.publish_rate,
                     shared.limits.publish_burst,
@@ -415,6 +421,7 @@ fn will_message(
             expires_at: None,
             origin: Some(identity.client_id.clone()),
             msgpack: None,
+            chat: None,
         },
         expiry_secs: expiry,
     })
@@ -703,6 +710,7 @@ impl Connection {
             expires_at,
             origin: Some(self.identity.client_id.clone()),
             msgpack: None,
+            chat: None,
         };
         Stats::add(&self.shared.stats.messages_received, 1);
         let ack = match qos {
@@ -777,16 +785,82 @@ impl Connection {
                 })));
                 return None;
             }
-            Route::Plain | Route::Conversation { .. } => {
-                let copies = match route {
-                    Route::Conversation { copies, .. } => copies,
-                    _ => Vec::new(),
-                };
+            Route::Conversation {
+                conv,
+                kind: ConvKind::Receipts,
+                ..
+            } => {
+                // A read marker; delivered receipts are the server's to derive.
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct ReadMarker {
+                    read: u64,
+                    #[serde(default)]
+                    private: bool,
+                }
+                match serde_json::from_slice::<ReadMarker>(&message.payload) {
+                    Ok(marker) => {
+                        if let Some(user) = self.identity.user.clone() {
+                            let _ = self.shared.signals.send(Signal::Read {
+                                user,
+                                conv,
+                                seq: marker.read,
+                                private: marker.private,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        self.pending_qos2.remove(&pkid);
+                        let topic = String::from_utf8_lossy(&message.topic).into_owned();
+                        self.report_refusal(
+                            &topic,
+                            "bad_payload",
+                            &format!("expected {{\"read\": SEQ}}: {e}"),
+                        );
+                        return self.refuse_publish(qos, pkid, PubAckReason::PayloadFormatInvalid);
+                    }
+                }
+            }
+            Route::Conversation {
+                conv,
+                kind: ConvKind::Typing,
+                copies,
+                ..
+            } => {
+                // At most one per conversation per interval, QoS 0, expiring, and saying who.
+                let now = Instant::now();
+                let interval = self.shared.limits.typing_interval;
+                let last = self.typing.entry(conv.clone()).or_insert(now - interval);
+                if now.duration_since(*last) >= interval {
+                    *last = now;
+                    let user = self.identity.user.as_deref().unwrap_or_default();
+                    let body = serde_json::json!({"type": "typing", "conv": conv, "user": user});
+                    let expiry = self.shared.limits.typing_expiry;
+                    let typing = Message {
+                        topic: message.topic,
+                        payload: Bytes::from(body.to_string()),
+                        qos: QoS::AtMostOnce,
+                        retain: false,
+                        properties: None,
+                        expires_at: Some(now + Duration::from_secs(u64::from(expiry))),
+                        origin: message.origin,
+                        msgpack: None,
+                        chat: None,
+                    };
+                    self.events.push_back(Event::Publish {
+                        client: self.identity.client_id.clone(),
+                        message: typing,
+                        qos2_pkid: None,
+                        copies,
+                    });
+                }
+            }
+            Route::Plain => {
                 self.events.push_back(Event::Publish {
                     client: self.identity.client_id.clone(),
                     message,
                     qos2_pkid: (qos == QoS::ExactlyOnce).then_some(pkid),
-                    copies,
+                    copies: Vec::new(),
                 });
             }
         }
@@ -873,6 +947,13 @@ impl Connection {
             expires_at: None,
             origin: Some(self.identity.client_id.clone()),
             msgpack: Some(Bytes::from(envelope.encode(Format::MsgPack))),
+            chat: (envelope.k == Kind::Msg).then(|| {
+                Arc::new(ChatRef {
+                    conv: envelope.conv.clone(),
+                    seq: envelope.seq,
+                    from: envelope.from.clone(),
+                })
+            }),
         };
         self.events.push_back(Event::Publish {
             client: self.identity.client_id.clone(),
@@ -969,11 +1050,7 @@ impl Connection {
     /// the specification says to treat it as delivered: the returned ack tells the router so.
     fn write_delivery(&mut self, d: Delivery) -> Option<Ack> {
         let m = &d.message;
-        let dropped = match d.qos {
-            QoS::AtMostOnce => None,
-            QoS::AtLeastOnce => Some(Ack::PubAck(d.pkid)),
-            QoS::ExactlyOnce => Some(Ack::PubRec(d.pkid, false)),
-        };
+        let dropped = (d.qos != QoS::AtMostOnce).then_some(Ack::Discarded(d.pkid));
         let now = Instant::now();
         // Chat envelopes go out in the device's chosen format.
         let (payload, content_type) = match (&m.msgpack, self.format) {

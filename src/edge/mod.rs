@@ -25,7 +25,8 @@ use transport::{Io, Transport};
 
 use crate::access::Access;
 use crate::chat::service::ChatService;
-use crate::config::{LimitsConfig, MqttConfig};
+use crate::chat::signals::Signal;
+use crate::config::{Config, LimitsConfig, MqttConfig};
 use crate::router::Event;
 use crate::stats::Stats;
 use crate::store::messages::Writer;
@@ -56,12 +57,17 @@ pub struct Limits {
     pub publish_burst: u32,
     /// Longest chat message text.
     pub max_text_bytes: usize,
+    /// Typing indicators: one per conversation per interval, expiring after `typing_expiry`.
+    pub typing_interval: Duration,
+    pub typing_expiry: u32,
 }
 
 impl Limits {
-    pub fn from_config(m: &MqttConfig, l: &LimitsConfig, max_text_bytes: usize) -> Limits {
+    pub fn from_config(m: &MqttConfig, l: &LimitsConfig, config: &Config) -> Limits {
         Limits {
-            max_text_bytes,
+            max_text_bytes: config.storage.max_text_bytes,
+            typing_interval: Duration::from_millis(config.chat.typing_interval_ms),
+            typing_expiry: config.chat.typing_expiry_secs,
             publish_rate: l.publish_rate,
             publish_burst: l.publish_burst,
             handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
@@ -83,6 +89,8 @@ pub struct Shared {
     pub chat: Arc<ChatService>,
     /// The history writer: chat messages are acknowledged after it commits them.
     pub history: Writer,
+    /// Read markers go to the receipts service.
+    pub signals: mpsc::UnboundedSender<Signal>,
     pub router: mpsc::Sender<Event>,
     pub stats: Arc<Stats>,
     pub shutdown: CancellationToken,

@@ -31,6 +31,7 @@ use session::{Link, Outcome, Session, Subscribed};
 use subscriptions::{SubOptions, Subscriptions};
 
 use crate::access::{Access, Identity};
+use crate::chat::signals::Signal;
 use crate::codec::{max_qos, min_qos};
 use crate::config::{LimitsConfig, MqttConfig, QueueOverflow};
 use crate::stats::Stats;
@@ -52,6 +53,16 @@ pub struct Message {
     /// For chat messages: the same envelope in MessagePack, for devices that asked for it (the
     /// payload is JSON).
     pub msgpack: Option<Bytes>,
+    /// For stored chat messages: which one, so a recipient's acknowledgement becomes a receipt.
+    pub chat: Option<Arc<ChatRef>>,
+}
+
+/// A stored chat message, as receipts name it.
+#[derive(Debug)]
+pub struct ChatRef {
+    pub conv: String,
+    pub seq: u64,
+    pub from: String,
 }
 
 impl Message {
@@ -113,6 +124,9 @@ pub enum Ack {
     /// PUBREC, and whether its reason code accepted the message.
     PubRec(u16, bool),
     PubComp(u16),
+    /// The connection could not send the message (expired, too large for the client): it
+    /// counts as handled (MQTT 5.0 §3.1.2.25), but not as delivered.
+    Discarded(u16),
 }
 
 /// Why the router refused a connection.
@@ -141,6 +155,11 @@ pub enum Event {
     },
     /// A message the server itself publishes (events, replies, wills are separate).
     ServerPublish(Message),
+    /// The same, also on each of `copies` (receipts on every member's stream).
+    ServerPublishTo {
+        message: Message,
+        copies: Vec<Bytes>,
+    },
     /// Ends every session of a user (removed account): DISCONNECT 0x98 to live connections.
     Kick { user: Arc<str> },
     /// PUBREL for a QoS 2 message we received.
@@ -210,6 +229,8 @@ pub struct Router {
     retained: HashMap<String, Arc<Message>>,
     started: Instant,
     next_sys: Option<Instant>,
+    /// Deliveries and presence, for receipts (see `chat::signals`).
+    signals: mpsc::UnboundedSender<Signal>,
 }
 
 /// How many events may wait for the router before publishers feel back-pressure.
@@ -237,9 +258,15 @@ async fn run(mut router: Router, mut events: mpsc::Receiver<Event>) {
 }
 
 impl Router {
-    pub fn new(settings: Settings, access: Arc<Access>, stats: Arc<Stats>) -> Router {
+    pub fn new(
+        settings: Settings,
+        access: Arc<Access>,
+        stats: Arc<Stats>,
+        signals: mpsc::UnboundedSender<Signal>,
+    ) -> Router {
         let now = Instant::now();
         Router {
+            signals,
             next_sys: settings.sys_interval.map(|_| now),
             settings,
             access,
@@ -277,6 +304,14 @@ impl Router {
                 self.publish(message, now);
             }
             Event::ServerPublish(message) => self.publish(message, now),
+            Event::ServerPublishTo { message, copies } => {
+                for topic in copies {
+                    let mut copy = message.clone();
+                    copy.topic = topic;
+                    self.publish(copy, now);
+                }
+                self.publish(message, now);
+            }
             Event::Kick { user } => self.kick(&user),
             Event::Release { client, pkid } => {
                 if let Some(s) = self.sessions.get_mut(&client) {
@@ -359,6 +394,12 @@ impl Router {
             window: usize::from(req.receive_maximum.min(self.settings.max_inflight)),
         });
         Stats::add(&self.stats.clients_connected, 1);
+        if let Some(user) = &session.identity.user {
+            let _ = self.signals.send(Signal::Online {
+                user: user.clone(),
+                client: client.clone(),
+            });
+        }
         if present {
             session.resend_inflight();
             let expired = session.pump(now);
@@ -624,8 +665,27 @@ impl Router {
             Ack::PubAck(pkid) => session.on_puback(pkid),
             Ack::PubRec(pkid, accepted) => session.on_pubrec(pkid, accepted),
             Ack::PubComp(pkid) => session.on_pubcomp(pkid),
+            Ack::Discarded(pkid) => {
+                session.discard(pkid);
+                None
+            }
         };
-        if done.is_some() {
+        if let Some(delivery) = &done {
+            // A recipient device has the message: a delivered receipt (not for the sender's own
+            // devices, and not when it arrived as a rejected PUBREC).
+            if let (Some(chat), Some(user), Ack::PubAck(_) | Ack::PubComp(_)) =
+                (&delivery.message.chat, &session.identity.user, ack)
+            {
+                if **user != *chat.from {
+                    let _ = self.signals.send(Signal::Delivered {
+                        user: user.clone(),
+                        conv: chat.conv.clone(),
+                        seq: chat.seq,
+                    });
+                }
+            }
+        }
+        if done.is_some() || matches!(ack, Ack::Discarded(_)) {
             let expired = session.pump(now);
             Stats::add(&self.stats.messages_dropped, expired as u64);
         }
@@ -647,6 +707,12 @@ impl Router {
         }
         session.link = None;
         Stats::sub(&self.stats.clients_connected, 1);
+        if let Some(user) = &session.identity.user {
+            let _ = self.signals.send(Signal::Offline {
+                user: user.clone(),
+                client: session.identity.client_id.clone(),
+            });
+        }
         if let Some(secs) = expiry {
             session.expiry_secs = secs.min(self.settings.max_session_expiry);
         }
@@ -751,6 +817,7 @@ impl Router {
                     expires_at: None,
                     origin: None,
                     msgpack: None,
+                    chat: None,
                 },
                 now,
             );

@@ -201,6 +201,13 @@ impl Session {
         None
     }
 
+    /// A message the connection could not send: forget it.
+    pub fn discard(&mut self, pkid: u16) {
+        if let Some(idx) = self.inflight.iter().position(|f| f.pkid == pkid) {
+            self.inflight.remove(idx);
+        }
+    }
+
     /// PUBCOMP (QoS 2): the exchange is over.
     pub fn on_pubcomp(&mut self, pkid: u16) -> Option<Delivery> {
         self.complete(pkid, Stage::Released, QoS::ExactlyOnce)

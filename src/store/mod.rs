@@ -125,6 +125,16 @@ const MIGRATIONS: &[&str] = &[
         UPDATE meta SET value = value + 1 WHERE key = 'directory_version';
     END;
 ",
+    "
+    CREATE TABLE receipts (
+        conv TEXT NOT NULL,
+        user TEXT NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        read INTEGER NOT NULL DEFAULT 0,
+        read_private INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (conv, user)
+    );
+",
 ];
 
 #[derive(Debug, thiserror::Error)]

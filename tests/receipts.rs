@@ -1,0 +1,303 @@
+//! Delivered receipts from the recipient device's own PUBACK, read markers, unread counts,
+//! presence the server derives from connections (abrupt drops included), and typing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::chat::*;
+use common::clients::v5;
+use common::{RawClient, TestServer};
+use rumqttc::v5::mqttbytes::v5::{
+    Connect, ConnectProperties, Filter, Login, Packet, PubAck, Subscribe, SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::{json, Value};
+
+/// A device that acknowledges nothing unless told to.
+async fn raw_login(server: &TestServer, user: &str, id: &str, keep_alive: u16) -> RawClient {
+    let mut c = RawClient::connect(server.mqtt).await;
+    c.send(Packet::Connect(
+        Connect {
+            keep_alive,
+            client_id: id.into(),
+            clean_start: true,
+            properties: Some(ConnectProperties::new()),
+        },
+        None,
+        Some(Login::new(user, password(user))),
+    ))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
+    c
+}
+
+async fn raw_subscribe(c: &mut RawClient, filter: &str) {
+    c.send(Packet::Subscribe(Subscribe::new(
+        Filter::new(filter, QoS::AtLeastOnce),
+        None,
+    )))
+    .await;
+    loop {
+        if let Some(Packet::SubAck(a)) = c.recv().await {
+            assert_eq!(
+                a.return_codes,
+                [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+            );
+            return;
+        }
+    }
+}
+
+fn json_of(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Value {
+    serde_json::from_slice(&p.payload).unwrap()
+}
+
+#[tokio::test]
+async fn delivered_only_after_the_recipient_device_acknowledges() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let mut bob = raw_login(&server, "bob", "bob.phone", 30).await;
+    raw_subscribe(&mut bob, "u/bob/#").await;
+
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "are you there?")
+        .await
+        .unwrap();
+    let delivered = loop {
+        match bob.recv().await {
+            Some(Packet::Publish(p)) => break p,
+            Some(_) => continue,
+            None => panic!("bob closed"),
+        }
+    };
+    // Bob's device has not acknowledged: no receipt, even after a few batching intervals.
+    let quiet = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < quiet {
+        match tokio::time::timeout_at(quiet.into(), alice.publish()).await {
+            Ok(p) => assert_ne!(
+                p.topic, "u/alice/c/d.alice.bob/r",
+                "receipt before any PUBACK: {p:?}"
+            ),
+            Err(_) => break,
+        }
+    }
+    bob.send(Packet::PubAck(PubAck::new(delivered.pkid, None)))
+        .await;
+    let receipt = json_of(&publish_on(&mut alice, "u/alice/c/d.alice.bob/r").await);
+    assert_eq!(
+        receipt,
+        json!({"type": "delivered", "conv": "d.alice.bob", "user": "bob", "seq": 1})
+    );
+
+    // Stored: a sender who was away learns it from sync.
+    let reply = request(&mut alice, "alice", "sync", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(
+        reply["receipts"],
+        json!([{"user": "bob", "delivered": 1, "read": 0}])
+    );
+}
+
+#[tokio::test]
+async fn read_markers_reach_the_sender_and_the_readers_other_devices_unless_private() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    let (mut tablet, _) = v5::Client::connect(opts(&server, "bob", "bob.tablet")).await;
+    tablet
+        .client
+        .subscribe("u/bob/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tablet.suback().await;
+    for t in ["one", "two", "three"] {
+        alice
+            .client
+            .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, t)
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        publish_on(&mut bob, "u/bob/c/d.alice.bob/m").await;
+    }
+    let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(reply["unread"], 3);
+
+    bob.client
+        .publish(
+            "c/d.alice.bob/r",
+            QoS::AtLeastOnce,
+            false,
+            json!({"read": 2}).to_string(),
+        )
+        .await
+        .unwrap();
+    let want = json!({"type": "read", "conv": "d.alice.bob", "user": "bob", "seq": 2});
+    loop {
+        let r = json_of(&publish_on(&mut alice, "u/alice/c/d.alice.bob/r").await);
+        if r["type"] == "read" {
+            assert_eq!(r, want);
+            break;
+        }
+    }
+    loop {
+        let r = json_of(&publish_on(&mut tablet, "u/bob/c/d.alice.bob/r").await);
+        if r["type"] == "read" {
+            assert_eq!(r, want);
+            break;
+        }
+    }
+    let reply = request(&mut bob, "bob", "conversations", json!({})).await;
+    assert_eq!(reply["conversations"][0]["unread"], 1, "{reply}");
+
+    // Private: the tablet hears of it, Alice does not.
+    bob.client
+        .publish(
+            "c/d.alice.bob/r",
+            QoS::AtLeastOnce,
+            false,
+            json!({"read": 3, "private": true}).to_string(),
+        )
+        .await
+        .unwrap();
+    loop {
+        let r = json_of(&publish_on(&mut tablet, "u/bob/c/d.alice.bob/r").await);
+        if r["type"] == "read" && r["seq"] == 3 {
+            break;
+        }
+    }
+    let quiet = Instant::now() + Duration::from_millis(1500);
+    while let Ok(p) = tokio::time::timeout_at(quiet.into(), alice.publish()).await {
+        if p.topic == "u/alice/c/d.alice.bob/r" {
+            assert_ne!(
+                json_of(&p)["type"],
+                "read",
+                "a private read marker reached the sender"
+            );
+        }
+    }
+    let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(reply["unread"], 0);
+    // Markers never go back.
+    bob.client
+        .publish(
+            "c/d.alice.bob/r",
+            QoS::AtLeastOnce,
+            false,
+            json!({"read": 1}).to_string(),
+        )
+        .await
+        .unwrap();
+    let reply = request(&mut alice, "alice", "sync", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(reply["receipts"][0]["read"], 2, "{reply}");
+}
+
+#[tokio::test]
+async fn presence_follows_connections_with_a_grace_period() {
+    let server = TestServer::start_with_users(USERS, |c| c.chat.presence_grace_secs = 1);
+    let mut alice = login(&server, "alice").await;
+    let reply = request(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "pals", "members": ["bob"]}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true);
+    alice
+        .client
+        .subscribe("p/bob", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    alice.suback().await;
+
+    // Bob's phone connects (keep alive 1 s), then goes silent, as a killed app would.
+    let bob = raw_login(&server, "bob", "bob.phone", 1).await;
+    let online = json_of(&publish_on(&mut alice, "p/bob").await);
+    assert_eq!(online["status"], "online");
+    let gone = Instant::now();
+    let offline = json_of(&publish_on(&mut alice, "p/bob").await);
+    assert_eq!(offline["status"], "offline");
+    assert!(offline["last_seen"].as_i64().unwrap() > 0);
+    // Keep alive (1.5 s) + grace (1 s), give or take a tick.
+    let took = gone.elapsed();
+    assert!(
+        took >= Duration::from_millis(2000) && took < Duration::from_millis(4500),
+        "{took:?}"
+    );
+    drop(bob);
+
+    // A quick reconnect inside the grace period does not flap.
+    let phone = raw_login(&server, "bob", "bob.phone", 30).await;
+    assert_eq!(
+        json_of(&publish_on(&mut alice, "p/bob").await)["status"],
+        "online"
+    );
+    phone.vanish();
+    let _again = raw_login(&server, "bob", "bob.phone", 30).await;
+    alice.no_publish(Duration::from_millis(2000)).await;
+
+    // Away, by request.
+    let (mut bob5, _) = v5::Client::connect(opts(&server, "bob", "bob.desk")).await;
+    bob5.client
+        .subscribe("u/bob/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    bob5.suback().await;
+    let reply = request(&mut bob5, "bob", "presence", json!({"status": "away"})).await;
+    assert_eq!(reply["ok"], true);
+    assert_eq!(
+        json_of(&publish_on(&mut alice, "p/bob").await)["status"],
+        "away"
+    );
+    // Nobody may write presence themselves.
+    bob5.client
+        .publish("p/bob", QoS::AtLeastOnce, true, "{\"status\":\"online\"}")
+        .await
+        .unwrap();
+    loop {
+        if let v5::Incoming::PubAck(a) = bob5.next().await.unwrap() {
+            assert_eq!(
+                a.reason,
+                rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
+            );
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn non_members_see_neither_presence_nor_typing() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    let mut eve = login(&server, "eve").await;
+    assert_eq!(
+        subscribe(&mut eve, "p/bob").await,
+        SubscribeReasonCode::NotAuthorized
+    );
+    subscribe(&mut eve, "p/+").await;
+    subscribe(&mut eve, "c/+/t").await;
+    // Bob reconnects on another device (presence stays online) and Alice types twice quickly.
+    let _bob2 = raw_login(&server, "bob", "bob.two", 30).await;
+    for _ in 0..2 {
+        alice
+            .client
+            .publish("c/d.alice.bob/t", QoS::AtMostOnce, false, Bytes::new())
+            .await
+            .unwrap();
+    }
+    let typing = json_of(&publish_on(&mut bob, "u/bob/c/d.alice.bob/t").await);
+    assert_eq!(
+        typing,
+        json!({"type": "typing", "conv": "d.alice.bob", "user": "alice"})
+    );
+    // Only one of the two went through (one per second), and Eve saw nothing at all.
+    let quiet = Instant::now() + Duration::from_millis(500);
+    while let Ok(p) = tokio::time::timeout_at(quiet.into(), bob.publish()).await {
+        assert_ne!(p.topic, "u/bob/c/d.alice.bob/t", "typing not rate limited");
+    }
+    eve.no_publish(Duration::from_millis(300)).await;
+}
