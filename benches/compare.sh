@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# natter side by side with mosquitto and rumqttd (and a raw TCP forwarder as the machine's
+# baseline), in one run. See benches/README.md.
+#
+#   benches/compare.sh            full run (a few minutes)
+#   benches/compare.sh --quick    smoke test: seconds per scenario, small N; fails only on errors
+#
+# Options:
+#   --brokers LIST      comma-separated subset of natter,mosquitto,rumqttd,raw (default: all)
+#   --scenarios LIST    comma-separated subset of p2p-max,p2p-rate,fanout,idle,storm (default: all)
+#   --natter-bin PATH   use this natter binary instead of building one
+#   --no-build          use the binaries already in the target directory
+#   --pin               pin each broker to CPU 0 and the load generator to CPU 1 (taskset)
+#   --out DIR           where results go (default: bench-results/MODE-YYYYmmdd-HHMMSS)
+#
+# It installs nothing: it checks for what it needs and says what is missing.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+COMMAND_LINE="benches/compare.sh${*:+ $*}"
+
+MODE=full
+BROKERS=natter,mosquitto,rumqttd,raw
+SCENARIOS=p2p-max,p2p-rate,fanout,idle,storm
+NATTER_BIN=
+BUILD=1
+PIN=0
+OUT=
+
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) MODE=quick ;;
+    --full) MODE=full ;;
+    --brokers) BROKERS=${2:?--brokers needs a list}; shift ;;
+    --scenarios) SCENARIOS=${2:?--scenarios needs a list}; shift ;;
+    --natter-bin) NATTER_BIN=${2:?--natter-bin needs a path}; shift ;;
+    --no-build) BUILD=0 ;;
+    --pin) PIN=1 ;;
+    --out) OUT=${2:?--out needs a directory}; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+has() { case ",$1," in *",$2,"*) return 0 ;; *) return 1 ;; esac; }
+say() { echo "compare.sh: $*" >&2; }
+
+for b in ${BROKERS//,/ }; do
+  case "$b" in natter|mosquitto|rumqttd|raw) ;; *) say "unknown broker $b"; exit 2 ;; esac
+done
+for s in ${SCENARIOS//,/ }; do
+  case "$s" in p2p-max|p2p-rate|fanout|idle|storm) ;; *) say "unknown scenario $s"; exit 2 ;; esac
+done
+
+# ---------------------------------------------------------------------------------------------
+# What this needs. Nothing is installed here: say what is missing and stop.
+missing=()
+[ -r /proc/self/stat ] && [ -r /proc/net/netstat ] || missing+=("Linux /proc (CPU, memory and listen-queue figures come from it)")
+if [ "$BUILD" = 1 ] || [ -z "$NATTER_BIN" ]; then
+  command -v cargo >/dev/null || missing+=("cargo: a Rust toolchain (rustup or your distribution's rust packages)")
+fi
+MOSQUITTO=
+if has "$BROKERS" mosquitto; then
+  MOSQUITTO=$(command -v mosquitto || true)
+  [ -z "$MOSQUITTO" ] && [ -x /usr/sbin/mosquitto ] && MOSQUITTO=/usr/sbin/mosquitto
+  [ -n "$MOSQUITTO" ] || missing+=("mosquitto (the broker, not only the clients): Debian/Ubuntu 'apt-get install mosquitto', or leave it out with --brokers")
+fi
+if [ "$PIN" = 1 ]; then
+  command -v taskset >/dev/null || missing+=("taskset for --pin (Debian/Ubuntu: util-linux)")
+  [ "$(nproc)" -ge 2 ] || missing+=("--pin needs at least 2 CPUs")
+fi
+if [ -n "$NATTER_BIN" ] && [ ! -x "$NATTER_BIN" ]; then
+  missing+=("natter binary $NATTER_BIN (from --natter-bin)")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  say "cannot run; missing:"
+  for m in "${missing[@]}"; do echo "  - $m" >&2; done
+  exit 2
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Sizes. The load generator's own defaults follow --quick; the script only needs the client
+# counts to size file descriptors.
+if [ "$MODE" = quick ]; then
+  QUICK=(--quick)
+  IDLE_CLIENTS=200
+else
+  QUICK=()
+  IDLE_CLIENTS=10000
+fi
+# Each idle client is one descriptor in the load generator and one in the broker (separate
+# processes); raise the soft limit as far as the hard limit allows.
+NEED_FDS=$((IDLE_CLIENTS + 1000))
+HARD=$(ulimit -Hn)
+if [ "$HARD" = unlimited ] || [ "$HARD" -ge 65536 ]; then WANT=65536; else WANT=$HARD; fi
+ulimit -n "$WANT" 2>/dev/null || true
+FDS=$(ulimit -n)
+if [ "$FDS" -lt "$NEED_FDS" ]; then
+  IDLE_CLIENTS=$((FDS - 1000))
+  [ "$IDLE_CLIENTS" -ge 100 ] || { say "only $FDS file descriptors allowed (ulimit -n); need $NEED_FDS"; exit 2; }
+  say "ulimit -n is $FDS (hard limit $HARD): idle scenario reduced to $IDLE_CLIENTS clients"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Build.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+if [ "$BUILD" = 1 ]; then
+  if [ -z "$NATTER_BIN" ] && has "$BROKERS" natter; then
+    say "building natter (release)"
+    cargo build --release -p natter --bin natter ||
+      { say "natter does not build; fix it, or run an existing binary with --natter-bin PATH"; exit 1; }
+  fi
+  say "building loadgen (release)"
+  cargo build --release -p loadgen || { say "loadgen does not build"; exit 1; }
+fi
+LOADGEN=$TARGET/release/loadgen
+RUMQTTD=$TARGET/release/bench-rumqttd
+NATTER=${NATTER_BIN:-$TARGET/release/natter}
+for bin in "$LOADGEN" "$RUMQTTD"; do
+  [ -x "$bin" ] || { say "$bin is missing (run without --no-build)"; exit 2; }
+done
+if has "$BROKERS" natter && [ ! -x "$NATTER" ]; then
+  say "$NATTER is missing (run without --no-build, or pass --natter-bin)"; exit 2
+fi
+
+# natter's settings: anonymous clients (no accounts exist yet), no $SYS publications, and no
+# per-connection publish rate limit where the binary has one (an abuse limit the other brokers
+# do not have: with it, the throughput scenarios would measure the limit).
+NATTER_ENV=(NATTER_AUTH_ALLOW_ANONYMOUS=true NATTER_MQTT_SYS_INTERVAL_SECS=0 NATTER_LOG_LEVEL=warn)
+NATTER_NOTES="defaults, anonymous clients, \$SYS off"
+if has "$BROKERS" natter && "$NATTER" config print 2>/dev/null | grep -q '^publish_rate'; then
+  NATTER_ENV+=(NATTER_LIMITS_PUBLISH_RATE=0)
+  NATTER_NOTES="$NATTER_NOTES, limits.publish_rate = 0 (no publish rate limit)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Output and cleanup.
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+OUT=${OUT:-bench-results/$MODE-$STAMP}
+mkdir -p "$OUT/logs"
+if [ -d bench-results ] && [ "$(dirname "$OUT")" = bench-results ]; then
+  ln -sfn "$(basename "$OUT")" bench-results/latest
+fi
+RUNTMP=$(mktemp -d "${TMPDIR:-/tmp}/natter-bench.XXXXXX")
+# The broker running now (one at a time); the exit trap stops it.
+BROKER_PID=
+
+cleanup() {
+  if [ -n "$BROKER_PID" ]; then
+    stop_broker "$BROKER_PID"
+  fi
+  rm -rf "$RUNTMP"
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+
+BROKER_CPU=()
+LOADGEN_CPU=()
+if [ "$PIN" = 1 ]; then
+  BROKER_CPU=(taskset -c 0)
+  LOADGEN_CPU=(taskset -c 1)
+fi
+
+# start_broker NAME PORT: starts it in the background, sets BROKER_PID, waits for its port.
+start_broker() {
+  local name=$1 port=$2 log="$OUT/logs/$1.log"
+  echo "--- $(date -u +%H:%M:%S) $CURRENT_SCENARIO on 127.0.0.1:$port" >>"$log"
+  case "$name" in
+    natter)
+      rm -rf "$RUNTMP/natter-data"
+      env "${NATTER_ENV[@]}" "${BROKER_CPU[@]}" "$NATTER" serve --mqtt "127.0.0.1:$port" --ws '' \
+        --http 127.0.0.1:0 --data-dir "$RUNTMP/natter-data" >>"$log" 2>&1 &
+      ;;
+    mosquitto)
+      # natter's defaults where mosquitto has the same knob: 1000 queued and 64 in flight per
+      # client (mosquitto's own default in-flight window is 20).
+      cat >"$RUNTMP/mosquitto.conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_queued_messages 1000
+max_inflight_messages 64
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+connection_messages false
+EOF
+      "${BROKER_CPU[@]}" "$MOSQUITTO" -c "$RUNTMP/mosquitto.conf" >>"$log" 2>&1 &
+      ;;
+    rumqttd)
+      local max=$((IDLE_CLIENTS + 10))
+      [ "$max" -ge 10010 ] || max=10010
+      "${BROKER_CPU[@]}" "$RUMQTTD" --listen "127.0.0.1:$port" --max-connections "$max" >>"$log" 2>&1 &
+      ;;
+    raw)
+      "${BROKER_CPU[@]}" "$LOADGEN" forward --listen "127.0.0.1:$port" >>"$log" 2>&1 &
+      ;;
+  esac
+  BROKER_PID=$!
+  if ! "$LOADGEN" wait-port "127.0.0.1:$port" --timeout 15; then
+    say "$name did not start; the end of $log:"
+    tail -n 20 "$log" >&2
+    return 1
+  fi
+}
+
+# stop_broker PID: SIGTERM, then SIGKILL after 5 s.
+stop_broker() {
+  local pid=$1
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  [ "$pid" != "$BROKER_PID" ] || BROKER_PID=
+}
+
+# ---------------------------------------------------------------------------------------------
+# The run header (goes on top of summary.md).
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+mem_total=$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
+rumqttd_version=$(awk '/^name = "rumqttd"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock 2>/dev/null || true)
+{
+  echo "# natter vs mosquitto vs rumqttd ($MODE run)"
+  echo
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- command: \`$COMMAND_LINE\`"
+  echo "- machine: $(nproc) CPUs (${cpu_model:-unknown}), $mem_total, Linux $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  has "$BROKERS" natter && echo "- natter: $("$NATTER" --version 2>/dev/null | sed 's/^natter //' || echo unknown) (release binary of $(date -u -r "$NATTER" '+%Y-%m-%d %H:%M UTC')), $NATTER_NOTES"
+  has "$BROKERS" mosquitto && echo "- mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -n 1 | sed 's/^mosquitto version //')" \
+    "(max_queued_messages 1000, max_inflight_messages 64, set_tcp_nodelay true)"
+  has "$BROKERS" rumqttd && echo "- rumqttd: ${rumqttd_version:-0.20} embedded in bench-rumqttd, its rumqttd.toml defaults (v4 listener)"
+  has "$BROKERS" raw && echo "- raw: \`loadgen forward\`, a tokio TCP forwarder of 200-byte frames (no MQTT)"
+  [ "$PIN" = 1 ] && echo "- pinned: brokers on CPU 0, load generator on CPU 1"
+  echo "- load generator and brokers share this machine: on a small or busy machine figures are noisy"
+} >"$OUT/header.md"
+
+# ---------------------------------------------------------------------------------------------
+# The scenarios, each broker back to back, each on a freshly started broker.
+say "mode $MODE, results in $OUT"
+failures=()
+for scenario in ${SCENARIOS//,/ }; do
+  CURRENT_SCENARIO=$scenario
+  for broker in ${BROKERS//,/ }; do
+    case "$scenario" in p2p-*) ;; *) [ "$broker" = raw ] && continue ;; esac
+    port=$("$LOADGEN" free-port)
+    if ! start_broker "$broker" "$port"; then
+      failures+=("$scenario on $broker: the broker did not start")
+      stop_broker "$BROKER_PID"
+      continue
+    fi
+    proto=mqtt
+    [ "$broker" = raw ] && proto=raw
+    extra=()
+    [ "$scenario" = idle ] && extra=(--clients "$IDLE_CLIENTS")
+    if ! "${LOADGEN_CPU[@]}" "$LOADGEN" run --scenario "$scenario" --broker "$broker" \
+      --addr "127.0.0.1:$port" --pid "$BROKER_PID" --proto "$proto" "${QUICK[@]}" "${extra[@]}" \
+      --results "$OUT/results.csv" --latency-dir "$OUT"; then
+      failures+=("$scenario on $broker: the load generator failed (see above)")
+    fi
+    if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+      failures+=("$scenario on $broker: the broker exited during the scenario (see $OUT/logs/$broker.log)")
+    fi
+    stop_broker "$BROKER_PID"
+  done
+done
+
+if [ -f "$OUT/results.csv" ]; then
+  "$LOADGEN" report --dir "$OUT" --header "$OUT/header.md"
+  echo
+  cat "$OUT/summary.md"
+  echo
+fi
+if [ ${#failures[@]} -gt 0 ]; then
+  say "${#failures[@]} failure(s):"
+  for f in "${failures[@]}"; do echo "  - $f" >&2; done
+  exit 1
+fi
+say "done: $OUT/summary.md, $OUT/summary.csv, $OUT/latency.png"
