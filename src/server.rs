@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +21,9 @@ use crate::router::{self, Router, Settings};
 use crate::stats::Stats;
 use crate::store::messages::Writer;
 use crate::store::{Store, StoreError};
+
+/// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// How long connections get to send DISCONNECT and flush at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -98,8 +101,19 @@ async fn bind_one(what: &'static str, value: &str) -> Result<Option<TcpListener>
     let Some(addr) = listen_addr(value) else {
         return Ok(None);
     };
-    TcpListener::bind(addr)
-        .await
+    let bind = || -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A reconnect storm arrives all at once; the default backlog of 128 drops SYNs, which
+        // clients retry only after a second (measured in benches/: storm scenario).
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind()
         .map(Some)
         .map_err(|source| ServerError::Bind { what, addr, source })
 }

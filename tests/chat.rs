@@ -351,7 +351,9 @@ async fn logins_client_ids_and_limits() {
     let (_c, r) = v5::Client::try_connect(opts(&server, "alice", "alice.three")).await;
     assert!(r.unwrap_err().0.contains("QuotaExceeded"));
 
-    // Publish rate: a burst of 2, then refusals with 0x97.
+    // Publish rate: a burst of 2, then the connection is read no faster than 1 a second;
+    // nothing is refused.
+    let started = std::time::Instant::now();
     let mut reasons = Vec::new();
     for i in 0..3 {
         empty
@@ -366,13 +368,11 @@ async fn logins_client_ids_and_limits() {
             }
         }
     }
-    assert_eq!(
-        reasons,
-        [
-            PubAckReason::Success,
-            PubAckReason::Success,
-            PubAckReason::QuotaExceeded
-        ]
+    assert_eq!(reasons, [PubAckReason::Success; 3]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
     );
 }
 

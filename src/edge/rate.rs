@@ -1,6 +1,6 @@
 //! A token bucket per connection for PUBLISH packets.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct RateLimit {
@@ -21,19 +21,19 @@ impl RateLimit {
         }
     }
 
-    /// Takes one token; `false` when the bucket is empty.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    /// Takes one token, or says how long until one is there.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
         if self.rate == 0.0 {
-            return true;
+            return Ok(());
         }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         }
     }
 }
@@ -41,17 +41,20 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bursts_then_refills_at_the_rate() {
         let t0 = Instant::now();
         let mut r = RateLimit::new(10, 3, t0);
-        assert!((0..3).all(|_| r.allow(t0)));
-        assert!(!r.allow(t0));
-        assert!(r.allow(t0 + Duration::from_millis(100)));
-        assert!(!r.allow(t0 + Duration::from_millis(110)));
+        assert!((0..3).all(|_| r.take(t0).is_ok()));
+        assert_eq!(r.take(t0), Err(Duration::from_millis(100)));
+        assert!(r.take(t0 + Duration::from_millis(100)).is_ok());
+        let wait = r.take(t0 + Duration::from_millis(150)).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(40) && wait <= Duration::from_millis(50),
+            "{wait:?}"
+        );
         let mut off = RateLimit::new(0, 0, t0);
-        assert!((0..1000).all(|_| off.allow(t0)));
+        assert!((0..1000).all(|_| off.take(t0).is_ok()));
     }
 }
