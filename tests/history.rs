@@ -164,13 +164,7 @@ async fn edits_deletes_and_reactions_reference_their_message() {
     let mut alice = login(&server, "alice").await;
     let mut bob = login(&server, "bob").await;
     // Bob's tablet only listens.
-    let (mut tablet, _) = v5::Client::connect(opts(&server, "bob", "bob.tablet")).await;
-    tablet
-        .client
-        .subscribe("u/bob/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    tablet.suback().await;
+    let mut tablet = login_device(&server, "bob", "tablet").await;
     let conv = "c/d.alice.bob";
     send(&mut alice, &format!("{conv}/m"), "helo").await;
     send(&mut alice, &format!("{conv}/m"), "to be deleted").await;

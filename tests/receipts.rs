@@ -105,13 +105,7 @@ async fn read_markers_reach_the_sender_and_the_readers_other_devices_unless_priv
     let server = TestServer::start_with_users(USERS, |_| {});
     let mut alice = login(&server, "alice").await;
     let mut bob = login(&server, "bob").await;
-    let (mut tablet, _) = v5::Client::connect(opts(&server, "bob", "bob.tablet")).await;
-    tablet
-        .client
-        .subscribe("u/bob/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    tablet.suback().await;
+    let mut tablet = login_device(&server, "bob", "tablet").await;
     for t in ["one", "two", "three"] {
         alice
             .client

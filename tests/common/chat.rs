@@ -29,7 +29,12 @@ pub fn opts(server: &TestServer, user: &str, client_id: &str) -> v5::MqttOptions
 
 /// Logs in as `user.test`, subscribed to the user's own stream (as an app would be).
 pub async fn login(server: &TestServer, user: &str) -> v5::Client {
-    let (mut c, _) = v5::Client::connect(opts(server, user, &format!("{user}.test"))).await;
+    login_device(server, user, "test").await
+}
+
+/// Logs in as `user.device`, subscribed to the user's own stream.
+pub async fn login_device(server: &TestServer, user: &str, device: &str) -> v5::Client {
+    let (mut c, _) = v5::Client::connect(opts(server, user, &format!("{user}.{device}"))).await;
     let own = format!("u/{user}/#");
     assert_eq!(
         subscribe(&mut c, &own).await,
