@@ -45,6 +45,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub chat: ChatConfig,
+    pub push: PushConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
 }
@@ -116,6 +117,17 @@ pub struct ChatConfig {
     pub receipt_interval_ms: u64,
     pub typing_interval_ms: u64,
     pub typing_expiry_secs: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    pub secret: String,
+    pub allow_private_targets: bool,
+    pub coalesce_ms: u64,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +273,12 @@ impl Config {
                 "limits.publish_burst",
                 "must be at least 1 when publish_rate is set",
             ));
+        }
+        if self.push.max_attempts == 0 {
+            return Err(invalid("push.max_attempts", "must be at least 1"));
+        }
+        if self.push.timeout_secs == 0 {
+            return Err(invalid("push.timeout_secs", "must be at least 1"));
         }
         if self.chat.receipt_interval_ms == 0 {
             return Err(invalid("chat.receipt_interval_ms", "must be at least 1"));

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{Access, AccessError};
+use crate::chat::push::{PushSettings, Pusher};
 use crate::chat::service::ChatService;
 use crate::chat::signals::{Settings as SignalSettings, Signals};
 use crate::chat::Directory;
@@ -42,6 +43,11 @@ pub enum ServerError {
     Access(#[from] AccessError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot write {path}: {source}")]
+    Secret {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
 }
 
 /// The bound listening sockets. Binding is separate from serving so that tests (and callers
@@ -124,6 +130,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    // One TLS crypto provider for the process (ring); the push client uses the default.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let store = Arc::new(Store::open(&config.storage.data_dir)?);
     let history = Writer::start(
         &config.storage.data_dir,
@@ -149,11 +157,13 @@ pub async fn run(
         signals_tx.clone(),
     );
     let router = router::spawn(router);
+    let pusher = Arc::new(Pusher::new(push_settings(&config)?, store.clone()));
     let signals = Signals::new(
         signal_settings(&config),
         store.clone(),
         directory.clone(),
         router.clone(),
+        pusher.clone(),
     );
     let signals_task = tokio::spawn(signals.run(signals_rx, shutdown.clone()));
     let store_for_retention = store.clone();
@@ -162,6 +172,7 @@ pub async fn run(
         directory,
         router.clone(),
         signals_tx.clone(),
+        pusher,
     ));
     let watcher = tokio::spawn(chat.clone().watch(shutdown.clone()));
     let retention = tokio::spawn(retain(
@@ -232,7 +243,37 @@ fn signal_settings(config: &Config) -> SignalSettings {
     SignalSettings {
         grace: Duration::from_secs(config.chat.presence_grace_secs),
         receipt_interval: Duration::from_millis(config.chat.receipt_interval_ms),
+        push_coalesce: Duration::from_millis(config.push.coalesce_ms),
     }
+}
+
+/// Push settings; without a configured secret, one is made once and kept in the data dir.
+fn push_settings(config: &Config) -> Result<PushSettings, ServerError> {
+    let p = &config.push;
+    let secret = if p.secret.is_empty() {
+        let path = config.storage.data_dir.join("push-secret");
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => {
+                let s = crate::ids::random_hex(32);
+                std::fs::write(&path, &s).map_err(|source| ServerError::Secret {
+                    path: path.clone(),
+                    source,
+                })?;
+                tracing::info!(path = %path.display(), "made a push signing secret");
+                s
+            }
+        }
+    } else {
+        p.secret.clone()
+    };
+    Ok(PushSettings {
+        secret: secret.into_bytes(),
+        allow_private: p.allow_private_targets,
+        max_attempts: p.max_attempts,
+        base_delay: Duration::from_millis(p.retry_base_ms),
+        timeout: Duration::from_secs(p.timeout_secs),
+    })
 }
 
 /// Deletes history beyond the configured retention, at start and then periodically.

@@ -7,6 +7,7 @@
 //! stops receiving at once). [`service`] changes it together with the store.
 
 pub mod envelope;
+pub mod push;
 pub mod service;
 pub mod signals;
 

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::push::Pusher;
 use super::signals::Signal;
 use super::{Denied, Directory, Role};
 use crate::router::{Event, Message};
@@ -63,6 +64,7 @@ pub struct ChatService {
     directory: Arc<RwLock<Directory>>,
     router: mpsc::Sender<Event>,
     signals: mpsc::UnboundedSender<Signal>,
+    pusher: Arc<Pusher>,
     /// Serialises changes, so a reload never races a change made here.
     changes: tokio::sync::Mutex<()>,
 }
@@ -155,12 +157,14 @@ impl ChatService {
         directory: Arc<RwLock<Directory>>,
         router: mpsc::Sender<Event>,
         signals: mpsc::UnboundedSender<Signal>,
+        pusher: Arc<Pusher>,
     ) -> ChatService {
         ChatService {
             store,
             directory,
             router,
             signals,
+            pusher,
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -362,6 +366,27 @@ impl ChatService {
                     away,
                     hidden: r.hidden,
                 });
+                Ok(json!({}))
+            }
+            "push.register" | "push.unregister" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct PushOp {
+                    url: String,
+                }
+                let r: PushOp = parse(&req.payload)?;
+                let (u, url) = (me.to_string(), r.url.clone());
+                if req.op == "push.register" {
+                    self.pusher
+                        .check(&r.url)
+                        .await
+                        .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+                    self.blocking(move |s| s.add_push_endpoint(&u, &url))
+                        .await?;
+                } else {
+                    self.blocking(move |s| s.remove_push_endpoint(&u, &url))
+                        .await?;
+                }
                 Ok(json!({}))
             }
             "history" => {

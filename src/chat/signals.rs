@@ -10,6 +10,8 @@
 //!   `online` while any device is connected, the user's chosen `away`, or `offline` with
 //!   `last_seen` once the last device has been gone for the grace period (so a phone's quick
 //!   reconnect does not flap). Hidden users' presence is cleared.
+//! - *Push*: members with no connected device when a message is stored get one content-free
+//!   notification per `push_coalesce` (see [`super::push`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -21,6 +23,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::push::Pusher;
 use super::service::server_message;
 use super::Directory;
 use crate::router::Event;
@@ -52,6 +55,11 @@ pub enum Signal {
         seq: u64,
         private: bool,
     },
+    /// A message was stored: members with no connected device get a push notification.
+    Stored {
+        conv: String,
+        from: String,
+    },
     /// A user sets their status (`online` or `away`) and whether presence is hidden.
     Status {
         user: Arc<str>,
@@ -64,6 +72,15 @@ pub enum Signal {
 pub struct Settings {
     pub grace: Duration,
     pub receipt_interval: Duration,
+    /// How long new messages for an offline user gather before one push goes out.
+    pub push_coalesce: Duration,
+}
+
+/// New messages for an offline user, waiting to be pushed.
+#[derive(Debug)]
+struct PendingPush {
+    since: Instant,
+    counts: HashMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +100,8 @@ pub struct Signals {
     /// (conv, user) → highest delivered seq not yet announced.
     delivered: HashMap<(String, Arc<str>), u64>,
     presence: HashMap<Arc<str>, Presence>,
+    pusher: Arc<Pusher>,
+    pushes: HashMap<String, PendingPush>,
 }
 
 fn now_ms() -> i64 {
@@ -98,6 +117,7 @@ impl Signals {
         store: Arc<Store>,
         directory: Arc<RwLock<Directory>>,
         router: mpsc::Sender<Event>,
+        pusher: Arc<Pusher>,
     ) -> Signals {
         Signals {
             settings,
@@ -106,6 +126,8 @@ impl Signals {
             router,
             delivered: HashMap::new(),
             presence: HashMap::new(),
+            pusher,
+            pushes: HashMap::new(),
         }
     }
 
@@ -124,7 +146,10 @@ impl Signals {
                     None => break,
                 },
                 _ = receipts.tick() => self.flush_receipts().await,
-                _ = presence.tick() => self.expire_presence().await,
+                _ = presence.tick() => {
+                    self.expire_presence().await;
+                    self.flush_pushes().await;
+                }
             }
         }
         self.flush_receipts().await;
@@ -159,6 +184,26 @@ impl Signals {
                 seq,
                 private,
             } => self.read(user, conv, seq, private).await,
+            Signal::Stored { conv, from } => {
+                let members: Vec<String> = self
+                    .directory
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .members(&conv)
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect();
+                for member in members.into_iter().filter(|m| *m != from) {
+                    if self.is_online(&member) {
+                        continue;
+                    }
+                    let pending = self.pushes.entry(member).or_insert_with(|| PendingPush {
+                        since: Instant::now(),
+                        counts: HashMap::new(),
+                    });
+                    *pending.counts.entry(conv.clone()).or_insert(0) += 1;
+                }
+            }
             Signal::Status { user, away, hidden } => {
                 let p = self.presence.entry(user.clone()).or_default();
                 p.away = away;
@@ -237,6 +282,61 @@ impl Signals {
                     // Nothing left to remember about an offline user with default settings.
                     self.presence.remove(&user);
                 }
+            }
+        }
+    }
+
+    fn is_online(&self, user: &str) -> bool {
+        self.presence
+            .get(user)
+            .is_some_and(|p| !p.devices.is_empty())
+    }
+
+    /// Sends the pushes whose gathering time is over, to users still without a device.
+    async fn flush_pushes(&mut self) {
+        let window = self.settings.push_coalesce;
+        let due: Vec<String> = self
+            .pushes
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= window)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for user in due {
+            let Some(pending) = self.pushes.remove(&user) else {
+                continue;
+            };
+            if self.is_online(&user) {
+                continue;
+            }
+            let store = self.store.clone();
+            let u = user.clone();
+            let endpoints =
+                match tokio::task::spawn_blocking(move || store.push_endpoints(&u)).await {
+                    Ok(Ok(e)) => e,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot read push endpoints");
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+            if endpoints.is_empty() {
+                continue;
+            }
+            let mut conversations: Vec<_> = pending.counts.into_iter().collect();
+            conversations.sort();
+            let body = json!({
+                "user": user,
+                "conversations": conversations
+                    .iter()
+                    .map(|(conv, count)| json!({"conv": conv, "count": count}))
+                    .collect::<Vec<_>>(),
+                "ts": now_ms(),
+            })
+            .to_string()
+            .into_bytes();
+            for url in endpoints {
+                let (pusher, user, body) = (self.pusher.clone(), user.clone(), body.clone());
+                tokio::spawn(async move { pusher.deliver(&user, &url, body).await });
             }
         }
     }

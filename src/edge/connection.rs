@@ -981,6 +981,12 @@ impl Connection {
                 })
             }),
         };
+        if envelope.k == Kind::Msg {
+            let _ = self.shared.signals.send(Signal::Stored {
+                conv: envelope.conv.clone(),
+                from: envelope.from.clone(),
+            });
+        }
         self.events.push_back(Event::Publish {
             client: self.identity.client_id.clone(),
             message,

@@ -3,7 +3,7 @@
 //! One file, `{data_dir}/natter.db`, in WAL mode, so the server and the `natter user …` /
 //! `natter conv …` commands can use it at the same time (the server notices other processes'
 //! changes through [`Store::directory_version`]). The schema is versioned
-//! with `PRAGMA user_version`; [`MIGRATIONS`] lists every step in order.
+//! with `PRAGMA user_version`; `MIGRATIONS` lists every step in order.
 //!
 //! Calls block: async callers run them with `spawn_blocking`.
 
@@ -133,6 +133,14 @@ const MIGRATIONS: &[&str] = &[
         read INTEGER NOT NULL DEFAULT 0,
         read_private INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (conv, user)
+    );
+",
+    "
+    CREATE TABLE push_endpoints (
+        user TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        url TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (user, url)
     );
 ",
 ];
@@ -399,6 +407,29 @@ impl Store {
             )?;
         }
         Ok(())
+    }
+
+    pub fn add_push_endpoint(&self, user: &str, url: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO push_endpoints (user, url, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![user, url, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_push_endpoint(&self, user: &str, url: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().execute(
+            "DELETE FROM push_endpoints WHERE user = ?1 AND url = ?2",
+            params![user, url],
+        )? > 0)
+    }
+
+    pub fn push_endpoints(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT url FROM push_endpoints WHERE user = ?1")?;
+        let rows = stmt.query_map(params![user], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Reads users, conversations, members and blocks in one consistent view.
