@@ -103,6 +103,8 @@ pub struct Directory {
     groups_of: HashMap<String, BTreeSet<String>>,
     /// (user, user they blocked)
     blocks: HashSet<(String, String)>,
+    /// Pairs of users with a direct conversation that has history (sorted pair).
+    contacts: HashSet<(String, String)>,
 }
 
 impl Directory {
@@ -112,6 +114,10 @@ impl Directory {
             d.users.insert(u.id, u.admin);
         }
         for c in snap.conversations {
+            if let Some(ConvId::Direct(a, b)) = topics::parse_conv(&c.id) {
+                d.contacts.insert((a.to_string(), b.to_string()));
+                continue;
+            }
             if topics::parse_conv(&c.id).is_some_and(|id| matches!(id, ConvId::Group(_))) {
                 d.groups.insert(
                     c.id,
@@ -185,8 +191,16 @@ impl Directory {
             .flat_map(|s| s.iter().map(String::as_str))
     }
 
-    /// Whether two users share a group (what makes presence visible).
-    pub fn share_a_group(&self, a: &str, b: &str) -> bool {
+    /// Whether two users share a conversation — a group, or a direct conversation with history
+    /// (what makes presence visible).
+    pub fn share_a_conversation(&self, a: &str, b: &str) -> bool {
+        let pair = if a <= b { (a, b) } else { (b, a) };
+        if self
+            .contacts
+            .contains(&(pair.0.to_string(), pair.1.to_string()))
+        {
+            return true;
+        }
         let (Some(ga), Some(gb)) = (self.groups_of.get(a), self.groups_of.get(b)) else {
             return false;
         };
@@ -231,7 +245,7 @@ impl Directory {
             ChatTopic::Conv { conv, .. } => self.is_member(conv, user),
             ChatTopic::Stream { user: owner } => owner == user,
             ChatTopic::Presence { user: other } => {
-                other == user || (self.user_exists(other) && self.share_a_group(user, other))
+                other == user || (self.user_exists(other) && self.share_a_conversation(user, other))
             }
             ChatTopic::Request { .. } | ChatTopic::Malformed => false,
         }
@@ -250,7 +264,9 @@ impl Directory {
             "c" if self.is_member(id, user) => Ok(()),
             "c" => Err(Denied::NotMember),
             "u" if id == user => Ok(()),
-            "p" if id == user || (self.user_exists(id) && self.share_a_group(user, id)) => Ok(()),
+            "p" if id == user || (self.user_exists(id) && self.share_a_conversation(user, id)) => {
+                Ok(())
+            }
             "q" => Err(Denied::ServerOnly),
             _ => Err(Denied::NotYours),
         }
@@ -347,11 +363,18 @@ mod tests {
                 user("carol", false),
                 user("root", true),
             ],
-            conversations: vec![ConversationRow {
-                id: s("g.team"),
-                name: s("Team"),
-                topic: s(""),
-            }],
+            conversations: vec![
+                ConversationRow {
+                    id: s("g.team"),
+                    name: s("Team"),
+                    topic: s(""),
+                },
+                ConversationRow {
+                    id: s("d.carol.root"),
+                    name: s(""),
+                    topic: s(""),
+                },
+            ],
             members: vec![
                 (s("g.team"), s("alice"), s("owner")),
                 (s("g.team"), s("bob"), s("member")),
@@ -403,6 +426,7 @@ mod tests {
             (Some("alice"), "p/bob", true),
             (Some("alice"), "p/alice", true),
             (Some("carol"), "p/alice", false),
+            (Some("carol"), "p/root", true),
             (Some("alice"), "q/alice/x", false),
             (Some("alice"), "c/zzz/m", false),
             (None, "c/g.team/m", false),
@@ -454,7 +478,7 @@ mod tests {
             changes.added,
             [("g.team".to_string(), "carol".to_string(), Role::Admin)]
         );
-        assert!(new.share_a_group("alice", "carol"));
-        assert!(!new.share_a_group("alice", "bob"));
+        assert!(new.share_a_conversation("alice", "carol"));
+        assert!(!new.share_a_conversation("alice", "bob"));
     }
 }
