@@ -224,6 +224,14 @@ async fn search_finds_only_the_searchers_conversations() {
     assert_eq!(texts(&reply), ["Meet at the Café Pinapple"]);
     let reply = request(&mut eve, "eve", "search", json!({"q": "pinapple"})).await;
     assert_eq!(texts(&reply), ["pinapple pizza?"]);
+    // Chinese has no spaces between words: trigrams, and a substring scan for shorter queries.
+    send(&mut alice, "c/d.alice.bob/m", "我们明天见面吧").await;
+    for q in ["明天见", "明天"] {
+        let reply = request(&mut alice, "alice", "search", json!({"q": q})).await;
+        assert_eq!(texts(&reply), ["我们明天见面吧"], "{q}");
+        let reply = request(&mut eve, "eve", "search", json!({"q": q})).await;
+        assert_eq!(texts(&reply), Vec::<String>::new(), "{q}");
+    }
     // FTS syntax in the query is just text.
     let reply = request(
         &mut eve,

@@ -316,6 +316,11 @@ fn append(
     }))
 }
 
+/// Han, kana, hangul: scripts written without spaces between words.
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF)
+}
+
 fn topics_is_direct(conv: &str) -> bool {
     matches!(
         crate::topics::parse_conv(conv),
@@ -413,16 +418,45 @@ impl Store {
             return Ok(Vec::new());
         }
         let list = convs.iter().map(|_| "?").collect::<Vec<_>>().join(",");
-        // The query is passed as one quoted FTS5 string: user input never becomes FTS syntax.
-        let phrase = format!("\"{}\"", query.replace('"', "\"\""));
+        // unicode61 splits on spaces, which Chinese and Japanese text does not have: such
+        // queries go to the trigram index, or (under three characters, too short for trigrams)
+        // to a substring scan of the same conversations.
+        let cjk = query.chars().any(is_cjk);
+        let (from, matcher, pattern) = if cjk && query.chars().count() < 3 {
+            let escaped = query
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            (
+                "messages m",
+                "m.body LIKE ? ESCAPE '\\'",
+                format!("%{escaped}%"),
+            )
+        } else {
+            // One quoted FTS5 string: user input never becomes FTS syntax.
+            let phrase = format!("\"{}\"", query.replace('"', "\"\""));
+            if cjk {
+                (
+                    "messages_tri f JOIN messages m ON m.id = f.rowid",
+                    "messages_tri MATCH ?",
+                    phrase,
+                )
+            } else {
+                (
+                    "messages_fts f JOIN messages m ON m.id = f.rowid",
+                    "messages_fts MATCH ?",
+                    phrase,
+                )
+            }
+        };
         let sql = format!(
             "SELECT m.id, m.conv, m.seq, m.sender, m.device, m.ts, m.kind, m.cid, m.body,
                     m.reply_to, m.thread, m.target, m.emoji, m.edited, m.deleted
-             FROM messages_fts f JOIN messages m ON m.id = f.rowid
-             WHERE messages_fts MATCH ? AND m.conv IN ({list}) AND m.deleted = 0
+             FROM {from}
+             WHERE {matcher} AND m.kind = 'msg' AND m.conv IN ({list}) AND m.deleted = 0
              ORDER BY m.id DESC LIMIT ?"
         );
-        let mut values: Vec<rusqlite::types::Value> = vec![phrase.into()];
+        let mut values: Vec<rusqlite::types::Value> = vec![pattern.into()];
         values.extend(convs.iter().map(|c| c.clone().into()));
         values.push((limit as i64).into());
         Ok(self

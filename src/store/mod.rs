@@ -143,6 +143,26 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user, url)
     );
 ",
+    "
+    CREATE VIRTUAL TABLE messages_tri USING fts5(
+        body, content = 'messages', content_rowid = 'id', tokenize = 'trigram'
+    );
+    INSERT INTO messages_tri (messages_tri) VALUES ('rebuild');
+    CREATE TRIGGER messages_tri_insert AFTER INSERT ON messages
+    WHEN new.kind = 'msg' AND new.body IS NOT NULL BEGIN
+        INSERT INTO messages_tri (rowid, body) VALUES (new.id, new.body);
+    END;
+    CREATE TRIGGER messages_tri_delete AFTER DELETE ON messages
+    WHEN old.kind = 'msg' AND old.body IS NOT NULL BEGIN
+        INSERT INTO messages_tri (messages_tri, rowid, body) VALUES ('delete', old.id, old.body);
+    END;
+    CREATE TRIGGER messages_tri_update AFTER UPDATE OF body ON messages
+    WHEN old.kind = 'msg' BEGIN
+        INSERT INTO messages_tri (messages_tri, rowid, body)
+            SELECT 'delete', old.id, old.body WHERE old.body IS NOT NULL;
+        INSERT INTO messages_tri (rowid, body) SELECT new.id, new.body WHERE new.body IS NOT NULL;
+    END;
+",
 ];
 
 #[derive(Debug, thiserror::Error)]
