@@ -17,6 +17,7 @@ use crate::chat::{Denied, Directory};
 use crate::config::AuthConfig;
 use crate::password;
 use crate::store::Store;
+use crate::tokens::{self, Signer};
 use crate::topics::{self, ChatTopic, ConvKind, FilterScope};
 
 /// A connected client as the access rules see it.
@@ -87,6 +88,8 @@ pub struct Access {
     acl: Option<Acl>,
     store: Arc<Store>,
     directory: Arc<RwLock<Directory>>,
+    /// Access tokens from the HTTP API work as passwords.
+    signer: Arc<Signer>,
     /// Bounds password verifications in flight (each holds a blocking thread).
     logins: Semaphore,
 }
@@ -96,6 +99,7 @@ impl Access {
         auth: &AuthConfig,
         store: Arc<Store>,
         directory: Arc<RwLock<Directory>>,
+        signer: Arc<Signer>,
     ) -> Result<Access, AccessError> {
         let acl = if auth.acl_file.is_empty() {
             None
@@ -107,6 +111,7 @@ impl Access {
             acl,
             store,
             directory,
+            signer,
             logins: Semaphore::new(auth.max_concurrent_logins),
         })
     }
@@ -130,6 +135,9 @@ impl Access {
         if !topics::valid_id(user) {
             return Err(Refusal::BadCredentials);
         }
+        if tokens::looks_like_jwt(password) {
+            return self.authenticate_token(user, password).await;
+        }
         let _permit = self
             .logins
             .acquire()
@@ -146,15 +154,7 @@ impl Access {
         .await;
         match verified {
             Ok(Ok(Some(admin))) => {
-                // An account created a moment ago by another process: usable at once, before
-                // the periodic reload brings the rest of its data.
-                let known = self.dir().user_exists(user);
-                if !known {
-                    self.directory
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .set_user(user, admin);
-                }
+                self.remember(user, admin);
                 Ok(Some(user.into()))
             }
             Ok(Ok(None)) => Err(Refusal::BadCredentials),
@@ -163,6 +163,48 @@ impl Access {
                 Err(Refusal::Unavailable)
             }
             Err(_) => Err(Refusal::Unavailable),
+        }
+    }
+
+    /// An access token as password: valid signature, not expired, issued to this user, for a
+    /// device that has not been revoked.
+    async fn authenticate_token(
+        &self,
+        user: &str,
+        token: &str,
+    ) -> Result<Option<Arc<str>>, Refusal> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let claims = self
+            .signer
+            .verify(token, now)
+            .map_err(|_| Refusal::BadCredentials)?;
+        if claims.sub != user {
+            return Err(Refusal::BadCredentials);
+        }
+        let store = self.store.clone();
+        let active =
+            tokio::task::spawn_blocking(move || store.device_active(&claims.sub, &claims.dev))
+                .await
+                .map_err(|_| Refusal::Unavailable)?
+                .map_err(|_| Refusal::Unavailable)?;
+        if !active {
+            return Err(Refusal::BadCredentials);
+        }
+        self.remember(user, false);
+        Ok(Some(user.into()))
+    }
+
+    /// An account created a moment ago (by another process, or over HTTP) is usable at once,
+    /// before the periodic reload brings the rest of its data.
+    fn remember(&self, user: &str, admin: bool) {
+        if !self.dir().user_exists(user) {
+            self.directory
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_user(user, admin);
         }
     }
 
@@ -312,6 +354,7 @@ mod tests {
             acl: acl.map(|t| Acl::parse(t).unwrap()),
             store,
             directory: Arc::new(RwLock::new(directory)),
+            signer: Arc::new(Signer::new(b"test")),
             logins: Semaphore::new(1),
         };
         (a, dir)

@@ -90,6 +90,11 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+    pub allow_registration: bool,
+    pub token_secret: String,
+    pub access_token_secs: u64,
+    pub refresh_token_days: u64,
+    pub login_attempts_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +277,15 @@ impl Config {
             return Err(invalid(
                 "limits.publish_burst",
                 "must be at least 1 when publish_rate is set",
+            ));
+        }
+        if self.http.access_token_secs == 0 {
+            return Err(invalid("http.access_token_secs", "must be at least 1"));
+        }
+        if self.http.login_attempts_per_minute == 0 {
+            return Err(invalid(
+                "http.login_attempts_per_minute",
+                "must be at least 1",
             ));
         }
         if self.push.max_attempts == 0 {

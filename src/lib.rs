@@ -19,6 +19,9 @@
 //! - [`router`]: sessions, subscriptions ([`topics`] filters in a trie), retained messages,
 //!   wills, QoS 1/2 flows, `$SYS` statistics ([`stats`]).
 //! - [`topics`]: the only code that parses or builds topic strings (see `topics.md`).
+//! - [`tokens`]: access tokens (JWT HS256) and refresh tokens, for the HTTP API and CONNECT.
+//! - [`http`]: the HTTP sidecar (axum): accounts and tokens, conversations, admin, health,
+//!   metrics.
 //! - [`ids`]: random identifiers.
 //!
 //! # The flow of one chat message
@@ -46,10 +49,12 @@ pub mod chat;
 pub mod codec;
 pub mod config;
 pub mod edge;
+pub mod http;
 pub mod ids;
 pub mod password;
 pub mod router;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tokens;
 pub mod topics;

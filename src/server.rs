@@ -18,10 +18,12 @@ use crate::chat::signals::{Settings as SignalSettings, Signals};
 use crate::chat::Directory;
 use crate::config::{listen_addr, Config, StorageConfig};
 use crate::edge::{self, Kind, Limits, Shared, TlsError};
+use crate::http::{AppState, HttpSettings};
 use crate::router::{self, Router, Settings};
 use crate::stats::Stats;
 use crate::store::messages::Writer;
 use crate::store::{Store, StoreError};
+use crate::tokens::Signer;
 
 /// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 4096;
@@ -57,6 +59,7 @@ pub struct Listeners {
     pub ws: Option<TcpListener>,
     pub tls: Option<TcpListener>,
     pub wss: Option<TcpListener>,
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -83,10 +86,16 @@ impl Listeners {
             } else {
                 None
             },
+            http: bind_one("http.listen", &config.http.listen).await?,
         })
     }
 
-    /// The addresses actually bound, by kind.
+    /// The HTTP API's address, if it listens.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The MQTT addresses actually bound, by kind.
     pub fn addrs(&self) -> Vec<(Kind, SocketAddr)> {
         let mut out = Vec::new();
         for (kind, l) in [
@@ -143,7 +152,17 @@ pub async fn run(
         tracing::warn!("there are no accounts yet: create one with `natter user add NAME`");
     }
     let directory = Arc::new(RwLock::new(directory));
-    let access = Arc::new(Access::new(&config.auth, store.clone(), directory.clone())?);
+    let signer = Arc::new(Signer::new(&secret(
+        &config,
+        "token-secret",
+        &config.http.token_secret,
+    )?));
+    let access = Arc::new(Access::new(
+        &config.auth,
+        store.clone(),
+        directory.clone(),
+        signer.clone(),
+    )?);
     let tls = match config.tls_enabled() {
         true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),
         false => None,
@@ -167,6 +186,8 @@ pub async fn run(
     );
     let signals_task = tokio::spawn(signals.run(signals_rx, shutdown.clone()));
     let store_for_retention = store.clone();
+    let store_for_http = store.clone();
+    let directory_for_http = directory.clone();
     let chat = Arc::new(ChatService::new(
         store,
         directory,
@@ -203,7 +224,27 @@ pub async fn run(
         ws,
         tls: tls_l,
         wss,
+        http,
     } = listeners;
+    if let Some(listener) = http {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "HTTP API listening");
+        }
+        let state = Arc::new(AppState::new(
+            http_settings(&config),
+            store_for_http,
+            directory_for_http,
+            shared.chat.clone(),
+            signer,
+            shared.router.clone(),
+            shared.stats.clone(),
+        ));
+        accepting.push(tokio::spawn(crate::http::run(
+            listener,
+            state,
+            shutdown.clone(),
+        )));
+    }
     for (kind, listener) in [
         (Kind::Tcp, Some(mqtt)),
         (Kind::Ws, ws),
@@ -247,28 +288,42 @@ fn signal_settings(config: &Config) -> SignalSettings {
     }
 }
 
-/// Push settings; without a configured secret, one is made once and kept in the data dir.
+/// A secret from the config, or else one made once and kept in `{data_dir}/{file}`.
+fn secret(config: &Config, file: &str, configured: &str) -> Result<Vec<u8>, ServerError> {
+    if !configured.is_empty() {
+        return Ok(configured.as_bytes().to_vec());
+    }
+    let path = config.storage.data_dir.join(file);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().as_bytes().to_vec());
+        }
+    }
+    let s = crate::ids::random_hex(32);
+    std::fs::write(&path, &s).map_err(|source| ServerError::Secret {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(path = %path.display(), "made a new secret");
+    Ok(s.into_bytes())
+}
+
+fn http_settings(config: &Config) -> HttpSettings {
+    HttpSettings {
+        allow_registration: config.http.allow_registration,
+        access_token: Duration::from_secs(config.http.access_token_secs),
+        refresh_token: Duration::from_secs(config.http.refresh_token_days * 86_400),
+        login_attempts_per_minute: config.http.login_attempts_per_minute,
+        pbkdf2_iterations: config.auth.pbkdf2_iterations,
+    }
+}
+
+/// Push settings.
 fn push_settings(config: &Config) -> Result<PushSettings, ServerError> {
     let p = &config.push;
-    let secret = if p.secret.is_empty() {
-        let path = config.storage.data_dir.join("push-secret");
-        match std::fs::read_to_string(&path) {
-            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
-            _ => {
-                let s = crate::ids::random_hex(32);
-                std::fs::write(&path, &s).map_err(|source| ServerError::Secret {
-                    path: path.clone(),
-                    source,
-                })?;
-                tracing::info!(path = %path.display(), "made a push signing secret");
-                s
-            }
-        }
-    } else {
-        p.secret.clone()
-    };
+    let secret = secret(config, "push-secret", &p.secret)?;
     Ok(PushSettings {
-        secret: secret.into_bytes(),
+        secret,
         allow_private: p.allow_private_targets,
         max_attempts: p.max_attempts,
         base_delay: Duration::from_millis(p.retry_base_ms),

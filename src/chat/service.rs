@@ -38,7 +38,7 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             ServiceError::Denied(d) => d.code(),
             ServiceError::BadRequest(_) => "bad_request",
@@ -216,6 +216,18 @@ impl ChatService {
                 .correlation_data = Some(c);
         }
         self.send(message).await;
+    }
+
+    /// The same operations for the HTTP API: one implementation, two ways in.
+    pub async fn call(&self, user: &str, op: &str, body: &Value) -> Result<Value, ServiceError> {
+        let req = Request {
+            user: user.into(),
+            op: op.to_string(),
+            payload: Bytes::from(body.to_string()),
+            response_topic: None,
+            correlation: None,
+        };
+        self.dispatch(&req).await
     }
 
     async fn dispatch(&self, req: &Request) -> Result<Value, ServiceError> {

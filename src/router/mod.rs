@@ -162,6 +162,8 @@ pub enum Event {
     },
     /// Ends every session of a user (removed account): DISCONNECT 0x98 to live connections.
     Kick { user: Arc<str> },
+    /// Ends one client's session (a revoked device, an admin's kick): DISCONNECT 0x98.
+    KickClient { client: Arc<str> },
     /// PUBREL for a QoS 2 message we received.
     Release { client: Arc<str>, pkid: u16 },
     Subscribe {
@@ -312,7 +314,18 @@ impl Router {
                 }
                 self.publish(message, now);
             }
-            Event::Kick { user } => self.kick(&user),
+            Event::Kick { user } => {
+                let clients: Vec<Arc<str>> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.identity.user.as_deref() == Some(&*user))
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                for client in clients {
+                    self.kick(&client);
+                }
+            }
+            Event::KickClient { client } => self.kick(&client),
             Event::Release { client, pkid } => {
                 if let Some(s) = self.sessions.get_mut(&client) {
                     s.incoming_qos2.remove(&pkid);
@@ -409,25 +422,24 @@ impl Router {
         Ok(present)
     }
 
-    /// Ends every session of `user`.
-    fn kick(&mut self, user: &str) {
-        let clients: Vec<Arc<str>> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.identity.user.as_deref() == Some(user))
-            .map(|(c, _)| c.clone())
-            .collect();
-        for client in clients {
-            if let Some(mut session) = self.sessions.remove(&client) {
-                if let Some(link) = session.link.take() {
-                    link.mailbox.push(Outbound::Disconnect(
-                        DisconnectReasonCode::AdministrativeAction,
-                    ));
-                    Stats::sub(&self.stats.clients_connected, 1);
-                }
-                self.drop_subscriptions(&session);
+    /// Ends a client's session, disconnecting it with 0x98 (administrative action).
+    fn kick(&mut self, client: &str) {
+        let Some(mut session) = self.sessions.remove(client) else {
+            return;
+        };
+        if let Some(link) = session.link.take() {
+            link.mailbox.push(Outbound::Disconnect(
+                DisconnectReasonCode::AdministrativeAction,
+            ));
+            Stats::sub(&self.stats.clients_connected, 1);
+            if let Some(user) = &session.identity.user {
+                let _ = self.signals.send(Signal::Offline {
+                    user: user.clone(),
+                    client: session.identity.client_id.clone(),
+                });
             }
         }
+        self.drop_subscriptions(&session);
     }
 
     /// Routes a message to every matching session, and keeps it if retained.

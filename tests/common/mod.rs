@@ -32,6 +32,8 @@ pub struct TestServer {
     pub ws: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
     pub wss: Option<SocketAddr>,
+    /// The HTTP API.
+    pub http: SocketAddr,
     /// PEM of the CA that signed the server certificate (TLS servers only).
     pub ca_pem: Option<String>,
     pub dir: tempfile::TempDir,
@@ -82,6 +84,7 @@ impl TestServer {
         config.mqtt.ws_listen = "127.0.0.1:0".into();
         config.mqtt.tls_listen = "127.0.0.1:0".into();
         config.mqtt.wss_listen = "127.0.0.1:0".into();
+        config.http.listen = "127.0.0.1:0".into();
         config.mqtt.sys_interval_secs = 1;
         config.auth.allow_anonymous = true;
         config.auth.pbkdf2_iterations = TEST_ITERATIONS;
@@ -117,19 +120,21 @@ impl TestServer {
                 .expect("runtime");
             runtime.block_on(async move {
                 let listeners = Listeners::bind(&config).await.expect("bind");
-                tx.send(listeners.addrs()).expect("report addresses");
+                tx.send((listeners.addrs(), listeners.http_addr()))
+                    .expect("report addresses");
                 server::run(config, listeners, token)
                     .await
                     .expect("server run");
             });
         });
-        let addrs = rx.recv_timeout(WAIT).expect("server started");
+        let (addrs, http) = rx.recv_timeout(WAIT).expect("server started");
         let find = |kind| addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a);
         TestServer {
             mqtt: find(Kind::Tcp).expect("mqtt listener"),
             ws: find(Kind::Ws),
             tls: find(Kind::Tls),
             wss: find(Kind::Wss),
+            http: http.expect("http listener"),
             ca_pem,
             dir,
             shutdown,
@@ -250,7 +255,8 @@ impl ServerProcess {
     pub fn start(data_dir: &std::path::Path) -> ServerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
-            .args(["serve", "--mqtt", "127.0.0.1:0", "--ws", "", "--data-dir"])
+            .args(["serve", "--mqtt", "127.0.0.1:0", "--ws", "", "--http", ""])
+            .arg("--data-dir")
             .arg(data_dir)
             .env("NATTER_LOG_FORMAT", "json")
             .env("NATTER_LOG_LEVEL", "info")

@@ -1,0 +1,70 @@
+//! Admin endpoints (admins only): users, server stats, disconnecting a client.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{blocking, AdminUser, ApiError, AppState};
+use crate::router::Event;
+use crate::stats::Stats;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/admin/users", get(users))
+        .route("/api/v1/admin/stats", get(stats))
+        .route("/api/v1/admin/clients/{client}", delete(kick))
+}
+
+/// GET /api/v1/admin/users
+async fn users(
+    State(state): State<Arc<AppState>>,
+    _admin: AdminUser,
+) -> Result<Json<Value>, ApiError> {
+    let users = blocking(&state, |s| s.list_users()).await?;
+    let users: Vec<Value> = users
+        .into_iter()
+        .map(|u| json!({"user": u.id, "admin": u.admin, "created_at": u.created_at}))
+        .collect();
+    Ok(Json(json!({"users": users})))
+}
+
+/// GET /api/v1/admin/stats
+async fn stats(State(state): State<Arc<AppState>>, _admin: AdminUser) -> Json<Value> {
+    let s = &state.stats;
+    Json(json!({
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "clients_connected": Stats::get(&s.clients_connected),
+        "messages_received": Stats::get(&s.messages_received),
+        "messages_sent": Stats::get(&s.messages_sent),
+        "messages_dropped": Stats::get(&s.messages_dropped),
+        "bytes_received": Stats::get(&s.bytes_received),
+        "bytes_sent": Stats::get(&s.bytes_sent),
+    }))
+}
+
+/// DELETE /api/v1/admin/clients/{client} — disconnects a client (DISCONNECT 0x98) and ends its
+/// session.
+async fn kick(
+    State(state): State<Arc<AppState>>,
+    _admin: AdminUser,
+    Path(client): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .router
+        .send(Event::KickClient {
+            client: client.into(),
+        })
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is stopping",
+            )
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}

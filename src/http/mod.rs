@@ -1,0 +1,307 @@
+//! The HTTP sidecar (axum): accounts and tokens, conversations for apps that prefer HTTP (the
+//! same operations as the MQTT requests, through [`ChatService::call`]), admin, `/healthz`,
+//! Prometheus `/metrics` and the OpenAPI document at `/api/v1/openapi.json`.
+//!
+//! [`app`] builds the router from its state, so tests drive it in-process; [`run`] serves it on
+//! a bound listener until shutdown. Every error is JSON `{"error", "message"}` with the right
+//! status; internal details go to the log, never to the client.
+
+mod accounts;
+mod admin;
+mod conversations;
+mod ops;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::chat::service::{ChatService, ServiceError};
+use crate::chat::{Denied, Directory};
+use crate::router::Event;
+use crate::stats::Stats;
+use crate::store::{Store, StoreError};
+use crate::tokens::Signer;
+
+/// Token lifetimes and login limits, from `[http]` and `[auth]`.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub allow_registration: bool,
+    pub access_token: Duration,
+    pub refresh_token: Duration,
+    pub login_attempts_per_minute: u32,
+    pub pbkdf2_iterations: u32,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub settings: HttpSettings,
+    pub store: Arc<Store>,
+    pub directory: Arc<RwLock<Directory>>,
+    pub chat: Arc<ChatService>,
+    pub signer: Arc<Signer>,
+    pub router: mpsc::Sender<Event>,
+    pub stats: Arc<Stats>,
+    pub started: Instant,
+    /// Login attempts per key ("user:…" or "addr:…") in the current minute.
+    logins: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: HttpSettings,
+        store: Arc<Store>,
+        directory: Arc<RwLock<Directory>>,
+        chat: Arc<ChatService>,
+        signer: Arc<Signer>,
+        router: mpsc::Sender<Event>,
+        stats: Arc<Stats>,
+    ) -> AppState {
+        AppState {
+            settings,
+            store,
+            directory,
+            chat,
+            signer,
+            router,
+            stats,
+            started: Instant::now(),
+            logins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a login attempt for each key; `false` once any is over the limit this minute.
+    fn allow_login(&self, keys: &[String]) -> bool {
+        let mut map = self.logins.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        map.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        let limit = self.settings.login_attempts_per_minute;
+        let mut allowed = true;
+        for key in keys {
+            let entry = map.entry(key.clone()).or_insert((now, 0));
+            entry.1 += 1;
+            allowed &= entry.1 <= limit;
+        }
+        allowed
+    }
+
+    fn is_admin(&self, user: &str) -> bool {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_admin(user)
+    }
+}
+
+/// The HTTP API as a router (tests call it without a socket).
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .merge(ops::routes())
+        .merge(accounts::routes())
+        .merge(conversations::routes())
+        .merge(admin::routes())
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+/// An API error: a status, a stable code and a message fit for clients.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid access token is required",
+        )
+    }
+
+    pub fn forbidden() -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "not allowed")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        if let StoreError::Exists(what) = e {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{what} already exists"),
+            );
+        }
+        tracing::error!(error = %e, "storage failed in an HTTP request");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        let status = match &e {
+            ServiceError::Denied(Denied::NoSuchUser | Denied::NoSuchConversation) => {
+                StatusCode::NOT_FOUND
+            }
+            ServiceError::Denied(_) => StatusCode::FORBIDDEN,
+            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::Store(_) | ServiceError::Join => {
+                tracing::error!(error = %e, "chat operation failed in an HTTP request");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                );
+            }
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+/// Runs a store call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// The caller, proven by `Authorization: Bearer <access token>`.
+pub struct AuthUser {
+    pub user: String,
+    pub device: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<AuthUser, ApiError> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(ApiError::unauthorized)?;
+        let claims = state
+            .signer
+            .verify(token.trim(), now_secs())
+            .map_err(|_| ApiError::unauthorized())?;
+        let (u, d) = (claims.sub.clone(), claims.dev.clone());
+        if !blocking(state, move |s| s.device_active(&u, &d)).await? {
+            return Err(ApiError::unauthorized());
+        }
+        Ok(AuthUser {
+            user: claims.sub,
+            device: claims.dev,
+        })
+    }
+}
+
+/// An authenticated admin.
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<Arc<AppState>> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<AdminUser, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if !state.is_admin(&user.user) {
+            return Err(ApiError::forbidden());
+        }
+        Ok(AdminUser(user))
+    }
+}
+
+/// JSON bodies with our error shape on malformed input.
+pub struct Body<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(ApiError::new(e.status(), "bad_request", e.body_text())),
+        }
+    }
+}
+
+pub type AppStateRef = State<Arc<AppState>>;

@@ -1,0 +1,372 @@
+//! The HTTP sidecar on a real port: register → login → MQTT with the token → chat; refresh
+//! rotation, revocation, rate limits, admin, health, metrics, OpenAPI, and clean JSON errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::clients::v5;
+use common::TestServer;
+use reqwest::StatusCode;
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::{json, Value};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(server: &TestServer) -> Api {
+        Api {
+            base: format!("http://{}", server.http),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    /// Registers and logs in; returns the login reply.
+    async fn account(&self, user: &str, device: &str) -> Value {
+        let (s, _) = self
+            .post(
+                "/api/v1/register",
+                None,
+                json!({"user": user, "password": "correct horse"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, login) = self
+            .post(
+                "/api/v1/login",
+                None,
+                json!({"user": user, "password": "correct horse", "device": device}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{login}");
+        login
+    }
+}
+
+fn mqtt_with_token(server: &TestServer, login: &Value) -> v5::MqttOptions {
+    let mut o = v5::MqttOptions::new(
+        login["client_id"].as_str().unwrap(),
+        "127.0.0.1",
+        server.port(),
+    );
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_credentials(
+        login["user"].as_str().unwrap(),
+        login["access_token"].as_str().unwrap(),
+    );
+    o
+}
+
+#[tokio::test]
+async fn register_login_and_chat_over_mqtt_with_the_token() {
+    let server = TestServer::start();
+    let api = Api::new(&server);
+    let alice = api.account("alice", "phone").await;
+    let bob = api.account("bob", "laptop").await;
+    assert_eq!(alice["client_id"], "alice.phone");
+
+    let (mut bob_mqtt, _) = v5::Client::connect(mqtt_with_token(&server, &bob)).await;
+    bob_mqtt
+        .client
+        .subscribe("u/bob/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    bob_mqtt.suback().await;
+    let (alice_mqtt, _) = v5::Client::connect(mqtt_with_token(&server, &alice)).await;
+    alice_mqtt
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "hi via token")
+        .await
+        .unwrap();
+    let got = bob_mqtt.publish().await;
+    let envelope: Value = serde_json::from_slice(&got.payload).unwrap();
+    assert_eq!(envelope["t"], "hi via token");
+
+    // The same conversation over HTTP: the same rules and code as the MQTT requests.
+    let token = bob["access_token"].as_str().unwrap();
+    let (s, convs) = api.get("/api/v1/conversations", token).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(convs["conversations"][0]["conv"], "d.alice.bob");
+    let (s, page) = api
+        .get("/api/v1/conversations/d.alice.bob/messages?after=0", token)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(page["messages"][0]["t"], "hi via token");
+    let (s, created) = api
+        .post(
+            "/api/v1/groups",
+            Some(token),
+            json!({"id": "web", "members": ["alice"]}),
+        )
+        .await;
+    assert_eq!(
+        (s, created["conv"].as_str()),
+        (StatusCode::CREATED, Some("g.web"))
+    );
+
+    // Outsiders get 403 with a JSON error, never the messages.
+    let eve = api.account("eve", "x").await;
+    let (s, err) = api
+        .get(
+            "/api/v1/conversations/d.alice.bob/messages",
+            eve["access_token"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(err["error"], "not_member");
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_on_http_and_at_connect() {
+    let server = TestServer::start();
+    let api = Api::new(&server);
+    let alice = api.account("alice", "phone").await;
+    let good = alice["access_token"].as_str().unwrap().to_string();
+    let forged = natter::tokens::Signer::new(b"another key").issue(&natter::tokens::Claims {
+        sub: "alice".into(),
+        dev: "phone".into(),
+        iat: 0,
+        exp: i64::MAX / 2,
+    });
+    let expired = natter::tokens::Signer::new(b"another key").issue(&natter::tokens::Claims {
+        sub: "alice".into(),
+        dev: "phone".into(),
+        iat: 0,
+        exp: 1,
+    });
+    let mut tampered = good.clone();
+    tampered.insert(good.len() - 3, 'x');
+    for token in [&forged, &expired, &tampered, &"nonsense".to_string()] {
+        let (s, err) = api.get("/api/v1/devices", token).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{token}");
+        assert_eq!(err["error"], "unauthorized");
+        let mut o = mqtt_with_token(&server, &alice);
+        o.set_credentials("alice", token.as_str());
+        let (_c, r) = v5::Client::try_connect(o).await;
+        assert!(r.unwrap_err().0.contains("BadUserNamePassword"), "{token}");
+    }
+    // A token is only good for its own user.
+    let mut o = mqtt_with_token(&server, &alice);
+    o.set_credentials("bob", good.as_str());
+    let (_c, r) = v5::Client::try_connect(o).await;
+    assert!(r.is_err());
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_revoked_devices_are_cut_off() {
+    let server = TestServer::start();
+    let api = Api::new(&server);
+    let login = api.account("alice", "phone").await;
+    let refresh = login["refresh_token"].as_str().unwrap();
+    let (s, renewed) = api
+        .post("/api/v1/refresh", None, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = api
+        .post("/api/v1/refresh", None, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a refresh token works once");
+
+    // A second device revokes the first: its MQTT connection goes, its token stops working.
+    let (s, other) = api
+        .post(
+            "/api/v1/login",
+            None,
+            json!({"user": "alice", "password": "correct horse", "device": "tablet"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (mut phone, _) = v5::Client::connect(mqtt_with_token(&server, &renewed)).await;
+    let (s, list) = api
+        .get("/api/v1/devices", other["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["devices"].as_array().unwrap().len(), 2);
+    let (s, _) = api
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/devices/phone",
+            other["access_token"].as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    loop {
+        match phone.next().await {
+            Ok(_) => continue,
+            Err(e) => {
+                assert!(e.0.contains("AdministrativeAction"), "{e:?}");
+                break;
+            }
+        }
+    }
+    let (s, _) = api
+        .get("/api/v1/devices", renewed["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (_c, r) = v5::Client::try_connect(mqtt_with_token(&server, &renewed)).await;
+    assert!(r.is_err());
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_and_errors_are_clean_json() {
+    let server = TestServer::start_with(|c| c.http.login_attempts_per_minute = 3);
+    let api = Api::new(&server);
+    api.account("alice", "phone").await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (s, body) = api
+            .post(
+                "/api/v1/login",
+                None,
+                json!({"user": "alice", "password": "wrong"}),
+            )
+            .await;
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{body}"
+        );
+        statuses.push(s);
+    }
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+    assert!(
+        statuses[..2].iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+
+    for body in [
+        json!({"user": "x'; DROP TABLE users; --", "password": "correct horse"}),
+        json!({"user": "ok", "password": "short"}),
+        json!({"user": "ok", "password": "correct horse", "admin": true}),
+        json!("not an object"),
+    ] {
+        let (s, err) = api.post("/api/v1/register", None, body.clone()).await;
+        assert!(s.is_client_error(), "{body}: {s}");
+        assert!(err["error"].is_string(), "{body}: {err}");
+    }
+    let (s, err) = api
+        .post(
+            "/api/v1/register",
+            None,
+            json!({"user": "alice", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(
+        (s, err["error"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    let (s, _) = api.get("/api/v1/nowhere", "x").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn admin_health_metrics_and_openapi() {
+    let server = TestServer::start_with(|c| c.http.allow_registration = false);
+    let api = Api::new(&server);
+    let (s, err) = api
+        .post(
+            "/api/v1/register",
+            None,
+            json!({"user": "x", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(
+        (s, err["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("registration_closed"))
+    );
+
+    server.add_user("root", "correct horse");
+    server.add_user("joe", "correct horse");
+    server.store().set_admin("root", true).unwrap();
+    let login = |user: &'static str| {
+        let api = &api;
+        async move {
+            let (s, l) = api
+                .post(
+                    "/api/v1/login",
+                    None,
+                    json!({"user": user, "password": "correct horse"}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK);
+            l["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let root = login("root").await;
+    let joe = login("joe").await;
+    let (s, _) = api.get("/api/v1/admin/users", &joe).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // The admin flag reaches the running server within a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let users = loop {
+        let (s, users) = api.get("/api/v1/admin/users", &root).await;
+        if s == StatusCode::OK {
+            break users;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admin never recognised"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(users["users"].as_array().unwrap().len(), 2);
+
+    let health = reqwest::get(format!("http://{}/healthz", server.http))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = reqwest::get(format!("http://{}/metrics", server.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("# TYPE natter_clients_connected gauge"),
+        "{metrics}"
+    );
+    let spec = reqwest::get(format!("http://{}/api/v1/openapi.json", server.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let spec: Value = serde_json::from_str(&spec).unwrap();
+    assert_eq!(spec["openapi"], "3.0.3");
+    assert!(spec["paths"]["/api/v1/login"].is_object());
+}
