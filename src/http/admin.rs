@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 
 use super::{blocking, AdminUser, ApiError, AppState};
 use crate::router::Event;
-use crate::stats::Stats;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -34,16 +33,9 @@ async fn users(
 
 /// GET /api/v1/admin/stats
 async fn stats(State(state): State<Arc<AppState>>, _admin: AdminUser) -> Json<Value> {
-    let s = &state.stats;
-    Json(json!({
-        "uptime_secs": state.started.elapsed().as_secs(),
-        "clients_connected": Stats::get(&s.clients_connected),
-        "messages_received": Stats::get(&s.messages_received),
-        "messages_sent": Stats::get(&s.messages_sent),
-        "messages_dropped": Stats::get(&s.messages_dropped),
-        "bytes_received": Stats::get(&s.bytes_received),
-        "bytes_sent": Stats::get(&s.bytes_sent),
-    }))
+    let mut stats = json!(state.stats.snapshot());
+    stats["uptime_secs"] = json!(state.started.elapsed().as_secs());
+    Json(stats)
 }
 
 /// DELETE /api/v1/admin/clients/{client} — disconnects a client (DISCONNECT 0x98) and ends its

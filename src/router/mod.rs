@@ -802,20 +802,20 @@ impl Router {
     }
 
     fn publish_sys(&mut self, now: Instant) {
-        let s = self.stats.clone();
+        let s = self.stats.snapshot();
         for topic in SysTopic::ALL {
             let value = match topic {
                 SysTopic::Version => concat!("natter ", env!("CARGO_PKG_VERSION")).to_string(),
                 SysTopic::Uptime => {
                     format!("{} seconds", now.duration_since(self.started).as_secs())
                 }
-                SysTopic::ClientsConnected => Stats::get(&s.clients_connected).to_string(),
+                SysTopic::ClientsConnected => s.clients_connected.to_string(),
                 SysTopic::ClientsTotal => self.sessions.len().to_string(),
-                SysTopic::MessagesReceived => Stats::get(&s.messages_received).to_string(),
-                SysTopic::MessagesSent => Stats::get(&s.messages_sent).to_string(),
-                SysTopic::MessagesDropped => Stats::get(&s.messages_dropped).to_string(),
-                SysTopic::BytesReceived => Stats::get(&s.bytes_received).to_string(),
-                SysTopic::BytesSent => Stats::get(&s.bytes_sent).to_string(),
+                SysTopic::MessagesReceived => s.messages_received.to_string(),
+                SysTopic::MessagesSent => s.messages_sent.to_string(),
+                SysTopic::MessagesDropped => s.messages_dropped.to_string(),
+                SysTopic::BytesReceived => s.bytes_received.to_string(),
+                SysTopic::BytesSent => s.bytes_sent.to_string(),
                 SysTopic::RetainedCount => self.retained.len().to_string(),
                 SysTopic::SubscriptionsCount => self.subscriptions.len().to_string(),
             };
