@@ -45,6 +45,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub chat: ChatConfig,
+    pub media: MediaConfig,
     pub push: PushConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
@@ -122,6 +123,29 @@ pub struct ChatConfig {
     pub receipt_interval_ms: u64,
     pub typing_interval_ms: u64,
     pub typing_expiry_secs: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    pub dir: String,
+    pub max_upload_bytes: u64,
+    pub quota_bytes_per_user: u64,
+    pub link_ttl_secs: u64,
+    pub thumbnail_px: u32,
+    pub max_image_pixels: u64,
+    pub unreferenced_grace_secs: u64,
+}
+
+impl Config {
+    /// Where media files live.
+    pub fn media_dir(&self) -> PathBuf {
+        if self.media.dir.is_empty() {
+            self.storage.data_dir.join("media")
+        } else {
+            PathBuf::from(&self.media.dir)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +310,12 @@ impl Config {
             return Err(invalid(
                 "http.login_attempts_per_minute",
                 "must be at least 1",
+            ));
+        }
+        if self.media.max_upload_bytes == 0 || self.media.thumbnail_px == 0 {
+            return Err(invalid(
+                "media",
+                "max_upload_bytes and thumbnail_px must be at least 1",
             ));
         }
         if self.push.max_attempts == 0 {

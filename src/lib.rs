@@ -22,6 +22,7 @@
 //! - [`tokens`]: access tokens (JWT HS256) and refresh tokens, for the HTTP API and CONNECT.
 //! - [`http`]: the HTTP sidecar (axum): accounts and tokens, conversations, admin, health,
 //!   metrics.
+//! - [`media`]: uploaded files, content-addressed on disk, and their thumbnails.
 //! - [`ids`]: random identifiers.
 //!
 //! # The flow of one chat message
@@ -51,6 +52,7 @@ pub mod config;
 pub mod edge;
 pub mod http;
 pub mod ids;
+pub mod media;
 pub mod password;
 pub mod router;
 pub mod server;

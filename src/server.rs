@@ -16,9 +16,10 @@ use crate::chat::push::{PushSettings, Pusher};
 use crate::chat::service::ChatService;
 use crate::chat::signals::{Settings as SignalSettings, Signals};
 use crate::chat::Directory;
-use crate::config::{listen_addr, Config, StorageConfig};
+use crate::config::{listen_addr, Config};
 use crate::edge::{self, Kind, Limits, Shared, TlsError};
 use crate::http::{AppState, HttpSettings};
+use crate::media::MediaStore;
 use crate::router::{self, Router, Settings};
 use crate::stats::Stats;
 use crate::store::messages::Writer;
@@ -185,6 +186,13 @@ pub async fn run(
         pusher.clone(),
     );
     let signals_task = tokio::spawn(signals.run(signals_rx, shutdown.clone()));
+    let media =
+        Arc::new(
+            MediaStore::new(&config.media_dir()).map_err(|source| ServerError::Secret {
+                path: config.media_dir(),
+                source,
+            })?,
+        );
     let store_for_retention = store.clone();
     let store_for_http = store.clone();
     let directory_for_http = directory.clone();
@@ -198,7 +206,8 @@ pub async fn run(
     let watcher = tokio::spawn(chat.clone().watch(shutdown.clone()));
     let retention = tokio::spawn(retain(
         store_for_retention,
-        config.storage.clone(),
+        media.clone(),
+        config.clone(),
         shutdown.clone(),
     ));
     let tasks = TaskTracker::new();
@@ -238,6 +247,7 @@ pub async fn run(
             signer,
             shared.router.clone(),
             shared.stats.clone(),
+            media.clone(),
         ));
         accepting.push(tokio::spawn(crate::http::run(
             listener,
@@ -315,6 +325,11 @@ fn http_settings(config: &Config) -> HttpSettings {
         refresh_token: Duration::from_secs(config.http.refresh_token_days * 86_400),
         login_attempts_per_minute: config.http.login_attempts_per_minute,
         pbkdf2_iterations: config.auth.pbkdf2_iterations,
+        max_upload: config.media.max_upload_bytes,
+        media_quota: config.media.quota_bytes_per_user,
+        media_link_ttl: config.media.link_ttl_secs,
+        thumbnail_px: config.media.thumbnail_px,
+        max_image_pixels: config.media.max_image_pixels,
     }
 }
 
@@ -331,26 +346,48 @@ fn push_settings(config: &Config) -> Result<PushSettings, ServerError> {
     })
 }
 
-/// Deletes history beyond the configured retention, at start and then periodically.
-async fn retain(store: Arc<Store>, storage: StorageConfig, shutdown: CancellationToken) {
+/// Deletes history beyond the configured retention and media no message references, at start
+/// and then periodically.
+async fn retain(
+    store: Arc<Store>,
+    media: Arc<MediaStore>,
+    config: Config,
+    shutdown: CancellationToken,
+) {
+    let storage = &config.storage;
     let max_age =
         (storage.retention_days > 0).then(|| Duration::from_secs(storage.retention_days * 86_400));
-    if max_age.is_none() && storage.retention_per_conversation == 0 {
-        return;
-    }
+    let per_conv = storage.retention_per_conversation;
+    let grace = config.media.unreferenced_grace_secs as i64;
     let mut tick = tokio::time::interval(Duration::from_secs(storage.retention_interval_secs));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let store = store.clone();
-        let per_conv = storage.retention_per_conversation;
-        match tokio::task::spawn_blocking(move || store.enforce_retention(max_age, per_conv)).await
-        {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(removed = n, "history retention applied"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "history retention failed"),
+        let s = store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let removed = if max_age.is_some() || per_conv > 0 {
+                s.enforce_retention(max_age, per_conv)?
+            } else {
+                0
+            };
+            Ok::<_, StoreError>((removed, s.release_unreferenced_media(grace)?))
+        })
+        .await;
+        match result {
+            Ok(Ok((removed, orphaned))) => {
+                if removed > 0 {
+                    tracing::info!(removed, "history retention applied");
+                }
+                for hash in &orphaned {
+                    media.remove(hash).await;
+                }
+                if !orphaned.is_empty() {
+                    tracing::info!(files = orphaned.len(), "unreferenced media deleted");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
             Err(_) => return,
         }
     }

@@ -68,7 +68,13 @@ pub struct Draft {
     /// For `react`/`unreact`.
     #[serde(default)]
     pub emoji: Option<String>,
+    /// Media ids (uploaded over HTTP) this message carries.
+    #[serde(default)]
+    pub media: Option<Vec<String>>,
 }
+
+/// Most media ids on one message.
+pub const MAX_MEDIA: usize = 16;
 
 /// What a stored entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +120,7 @@ pub struct Content {
     pub thread: Option<u64>,
     pub target: Option<u64>,
     pub emoji: Option<String>,
+    pub media: Vec<String>,
 }
 
 /// A stored message or event as delivered and returned by history.
@@ -141,6 +148,8 @@ pub struct Envelope {
     pub target: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub emoji: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub media: Vec<String>,
 }
 
 impl Envelope {
@@ -220,8 +229,12 @@ fn validate(d: Draft, message: bool, max_text: usize) -> Result<Content, Envelop
                 "op, target and emoji belong on c/{conv}/e",
             ));
         }
-        if d.t.as_deref().is_none_or(|t| t.trim().is_empty()) {
-            return Err(EnvelopeError::Invalid("a message needs text (t)"));
+        let media = d.media.as_deref().unwrap_or_default();
+        if media.len() > MAX_MEDIA || media.iter().any(|m| m.is_empty() || m.len() > 64) {
+            return Err(EnvelopeError::Invalid("at most 16 media ids"));
+        }
+        if media.is_empty() && d.t.as_deref().is_none_or(|t| t.trim().is_empty()) {
+            return Err(EnvelopeError::Invalid("a message needs text (t) or media"));
         }
         Kind::Msg
     } else {
@@ -256,6 +269,9 @@ fn validate(d: Draft, message: bool, max_text: usize) -> Result<Content, Envelop
             }
             _ => {}
         }
+        if d.media.is_some() {
+            return Err(EnvelopeError::Invalid("media belong on messages"));
+        }
         kind
     };
     Ok(Content {
@@ -266,6 +282,7 @@ fn validate(d: Draft, message: bool, max_text: usize) -> Result<Content, Envelop
         thread: d.th,
         target: d.target,
         emoji: d.emoji,
+        media: d.media.unwrap_or_default(),
     })
 }
 
@@ -360,6 +377,7 @@ mod tests {
             th: None,
             target: None,
             emoji: None,
+            media: Vec::new(),
         };
         let json = e.encode(Format::Json);
         assert_eq!(

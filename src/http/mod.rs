@@ -1,5 +1,5 @@
 //! The HTTP sidecar (axum): accounts and tokens, conversations for apps that prefer HTTP (the
-//! same operations as the MQTT requests, through [`ChatService::call`]), admin, `/healthz`,
+//! same operations as the MQTT requests, through [`ChatService::call`]), media, admin, `/healthz`,
 //! Prometheus `/metrics` and the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! [`app`] builds the router from its state, so tests drive it in-process; [`run`] serves it on
@@ -9,6 +9,7 @@
 mod accounts;
 mod admin;
 mod conversations;
+mod media;
 mod ops;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chat::service::{ChatService, ServiceError};
 use crate::chat::{Denied, Directory};
+use crate::media::MediaStore;
 use crate::router::Event;
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
@@ -41,6 +43,11 @@ pub struct HttpSettings {
     pub refresh_token: Duration,
     pub login_attempts_per_minute: u32,
     pub pbkdf2_iterations: u32,
+    pub max_upload: u64,
+    pub media_quota: u64,
+    pub media_link_ttl: u64,
+    pub thumbnail_px: u32,
+    pub max_image_pixels: u64,
 }
 
 /// What every handler shares.
@@ -52,6 +59,7 @@ pub struct AppState {
     pub signer: Arc<Signer>,
     pub router: mpsc::Sender<Event>,
     pub stats: Arc<Stats>,
+    pub media: Arc<MediaStore>,
     pub started: Instant,
     /// Login attempts per key ("user:…" or "addr:…") in the current minute.
     logins: Mutex<HashMap<String, (Instant, u32)>>,
@@ -67,6 +75,7 @@ impl AppState {
         signer: Arc<Signer>,
         router: mpsc::Sender<Event>,
         stats: Arc<Stats>,
+        media: Arc<MediaStore>,
     ) -> AppState {
         AppState {
             settings,
@@ -76,6 +85,7 @@ impl AppState {
             signer,
             router,
             stats,
+            media,
             started: Instant::now(),
             logins: Mutex::new(HashMap::new()),
         }
@@ -111,6 +121,9 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .merge(accounts::routes())
         .merge(conversations::routes())
         .merge(admin::routes())
+        .merge(media::routes())
+        // Uploads stream to disk with their own limit; the default body limit is for JSON.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
 

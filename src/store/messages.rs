@@ -212,6 +212,19 @@ fn append(
             }));
         }
     }
+    for id in &c.media {
+        // Media travel only with their uploader's messages, or within a conversation that has
+        // seen them already.
+        let ok: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM media WHERE id = ?1 AND (owner = ?2 OR EXISTS (
+                SELECT 1 FROM media_refs WHERE media = ?1 AND conv = ?3)))",
+            params![id, m.sender, m.conv],
+            |r| r.get(0),
+        )?;
+        if !ok {
+            return Ok(Err(AppendError::Refused("unknown media id")));
+        }
+    }
     if let Some(target) = c.target {
         let author: Option<(String, String)> = tx
             .query_row(
@@ -253,8 +266,8 @@ fn append(
     let ts = now_ms();
     tx.execute(
         "INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body, reply_to,
-                               thread, target, emoji)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                               thread, target, emoji, media)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             m.conv,
             seq,
@@ -268,10 +281,18 @@ fn append(
             c.reply_to,
             c.thread,
             c.target,
-            c.emoji
+            c.emoji,
+            (!c.media.is_empty()).then(|| c.media.join(","))
         ],
     )?;
     let id = tx.last_insert_rowid();
+    for media in &c.media {
+        tx.execute(
+            "INSERT INTO media_refs (media, message, conv) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![media, id, m.conv],
+        )?;
+    }
     match (c.kind, c.target) {
         (Kind::Edit, Some(target)) => {
             tx.execute(
@@ -311,6 +332,7 @@ fn append(
             th: c.thread,
             target: c.target,
             emoji: c.emoji.clone(),
+            media: c.media.clone(),
         },
         duplicate: false,
     }))
@@ -329,7 +351,7 @@ fn topics_is_direct(conv: &str) -> bool {
 }
 
 const SELECT: &str = "SELECT id, conv, seq, sender, device, ts, kind, cid, body, reply_to,
-    thread, target, emoji, edited, deleted FROM messages";
+    thread, target, emoji, edited, deleted, media FROM messages";
 
 fn row_to_envelope(r: &rusqlite::Row<'_>) -> rusqlite::Result<Envelope> {
     let kind: String = r.get(6)?;
@@ -347,6 +369,10 @@ fn row_to_envelope(r: &rusqlite::Row<'_>) -> rusqlite::Result<Envelope> {
         th: r.get(10)?,
         target: r.get(11)?,
         emoji: r.get(12)?,
+        media: r
+            .get::<_, Option<String>>(15)?
+            .map(|m| m.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -451,7 +477,7 @@ impl Store {
         };
         let sql = format!(
             "SELECT m.id, m.conv, m.seq, m.sender, m.device, m.ts, m.kind, m.cid, m.body,
-                    m.reply_to, m.thread, m.target, m.emoji, m.edited, m.deleted
+                    m.reply_to, m.thread, m.target, m.emoji, m.edited, m.deleted, m.media
              FROM {from}
              WHERE {matcher} AND m.kind = 'msg' AND m.conv IN ({list}) AND m.deleted = 0
              ORDER BY m.id DESC LIMIT ?"

@@ -179,6 +179,26 @@ const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (user, device) REFERENCES devices (user, device) ON DELETE CASCADE
     );
 ",
+    "
+    CREATE TABLE media (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mime TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX media_by_owner ON media(owner);
+    CREATE INDEX media_by_hash ON media(hash);
+    CREATE TABLE media_refs (
+        media TEXT NOT NULL REFERENCES media(id) ON DELETE CASCADE,
+        message INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        conv TEXT NOT NULL,
+        PRIMARY KEY (media, message)
+    );
+    CREATE INDEX media_refs_by_message ON media_refs(message);
+    ALTER TABLE messages ADD COLUMN media TEXT;
+",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +232,16 @@ pub struct ConversationRow {
     pub id: String,
     pub name: String,
     pub topic: String,
+}
+
+/// An uploaded file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRow {
+    pub id: String,
+    pub hash: String,
+    pub owner: String,
+    pub size: u64,
+    pub mime: String,
 }
 
 /// Everything the authorization rules need, read in one transaction.
@@ -529,6 +559,86 @@ impl Store {
         Ok(found
             .filter(|(_, _, exp)| *exp > now)
             .map(|(u, d, _)| (u, d)))
+    }
+
+    /// Records an upload; fails with `Exists` never (ids are random).
+    pub fn add_media(&self, m: &MediaRow) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO media (id, hash, owner, size, mime, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![m.id, m.hash, m.owner, m.size, m.mime, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn media(&self, id: &str) -> Result<Option<MediaRow>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, hash, owner, size, mime FROM media WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(MediaRow {
+                        id: r.get(0)?,
+                        hash: r.get(1)?,
+                        owner: r.get(2)?,
+                        size: r.get(3)?,
+                        mime: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Bytes a user has uploaded (for the quota).
+    pub fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
+        Ok(self.lock().query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM media WHERE owner = ?1",
+            params![owner],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The conversations whose messages reference a media id.
+    pub fn media_conversations(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT DISTINCT conv FROM media_refs WHERE media = ?1")?;
+        let rows = stmt.query_map(params![id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes uploads no message references (any more) and older than `min_age_secs`; returns
+    /// the hashes no upload uses any more (their files can go).
+    pub fn release_unreferenced_media(&self, min_age_secs: i64) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let cutoff = now() - min_age_secs;
+        let hashes: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT DISTINCT hash FROM media WHERE created_at < ?1
+                 AND id NOT IN (SELECT media FROM media_refs)",
+            )?;
+            let rows = stmt.query_map(params![cutoff], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        tx.execute(
+            "DELETE FROM media WHERE created_at < ?1 AND id NOT IN (SELECT media FROM media_refs)",
+            params![cutoff],
+        )?;
+        let mut orphaned = Vec::new();
+        for hash in hashes {
+            let still: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM media WHERE hash = ?1",
+                params![hash],
+                |r| r.get(0),
+            )?;
+            if still == 0 {
+                orphaned.push(hash);
+            }
+        }
+        tx.commit()?;
+        Ok(orphaned)
     }
 
     pub fn add_push_endpoint(&self, user: &str, url: &str) -> Result<(), StoreError> {

@@ -1,0 +1,401 @@
+//! Media: authenticated uploads (raw `PUT` or `multipart/form-data`), signed expiring download
+//! links for the uploader and members of conversations where the media was shared, downloads
+//! with range requests, and image thumbnails.
+//!
+//! Downloads never trust the uploader: the type is sniffed from the bytes,
+//! `X-Content-Type-Options: nosniff` is always sent, and anything outside a short list of
+//! inert types (never HTML or SVG) is served as an attachment.
+
+use std::sync::Arc;
+
+use axum::body::Body as RawBody;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{blocking, now_secs, ApiError, AppState, AuthUser};
+use crate::media::{MediaError, Upload};
+use crate::store::MediaRow;
+
+/// Types shown inline; everything else downloads as an attachment.
+const INLINE: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "video/mp4",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/mp4",
+];
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/media", post(upload_multipart).put(upload_raw))
+        .route("/api/v1/media/{id}/link", get(link))
+        .route("/media/{id}", get(download))
+        .route("/media/{id}/thumbnail", get(thumbnail))
+}
+
+impl From<MediaError> for ApiError {
+    fn from(e: MediaError) -> ApiError {
+        match e {
+            MediaError::TooLarge(max) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("uploads are limited to {max} bytes"),
+            ),
+            MediaError::NotAnImage => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not_an_image",
+                "no thumbnail: not an image this server reads",
+            ),
+            MediaError::TooManyPixels => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "image_too_large",
+                "the image has too many pixels to decode",
+            ),
+            MediaError::Io(e) => {
+                tracing::error!(error = %e, "media storage failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+/// The upload limit for this user right now: the size limit, or what is left of the quota.
+async fn limit_for(state: &Arc<AppState>, user: &str) -> Result<u64, ApiError> {
+    let u = user.to_string();
+    let used = blocking(state, move |s| s.media_usage(&u)).await?;
+    let left = state.settings.media_quota.saturating_sub(used);
+    if left == 0 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "quota_exceeded",
+            "your media quota is used up",
+        ));
+    }
+    Ok(left.min(state.settings.max_upload))
+}
+
+/// PUT /api/v1/media — the request body is the file.
+async fn upload_raw(
+    State(state): State<Arc<AppState>>,
+    me: AuthUser,
+    body: RawBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let limit = limit_for(&state, &me.user).await?;
+    let mut upload = state.media.begin(limit).await.map_err(MediaError::from)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let written = match chunk {
+            Ok(bytes) => upload.write(&bytes).await,
+            Err(_) => {
+                // The client went away mid-upload: nothing partial stays.
+                state.media.abort(upload).await;
+                return Err(ApiError::bad_request("the upload was interrupted"));
+            }
+        };
+        if let Err(e) = written {
+            state.media.abort(upload).await;
+            // Read (and drop) a bounded rest of the body, so the client is still listening
+            // when the 413 arrives instead of finding the connection reset mid-send.
+            let mut rest = 0u64;
+            while let Some(Ok(bytes)) = stream.next().await {
+                rest += bytes.len() as u64;
+                if rest > state.settings.max_upload {
+                    break;
+                }
+            }
+            return Err(e.into());
+        }
+    }
+    finish(&state, &me, upload).await
+}
+
+/// POST /api/v1/media — `multipart/form-data` with the file in a part named `file`.
+async fn upload_multipart(
+    State(state): State<Arc<AppState>>,
+    me: AuthUser,
+    mut form: Multipart,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let limit = limit_for(&state, &me.user).await?;
+    loop {
+        let field = form
+            .next_field()
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let Some(mut field) = field else {
+            return Err(ApiError::bad_request("no part named `file`"));
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let mut upload = state.media.begin(limit).await.map_err(MediaError::from)?;
+        loop {
+            match field.chunk().await {
+                Ok(Some(bytes)) => {
+                    if let Err(e) = upload.write(&bytes).await {
+                        state.media.abort(upload).await;
+                        return Err(e.into());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    state.media.abort(upload).await;
+                    return Err(ApiError::bad_request(e.body_text()));
+                }
+            }
+        }
+        return finish(&state, &me, upload).await;
+    }
+}
+
+async fn finish(
+    state: &Arc<AppState>,
+    me: &AuthUser,
+    upload: Upload,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let stored = state.media.finish(upload).await?;
+    let row = MediaRow {
+        id: crate::ids::random_hex(16),
+        hash: stored.hash,
+        owner: me.user.clone(),
+        size: stored.size,
+        mime: stored.mime,
+    };
+    let reply = json!({"id": row.id, "size": row.size, "type": row.mime});
+    blocking(state, move |s| s.add_media(&row)).await?;
+    Ok((StatusCode::CREATED, Json(reply)))
+}
+
+/// Whether `user` may see a media item: its uploader, or a member of a conversation where a
+/// message carried it.
+async fn may_see(state: &Arc<AppState>, user: &str, row: &MediaRow) -> Result<bool, ApiError> {
+    if row.owner == user {
+        return Ok(true);
+    }
+    let id = row.id.clone();
+    let convs = blocking(state, move |s| s.media_conversations(&id)).await?;
+    let dir = state.directory.read().unwrap_or_else(|e| e.into_inner());
+    Ok(convs.iter().any(|c| dir.is_member(c, user)))
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such media")
+}
+
+async fn find(state: &Arc<AppState>, id: &str) -> Result<MediaRow, ApiError> {
+    let id = id.to_string();
+    blocking(state, move |s| s.media(&id))
+        .await?
+        .ok_or_else(not_found)
+}
+
+fn signing_input(id: &str, user: &str, exp: i64) -> String {
+    format!("media|{id}|{user}|{exp}")
+}
+
+/// GET /api/v1/media/{id}/link — a signed link (and a thumbnail link) valid for a while.
+async fn link(
+    State(state): State<Arc<AppState>>,
+    me: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = find(&state, &id).await?;
+    if !may_see(&state, &me.user, &row).await? {
+        // The same answer as for an unknown id: no probing which ids exist.
+        return Err(not_found());
+    }
+    let exp = now_secs() + state.settings.media_link_ttl as i64;
+    let sig = state.signer.mac(&signing_input(&id, &me.user, exp));
+    let query = format!("u={}&exp={exp}&sig={sig}", me.user);
+    Ok(Json(json!({
+        "url": format!("/media/{id}?{query}"),
+        "thumbnail_url": row.mime.starts_with("image/").then(|| format!("/media/{id}/thumbnail?{query}")),
+        "expires": exp,
+        "type": row.mime,
+        "size": row.size,
+    })))
+}
+
+#[derive(Deserialize)]
+struct Signed {
+    u: String,
+    exp: i64,
+    sig: String,
+}
+
+/// Checks a signed link: signature, expiry, and that the user may still see the media.
+async fn check_link(state: &Arc<AppState>, id: &str, q: &Signed) -> Result<MediaRow, ApiError> {
+    let forbidden = || ApiError::new(StatusCode::FORBIDDEN, "bad_link", "invalid or expired link");
+    if !state
+        .signer
+        .verify_mac(&signing_input(id, &q.u, q.exp), &q.sig)
+        || q.exp <= now_secs()
+    {
+        return Err(forbidden());
+    }
+    let row = find(state, id).await?;
+    if !may_see(state, &q.u, &row).await? {
+        return Err(forbidden());
+    }
+    Ok(row)
+}
+
+/// GET /media/{id}?u=&exp=&sig= — the file, with range requests.
+async fn download(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<Signed>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let row = check_link(&state, &id, &q).await?;
+    let path = state.media.blob_path(&row.hash);
+    serve_file(&path, &row.mime, row.size, &headers).await
+}
+
+/// GET /media/{id}/thumbnail?u=&exp=&sig= — a PNG thumbnail of an image.
+async fn thumbnail(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<Signed>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let row = check_link(&state, &id, &q).await?;
+    if !row.mime.starts_with("image/") {
+        return Err(MediaError::NotAnImage.into());
+    }
+    let path = state
+        .media
+        .thumbnail(
+            &row.hash,
+            state.settings.thumbnail_px,
+            state.settings.max_image_pixels,
+        )
+        .await?;
+    let size = tokio::fs::metadata(&path)
+        .await
+        .map_err(MediaError::from)?
+        .len();
+    serve_file(&path, "image/png", size, &headers).await
+}
+
+/// Serves a file whole or one byte range of it (RFC 9110 §14).
+async fn serve_file(
+    path: &std::path::Path,
+    mime: &str,
+    size: u64,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(r) => match parse_range(r, size) {
+            Some(range) => Some(range),
+            None => {
+                return Ok((
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                )
+                    .into_response())
+            }
+        },
+        None => None,
+    };
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(MediaError::from)?;
+    let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
+    let len = if size == 0 { 0 } else { end - start + 1 };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(MediaError::from)?;
+    let stream = tokio_util::io::ReaderStream::new(file.take(len));
+    let mut response = Response::new(RawBody::from_stream(stream));
+    *response.status_mut() = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let h = response.headers_mut();
+    let inline = INLINE.contains(&mime);
+    let content_type = if inline {
+        mime
+    } else {
+        "application/octet-stream"
+    };
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static(if inline { "inline" } else { "attachment" }),
+    );
+    if range.is_some() {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(response)
+}
+
+/// One `bytes=` range within `size`; `None` when it cannot be satisfied.
+fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || size == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 {
+                return None;
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (a, "") => (a.parse().ok()?, size - 1),
+        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(size - 1)),
+    };
+    (start <= end && start < size).then_some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_table() {
+        let cases: &[(&str, Option<(u64, u64)>)] = &[
+            ("bytes=0-9", Some((0, 9))),
+            ("bytes=90-", Some((90, 99))),
+            ("bytes=-10", Some((90, 99))),
+            ("bytes=50-500", Some((50, 99))),
+            ("bytes=100-", None),
+            ("bytes=9-1", None),
+            ("bytes=0-1,5-6", None),
+            ("bytes=-0", None),
+            ("items=0-1", None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(parse_range(v, 100), *want, "{v}");
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Media files on local disk, content-addressed: an upload streams into a temporary file while
+//! it is hashed (never held in memory), then moves to `blobs/{hash[0..2]}/{hash}`; the same
+//! content uploaded twice is stored once. Clients only ever see random media ids (the `media`
+//! table maps them to hashes), never the hash.
+//!
+//! Thumbnails are made on first request in a blocking thread, with decoder limits so an image
+//! that claims enormous dimensions (a decompression bomb) fails cleanly.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use ring::digest;
+use tokio::io::AsyncWriteExt;
+
+/// Bytes kept from the start of an upload to sniff its type.
+const SNIFF: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("not an image this server can read")]
+    NotAnImage,
+    #[error("the image is too large to decode")]
+    TooManyPixels,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+pub struct MediaStore {
+    root: PathBuf,
+}
+
+/// An upload in progress.
+pub struct Upload {
+    file: tokio::fs::File,
+    path: PathBuf,
+    hasher: digest::Context,
+    size: u64,
+    limit: u64,
+    head: Vec<u8>,
+}
+
+/// A finished upload.
+pub struct Stored {
+    pub hash: String,
+    pub size: u64,
+    /// The type sniffed from the bytes (the client's Content-Type is not trusted).
+    pub mime: String,
+}
+
+impl MediaStore {
+    pub fn new(root: &Path) -> io::Result<MediaStore> {
+        std::fs::create_dir_all(root.join("tmp"))?;
+        std::fs::create_dir_all(root.join("blobs"))?;
+        // Leftovers of uploads interrupted by a crash.
+        for entry in std::fs::read_dir(root.join("tmp"))?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        Ok(MediaStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub async fn begin(&self, limit: u64) -> io::Result<Upload> {
+        let path = self.root.join("tmp").join(crate::ids::random_hex(16));
+        let file = tokio::fs::File::create(&path).await?;
+        Ok(Upload {
+            file,
+            path,
+            hasher: digest::Context::new(&digest::SHA256),
+            size: 0,
+            limit,
+            head: Vec::new(),
+        })
+    }
+
+    /// Completes an upload: flushes, names it by its hash, and sniffs its type.
+    pub async fn finish(&self, mut upload: Upload) -> Result<Stored, MediaError> {
+        upload.file.flush().await?;
+        upload.file.sync_all().await?;
+        let hash: String = upload
+            .hasher
+            .clone()
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let target = self.blob_path(&hash);
+        if let Some(dir) = target.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        if tokio::fs::try_exists(&target).await? {
+            tokio::fs::remove_file(&upload.path).await?;
+        } else {
+            tokio::fs::rename(&upload.path, &target).await?;
+        }
+        let mime = infer::get(&upload.head)
+            .map(|t| t.mime_type().to_string())
+            .unwrap_or_else(|| {
+                if std::str::from_utf8(&upload.head).is_ok() {
+                    "text/plain".to_string()
+                } else {
+                    "application/octet-stream".to_string()
+                }
+            });
+        Ok(Stored {
+            hash,
+            size: upload.size,
+            mime,
+        })
+    }
+
+    /// Abandons an upload, leaving nothing behind.
+    pub async fn abort(&self, upload: Upload) {
+        drop(upload.file);
+        let _ = tokio::fs::remove_file(&upload.path).await;
+    }
+
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(hash.get(..2).unwrap_or("00"))
+            .join(hash)
+    }
+
+    fn thumb_path(&self, hash: &str, px: u32) -> PathBuf {
+        self.blob_path(hash)
+            .with_extension(format!("thumb{px}.png"))
+    }
+
+    /// The thumbnail of an image (PNG, at most `px` on its longer side), made once and kept.
+    pub async fn thumbnail(
+        &self,
+        hash: &str,
+        px: u32,
+        max_pixels: u64,
+    ) -> Result<PathBuf, MediaError> {
+        let thumb = self.thumb_path(hash, px);
+        if tokio::fs::try_exists(&thumb).await? {
+            return Ok(thumb);
+        }
+        let source = self.blob_path(hash);
+        let out = thumb.clone();
+        tokio::task::spawn_blocking(move || make_thumbnail(&source, &out, px, max_pixels))
+            .await
+            .map_err(|_| MediaError::NotAnImage)??;
+        Ok(thumb)
+    }
+
+    /// Deletes a blob and its thumbnails.
+    pub async fn remove(&self, hash: &str) {
+        let blob = self.blob_path(hash);
+        let _ = tokio::fs::remove_file(&blob).await;
+        if let (Some(dir), Some(name)) = (blob.parent(), blob.file_name()) {
+            if let Ok(mut entries) = tokio::fs::read_dir(dir).await {
+                let prefix = format!("{}.thumb", name.to_string_lossy());
+                while let Ok(Some(e)) = entries.next_entry().await {
+                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = tokio::fs::remove_file(e.path()).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Upload {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), MediaError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(MediaError::TooLarge(self.limit));
+        }
+        if self.head.len() < SNIFF {
+            let take = (SNIFF - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+        }
+        self.hasher.update(chunk);
+        self.file.write_all(chunk).await?;
+        Ok(())
+    }
+}
+
+fn make_thumbnail(source: &Path, out: &Path, px: u32, max_pixels: u64) -> Result<(), MediaError> {
+    let mut reader = image::ImageReader::open(source)?
+        .with_guessed_format()
+        .map_err(MediaError::Io)?;
+    // Refuse before decoding: dimensions come from the header, memory is bounded by the limits.
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|_| MediaError::NotAnImage)?;
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(MediaError::TooManyPixels);
+    }
+    reader = image::ImageReader::open(source)?
+        .with_guessed_format()
+        .map_err(MediaError::Io)?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(max_pixels.saturating_mul(4));
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => MediaError::TooManyPixels,
+        _ => MediaError::NotAnImage,
+    })?;
+    let tmp = out.with_extension("tmp");
+    image
+        .thumbnail(px, px)
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|_| MediaError::NotAnImage)?;
+    std::fs::rename(tmp, out)?;
+    Ok(())
+}
