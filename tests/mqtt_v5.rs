@@ -414,9 +414,11 @@ async fn subscription_identifiers_are_returned_with_each_match() {
 async fn retain_handling_and_retain_as_published() {
     let server = TestServer::start();
     let mut p = connect(&server, "p").await;
-    let mut m = publish("rh/1", QoS::AtMostOnce, 0, b"kept");
+    // QoS 1, so the PUBACK says the retained message is in place before anyone subscribes.
+    let mut m = publish("rh/1", QoS::AtLeastOnce, 1, b"kept");
     m.retain = true;
     p.send(Packet::Publish(m.clone())).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
 
     let mut c = connect(&server, "c").await;
     let with = |rule: RetainForwardRule, rap: bool| {
