@@ -143,10 +143,12 @@ pub async fn run(
     // One TLS crypto provider for the process (ring); the push client uses the default.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let store = Arc::new(Store::open(&config.storage.data_dir)?);
+    let stats = Arc::new(Stats::default());
     let history = Writer::start(
         &config.storage.data_dir,
         config.storage.synchronous,
         config.storage.group_commit,
+        stats.clone(),
     )?;
     let directory = Directory::from_snapshot(store.snapshot()?);
     if directory.users().next().is_none() && !config.auth.allow_anonymous {
@@ -168,7 +170,7 @@ pub async fn run(
         true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),
         false => None,
     };
-    let stats = Arc::new(Stats::default());
+
     let (signals_tx, signals_rx) = tokio::sync::mpsc::unbounded_channel();
     let router = Router::new(
         Settings::from_config(&config.mqtt, &config.limits),

@@ -6,6 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Time from a chat message's arrival to its PUBACK (the commit in between), milliseconds.
+    pub puback_ms: Histogram<12>,
+    /// Messages per history commit.
+    pub batch_size: Histogram<10>,
+    pub media_bytes_uploaded: AtomicU64,
     pub clients_connected: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
@@ -35,7 +40,69 @@ impl Stats {
             messages_dropped: Stats::get(&self.messages_dropped),
             bytes_received: Stats::get(&self.bytes_received),
             bytes_sent: Stats::get(&self.bytes_sent),
+            media_bytes_uploaded: Stats::get(&self.media_bytes_uploaded),
         }
+    }
+}
+
+/// A Prometheus-style histogram with fixed upper bounds (see [`Histogram::BOUNDS`]).
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    /// The sum, in thousandths of the unit, so it fits an integer.
+    sum_milli: AtomicU64,
+}
+
+impl Default for Histogram<12> {
+    fn default() -> Self {
+        Histogram::new([
+            0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+        ])
+    }
+}
+
+impl Default for Histogram<10> {
+    fn default() -> Self {
+        Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_milli: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_milli
+            .fetch_add((value * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Prometheus text lines for this histogram (cumulative buckets, +Inf, sum, count).
+    pub fn render(&self, name: &str, help: &str, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP natter_{name} {help}");
+        let _ = writeln!(out, "# TYPE natter_{name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "natter_{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "natter_{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0;
+        let _ = writeln!(out, "natter_{name}_sum {sum}");
+        let _ = writeln!(out, "natter_{name}_count {count}");
     }
 }
 
@@ -48,11 +115,12 @@ pub struct Snapshot {
     pub messages_dropped: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    pub media_bytes_uploaded: u64,
 }
 
 impl Snapshot {
     /// Each counter with its Prometheus name, type and help text.
-    pub fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 6] {
+    pub fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 7] {
         [
             (
                 "clients_connected",
@@ -89,6 +157,12 @@ impl Snapshot {
                 "counter",
                 "Bytes sent on MQTT connections.",
                 self.bytes_sent,
+            ),
+            (
+                "media_bytes_uploaded_total",
+                "counter",
+                "Bytes of media uploaded.",
+                self.media_bytes_uploaded,
             ),
         ]
     }

@@ -57,6 +57,7 @@ struct Persist {
     pkid: u16,
     copies: Vec<Bytes>,
     ack: Option<Packet>,
+    arrived: Instant,
 }
 
 /// Why a connection ended.
@@ -808,6 +809,7 @@ impl Connection {
                     pkid,
                     copies,
                     ack,
+                    arrived: Instant::now(),
                 })));
                 return None;
             }
@@ -930,6 +932,8 @@ impl Connection {
             };
             match result {
                 Ok(appended) => {
+                    let waited = p.arrived.elapsed().as_secs_f64() * 1000.0;
+                    self.shared.stats.puback_ms.observe(waited);
                     if !appended.duplicate {
                         self.route_stored(&appended.envelope, p.topic, p.qos, p.copies);
                     }

@@ -174,6 +174,7 @@ async fn finish(
         size: stored.size,
         mime: stored.mime,
     };
+    crate::stats::Stats::add(&state.stats.media_bytes_uploaded, row.size);
     let reply = json!({"id": row.id, "size": row.size, "type": row.mime});
     blocking(state, move |s| s.add_media(&row)).await?;
     Ok((StatusCode::CREATED, Json(reply)))

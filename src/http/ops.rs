@@ -38,6 +38,16 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         let _ = writeln!(out, "# TYPE natter_{name} {kind}");
         let _ = writeln!(out, "natter_{name} {value}");
     }
+    state.stats.puback_ms.render(
+        "chat_puback_milliseconds",
+        "Time from a chat message's arrival to its PUBACK (stored and committed).",
+        &mut out,
+    );
+    state.stats.batch_size.render(
+        "history_commit_batch_size",
+        "Messages per history commit.",
+        &mut out,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
 use crate::chat::envelope::{Content, Envelope, Kind};
+use crate::stats::Stats;
+use std::sync::Arc;
 
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -81,6 +83,7 @@ impl Writer {
         data_dir: &Path,
         sync: Synchronous,
         group_commit: bool,
+        stats: Arc<Stats>,
     ) -> Result<Writer, StoreError> {
         let conn = Connection::open(data_dir.join("natter.db"))?;
         conn.busy_timeout(Duration::from_secs(5))?;
@@ -96,7 +99,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("natter-writer".into())
-            .spawn(move || run(conn, rx, if group_commit { MAX_BATCH } else { 1 }))
+            .spawn(move || run(conn, rx, if group_commit { MAX_BATCH } else { 1 }, &stats))
             .map_err(|e| StoreError::Dir {
                 path: data_dir.to_path_buf(),
                 source: e,
@@ -117,7 +120,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, stats: &Stats) {
     let mut last_seq: HashMap<String, u64> = HashMap::new();
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
@@ -128,6 +131,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
                 Err(_) => break,
             }
         }
+        stats.batch_size.observe(batch.len() as f64);
         let results = commit(&mut conn, &batch, &mut last_seq);
         match results {
             Ok(results) => {
