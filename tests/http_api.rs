@@ -122,6 +122,8 @@ async fn register_login_and_chat_over_mqtt_with_the_token() {
     let (s, convs) = api.get("/api/v1/conversations", token).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(convs["conversations"][0]["conv"], "d.alice.bob");
+    assert_eq!(convs["conversations"][0]["last"]["t"], "hi via token");
+    assert_eq!(convs["conversations"][0]["unread"], 1);
     let (s, page) = api
         .get("/api/v1/conversations/d.alice.bob/messages?after=0", token)
         .await;
@@ -345,6 +347,14 @@ async fn admin_health_metrics_and_openapi() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(users["users"].as_array().unwrap().len(), 2);
+    let (s, clients) = api.get("/api/v1/admin/clients", &root).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(clients["clients"].is_array());
+    let (s, convs) = api.get("/api/v1/admin/conversations", &root).await;
+    assert_eq!(
+        (s, convs["conversations"].is_array()),
+        (StatusCode::OK, true)
+    );
 
     let health = reqwest::get(format!("http://{}/healthz", server.http))
         .await

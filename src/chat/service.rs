@@ -276,18 +276,18 @@ impl ChatService {
                 let convs = self.conversations_of(me).await?;
                 let u = me.to_string();
                 let list = convs.clone();
-                let unread = self
+                let details = self
                     .blocking(move |s| {
                         list.iter()
-                            .map(|c| s.unread(c, &u))
-                            .collect::<Result<Vec<_>, _>>()
+                            .map(|c| Ok((s.unread(c, &u)?, s.before(c, i64::MAX as u64, 1)?)))
+                            .collect::<Result<Vec<_>, StoreError>>()
                     })
                     .await?;
                 let d = self.read();
                 let list: Vec<Value> = convs
                     .iter()
-                    .zip(unread)
-                    .map(|(conv, unread)| {
+                    .zip(details)
+                    .map(|(conv, (unread, last))| {
                         let g = d.group(conv);
                         json!({
                             "conv": conv,
@@ -295,6 +295,7 @@ impl ChatService {
                             "topic": g.map(|g| g.topic.as_str()),
                             "role": d.role(conv, me).map(|r| r.as_str()),
                             "unread": unread,
+                            "last": last.items.first(),
                         })
                     })
                     .collect();

@@ -129,6 +129,14 @@ pub enum Ack {
     Discarded(u16),
 }
 
+/// A session, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClientInfo {
+    pub client: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub connected: bool,
+}
+
 /// Why the router refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectRefused {
@@ -164,6 +172,8 @@ pub enum Event {
     Kick { user: Arc<str> },
     /// Ends one client's session (a revoked device, an admin's kick): DISCONNECT 0x98.
     KickClient { client: Arc<str> },
+    /// Lists sessions for the admin API.
+    ListClients(oneshot::Sender<Vec<ClientInfo>>),
     /// PUBREL for a QoS 2 message we received.
     Release { client: Arc<str>, pkid: u16 },
     Subscribe {
@@ -326,6 +336,19 @@ impl Router {
                 }
             }
             Event::KickClient { client } => self.kick(&client),
+            Event::ListClients(reply) => {
+                let mut list: Vec<_> = self
+                    .sessions
+                    .iter()
+                    .map(|(c, s)| ClientInfo {
+                        client: c.clone(),
+                        user: s.identity.user.clone(),
+                        connected: s.is_connected(),
+                    })
+                    .collect();
+                list.sort();
+                let _ = reply.send(list);
+            }
             Event::Release { client, pkid } => {
                 if let Some(s) = self.sessions.get_mut(&client) {
                     s.incoming_qos2.remove(&pkid);
