@@ -4,6 +4,7 @@
 //! the CONNECT all happen inside that task under `handshake_timeout_secs`, so a slow or silent
 //! peer never delays anyone else's accept.
 
+mod connect;
 mod connection;
 mod rate;
 mod tls;
@@ -141,7 +142,7 @@ async fn handle(
     // every connection's task for it for the connection's whole life.
     let handshake = Box::pin(async {
         let transport = open(stream, kind, tls, limits.max_packet_size as usize).await?;
-        connection::accept(transport, peer, &shared).await
+        connect::accept(transport, peer, &shared).await
     });
     let conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
         Ok(Ok(Some(conn))) => conn,
