@@ -28,6 +28,25 @@ pub struct Identity {
     pub client_id: Arc<str>,
 }
 
+/// Who a CONNECT's credentials proved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The user; `None` for anonymous clients.
+    pub user: Option<Arc<str>>,
+    /// The device named by an access token: such a login must use client id `{user}.{device}`,
+    /// so revoking the device (which closes that client id) reaches the connection.
+    pub device: Option<Arc<str>>,
+}
+
+impl Authenticated {
+    fn password(user: &str) -> Authenticated {
+        Authenticated {
+            user: Some(user.into()),
+            device: None,
+        }
+    }
+}
+
 /// Why a CONNECT was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -120,15 +139,15 @@ impl Access {
         self.directory.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Checks CONNECT credentials (user id and password) and returns the user they prove; no
-    /// credentials means anonymous, if allowed.
+    /// Checks CONNECT credentials (user id and password, or an access token) and returns who
+    /// they prove; no credentials means anonymous, if allowed.
     pub async fn authenticate(
         &self,
         login: Option<(&str, &str)>,
-    ) -> Result<Option<Arc<str>>, Refusal> {
+    ) -> Result<Authenticated, Refusal> {
         let Some((user, password)) = login else {
             return match self.allow_anonymous {
-                true => Ok(None),
+                true => Ok(Authenticated::default()),
                 false => Err(Refusal::NotAuthorized),
             };
         };
@@ -155,7 +174,7 @@ impl Access {
         match verified {
             Ok(Ok(Some(admin))) => {
                 self.remember(user, admin);
-                Ok(Some(user.into()))
+                Ok(Authenticated::password(user))
             }
             Ok(Ok(None)) => Err(Refusal::BadCredentials),
             Ok(Err(e)) => {
@@ -167,12 +186,9 @@ impl Access {
     }
 
     /// An access token as password: valid signature, not expired, issued to this user, for a
-    /// device that has not been revoked.
-    async fn authenticate_token(
-        &self,
-        user: &str,
-        token: &str,
-    ) -> Result<Option<Arc<str>>, Refusal> {
+    /// device that has not been revoked. The device comes back so the client id can be tied
+    /// to it.
+    async fn authenticate_token(&self, user: &str, token: &str) -> Result<Authenticated, Refusal> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -184,17 +200,24 @@ impl Access {
         if claims.sub != user {
             return Err(Refusal::BadCredentials);
         }
+        // Login only issues tokens for valid device ids; one that is not cannot form a client id.
+        if !topics::valid_id(&claims.dev) {
+            return Err(Refusal::BadCredentials);
+        }
         let store = self.store.clone();
-        let active =
-            tokio::task::spawn_blocking(move || store.device_active(&claims.sub, &claims.dev))
-                .await
-                .map_err(|_| Refusal::Unavailable)?
-                .map_err(|_| Refusal::Unavailable)?;
+        let (sub, dev) = (claims.sub.clone(), claims.dev.clone());
+        let active = tokio::task::spawn_blocking(move || store.device_active(&sub, &dev))
+            .await
+            .map_err(|_| Refusal::Unavailable)?
+            .map_err(|_| Refusal::Unavailable)?;
         if !active {
             return Err(Refusal::BadCredentials);
         }
         self.remember(user, false);
-        Ok(Some(user.into()))
+        Ok(Authenticated {
+            user: Some(user.into()),
+            device: Some(claims.dev.into()),
+        })
     }
 
     /// An account created a moment ago (by another process, or over HTTP) is usable at once,
@@ -208,20 +231,35 @@ impl Access {
         }
     }
 
-    /// A user's devices use `{user}` or `{user}.{device}`; anonymous clients may use neither form
-    /// for any existing user, so a session takeover never crosses users.
-    pub fn client_id_allowed(&self, user: Option<&str>, client_id: &str) -> bool {
-        match user {
-            Some(u) => {
+    /// A user's devices use `{user}` or `{user}.{device}`, and a token login exactly
+    /// `{user}.{device}` for the token's device; anonymous clients may use neither form for any
+    /// existing user, so a session takeover never crosses users.
+    pub fn client_id_allowed(&self, who: &Authenticated, client_id: &str) -> bool {
+        match (who.user.as_deref(), who.device.as_deref()) {
+            (Some(u), Some(d)) => client_id
+                .strip_prefix(u)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|rest| rest == d),
+            (Some(u), None) => {
                 client_id == u
                     || client_id
                         .strip_prefix(u)
                         .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1)
             }
-            None => {
+            (None, _) => {
                 let owner = client_id.split('.').next().unwrap_or(client_id);
                 !self.dir().user_exists(owner)
             }
+        }
+    }
+
+    /// The id for a CONNECT with an empty client id: `{user}.{device}` for a token login (the
+    /// only id it may use), otherwise a random one in the user's namespace (or `natter.`'s).
+    pub fn assign_client_id(&self, who: &Authenticated) -> String {
+        let owner = who.user.as_deref().unwrap_or("natter");
+        match who.device.as_deref() {
+            Some(device) => format!("{owner}.{device}"),
+            None => format!("{owner}.{}", crate::ids::random_hex(8)),
         }
     }
 
@@ -370,20 +408,39 @@ mod tests {
     #[test]
     fn client_ids_stay_in_their_owners_namespace() {
         let (a, _d) = access(None);
-        let cases: &[(Option<&str>, &str, bool)] = &[
-            (Some("alice"), "alice", true),
-            (Some("alice"), "alice.phone", true),
-            (Some("alice"), "alice.", false),
-            (Some("alice"), "alicex", false),
-            (Some("alice"), "bob.phone", false),
-            (None, "alice", false),
-            (None, "alice.laptop", false),
-            (None, "sensor-7", true),
-            (None, "nobody.x", true),
+        // (user, token device, client id, allowed)
+        let cases: &[(Option<&str>, Option<&str>, &str, bool)] = &[
+            (Some("alice"), None, "alice", true),
+            (Some("alice"), None, "alice.phone", true),
+            (Some("alice"), None, "alice.", false),
+            (Some("alice"), None, "alicex", false),
+            (Some("alice"), None, "bob.phone", false),
+            (Some("alice"), Some("phone"), "alice.phone", true),
+            (Some("alice"), Some("phone"), "alice", false),
+            (Some("alice"), Some("phone"), "alice.x", false),
+            (Some("alice"), Some("phone"), "alice.phone.x", false),
+            (Some("alice"), Some("phone"), "alicephone", false),
+            (Some("alice"), Some("phone"), "bob.phone", false),
+            (None, None, "alice", false),
+            (None, None, "alice.laptop", false),
+            (None, None, "sensor-7", true),
+            (None, None, "nobody.x", true),
         ];
-        for (user, id, want) in cases {
-            assert_eq!(a.client_id_allowed(*user, id), *want, "{user:?} as {id}");
+        for (user, device, id, want) in cases {
+            let who = Authenticated {
+                user: user.map(Arc::from),
+                device: device.map(Arc::from),
+            };
+            assert_eq!(a.client_id_allowed(&who, id), *want, "{who:?} as {id}");
         }
+        let token = Authenticated {
+            user: Some("alice".into()),
+            device: Some("phone".into()),
+        };
+        assert_eq!(a.assign_client_id(&token), "alice.phone");
+        assert!(a
+            .assign_client_id(&Authenticated::password("alice"))
+            .starts_with("alice."));
     }
 
     #[test]
@@ -459,7 +516,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             a.authenticate(Some(("carol", "pw"))).await,
-            Ok(Some("carol".into()))
+            Ok(Authenticated::password("carol"))
         );
         assert_eq!(
             a.authenticate(Some(("carol", "no"))).await,
@@ -473,6 +530,27 @@ mod tests {
             a.authenticate(Some(("Bad Id", "pw"))).await,
             Err(Refusal::BadCredentials)
         );
-        assert_eq!(a.authenticate(None).await, Ok(None));
+        assert_eq!(a.authenticate(None).await, Ok(Authenticated::default()));
+
+        // A token proves its device too; a revoked device's token proves nothing.
+        a.store.upsert_device("carol", "phone").unwrap();
+        let token = a.signer.issue(&tokens::Claims {
+            sub: "carol".into(),
+            dev: "phone".into(),
+            iat: 0,
+            exp: i64::MAX / 2,
+        });
+        assert_eq!(
+            a.authenticate(Some(("carol", &token))).await,
+            Ok(Authenticated {
+                user: Some("carol".into()),
+                device: Some("phone".into()),
+            })
+        );
+        a.store.revoke_device("carol", "phone").unwrap();
+        assert_eq!(
+            a.authenticate(Some(("carol", &token))).await,
+            Err(Refusal::BadCredentials)
+        );
     }
 }

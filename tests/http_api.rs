@@ -246,6 +246,71 @@ async fn refresh_tokens_rotate_and_revoked_devices_are_cut_off() {
 }
 
 #[tokio::test]
+async fn a_token_login_uses_its_devices_client_id_so_revocation_reaches_it() {
+    let server = TestServer::start();
+    let api = Api::new(&server);
+    let phone = api.account("alice", "phone").await;
+    let token = phone["access_token"].as_str().unwrap();
+    // Any other id would escape `DELETE /api/v1/devices/phone`: refused, 0x85 / 0x02.
+    for id in [
+        "alice",
+        "alice.x",
+        "alice.phone.x",
+        "alicephone",
+        "bob.phone",
+    ] {
+        let mut o = mqtt_with_token(&server, &phone);
+        o.set_client_id(id.to_string());
+        let (_c, r) = v5::Client::try_connect(o).await;
+        let e = r.unwrap_err().0;
+        assert!(e.contains("ClientIdentifierNotValid"), "{id}: {e}");
+        let mut o4 = common::clients::v4::MqttOptions::new(id, "127.0.0.1", server.port());
+        o4.set_credentials("alice", token);
+        let (_c, r) = common::clients::v4::Client::try_connect(o4).await;
+        let e = r.unwrap_err().0;
+        assert!(e.contains("BadClientId"), "3.1.1 {id}: {e}");
+    }
+    // An empty client id is given the device's own.
+    let mut o = mqtt_with_token(&server, &phone);
+    o.set_client_id(String::new());
+    let (mut assigned, ack) = v5::Client::connect(o).await;
+    match ack {
+        v5::Incoming::ConnAck(a) => assert_eq!(
+            a.properties.unwrap().assigned_client_identifier.as_deref(),
+            Some("alice.phone")
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Revoking the phone from another device closes that connection.
+    let (s, tablet) = api
+        .post(
+            "/api/v1/login",
+            None,
+            json!({"user": "alice", "password": "correct horse", "device": "tablet"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = api
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/devices/phone",
+            tablet["access_token"].as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    loop {
+        match assigned.next().await {
+            Ok(_) => continue,
+            Err(e) => {
+                assert!(e.0.contains("AdministrativeAction"), "{e:?}");
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn logins_are_rate_limited_and_errors_are_clean_json() {
     let server = TestServer::start_with(|c| c.http.login_attempts_per_minute = 3);
     let api = Api::new(&server);

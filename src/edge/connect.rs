@@ -131,7 +131,7 @@ async fn admit(
     let credentials = login
         .as_ref()
         .map(|l| (l.username.as_str(), l.password.as_str()));
-    let user = shared
+    let who = shared
         .access
         .authenticate(credentials)
         .await
@@ -148,20 +148,22 @@ async fn admit(
             return Err(ConnectReturnCode::ClientIdentifierNotValid);
         }
         // A user's device gets an id in the user's namespace.
-        let owner = user.as_deref().unwrap_or("natter");
-        let id = format!("{owner}.{}", crate::ids::random_hex(8));
+        let id = shared.access.assign_client_id(&who);
         assigned = Some(id.clone());
         id.into()
     } else if connect.client_id.len() > limits.max_client_id_len
         || !shared
             .access
-            .client_id_allowed(user.as_deref(), &connect.client_id)
+            .client_id_allowed(&who, &connect.client_id)
     {
         return Err(ConnectReturnCode::ClientIdentifierNotValid);
     } else {
         connect.client_id.into()
     };
-    let identity = Identity { user, client_id };
+    let identity = Identity {
+        user: who.user,
+        client_id,
+    };
 
     let will = match will {
         Some(w) => Some(Box::new(will_message(shared, &identity, w)?)),
