@@ -152,9 +152,7 @@ async fn admit(
         assigned = Some(id.clone());
         id.into()
     } else if connect.client_id.len() > limits.max_client_id_len
-        || !shared
-            .access
-            .client_id_allowed(&who, &connect.client_id)
+        || !shared.access.client_id_allowed(&who, &connect.client_id)
     {
         return Err(ConnectReturnCode::ClientIdentifierNotValid);
     } else {
