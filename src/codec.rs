@@ -103,29 +103,64 @@ pub fn read(
             return Ok(Some(packet));
         }
     }
-    // mqttbytes counts the limit against the remaining length; MQTT counts the whole packet.
-    let limit = max_size.saturating_sub(5);
+    // MQTT counts the limit against the whole packet (fixed header included), mqttbytes against
+    // the remaining length only: the check is made here, as soon as the header is in, so a
+    // packet exactly as large as the advertised maximum passes and an oversized one is refused
+    // before its body is read.
+    let Some((header, remaining)) = fixed_header(buf)? else {
+        return Ok(None);
+    };
+    let size = header + remaining;
+    if size > max_size as usize {
+        return Err(CodecError::TooLarge {
+            size,
+            max: max_size,
+        });
+    }
     // "Insufficient bytes" means "wait for more" only while nothing was consumed: mqttbytes
     // splits a whole packet off the buffer before parsing it, and a packet that ends where its
     // property length should start reports the same error. That packet is malformed, not
     // incomplete (found by the fuzz target).
     let before = buf.len();
     match version {
-        Version::V5 => match v5::Packet::read(buf, Some(limit)) {
+        Version::V5 => match v5::Packet::read(buf, None) {
             Ok(packet) => Ok(Some(packet)),
             Err(v5wire::Error::InsufficientBytes(_)) if buf.len() == before => Ok(None),
             Err(e) => Err(e.into()),
         },
-        Version::V4 => match v4::Packet::read(buf, limit as usize) {
+        Version::V4 => match v4::Packet::read(buf, usize::MAX) {
             Ok(packet) => Ok(Some(up(packet))),
             Err(v4wire::Error::InsufficientBytes(_)) if buf.len() == before => Ok(None),
-            Err(v4wire::Error::PayloadSizeLimitExceeded(size)) => Err(CodecError::TooLarge {
-                size,
-                max: max_size,
-            }),
             Err(e) => Err(e.into()),
         },
     }
+}
+
+/// Whether `buf` starts with a whole packet (bytes the next `read` would consume); a broken
+/// header counts as whole, so that `read` gets to report it.
+pub fn starts_with_complete_packet(buf: &[u8]) -> bool {
+    match fixed_header(buf) {
+        Ok(Some((header, remaining))) => buf.len() >= header + remaining,
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// The fixed header at the front of `buf`: its own length (type byte and remaining-length
+/// varint) and the remaining length. `Ok(None)` while the varint is incomplete.
+fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, CodecError> {
+    let mut remaining = 0usize;
+    // The remaining length takes 1..=4 bytes of 7 bits each, least significant first (§1.5.5).
+    for i in 0..4 {
+        let Some(&b) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((2 + i, remaining)));
+        }
+    }
+    Err(CodecError::Malformed("remaining length".into()))
 }
 
 /// A 5.0 DISCONNECT may stop after the fixed header (reason 0x00) or after the reason code (no
@@ -465,6 +500,43 @@ mod tests {
             read(Version::V4, &mut big, 50),
             Err(CodecError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn the_limit_counts_the_whole_packet() {
+        let p = v4::Packet::Publish(v4::Publish::new(
+            "t",
+            v4wire::QoS::AtMostOnce,
+            vec![0u8; 200],
+        ));
+        let full = v4_bytes(p);
+        let size = full.len() as u32;
+        assert!(read(Version::V4, &mut full.clone(), size)
+            .unwrap()
+            .is_some());
+        assert!(matches!(
+            read(Version::V4, &mut full.clone(), size - 1),
+            Err(CodecError::TooLarge { .. })
+        ));
+        // Refused from the header alone, before the body has arrived.
+        assert!(matches!(
+            read(Version::V5, &mut BytesMut::from(&full[..3]), size - 1),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn complete_packets_are_recognised_from_the_header() {
+        let full = v4_bytes(v4::Packet::Publish(v4::Publish::new(
+            "t",
+            v4wire::QoS::AtMostOnce,
+            vec![0u8; 200],
+        )));
+        for n in 0..full.len() {
+            assert!(!starts_with_complete_packet(&full[..n]), "prefix {n}");
+        }
+        assert!(starts_with_complete_packet(&full));
+        assert!(starts_with_complete_packet(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF]));
     }
 
     #[test]

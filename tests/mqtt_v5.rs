@@ -372,6 +372,79 @@ async fn oversized_packets_are_refused_with_0x95() {
     let _ = connect(&server, "next").await;
 }
 
+/// A QoS 1 PUBLISH on `topic` whose whole encoding is exactly `size` bytes.
+fn publish_of_size(topic: &str, pkid: u16, size: usize) -> Publish {
+    let mut p = Publish::new(topic, QoS::AtLeastOnce, Bytes::new(), None);
+    p.pkid = pkid;
+    let overhead = p.size();
+    // The remaining-length varint grows with the payload: shrink until the total fits exactly.
+    let mut n = size - overhead;
+    loop {
+        p.payload = Bytes::from(vec![b'x'; n]);
+        if p.size() <= size {
+            break;
+        }
+        n -= 1;
+    }
+    assert_eq!(p.size(), size, "no payload gives exactly {size} bytes");
+    p
+}
+
+#[tokio::test]
+async fn a_packet_of_exactly_the_maximum_size_is_accepted_and_one_byte_more_is_not() {
+    let server = TestServer::start_with(|c| c.mqtt.max_packet_size = 1024);
+    let mut c = connect(&server, "edge").await;
+    c.send(Packet::Publish(publish_of_size("edge/1", 1, 1024)))
+        .await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::PubAck(a)) if a.pkid == 1 && a.reason == PubAckReason::Success)
+    );
+    c.send(Packet::Publish(publish_of_size("edge/1", 2, 1025)))
+        .await;
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::PacketTooLarge
+    );
+}
+
+#[tokio::test]
+async fn a_publish_arriving_in_pieces_spends_one_rate_token() {
+    let server = TestServer::start_with(|c| {
+        c.limits.publish_rate = 1;
+        c.limits.publish_burst = 2;
+    });
+    let mut c = connect(&server, "slowpoke").await;
+    let t0 = Instant::now();
+    // Two messages (the burst), each written in 20 pieces that the server reads one by one.
+    for pkid in [1, 2] {
+        let mut bytes = bytes::BytesMut::new();
+        Packet::Publish(publish_of_size("rate/1", pkid, 2000))
+            .write(&mut bytes, None)
+            .unwrap();
+        for piece in bytes.chunks(100) {
+            c.send_bytes(piece).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(matches!(c.recv().await, Some(Packet::PubAck(a)) if a.pkid == pkid));
+    }
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // The bucket is empty now: the third waits for a token (about a second at 1/s).
+    let sent = Instant::now();
+    c.send(Packet::Publish(publish(
+        "rate/1",
+        QoS::AtLeastOnce,
+        3,
+        b"x",
+    )))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::PubAck(a)) if a.pkid == 3));
+    assert!(
+        sent.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn messages_larger_than_the_client_accepts_are_skipped() {
     let server = TestServer::start();

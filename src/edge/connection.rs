@@ -258,8 +258,11 @@ impl Connection {
         loop {
             // Over the publish rate, the next PUBLISH waits in the buffer and the connection
             // stops reading (TCP pushes back on the client) until the bucket refills: nothing
-            // is refused or dropped.
-            if self.rbuf.first().is_some_and(|b| b >> 4 == 3) {
+            // is refused or dropped. The token is spent only on a whole PUBLISH: a large one
+            // arriving over many reads is still one message.
+            if self.rbuf.first().is_some_and(|b| b >> 4 == 3)
+                && codec::starts_with_complete_packet(&self.rbuf)
+            {
                 let now = Instant::now();
                 if let Err(wait) = self.publish_rate.take(now) {
                     self.throttled = Some(now + wait);
