@@ -512,3 +512,58 @@ fn mosquitto_clients_chat_with_passwords() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn a_user_created_again_under_a_removed_id_inherits_nothing() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "secret plans")
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&publish_on(&mut bob, "u/bob/c/d.alice.bob/m").await),
+        "secret plans"
+    );
+    // The history is there, and so is the presence contact it makes (once the server has
+    // noticed the new conversation).
+    let reply = request(&mut bob, "bob", "history", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(reply["messages"].as_array().unwrap().len(), 1, "{reply}");
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while subscribe(&mut bob, "p/alice").await != SubscribeReasonCode::Success(QoS::AtLeastOnce) {
+        assert!(std::time::Instant::now() < deadline, "no presence contact");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `natter user remove bob`: his connection closes once the server has reloaded.
+    assert!(server.store().remove_user("bob").unwrap());
+    loop {
+        if let Err(e) = bob.next().await {
+            assert!(e.0.contains("AdministrativeAction"), "{e:?}");
+            break;
+        }
+    }
+
+    // Someone else gets the id `bob`.
+    server.add_user("bob", password("bob"));
+    let mut bob = login(&server, "bob").await;
+    let reply = request(&mut bob, "bob", "history", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["messages"], json!([]), "{reply}");
+    let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(reply["messages"], json!([]), "{reply}");
+    assert_eq!(reply["receipts"], json!([]), "{reply}");
+    let reply = request(&mut bob, "bob", "sync", json!({})).await;
+    assert_eq!(reply["messages"], json!([]), "{reply}");
+    let reply = request(&mut bob, "bob", "search", json!({"q": "secret"})).await;
+    assert_eq!(reply["messages"], json!([]), "{reply}");
+    let reply = request(&mut bob, "bob", "conversations", json!({})).await;
+    assert_eq!(reply["conversations"], json!([]), "{reply}");
+    assert_eq!(
+        subscribe(&mut bob, "p/alice").await,
+        SubscribeReasonCode::NotAuthorized,
+        "no presence contact survives the old account"
+    );
+}

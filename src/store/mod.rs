@@ -259,6 +259,27 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// Every direct conversation of `user` that left a trace: a conversation row (the history
+/// writer adds one with the first message) or a receipt. Direct conversations have no member
+/// rows, so they are found by id: LIKE only narrows the search (`_` in a user id is a LIKE
+/// wildcard, and LIKE ignores case); the exact test is [`crate::topics::parse_conv`].
+fn direct_conversations_of(tx: &Connection, user: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = tx.prepare(
+        "SELECT id FROM conversations WHERE id LIKE 'd.' || ?1 || '.%' OR id LIKE 'd.%.' || ?1
+         UNION SELECT conv FROM receipts WHERE conv LIKE 'd.' || ?1 || '.%' OR conv LIKE 'd.%.' || ?1",
+    )?;
+    let candidates = stmt.query_map(params![user], |r| r.get::<_, String>(0))?;
+    let mut convs = Vec::new();
+    for conv in candidates {
+        let conv = conv?;
+        if matches!(crate::topics::parse_conv(&conv), Some(crate::topics::ConvId::Direct(a, b)) if a == user || b == user)
+        {
+            convs.push(conv);
+        }
+    }
+    Ok(convs)
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -333,15 +354,28 @@ impl Store {
     }
 
     /// Removes a user with their memberships and blocks; returns whether they existed.
+    ///
+    /// Their direct conversations go too, with every message, receipt and media reference in
+    /// them, so that an account created later under the same id inherits nothing. Groups stay
+    /// for the other members.
     pub fn remove_user(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        // Direct conversations go with the user; groups stay for the other members.
+        for conv in direct_conversations_of(&tx, id)? {
+            // media_refs go with their messages (ON DELETE CASCADE).
+            tx.execute("DELETE FROM messages WHERE conv = ?1", params![conv])?;
+            tx.execute("DELETE FROM receipts WHERE conv = ?1", params![conv])?;
+            tx.execute("DELETE FROM conversations WHERE id = ?1", params![conv])?;
+        }
+        tx.execute("DELETE FROM receipts WHERE user = ?1", params![id])?;
+        // Their group messages stay, but a later account with this id must not match them as
+        // its own resends (idempotency by cid or packet id) or own their uploads; '' is never
+        // a user id.
         tx.execute(
-            "DELETE FROM conversations WHERE kind = 'direct'
-             AND id IN (SELECT conv FROM members WHERE user = ?1)",
+            "UPDATE messages SET cid = NULL, pkid = NULL WHERE sender = ?1",
             params![id],
         )?;
+        tx.execute("UPDATE media SET owner = '' WHERE owner = ?1", params![id])?;
         let removed = tx.execute("DELETE FROM users WHERE id = ?1", params![id])?;
         tx.commit()?;
         Ok(removed > 0)
@@ -732,22 +766,83 @@ mod tests {
                 &[("alice", "owner"), ("bob", "member")],
             )
             .unwrap();
-        store
-            .create_conversation(
-                "d.alice.bob",
-                true,
-                "",
-                "alice",
-                &[("alice", "member"), ("bob", "member")],
-            )
-            .unwrap();
+        // Direct conversations as production makes them: a row added by the history writer
+        // with the first message, and no member rows.
+        store.add_user("b_b", "h3").unwrap();
+        for conv in ["d.alice.bob", "d.alice.b_b"] {
+            store
+                .create_conversation(conv, true, "", "alice", &[])
+                .unwrap();
+        }
+        {
+            let conn = store.lock();
+            for (conv, seq, sender, cid) in [
+                ("d.alice.bob", 1, "alice", "c1"),
+                ("d.alice.bob", 2, "bob", "c2"),
+                ("d.alice.b_b", 1, "b_b", "c3"),
+                ("g.t", 1, "bob", "c4"),
+            ] {
+                conn.execute(
+                    "INSERT INTO messages (conv, seq, sender, device, ts, cid, kind, body)
+                     VALUES (?1, ?2, ?3, ?3, 0, ?4, 'msg', 'secret')",
+                    params![conv, seq, sender, cid],
+                )
+                .unwrap();
+            }
+            for (conv, user) in [
+                ("d.alice.bob", "alice"),
+                ("d.alice.bob", "bob"),
+                ("g.t", "bob"),
+            ] {
+                conn.execute(
+                    "INSERT INTO receipts (conv, user, delivered, read) VALUES (?1, ?2, 1, 1)",
+                    params![conv, user],
+                )
+                .unwrap();
+            }
+        }
+        let count = |sql: &str| -> i64 { store.lock().query_row(sql, [], |r| r.get(0)).unwrap() };
         store.set_block("bob", "alice", true).unwrap();
         let snap = store.snapshot().unwrap();
-        assert_eq!(snap.users.len(), 2);
-        assert_eq!(snap.members.len(), 4);
+        assert_eq!(snap.users.len(), 3);
+        assert_eq!(snap.members.len(), 2);
         assert_eq!(snap.blocks, [("bob".to_string(), "alice".to_string())]);
 
+        // `_` is a LIKE wildcard: removing b_b must not touch bob's conversation.
+        assert!(store.remove_user("b_b").unwrap());
+        assert_eq!(
+            count("SELECT COUNT(*) FROM conversations WHERE id = 'd.alice.b_b'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages WHERE conv = 'd.alice.b_b'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages WHERE conv = 'd.alice.bob'"),
+            2
+        );
+
         assert!(store.remove_user("bob").unwrap());
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages WHERE conv = 'd.alice.bob'"),
+            0,
+            "the direct history went with bob"
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'secret'"),
+            1
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM receipts"),
+            0,
+            "bob's receipts and those of his direct conversations went with him"
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages WHERE conv = 'g.t' AND cid IS NULL"),
+            1,
+            "bob's group message stays, no longer matchable as a later bob's resend"
+        );
         let snap = store.snapshot().unwrap();
         assert_eq!(
             snap.members,
