@@ -155,22 +155,42 @@ async fn register_login_and_chat_over_mqtt_with_the_token() {
 
 #[tokio::test]
 async fn bad_tokens_are_refused_on_http_and_at_connect() {
-    let server = TestServer::start();
+    const SECRET: &str = "the server's own key";
+    let server = TestServer::start_with(|c| c.http.token_secret = SECRET.into());
     let api = Api::new(&server);
     let alice = api.account("alice", "phone").await;
     let good = alice["access_token"].as_str().unwrap().to_string();
-    let forged = natter::tokens::Signer::new(b"another key").issue(&natter::tokens::Claims {
+    let claims = |exp| natter::tokens::Claims {
         sub: "alice".into(),
         dev: "phone".into(),
         iat: 0,
-        exp: i64::MAX / 2,
-    });
-    let expired = natter::tokens::Signer::new(b"another key").issue(&natter::tokens::Claims {
-        sub: "alice".into(),
-        dev: "phone".into(),
-        iat: 0,
-        exp: 1,
-    });
+        exp,
+    };
+    let forged = natter::tokens::Signer::new(b"another key").issue(&claims(i64::MAX / 2));
+    // Signed with the server's real key, so only the expiry can refuse it: the same key with
+    // a future `exp` is accepted.
+    let real_key = natter::tokens::Signer::new(SECRET.as_bytes());
+    let (s, _) = api
+        .get("/api/v1/devices", &real_key.issue(&claims(i64::MAX / 2)))
+        .await;
+    assert_eq!(s, StatusCode::OK, "the test signs with the server's key");
+    let expired = real_key.issue(&claims(1));
+    let (_c, r) = v5::Client::try_connect({
+        let mut o = mqtt_with_token(&server, &alice);
+        o.set_credentials("alice", expired.as_str());
+        o
+    })
+    .await;
+    let e = r.unwrap_err().0;
+    assert!(
+        e.contains("BadUserNamePassword"),
+        "5.0 expired: 0x86, got {e}"
+    );
+    let mut o4 = common::clients::v4::MqttOptions::new("alice.phone", "127.0.0.1", server.port());
+    o4.set_credentials("alice", expired.as_str());
+    let (_c, r) = common::clients::v4::Client::try_connect(o4).await;
+    let e = r.unwrap_err().0;
+    assert!(e.contains("NotAuthorized"), "3.1.1 expired: 0x05, got {e}");
     let mut tampered = good.clone();
     tampered.insert(good.len() - 3, 'x');
     for token in [&forged, &expired, &tampered, &"nonsense".to_string()] {

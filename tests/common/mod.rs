@@ -109,6 +109,9 @@ impl TestServer {
         }
         edit(&mut config);
 
+        // The server installs the process-wide TLS provider when it runs; installing it here too
+        // means an HTTP client built right after start never races the server thread for it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = mpsc::channel();
