@@ -25,6 +25,13 @@ pub enum ConfigError {
     },
     #[error("config: {0}")]
     Parse(String),
+    #[error("config: {path}: line {line}, column {column}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("config: {key}: {reason}")]
     Invalid { key: String, reason: String },
 }
@@ -213,18 +220,22 @@ impl Config {
         let mut table: toml::Table = DEFAULT_TOML
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        let file_table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_string()))?;
+        let file_table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let path = file.map_or("embedded default".into(), |p| p.display().to_string());
+            syntax_error(&path, &text, &e)
+        })?;
         merge(&mut table, file_table)?;
         for (name, value) in env {
             if let Some(key) = name.strip_prefix(ENV_PREFIX) {
                 apply_env(&mut table, &name, key, &value)?;
             }
         }
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().trim().to_string()))?;
+        // The path tracker names the key a bad value sits at (`storage.synchronous`), which
+        // toml's own value deserializer leaves out.
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
+                invalid(&e.path().to_string(), one_line(e.inner().message()))
+            })?;
         config.apply(overrides);
         config.validate()?;
         Ok(config)
@@ -352,6 +363,31 @@ impl Config {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.mqtt.handshake_timeout_secs)
     }
+}
+
+/// A TOML syntax error as one line that keeps where it is (toml's own rendering spans several
+/// lines with a snippet of the file).
+fn syntax_error(path: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Syntax {
+        path: path.to_string(),
+        line,
+        column,
+        message: one_line(e.message()),
+    }
+}
+
+/// Joins a multi-line message into one line: a config error is one line on stderr.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Parses a listen address; an empty string disables the listener where `optional`.
@@ -493,7 +529,7 @@ mod tests {
             (
                 "NATTER_MQTT_QUEUE_OVERFLOW",
                 "explode",
-                "config: unknown variant `explode`, expected `drop_oldest` or `drop_newest`",
+                "config: mqtt.queue_overflow: unknown variant `explode`, expected `drop_oldest` or `drop_newest`",
             ),
             (
                 "NATTER_TLS_CERT",
@@ -518,5 +554,19 @@ mod tests {
         std::fs::write(&path, "[mqtt]\nlistne = \"x\"\n").unwrap();
         let err = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap_err();
         assert_eq!(err.to_string(), "config: mqtt.listne: unknown key");
+        std::fs::write(&path, "[mqtt]\nmax_inflight = \"many\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config: mqtt.max_inflight: invalid type: string \"many\", expected u16"
+        );
+        std::fs::write(&path, "[mqtt]\nlisten = \"x\"\nmax_inflight = = 3\n").unwrap();
+        let err = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!("config: {}: line 3, column ", path.display())),
+            "{shown}"
+        );
+        assert!(!shown.contains('\n'), "{shown}");
     }
 }
