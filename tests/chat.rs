@@ -567,3 +567,74 @@ async fn a_user_created_again_under_a_removed_id_inherits_nothing() {
         "no presence contact survives the old account"
     );
 }
+
+#[tokio::test]
+async fn a_block_also_keeps_the_blocked_user_out_of_groups_and_presence() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    let mut eve = login(&server, "eve").await;
+    let reply = request(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "all", "members": ["bob", "eve"]}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    // Sharing a group, Eve sees Bob's presence, until he blocks her.
+    assert_eq!(
+        subscribe(&mut eve, "p/bob").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    let reply = request(&mut bob, "bob", "block", json!({"user": "eve"})).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        subscribe(&mut eve, "p/bob").await,
+        SubscribeReasonCode::NotAuthorized
+    );
+    subscribe(&mut alice, "p/+").await;
+    publish_on(&mut alice, "p/bob").await;
+    subscribe(&mut eve, "p/+").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(p) = tokio::time::timeout_at(deadline, eve.publish()).await {
+        assert_ne!(p.topic, "p/bob", "the block hides Bob's presence from Eve");
+    }
+
+    // Nor can Eve pull Bob into a group of hers to write to him there.
+    let reply = request(
+        &mut eve,
+        "eve",
+        "group.create",
+        json!({"id": "trap", "members": ["bob"]}),
+    )
+    .await;
+    assert_eq!(reply["error"], "blocked", "{reply}");
+    let reply = request(&mut eve, "eve", "group.create", json!({"id": "trap"})).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let reply = request(
+        &mut eve,
+        "eve",
+        "group.add",
+        json!({"conv": "g.trap", "user": "bob"}),
+    )
+    .await;
+    assert_eq!(reply["error"], "blocked", "{reply}");
+    let reply = request(
+        &mut eve,
+        "eve",
+        "group.add",
+        json!({"conv": "g.trap", "user": "alice"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "others can still be added: {reply}");
+    // Bob, who did the blocking, may still add Eve to his own groups.
+    let reply = request(
+        &mut bob,
+        "bob",
+        "group.create",
+        json!({"id": "bobs", "members": ["eve"]}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+}

@@ -211,6 +211,27 @@ impl Directory {
         self.blocks.contains(&(user.to_string(), other.to_string()))
     }
 
+    /// May `actor` put `user` into a group (creating it, or adding a member)? Not someone who
+    /// has blocked them: a group would otherwise be a way round the block.
+    pub fn can_add_member(&self, actor: &str, user: &str) -> Result<(), Denied> {
+        if !self.user_exists(user) {
+            return Err(Denied::NoSuchUser);
+        }
+        if self.has_blocked(user, actor) {
+            return Err(Denied::Blocked);
+        }
+        Ok(())
+    }
+
+    /// Whether `user` sees `other`'s presence: their own, or a contact's who has not blocked
+    /// them.
+    fn sees_presence_of(&self, user: &str, other: &str) -> bool {
+        other == user
+            || (self.user_exists(other)
+                && self.share_a_conversation(user, other)
+                && !self.has_blocked(other, user))
+    }
+
     /// May `user` publish to this chat topic?
     pub fn can_publish(&self, user: Option<&str>, topic: ChatTopic<'_>) -> Result<(), Denied> {
         let Some(user) = user else {
@@ -244,9 +265,7 @@ impl Directory {
         match topic {
             ChatTopic::Conv { conv, .. } => self.is_member(conv, user),
             ChatTopic::Stream { user: owner } => owner == user,
-            ChatTopic::Presence { user: other } => {
-                other == user || (self.user_exists(other) && self.share_a_conversation(user, other))
-            }
+            ChatTopic::Presence { user: other } => self.sees_presence_of(user, other),
             ChatTopic::Request { .. } | ChatTopic::Malformed => false,
         }
     }
@@ -264,9 +283,7 @@ impl Directory {
             "c" if self.is_member(id, user) => Ok(()),
             "c" => Err(Denied::NotMember),
             "u" if id == user => Ok(()),
-            "p" if id == user || (self.user_exists(id) && self.share_a_conversation(user, id)) => {
-                Ok(())
-            }
+            "p" if self.sees_presence_of(user, id) => Ok(()),
             "q" => Err(Denied::ServerOnly),
             _ => Err(Denied::NotYours),
         }
@@ -463,6 +480,36 @@ mod tests {
                 *want,
                 "{user:?} subscribes {filter}"
             );
+        }
+    }
+
+    #[test]
+    fn blocks_decide_group_adds_and_presence_table() {
+        // Carol has blocked Alice; both are in g.team, so they share a conversation.
+        let mut d = directory();
+        d.set_member("g.team", "carol", Role::Member);
+        let adds: &[(&str, &str, Result<(), Denied>)] = &[
+            ("alice", "carol", Err(Denied::Blocked)),
+            ("carol", "alice", Ok(())),
+            ("alice", "bob", Ok(())),
+            ("bob", "carol", Ok(())),
+            ("alice", "nobody", Err(Denied::NoSuchUser)),
+        ];
+        for (actor, user, want) in adds {
+            assert_eq!(d.can_add_member(actor, user), *want, "{actor} adds {user}");
+        }
+        let presence: &[(&str, &str, bool)] = &[
+            ("alice", "p/carol", false),
+            ("carol", "p/alice", true),
+            ("bob", "p/carol", true),
+            ("carol", "p/carol", true),
+            ("alice", "p/bob", true),
+        ];
+        for (user, topic, want) in presence {
+            let t = topics::classify(topic).expect("chat topic");
+            assert_eq!(d.can_read(Some(user), t), *want, "{user} reads {topic}");
+            let sub = d.can_subscribe(Some(user), topics::filter_scope(topic));
+            assert_eq!(sub.is_ok(), *want, "{user} subscribes {topic}: {sub:?}");
         }
     }
 

@@ -454,11 +454,9 @@ impl ChatService {
             if !d.user_exists(owner) {
                 return Err(Denied::NoSuchUser.into());
             }
-            for m in members {
-                if !d.user_exists(m) {
-                    return Err(Denied::NoSuchUser.into());
-                }
-                if m != owner && !roster.iter().any(|(u, _)| u == m) {
+            for m in members.iter().filter(|m| *m != owner) {
+                d.can_add_member(owner, m)?;
+                if !roster.iter().any(|(u, _)| u == m) {
                     roster.push((m.clone(), Role::Member));
                 }
             }
@@ -503,10 +501,10 @@ impl ChatService {
         let existing = {
             let d = self.read();
             let actor_role = d.role(conv, actor).ok_or_else(|| self.missing(&d, conv))?;
-            if !d.user_exists(user) {
-                return Err(Denied::NoSuchUser.into());
-            }
             let existing = d.role(conv, user);
+            if existing.is_none() {
+                d.can_add_member(actor, user)?;
+            }
             // Owners manage everything; admins add members and nothing above that.
             let allowed = match actor_role {
                 Role::Owner => role != Role::Owner,
