@@ -254,9 +254,13 @@ impl Access {
     }
 
     /// The id for a CONNECT with an empty client id: `{user}.{device}` for a token login (the
-    /// only id it may use), otherwise a random one in the user's namespace (or `natter.`'s).
+    /// only id it may use), otherwise a random one in the user's namespace. An anonymous
+    /// client's starts with `anon:`, which no user id can (`:` is not in their alphabet), so it
+    /// never lands in a user's namespace.
     pub fn assign_client_id(&self, who: &Authenticated) -> String {
-        let owner = who.user.as_deref().unwrap_or("natter");
+        let Some(owner) = who.user.as_deref() else {
+            return format!("anon:{}", crate::ids::random_hex(8));
+        };
         match who.device.as_deref() {
             Some(device) => format!("{owner}.{device}"),
             None => format!("{owner}.{}", crate::ids::random_hex(8)),
@@ -441,6 +445,16 @@ mod tests {
         assert!(a
             .assign_client_id(&Authenticated::password("alice"))
             .starts_with("alice."));
+        // An anonymous client's id is outside every possible user's namespace, and usable.
+        let anonymous = Authenticated::default();
+        let id = a.assign_client_id(&anonymous);
+        assert!(id.starts_with("anon:"), "{id}");
+        assert!(
+            !topics::valid_id(id.split('.').next().unwrap_or(&id)),
+            "{id}"
+        );
+        assert!(a.client_id_allowed(&anonymous, &id), "{id}");
+        assert_ne!(id, a.assign_client_id(&anonymous));
     }
 
     #[test]

@@ -176,6 +176,9 @@ pub struct StorageConfig {
     pub retention_days: u64,
     pub retention_per_conversation: u64,
     pub retention_interval_secs: u64,
+    /// How long the writer retries a commit that failed (database busy, disk full) before the
+    /// waiting senders are told the message was not stored.
+    pub commit_retry_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,6 +345,12 @@ impl Config {
             return Err(invalid(
                 "storage.retention_interval_secs",
                 "must be at least 1",
+            ));
+        }
+        if !(1..=3600).contains(&self.storage.commit_retry_secs) {
+            return Err(invalid(
+                "storage.commit_retry_secs",
+                "must be between 1 and 3600",
             ));
         }
         if self.storage.max_text_bytes == 0 {

@@ -148,6 +148,7 @@ pub async fn run(
         &config.storage.data_dir,
         config.storage.synchronous,
         config.storage.group_commit,
+        Duration::from_secs(config.storage.commit_retry_secs),
         stats.clone(),
     )?;
     let directory = Directory::from_snapshot(store.snapshot()?);

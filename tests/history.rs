@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::chat::*;
-use common::clients::v5;
+use common::clients::{v4, v5};
 use common::{RawClient, TestServer};
 use rumqttc::v5::mqttbytes::v5::{
     Connect, ConnectProperties, Login, Packet, PubAckReason, Publish,
@@ -323,4 +323,91 @@ async fn devices_may_ask_for_messagepack() {
     let envelope: Value = rmp_serde::from_slice(&got.payload).expect("MessagePack envelope");
     assert_eq!(envelope["t"], "compact");
     assert_eq!(envelope["from"], "alice");
+}
+
+/// The PUBACK reason of the next acknowledgement, skipping other packets.
+async fn puback(c: &mut v5::Client) -> PubAckReason {
+    loop {
+        if let v5::Incoming::PubAck(a) = c.next().await.unwrap() {
+            return a.reason;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_cannot_be_committed_is_never_acknowledged_and_the_writer_recovers() {
+    const BOUND: Duration = Duration::from_secs(2);
+    let server = TestServer::start_with_users(USERS, |c| {
+        c.storage.commit_retry_secs = BOUND.as_secs();
+    });
+    let mut alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    assert_eq!(
+        send(&mut alice, "c/d.alice.bob/m", "before").await,
+        PubAckReason::Success
+    );
+    let mut o4 = v4::MqttOptions::new("alice.old", "127.0.0.1", server.port());
+    o4.set_keep_alive(Duration::from_secs(30));
+    o4.set_credentials("alice", "pw-a");
+    let (mut old, _) = v4::Client::connect(o4).await;
+
+    // Another process holds the write lock (as a full disk would, no commit can happen);
+    // readers still read (WAL).
+    let lock = rusqlite::Connection::open(server.path("data/natter.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let sent = Instant::now();
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "blocked")
+        .await
+        .unwrap();
+    let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(texts(&reply), ["before"]);
+    assert!(
+        sent.elapsed() < BOUND,
+        "history reads waited for the writer: {:?}",
+        sent.elapsed()
+    );
+    // 5.0: no PUBACK while the writer retries, then 0x80 so the client sends again.
+    assert_eq!(puback(&mut alice).await, PubAckReason::UnspecifiedError);
+    assert!(
+        sent.elapsed() >= BOUND - Duration::from_millis(100),
+        "refused before the retry bound: {:?}",
+        sent.elapsed()
+    );
+
+    // 3.1.1 has no negative acknowledgement: no PUBACK ever, the connection is closed instead.
+    let sent = Instant::now();
+    old.client
+        .publish(
+            "c/d.alice.bob/m",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "blocked too",
+        )
+        .await
+        .unwrap();
+    loop {
+        match old.next().await {
+            Ok(v4::Incoming::PubAck(a)) => panic!("acknowledged without a commit: {a:?}"),
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent.elapsed() >= BOUND - Duration::from_millis(100),
+        "disconnected before the retry bound: {:?}",
+        sent.elapsed()
+    );
+
+    // Space is back: new messages are acknowledged and stored, the refused ones never were.
+    lock.execute_batch("COMMIT").unwrap();
+    assert_eq!(
+        send(&mut alice, "c/d.alice.bob/m", "after").await,
+        PubAckReason::Success
+    );
+    let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(texts(&reply), ["before", "after"]);
+    assert_eq!(seqs(&reply), [1, 2]);
 }

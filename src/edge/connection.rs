@@ -179,7 +179,9 @@ impl Connection {
                 Box::pin(self.shared.chat.handle(request)).await;
             }
             if !self.pending.is_empty() {
-                Box::pin(self.settle()).await;
+                if let Some(close) = Box::pin(self.settle()).await {
+                    return close;
+                }
                 if !self.send_events().await {
                     return Close::Server(DisconnectReasonCode::ServerShuttingDown);
                 }
@@ -597,8 +599,10 @@ impl Connection {
     }
 
     /// Hands pending chat messages to the history writer, then, in arrival order, routes each
-    /// committed one and acknowledges it. Nothing is acknowledged before its commit.
-    async fn settle(&mut self) {
+    /// committed one and acknowledges it. Nothing is acknowledged before its commit. A 3.1.1
+    /// client whose message could not be stored is then disconnected (see below).
+    async fn settle(&mut self) -> Option<Close> {
+        let mut close = None;
         for p in self.pending.iter_mut() {
             if let Pending::Persist(p) = p {
                 if let Some(new) = p.new.take() {
@@ -636,8 +640,10 @@ impl Connection {
                     self.refuse_publish(p.qos, p.pkid, PubAckReason::ImplementationSpecificError);
                 }
                 Err(e) => {
-                    // Not stored: the sender must not think it was. 5.0 learns it from the reason
-                    // code; 3.1.1 gets no acknowledgement and resends after reconnecting.
+                    // Not stored (the writer retried up to its bound): the sender must not think
+                    // it was. 5.0 learns it from the reason code and resends; 3.1.1 has no
+                    // negative acknowledgement, so it is disconnected and resends the message,
+                    // still unacknowledged, after reconnecting.
                     tracing::error!(client = %self.identity.client_id, error = %e, "message not stored");
                     self.pending_qos2.remove(&p.pkid);
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
@@ -648,10 +654,13 @@ impl Connection {
                     );
                     if self.version == Version::V5 {
                         self.refuse_publish(p.qos, p.pkid, PubAckReason::UnspecifiedError);
+                    } else {
+                        close = Some(Close::Server(DisconnectReasonCode::UnspecifiedError));
                     }
                 }
             }
         }
+        close
     }
 
     /// Publishes a stored message: the envelope replaces what the client sent.

@@ -6,12 +6,20 @@
 //! only after the batch's COMMIT returns, which is what lets the connection PUBACK the sender.
 //! With `synchronous = FULL` that COMMIT has reached the disk (power loss safe); with `NORMAL`
 //! (WAL) it survives a process crash but the last commits may be lost on power loss.
+//!
+//! A commit that fails for a reason that may pass (the database busy, the disk full, an I/O
+//! error) is retried with backoff while the senders wait, each at most until its deadline
+//! (`storage.commit_retry_secs` after it was submitted); only then is it reported as failed.
+//! The last sequence number of each conversation is kept in `conv_seq`, so sequences never go
+//! back, even after retention removed every entry of a conversation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
@@ -25,6 +33,14 @@ const MAX_BATCH: usize = 512;
 const QUEUE: usize = 8192;
 /// How far back a DUP resend without a client message id is matched against what was stored.
 const DUP_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// The first and the longest pause between attempts at a batch whose commit failed.
+const RETRY_FIRST: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Bounds of how long one attempt waits for another connection's write lock. Within them it
+/// waits no longer than the batch's earliest deadline, so a busy database cannot stretch the
+/// bound a sender waits.
+const BUSY_MIN: Duration = Duration::from_millis(100);
+const BUSY_MAX: Duration = Duration::from_secs(5);
 
 /// A message to append.
 #[derive(Debug, Clone)]
@@ -58,7 +74,12 @@ pub enum AppendError {
     Stopped,
 }
 
-type Job = (NewMessage, oneshot::Sender<Result<Appended, AppendError>>);
+struct Job {
+    message: NewMessage,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
+    /// Until when a failed commit of this message is retried.
+    deadline: Instant,
+}
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -74,19 +95,22 @@ pub enum Synchronous {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    commit_retry: Duration,
 }
 
 impl Writer {
     /// Opens a second connection to `{data_dir}/natter.db` and starts the writer thread on it.
-    /// The thread ends when every handle is dropped.
+    /// The thread ends when every handle is dropped. A failed commit is retried for up to
+    /// `commit_retry` after each message was submitted.
     pub fn start(
         data_dir: &Path,
         sync: Synchronous,
         group_commit: bool,
+        commit_retry: Duration,
         stats: Arc<Stats>,
     ) -> Result<Writer, StoreError> {
         let conn = Connection::open(data_dir.join("natter.db"))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_MAX)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
@@ -104,7 +128,7 @@ impl Writer {
                 path: data_dir.to_path_buf(),
                 source: e,
             })?;
-        Ok(Writer { tx })
+        Ok(Writer { tx, commit_retry })
     }
 
     /// Queues a message; the receiver resolves once its batch is committed.
@@ -113,8 +137,13 @@ impl Writer {
         message: NewMessage,
     ) -> oneshot::Receiver<Result<Appended, AppendError>> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError((_, reply))) = self.tx.send((message, reply)).await {
-            let _ = reply.send(Err(AppendError::Stopped));
+        let job = Job {
+            message,
+            reply,
+            deadline: Instant::now() + self.commit_retry,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
+            let _ = job.reply.send(Err(AppendError::Stopped));
         }
         rx
     }
@@ -132,25 +161,90 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, stat
             }
         }
         stats.batch_size.observe(batch.len() as f64);
-        let results = commit(&mut conn, &batch, &mut last_seq);
-        match results {
+        commit_with_retry(&mut conn, &mut batch, &mut last_seq);
+    }
+}
+
+/// Commits `batch` and answers every job in it. A failure that may pass is retried with
+/// backoff (new messages queue up meanwhile, and publishers wait once the queue is full); a
+/// job whose deadline has passed, or any job after a failure that will not pass, is answered
+/// with the error: its sender was never told the message is stored, and sends it again.
+fn commit_with_retry(
+    conn: &mut Connection,
+    batch: &mut Vec<Job>,
+    last_seq: &mut HashMap<String, u64>,
+) {
+    let mut backoff = RETRY_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        let Some(earliest) = batch.iter().map(|j| j.deadline).min() else {
+            return;
+        };
+        let budget = earliest.saturating_duration_since(Instant::now());
+        if let Err(e) = conn.busy_timeout(budget.clamp(BUSY_MIN, BUSY_MAX)) {
+            tracing::warn!(error = %e, "cannot set the history writer's busy timeout");
+        }
+        attempts += 1;
+        let e = match commit(conn, batch, last_seq) {
             Ok(results) => {
-                for ((_, reply), result) in batch.drain(..).zip(results) {
-                    let _ = reply.send(result);
+                if attempts > 1 {
+                    tracing::info!(attempts, "history commit succeeded after retrying");
                 }
+                for (job, result) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(result);
+                }
+                return;
             }
-            Err(e) => {
-                tracing::error!(error = %e, messages = batch.len(), "history commit failed");
-                // Sequence numbers handed out in the failed transaction were not stored.
-                last_seq.clear();
-                let message = e.to_string();
-                for (_, reply) in batch.drain(..) {
-                    let _ =
-                        reply.send(Err(AppendError::Store(StoreError::Commit(message.clone()))));
-                }
+            Err(e) => e,
+        };
+        // Sequence numbers handed out in the rolled-back transaction were not stored.
+        last_seq.clear();
+        let transient = is_transient(&e);
+        let now = Instant::now();
+        let message = e.to_string();
+        let mut kept = Vec::with_capacity(batch.len());
+        let mut failed = 0;
+        // Order matters: the next attempt appends the rest in the order they came.
+        for job in batch.drain(..) {
+            if transient && job.deadline > now {
+                kept.push(job);
+            } else {
+                failed += 1;
+                let _ = job
+                    .reply
+                    .send(Err(AppendError::Store(StoreError::Commit(message.clone()))));
             }
         }
+        *batch = kept;
+        if failed > 0 {
+            tracing::error!(error = %e, failed, attempts, "history commit failed; senders told");
+        } else {
+            tracing::warn!(error = %e, messages = batch.len(), attempts, "history commit failed; retrying");
+        }
+        if let Some(earliest) = batch.iter().map(|j| j.deadline).min() {
+            std::thread::sleep(backoff.min(earliest.saturating_duration_since(now)));
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
     }
+}
+
+/// Whether a failed commit may succeed later: another connection holds the lock, the disk is
+/// full, or the file system failed for a moment.
+fn is_transient(e: &StoreError) -> bool {
+    let StoreError::Sqlite(e) = e else {
+        return false;
+    };
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+        )
+    )
 }
 
 fn now_ms() -> i64 {
@@ -166,10 +260,28 @@ fn commit(
     batch: &[Job],
     last_seq: &mut HashMap<String, u64>,
 ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
-    let tx = conn.transaction()?;
+    // IMMEDIATE: the write lock is taken (waiting out the busy timeout) before anything is
+    // read, so a commit by another connection in between cannot void this one's snapshot.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
-    for (m, _) in batch {
-        results.push(append(&tx, m, last_seq)?);
+    let mut top: HashMap<&str, u64> = HashMap::new();
+    for job in batch {
+        let result = append(&tx, &job.message, last_seq)?;
+        if let Ok(Appended {
+            envelope,
+            duplicate: false,
+        }) = &result
+        {
+            top.insert(&job.message.conv, envelope.seq);
+        }
+        results.push(result);
+    }
+    for (conv, seq) in top {
+        tx.execute(
+            "INSERT INTO conv_seq (conv, last) VALUES (?1, ?2)
+             ON CONFLICT (conv) DO UPDATE SET last = MAX(last, excluded.last)",
+            params![conv, seq],
+        )?;
     }
     tx.commit()?;
     Ok(results)
@@ -259,12 +371,15 @@ fn append(
     let seq = match last_seq.get(&m.conv) {
         Some(s) => s + 1,
         None => {
-            let max: Option<i64> = tx.query_row(
-                "SELECT MAX(seq) FROM messages WHERE conv = ?1",
+            // The stored last sequence, or the entries themselves for a conversation that
+            // predates `conv_seq` without a row there.
+            let last: i64 = tx.query_row(
+                "SELECT MAX(COALESCE((SELECT last FROM conv_seq WHERE conv = ?1), 0),
+                            COALESCE((SELECT MAX(seq) FROM messages WHERE conv = ?1), 0))",
                 params![m.conv],
                 |r| r.get(0),
             )?;
-            max.unwrap_or(0) as u64 + 1
+            last as u64 + 1
         }
     };
     let ts = now_ms();
@@ -305,9 +420,16 @@ fn append(
             )?;
         }
         (Kind::Delete, Some(target)) => {
-            // A tombstone: the entry stays (sequence numbers stay dense), its text goes.
+            // A tombstone: the entry stays (sequence numbers stay dense), its text and media
+            // go; released references let unreferenced uploads be collected.
             tx.execute(
-                "UPDATE messages SET body = NULL, deleted = 1 WHERE conv = ?1 AND seq = ?2",
+                "DELETE FROM media_refs WHERE message =
+                   (SELECT id FROM messages WHERE conv = ?1 AND seq = ?2)",
+                params![m.conv, target],
+            )?;
+            tx.execute(
+                "UPDATE messages SET body = NULL, media = NULL, deleted = 1
+                 WHERE conv = ?1 AND seq = ?2",
                 params![m.conv, target],
             )?;
         }
@@ -574,10 +696,20 @@ impl Store {
         max_age: Option<Duration>,
         max_per_conv: u64,
     ) -> Result<usize, StoreError> {
+        self.retain_at(now_ms(), max_age, max_per_conv)
+    }
+
+    /// [`Store::enforce_retention`] as if the time were `now_ms`.
+    fn retain_at(
+        &self,
+        now_ms: i64,
+        max_age: Option<Duration>,
+        max_per_conv: u64,
+    ) -> Result<usize, StoreError> {
         let conn = self.lock();
         let mut removed = 0;
         if let Some(age) = max_age {
-            let cutoff = now_ms() - age.as_millis() as i64;
+            let cutoff = now_ms - age.as_millis() as i64;
             removed += conn.execute("DELETE FROM messages WHERE ts < ?1", params![cutoff])?;
         }
         if max_per_conv > 0 {
@@ -654,5 +786,132 @@ impl Store {
             params![conv, user],
             |r| r.get(0),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MediaRow;
+
+    fn start(dir: &Path) -> Writer {
+        Writer::start(
+            dir,
+            Synchronous::Normal,
+            true,
+            Duration::from_secs(1),
+            Arc::new(Stats::default()),
+        )
+        .unwrap()
+    }
+
+    fn content(kind: Kind, text: Option<&str>, target: Option<u64>, media: &[&str]) -> Content {
+        Content {
+            kind,
+            cid: None,
+            text: text.map(str::to_string),
+            reply_to: None,
+            thread: None,
+            target,
+            emoji: None,
+            media: media.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    async fn append(writer: &Writer, conv: &str, content: Content) -> Envelope {
+        let message = NewMessage {
+            conv: conv.into(),
+            sender: "alice".into(),
+            device: "alice.phone".into(),
+            pkid: None,
+            dup: false,
+            moderator: false,
+            content,
+        };
+        writer
+            .submit(message)
+            .await
+            .await
+            .unwrap()
+            .unwrap()
+            .envelope
+    }
+
+    async fn text(writer: &Writer, conv: &str, t: &str) -> u64 {
+        append(writer, conv, content(Kind::Msg, Some(t), None, &[]))
+            .await
+            .seq
+    }
+
+    fn count(store: &Store, sql: &str) -> i64 {
+        store.lock().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn age_retention_removes_only_old_entries_and_seq_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writer = start(dir.path());
+        for t in ["a", "b", "c"] {
+            text(&writer, "d.alice.bob", t).await;
+        }
+        let day = Duration::from_secs(86_400);
+        // Not a day old yet: everything stays.
+        assert_eq!(store.retain_at(now_ms(), Some(day), 0).unwrap(), 0);
+        assert_eq!(store.after("d.alice.bob", 0, 10).unwrap().items.len(), 3);
+        // Two days later every entry is over a day old.
+        let later = now_ms() + 2 * day.as_millis() as i64;
+        assert_eq!(store.retain_at(later, Some(day), 0).unwrap(), 3);
+        assert_eq!(store.first_seq("d.alice.bob").unwrap(), None);
+        // The writer continues where it was...
+        assert_eq!(text(&writer, "d.alice.bob", "d").await, 4);
+        store.retain_at(later, Some(day), 0).unwrap();
+        // ...and so does a restarted one, whose sequence cache starts empty.
+        drop(writer);
+        let writer = start(dir.path());
+        assert_eq!(text(&writer, "d.alice.bob", "e").await, 5);
+        assert_eq!(text(&writer, "g.other", "x").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_message_releases_its_media() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for id in ["m1", "m2"] {
+            store
+                .add_media(&MediaRow {
+                    id: id.into(),
+                    hash: format!("h-{id}"),
+                    owner: "alice".into(),
+                    size: 3,
+                    mime: "image/png".into(),
+                })
+                .unwrap();
+        }
+        let writer = start(dir.path());
+        let conv = "d.alice.bob";
+        let kept = append(&writer, conv, content(Kind::Msg, None, None, &["m1"])).await;
+        let gone = append(&writer, conv, content(Kind::Msg, Some("x"), None, &["m2"])).await;
+        append(
+            &writer,
+            conv,
+            content(Kind::Delete, None, Some(gone.seq), &[]),
+        )
+        .await;
+
+        let items = store.after(conv, 0, 10).unwrap().items;
+        assert_eq!(items[0].envelope.media, ["m1"]);
+        assert!(items[1].deleted);
+        assert!(items[1].envelope.media.is_empty(), "{:?}", items[1]);
+        assert!(items[1].envelope.t.is_none());
+        assert!(store.media_conversations("m2").unwrap().is_empty());
+        assert_eq!(store.media_conversations("m1").unwrap(), [conv]);
+        // With the grace over, the deleted message's upload (and file) can go; the other stays.
+        assert_eq!(
+            store.release_unreferenced_media(-10).unwrap(),
+            ["h-m2".to_string()]
+        );
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM media"), 1);
+        assert_eq!(kept.seq, 1);
     }
 }

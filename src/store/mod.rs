@@ -199,6 +199,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX media_refs_by_message ON media_refs(message);
     ALTER TABLE messages ADD COLUMN media TEXT;
 ",
+    // The last sequence number handed out per conversation, kept apart from the messages so
+    // that retention deleting every entry of a conversation cannot make `seq` start again at 1.
+    // Not a column of `conversations`: its update triggers bump the directory version, which
+    // must not happen on every message.
+    "
+    CREATE TABLE conv_seq (conv TEXT PRIMARY KEY, last INTEGER NOT NULL);
+    INSERT INTO conv_seq (conv, last) SELECT conv, MAX(seq) FROM messages GROUP BY conv;
+",
 ];
 
 #[derive(Debug, thiserror::Error)]
