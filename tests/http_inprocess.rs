@@ -87,14 +87,26 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
+    let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+    call_raw(app, method, uri, token, body).await
+}
+
+/// A request with any body and content type; the reply's status and JSON (`Null` if not JSON).
+async fn call_raw(
+    app: &App,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<(&str, Vec<u8>)>,
+) -> (StatusCode, Value) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Body::from(b.to_string())
+        Some((content_type, bytes)) => {
+            req = req.header("content-type", content_type);
+            Body::from(bytes)
         }
         None => Body::empty(),
     };
@@ -251,4 +263,109 @@ async fn quota_is_enforced_per_user() {
         app.router.clone().oneshot(req).await.unwrap().status(),
         StatusCode::PAYLOAD_TOO_LARGE
     );
+}
+
+#[tokio::test]
+async fn axum_rejections_and_unknown_routes_are_json_errors() {
+    let app = build();
+    let alice = token(&app, "alice").await;
+    let form = |t: &'static str| Some((t, b"{}".to_vec()));
+    let cases: &[(&str, &str, Option<(&str, Vec<u8>)>, StatusCode, &str)] = &[
+        // Query: a missing field, a non-numeric one.
+        (
+            "GET",
+            "/media/abc?u=alice&exp=1",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/media/abc?u=alice&exp=soon&sig=x",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/media/abc/thumbnail",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/conversations/g.t/messages?limit=-",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        // Path: not UTF-8 once decoded.
+        (
+            "GET",
+            "/api/v1/media/%FF/link",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        // Multipart without a multipart content type.
+        (
+            "POST",
+            "/api/v1/media",
+            form("application/json"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/api/v1/media",
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        // JSON: wrong content type, malformed body.
+        (
+            "POST",
+            "/api/v1/groups",
+            form("text/plain"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/api/v1/groups",
+            Some(("application/json", b"{".to_vec())),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        // No such route; a route without that method.
+        ("GET", "/nowhere", None, StatusCode::NOT_FOUND, "not_found"),
+        (
+            "GET",
+            "/api/v1/nowhere/deeper",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/api/v1/login",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            "PUT",
+            "/healthz",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, uri, body, want, code) in cases {
+        let (s, err) = call_raw(&app, method, uri, Some(&alice), body.clone()).await;
+        assert_eq!(s, *want, "{method} {uri}: {err}");
+        assert_eq!(err["error"], *code, "{method} {uri}: {err}");
+        assert!(err["message"].is_string(), "{method} {uri}: {err}");
+    }
 }

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use axum::body::Body as RawBody;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -123,11 +124,30 @@ async fn upload_raw(
     finish(&state, &me, upload).await
 }
 
+/// A `multipart/form-data` body; any other content type is 415, not axum's plain-text 400.
+struct Form(Multipart);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Form {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Form, ApiError> {
+        match Multipart::from_request(req, state).await {
+            Ok(form) => Ok(Form(form)),
+            Err(MultipartRejection::InvalidBoundary(e)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("{}; use PUT for a raw body", e.body_text()),
+            )),
+            Err(e) => Err(ApiError::new(e.status(), "bad_request", e.body_text())),
+        }
+    }
+}
+
 /// POST /api/v1/media — `multipart/form-data` with the file in a part named `file`.
 async fn upload_multipart(
     State(state): State<Arc<AppState>>,
     me: AuthUser,
-    mut form: Multipart,
+    Form(mut form): Form,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let limit = limit_for(&state, &me.user).await?;
     loop {

@@ -122,9 +122,78 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .merge(conversations::routes())
         .merge(admin::routes())
         .merge(media::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Uploads stream to disk with their own limit; the default body limit is for JSON.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        // Outermost, so it also sees axum's own rejections (Path, Query, Multipart...).
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// The longest plain-text error body kept as a JSON message.
+const MAX_ERROR_TEXT: usize = 1024;
+
+/// Turns any error response that is not already JSON (axum's extractor rejections answer in
+/// plain text) into `{"error", "message"}`, keeping the status and headers such as
+/// `Content-Range`. Server errors get a fixed message: their text is never shown to clients.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|t| !t.trim().is_empty());
+    let message = match text {
+        Some(t) if status.is_client_error() => t,
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    let mut out = ApiError::new(status, status_code_name(status), message).into_response();
+    out.headers_mut().extend(parts.headers);
+    out
+}
+
+/// The stable error code for a status when a rejection carries none of its own.
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::RANGE_NOT_SATISFIABLE => "range_not_satisfiable",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    }
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -312,7 +381,11 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(ApiError::new(e.status(), "bad_request", e.body_text())),
+            Err(e) => Err(ApiError::new(
+                e.status(),
+                status_code_name(e.status()),
+                e.body_text(),
+            )),
         }
     }
 }
