@@ -9,9 +9,9 @@ use bytes::Bytes;
 use common::{RawClient, TestServer};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    Filter, LastWill, LastWillProperties, Login, Packet, PubAck, PubAckReason, PubComp, PubRec,
-    PubRel, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe, SubscribeProperties,
-    SubscribeReasonCode,
+    Filter, LastWill, LastWillProperties, Login, Packet, PubAck, PubAckReason, PubComp,
+    PubCompReason, PubRec, PubRel, Publish, PublishProperties, RetainForwardRule, SubAck,
+    Subscribe, SubscribeProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -604,6 +604,100 @@ async fn qos2_is_exactly_once_across_reconnects_both_ways() {
     sub.send(Packet::PubComp(PubComp::new(resent.pkid, None)))
         .await;
     silent(&mut sub, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn pubrel_is_answered_after_a_reconnect_and_unknown_ids_get_0x92() {
+    let server = TestServer::start();
+    let mut sub = connect(&server, "sub").await;
+    subscribe(&mut sub, "rel/#", QoS::AtLeastOnce).await;
+    let (mut p, _) = connect_with(&server, "p", expiring(60)).await;
+    p.send(Packet::PubRel(PubRel::new(77, None))).await;
+    assert!(
+        matches!(p.recv().await, Some(Packet::PubComp(c)) if c.pkid == 77 && c.reason == PubCompReason::PacketIdentifierNotFound)
+    );
+    // PUBREC, then the connection is lost: after reconnecting the client sends only PUBREL
+    // (§4.4), which the session still recognises.
+    p.send(Packet::Publish(publish("rel/1", QoS::ExactlyOnce, 5, b"r")))
+        .await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(r)) if r.pkid == 5));
+    p.vanish();
+    let mut o = expiring(60);
+    o.clean = false;
+    let (mut p, ack) = connect_with(&server, "p", o).await;
+    assert!(ack.session_present);
+    p.send(Packet::PubRel(PubRel::new(5, None))).await;
+    assert!(
+        matches!(p.recv().await, Some(Packet::PubComp(c)) if c.pkid == 5 && c.reason == PubCompReason::Success)
+    );
+    p.send(Packet::PubRel(PubRel::new(5, None))).await;
+    assert!(
+        matches!(p.recv().await, Some(Packet::PubComp(c)) if c.pkid == 5 && c.reason == PubCompReason::PacketIdentifierNotFound)
+    );
+    assert_eq!(&next_publish(&mut sub).await.payload[..], b"r");
+    silent(&mut sub, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn more_unacknowledged_qos2_than_receive_maximum_is_0x93() {
+    let server = TestServer::start_with(|c| c.mqtt.receive_maximum = 2);
+    let mut c = connect(&server, "eager").await;
+    for pkid in [1, 2] {
+        c.send(Packet::Publish(publish(
+            "rm/1",
+            QoS::ExactlyOnce,
+            pkid,
+            b"x",
+        )))
+        .await;
+        assert!(matches!(c.recv().await, Some(Packet::PubRec(r)) if r.pkid == pkid));
+    }
+    // Releasing one makes room for one more.
+    c.send(Packet::PubRel(PubRel::new(1, None))).await;
+    assert!(matches!(c.recv().await, Some(Packet::PubComp(r)) if r.pkid == 1));
+    c.send(Packet::Publish(publish("rm/1", QoS::ExactlyOnce, 3, b"x")))
+        .await;
+    assert!(matches!(c.recv().await, Some(Packet::PubRec(r)) if r.pkid == 3));
+    c.send(Packet::Publish(publish("rm/1", QoS::ExactlyOnce, 4, b"x")))
+        .await;
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::ReceiveMaximumExceeded
+    );
+}
+
+#[tokio::test]
+async fn chat_messages_waiting_for_their_commit_count_towards_receive_maximum() {
+    let server = TestServer::start_with_users(common::chat::USERS, |c| c.mqtt.receive_maximum = 2);
+    let o = Opts {
+        login: Some(Login::new("alice", "pw-a")),
+        ..Default::default()
+    };
+    let (mut c, ack) = connect_with(&server, "alice.raw", o).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let chat = "c/d.alice.bob/m";
+    // One unreleased QoS 2 and one QoS 1 chat message: two, as allowed.
+    c.send(Packet::Publish(publish("rm/x", QoS::ExactlyOnce, 1, b"q2")))
+        .await;
+    assert!(matches!(c.recv().await, Some(Packet::PubRec(r)) if r.pkid == 1));
+    c.send(Packet::Publish(publish(chat, QoS::AtLeastOnce, 2, b"one")))
+        .await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::PubAck(a)) if a.pkid == 2 && a.reason == PubAckReason::Success)
+    );
+    // Two more chat messages in one write: while the first waits for its commit the QoS 2 and
+    // it make two unacknowledged, and the second is one too many.
+    let mut both = bytes::BytesMut::new();
+    for pkid in [3, 4] {
+        Packet::Publish(publish(chat, QoS::AtLeastOnce, pkid, b"more"))
+            .write(&mut both, None)
+            .unwrap();
+    }
+    c.send_bytes(&both).await;
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::ReceiveMaximumExceeded
+    );
 }
 
 #[tokio::test]

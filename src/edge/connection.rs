@@ -306,12 +306,19 @@ impl Connection {
             }
             Packet::PubComp(c) => self.ack(Ack::PubComp(c.pkid)),
             Packet::PubRel(r) => {
-                self.pending_qos2.remove(&r.pkid);
+                // A packet id received on this connection is answered here; one from an earlier
+                // connection of the session only the router knows, and it answers (with 0x92,
+                // Packet Identifier not found, when nobody does).
+                let known = self.pending_qos2.remove(&r.pkid);
                 self.events.push_back(Event::Release {
                     client: self.identity.client_id.clone(),
+                    conn_id: self.conn_id,
                     pkid: r.pkid,
+                    answer: !known,
                 });
-                self.queue(&Packet::PubComp(PubComp::new(r.pkid, None)));
+                if known {
+                    self.queue(&Packet::PubComp(PubComp::new(r.pkid, None)));
+                }
             }
             Packet::Subscribe(s) => {
                 let shared_no_local = s
@@ -403,10 +410,7 @@ impl Connection {
                 return self.refuse_publish(qos, pkid, PubAckReason::NotAuthorized);
             }
         };
-        if qos == QoS::ExactlyOnce
-            && !self.pending_qos2.contains(&pkid)
-            && self.pending_qos2.len() >= usize::from(self.shared.limits.receive_maximum)
-        {
+        if self.over_receive_maximum(qos, pkid) {
             return Some(Close::Server(DisconnectReasonCode::ReceiveMaximumExceeded));
         }
         let expires_at = properties
@@ -588,6 +592,32 @@ impl Connection {
         None
     }
 
+    /// Whether a new QoS 1/2 PUBLISH would exceed the Receive Maximum we advertised. 5.0 counts
+    /// every QoS 1 and 2 PUBLISH not yet answered by PUBACK or PUBCOMP (§3.3.4): QoS 2 until its
+    /// PUBREL, QoS 1 while its PUBACK waits (behind a store commit). 3.1.1 has no Receive
+    /// Maximum: only its unreleased QoS 2 ids are bounded, and QoS 1 messages simply wait.
+    fn over_receive_maximum(&self, qos: QoS, pkid: u16) -> bool {
+        let max = usize::from(self.shared.limits.receive_maximum);
+        match qos {
+            QoS::AtMostOnce => false,
+            // A resent QoS 2 message is still the same one.
+            QoS::ExactlyOnce if self.pending_qos2.contains(&pkid) => false,
+            QoS::ExactlyOnce if self.version == Version::V4 => self.pending_qos2.len() >= max,
+            QoS::AtLeastOnce if self.version == Version::V4 => false,
+            _ => {
+                let qos1 = self
+                    .pending
+                    .iter()
+                    .filter(|p| match p {
+                        Pending::Persist(p) => p.qos == QoS::AtLeastOnce,
+                        Pending::Ready(ack) => matches!(**ack, Packet::PubAck(_)),
+                    })
+                    .count();
+                self.pending_qos2.len() + qos1 >= max
+            }
+        }
+    }
+
     /// Acknowledges an inbound PUBLISH behind any that still wait for the store: MQTT requires
     /// acknowledgements in the order the messages came.
     fn ack_in_order(&mut self, ack: Packet) {
@@ -627,7 +657,7 @@ impl Connection {
                     let waited = p.arrived.elapsed().as_secs_f64() * 1000.0;
                     self.shared.stats.puback_ms.observe(waited);
                     if !appended.duplicate {
-                        self.route_stored(&appended.envelope, p.topic, p.qos, p.copies);
+                        self.route_stored(&appended.envelope, p.topic, p.qos, p.pkid, p.copies);
                     }
                     if let Some(ack) = p.ack {
                         self.queue(&ack);
@@ -664,7 +694,14 @@ impl Connection {
     }
 
     /// Publishes a stored message: the envelope replaces what the client sent.
-    fn route_stored(&mut self, envelope: &Envelope, topic: Bytes, qos: QoS, copies: Vec<Bytes>) {
+    fn route_stored(
+        &mut self,
+        envelope: &Envelope,
+        topic: Bytes,
+        qos: QoS,
+        pkid: u16,
+        copies: Vec<Bytes>,
+    ) {
         let message = Message {
             topic,
             payload: Bytes::from(envelope.encode(Format::Json)),
@@ -691,8 +728,9 @@ impl Connection {
         self.events.push_back(Event::Publish {
             client: self.identity.client_id.clone(),
             message,
-            // Stored once already: a QoS 2 resend is caught by the store, not the router.
-            qos2_pkid: None,
+            // A QoS 2 resend is caught by the store; the router holds the id only so that a
+            // PUBREL after a reconnect finds it.
+            qos2_pkid: (qos == QoS::ExactlyOnce).then_some(pkid),
             copies,
         });
     }

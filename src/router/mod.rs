@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
-    DisconnectReasonCode, Packet, PublishProperties, RetainForwardRule, SubAck, Subscribe,
-    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    DisconnectReasonCode, Packet, PubComp, PubCompReason, PublishProperties, RetainForwardRule,
+    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, oneshot};
@@ -174,8 +174,15 @@ pub enum Event {
     KickClient { client: Arc<str> },
     /// Lists sessions for the admin API.
     ListClients(oneshot::Sender<Vec<ClientInfo>>),
-    /// PUBREL for a QoS 2 message we received.
-    Release { client: Arc<str>, pkid: u16 },
+    /// PUBREL for a QoS 2 message we received. With `answer`, the connection did not know the
+    /// packet id (it came on an earlier connection of the session) and the router sends the
+    /// PUBCOMP: success if the session holds the id, else 0x92 (Packet Identifier not found).
+    Release {
+        client: Arc<str>,
+        conn_id: u64,
+        pkid: u16,
+        answer: bool,
+    },
     Subscribe {
         client: Arc<str>,
         conn_id: u64,
@@ -349,11 +356,12 @@ impl Router {
                 list.sort();
                 let _ = reply.send(list);
             }
-            Event::Release { client, pkid } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    s.incoming_qos2.remove(&pkid);
-                }
-            }
+            Event::Release {
+                client,
+                conn_id,
+                pkid,
+                answer,
+            } => self.release(&client, conn_id, pkid, answer),
             Event::Subscribe {
                 client,
                 conn_id,
@@ -687,6 +695,27 @@ impl Router {
             reasons,
             properties: None,
         }))));
+    }
+
+    /// A PUBREL: the session forgets the packet id; answered here when the connection could not
+    /// (see [`Event::Release`]).
+    fn release(&mut self, client: &str, conn_id: u64, pkid: u16, answer: bool) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let known = session.incoming_qos2.remove(&pkid);
+        if !answer {
+            return;
+        }
+        let Some(link) = session.link_for(conn_id) else {
+            return;
+        };
+        let mut comp = PubComp::new(pkid, None);
+        if !known {
+            comp.reason = PubCompReason::PacketIdentifierNotFound;
+        }
+        link.mailbox
+            .push(Outbound::Packet(Box::new(Packet::PubComp(comp))));
     }
 
     fn ack(&mut self, client: &str, conn_id: u64, ack: Ack, now: Instant) {
