@@ -128,7 +128,7 @@ async fn refused_publishes_get_0x87_on_5_0_and_an_error_event_on_3_1_1() {
     o.set_credentials("eve", "pw-e");
     let (mut old, _) = v4::Client::connect(o).await;
     old.client
-        .subscribe("u/eve/errors", rumqttc::QoS::AtLeastOnce)
+        .subscribe("u/eve/#", rumqttc::QoS::AtLeastOnce)
         .await
         .unwrap();
     old.suback().await;
@@ -141,15 +141,38 @@ async fn refused_publishes_get_0x87_on_5_0_and_an_error_event_on_3_1_1() {
         )
         .await
         .unwrap();
-    let err = old.publish().await;
-    let err: Value = serde_json::from_slice(&err.payload).unwrap();
-    assert_eq!(err["error"], "not_member");
-    assert_eq!(err["topic"], "c/d.alice.bob/m");
+    // Both the PUBACK and the error event arrive, in either order.
+    let (mut acked, mut explained) = (false, false);
+    while !(acked && explained) {
+        match old.next().await {
+            Ok(v4::Incoming::PubAck(_)) => acked = true,
+            Ok(v4::Incoming::Publish(p)) => {
+                assert_eq!(p.topic, "u/eve/errors", "{p:?}");
+                let err: Value = serde_json::from_slice(&p.payload).unwrap();
+                assert_eq!(err["error"], "not_member");
+                assert_eq!(err["topic"], "c/d.alice.bob/m");
+                explained = true;
+            }
+            Ok(v4::Incoming::ConnAck(a)) => panic!("the client reconnected: {a:?}"),
+            Ok(_) => {}
+            Err(e) => panic!("the refusal closed the connection: {e:?}"),
+        }
+    }
+    // The same connection (this client never reconnects) still carries an allowed message
+    // there and back: Eve's own copy of her direct message to Alice.
     old.client
-        .publish("plain/topic", rumqttc::QoS::AtLeastOnce, false, "fine")
+        .publish(
+            "c/d.alice.eve/m",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "still here",
+        )
         .await
         .unwrap();
-    old.no_publish(Duration::from_millis(300)).await;
+    let copy = old.publish().await;
+    assert_eq!(copy.topic, "u/eve/c/d.alice.eve/m");
+    let envelope: Value = serde_json::from_slice(&copy.payload).unwrap();
+    assert_eq!(envelope["t"], "still here");
 }
 
 #[tokio::test]
@@ -637,4 +660,91 @@ async fn a_block_also_keeps_the_blocked_user_out_of_groups_and_presence() {
     )
     .await;
     assert_eq!(reply["ok"], true, "{reply}");
+}
+
+#[tokio::test]
+async fn wills_to_chat_topics_are_refused_for_members_and_strangers_alike() {
+    use rumqttc::v5::mqttbytes::v5::LastWill;
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let reply = request(&mut alice, "alice", "group.create", json!({"id": "x"})).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let will = |topic: &str| LastWill::new(topic, "gone", QoS::AtLeastOnce, false, None);
+
+    // A member's will to her own group: refused too (the server never writes a chat message
+    // on behalf of a client that is gone).
+    let mut o = opts(&server, "alice", "alice.will");
+    o.set_last_will(will("c/g.x/m"));
+    let (_c, r) = v5::Client::try_connect(o).await;
+    let err = r.expect_err("a will to c/g.x/m");
+    assert!(
+        err.0
+            .contains(&format!("{:?}", ConnectReturnCode::NotAuthorized)),
+        "{err:?}"
+    );
+    // A non-member's, on 3.1.1: CONNACK 0x05.
+    let mut o = v4::MqttOptions::new("eve.will", "127.0.0.1", server.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_credentials("eve", password("eve"));
+    o.set_last_will(rumqttc::LastWill::new(
+        "c/g.x/m",
+        "gone",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+    ));
+    let (_c, r) = v4::Client::try_connect(o).await;
+    let err = r.expect_err("a will to c/g.x/m");
+    assert!(err.0.contains("NotAuthorized"), "{err:?}");
+
+    // The same member with a will to a plain topic connects, and the will is published when
+    // the connection is lost.
+    subscribe(&mut alice, "status/#").await;
+    let mut o = opts(&server, "alice", "alice.will");
+    o.set_last_will(will("status/alice"));
+    let (c, _) = v5::Client::connect(o).await;
+    c.vanish();
+    assert_eq!(publish_on(&mut alice, "status/alice").await.payload, "gone");
+    alice.no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn subscriptions_beyond_the_per_connection_limit_get_0x97_or_0x80() {
+    let server = TestServer::start_with_users(USERS, |c| {
+        c.limits.max_subscriptions_per_connection = 2;
+    });
+    let (mut c5, _) = v5::Client::connect(opts(&server, "alice", "alice.five")).await;
+    let mut codes = Vec::new();
+    for filter in ["a/1", "a/2", "a/3", "a/1"] {
+        codes.push(subscribe(&mut c5, filter).await);
+    }
+    let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    assert_eq!(
+        codes,
+        [ok, ok, SubscribeReasonCode::QuotaExceeded, ok],
+        "the third filter is one too many; renewing one is not"
+    );
+    c5.client.unsubscribe("a/2").await.unwrap();
+    assert_eq!(
+        subscribe(&mut c5, "a/3").await,
+        ok,
+        "unsubscribing frees a slot"
+    );
+
+    let mut o = v4::MqttOptions::new("bob.four", "127.0.0.1", server.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_credentials("bob", password("bob"));
+    let (mut c4, _) = v4::Client::connect(o).await;
+    let mut codes = Vec::new();
+    for filter in ["b/1", "b/2", "b/3"] {
+        c4.client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        match c4.suback().await {
+            v4::Incoming::SubAck(ack) => codes.push(ack.return_codes[0]),
+            other => panic!("{other:?}"),
+        }
+    }
+    let ok = rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce);
+    assert_eq!(codes, [ok, ok, rumqttc::SubscribeReasonCode::Failure]);
 }
