@@ -91,13 +91,16 @@ async fn call(
     call_raw(app, method, uri, token, body).await
 }
 
+/// A body and its content type.
+type RawBody = (&'static str, Vec<u8>);
+
 /// A request with any body and content type; the reply's status and JSON (`Null` if not JSON).
 async fn call_raw(
     app: &App,
     method: &str,
     uri: &str,
     token: Option<&str>,
-    body: Option<(&str, Vec<u8>)>,
+    body: Option<RawBody>,
 ) -> (StatusCode, Value) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
@@ -270,7 +273,7 @@ async fn axum_rejections_and_unknown_routes_are_json_errors() {
     let app = build();
     let alice = token(&app, "alice").await;
     let form = |t: &'static str| Some((t, b"{}".to_vec()));
-    let cases: &[(&str, &str, Option<(&str, Vec<u8>)>, StatusCode, &str)] = &[
+    let cases: &[(&str, &str, Option<RawBody>, StatusCode, &str)] = &[
         // Query: a missing field, a non-numeric one.
         (
             "GET",
