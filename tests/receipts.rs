@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::chat::*;
@@ -48,6 +48,13 @@ async fn raw_subscribe(c: &mut RawClient, filter: &str) {
             return;
         }
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 fn json_of(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Value {
@@ -98,6 +105,59 @@ async fn delivered_only_after_the_recipient_device_acknowledges() {
         reply["receipts"],
         json!([{"user": "bob", "delivered": 1, "read": 0}])
     );
+}
+
+#[tokio::test]
+async fn receipts_for_many_acknowledgements_are_batched_into_one_event() {
+    let interval = Duration::from_millis(1000);
+    let server = TestServer::start_with_users(USERS, |c| {
+        c.chat.receipt_interval_ms = interval.as_millis() as u64;
+    });
+    let mut alice = login(&server, "alice").await;
+    let mut bob = raw_login(&server, "bob", "bob.phone", 30).await;
+    raw_subscribe(&mut bob, "u/bob/#").await;
+    for i in 1..=10 {
+        alice
+            .client
+            .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let mut pkids = Vec::new();
+    while pkids.len() < 10 {
+        match bob.recv().await {
+            Some(Packet::Publish(p)) => pkids.push(p.pkid),
+            Some(_) => continue,
+            None => panic!("bob closed"),
+        }
+    }
+    // All ten acknowledgements in one write, so they land within one batching interval.
+    let mut acks = bytes::BytesMut::new();
+    for pkid in pkids {
+        Packet::PubAck(PubAck::new(pkid, None))
+            .write(&mut acks, None)
+            .unwrap();
+    }
+    bob.send_bytes(&acks).await;
+    let acked = Instant::now();
+    let receipt = json_of(&publish_on(&mut alice, "u/alice/c/d.alice.bob/r").await);
+    assert_eq!(
+        receipt,
+        json!({"type": "delivered", "conv": "d.alice.bob", "user": "bob", "seq": 10})
+    );
+    assert!(
+        acked.elapsed() <= interval + Duration::from_millis(500),
+        "{:?}",
+        acked.elapsed()
+    );
+    // Nothing more acknowledged: no further receipt, however many intervals pass.
+    let quiet = Instant::now() + interval * 3;
+    while let Ok(p) = tokio::time::timeout_at(quiet.into(), alice.publish()).await {
+        assert_ne!(
+            p.topic, "u/alice/c/d.alice.bob/r",
+            "a second receipt: {p:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -212,9 +272,17 @@ async fn presence_follows_connections_with_a_grace_period() {
     let online = json_of(&publish_on(&mut alice, "p/bob").await);
     assert_eq!(online["status"], "online");
     let gone = Instant::now();
+    let gone_ms = now_ms();
     let offline = json_of(&publish_on(&mut alice, "p/bob").await);
     assert_eq!(offline["status"], "offline");
-    assert!(offline["last_seen"].as_i64().unwrap() > 0);
+    // Last seen when the server noticed the phone gone (keep alive, 1.5 s), not when the grace
+    // period ended a second later.
+    let last_seen = offline["last_seen"].as_i64().unwrap();
+    assert!(
+        last_seen >= gone_ms && last_seen <= gone_ms + 1500 + 400,
+        "last_seen {} ms after the phone went silent",
+        last_seen - gone_ms
+    );
     // Keep alive (1.5 s) + grace (1 s), give or take a tick.
     let took = gone.elapsed();
     assert!(

@@ -90,6 +90,9 @@ struct Presence {
     hidden: bool,
     /// When the last device left; `offline` is published once the grace period has passed.
     left_at: Option<Instant>,
+    /// The same moment in wall-clock milliseconds: the `last_seen` that `offline` carries, which
+    /// is when the user left, not when the grace period ended.
+    last_seen: Option<i64>,
 }
 
 pub struct Signals {
@@ -166,6 +169,7 @@ impl Signals {
                 let was_offline = p.devices.is_empty() && p.left_at.is_none();
                 p.devices.insert(client);
                 p.left_at = None;
+                p.last_seen = None;
                 if was_offline {
                     self.publish_presence(&user).await;
                 }
@@ -175,6 +179,7 @@ impl Signals {
                     p.devices.remove(&client);
                     if p.devices.is_empty() {
                         p.left_at = Some(Instant::now());
+                        p.last_seen = Some(now_ms());
                     }
                 }
             }
@@ -359,7 +364,8 @@ impl Signals {
             };
             json!({"user": user, "status": status}).to_string()
         } else {
-            json!({"user": user, "status": "offline", "last_seen": now_ms()}).to_string()
+            let last_seen = p.and_then(|p| p.last_seen).unwrap_or_else(now_ms);
+            json!({"user": user, "status": "offline", "last_seen": last_seen}).to_string()
         };
         let mut message = server_message(topics::presence_topic(user), payload);
         message.retain = true;
