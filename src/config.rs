@@ -536,6 +536,11 @@ mod tests {
                 "config: mqtt.receive_maximum: must be at least 1",
             ),
             (
+                "NATTER_STORAGE_COMMIT_RETRY_SECS",
+                "0",
+                "config: storage.commit_retry_secs: must be between 1 and 3600",
+            ),
+            (
                 "NATTER_MQTT_QUEUE_OVERFLOW",
                 "explode",
                 "config: mqtt.queue_overflow: unknown variant `explode`, expected `drop_oldest` or `drop_newest`",

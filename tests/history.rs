@@ -269,6 +269,83 @@ async fn retention_keeps_the_newest_entries_and_sync_says_where_history_starts()
     }
 }
 
+/// Files under `dir`, recursively (none if it does not exist).
+fn files_under(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                files_under(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn retention_releases_media_whose_file_goes_after_the_grace_period() {
+    let server = TestServer::start_with_users(USERS, |c| {
+        c.storage.retention_per_conversation = 1;
+        c.storage.retention_interval_secs = 1;
+        c.media.unreferenced_grace_secs = 1;
+    });
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.http);
+    let login_reply: Value = http
+        .post(format!("{base}/api/v1/login"))
+        .header("content-type", "application/json")
+        .body(json!({"user": "alice", "password": password("alice")}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    let token = login_reply["access_token"].as_str().unwrap();
+    let upload = http
+        .put(format!("{base}/api/v1/media"))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(b"a file only a message keeps".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), reqwest::StatusCode::CREATED);
+    let upload: Value = serde_json::from_str(&upload.text().await.unwrap()).unwrap();
+    let id = upload["id"].as_str().unwrap();
+    let blobs = server.path("data/media/blobs");
+    assert_eq!(files_under(&blobs), 1);
+
+    let mut alice = login(&server, "alice").await;
+    let with_media = json!({"t": "see attached", "media": [id]}).to_string();
+    assert_eq!(
+        send(&mut alice, "c/d.alice.bob/m", with_media).await,
+        PubAckReason::Success
+    );
+    // Referenced, it outlives the grace period and a few retention runs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(files_under(&blobs), 1, "a referenced upload was deleted");
+
+    // A newer message pushes it out of the history: the reference goes, then the file.
+    assert_eq!(
+        send(&mut alice, "c/d.alice.bob/m", "newer").await,
+        PubAckReason::Success
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files_under(&blobs) > 0 {
+        assert!(Instant::now() < deadline, "the unreferenced file stayed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut bob = login(&server, "bob").await;
+    let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(texts(&reply), ["newer"]);
+}
+
 #[tokio::test]
 async fn bad_payloads_are_refused_and_the_connection_stays() {
     let server = TestServer::start_with_users(USERS, |_| {});
