@@ -748,3 +748,127 @@ async fn subscriptions_beyond_the_per_connection_limit_get_0x97_or_0x80() {
     let ok = rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce);
     assert_eq!(codes, [ok, ok, rumqttc::SubscribeReasonCode::Failure]);
 }
+
+/// The next event of `type` on the user's `u/{user}/events`, skipping others.
+async fn event_of(c: &mut v5::Client, user: &str, kind: &str) -> Value {
+    loop {
+        let p = publish_on(c, &format!("u/{user}/events")).await;
+        let event: Value = serde_json::from_slice(&p.payload).unwrap();
+        if event["type"] == kind {
+            return event;
+        }
+    }
+}
+
+#[tokio::test]
+async fn members_leave_but_an_owner_leaves_last() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    let reply = request(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "club", "members": ["bob"]}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let leave = json!({"conv": "g.club"});
+    let reply = request(&mut alice, "alice", "group.leave", leave.clone()).await;
+    assert_eq!(reply["error"], "forbidden_by_role", "{reply}");
+
+    let reply = request(&mut bob, "bob", "group.leave", leave.clone()).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let event = event_of(&mut alice, "alice", "member_removed").await;
+    assert_eq!(event["user"], "bob");
+    assert_eq!(event["by"], "bob");
+    let reply = request(&mut bob, "bob", "members", leave.clone()).await;
+    assert_eq!(reply["error"], "not_member", "{reply}");
+    let reply = request(&mut bob, "bob", "group.leave", leave.clone()).await;
+    assert_eq!(reply["ok"], false, "{reply}");
+
+    // Alone now, the owner may go.
+    let reply = request(&mut alice, "alice", "group.leave", leave.clone()).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let reply = request(&mut alice, "alice", "members", leave).await;
+    assert_eq!(reply["error"], "not_member", "{reply}");
+}
+
+#[tokio::test]
+async fn group_updates_reach_the_members_as_events() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    request(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "club", "name": "Club", "members": ["bob"]}),
+    )
+    .await;
+    let reply = request(
+        &mut bob,
+        "bob",
+        "group.update",
+        json!({"conv": "g.club", "name": "Mine"}),
+    )
+    .await;
+    assert_eq!(reply["error"], "forbidden_by_role", "{reply}");
+
+    let reply = request(
+        &mut alice,
+        "alice",
+        "group.update",
+        json!({"conv": "g.club", "topic": "chess"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let event = event_of(&mut bob, "bob", "conversation_updated").await;
+    assert_eq!(
+        event,
+        json!({"type": "conversation_updated", "conv": "g.club", "name": "Club",
+               "topic": "chess", "by": "alice"}),
+        "an update without a name keeps the name"
+    );
+    let reply = request(&mut bob, "bob", "conversations", json!({})).await;
+    assert_eq!(reply["conversations"][0]["topic"], "chess", "{reply}");
+    let reply = request(
+        &mut alice,
+        "alice",
+        "group.update",
+        json!({"conv": "g.nope", "name": "x"}),
+    )
+    .await;
+    assert_eq!(reply["error"], "no_such_conversation", "{reply}");
+}
+
+#[tokio::test]
+async fn natter_user_passwd_replaces_the_password() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    // The old password works (and the server has verified it once) before the change.
+    let (before, _) = v5::Client::connect(opts(&server, "bob", "bob.before")).await;
+    before.vanish();
+    let out = Command::new(env!("CARGO_BIN_EXE_natter"))
+        .args(["user", "passwd", "bob", "--password", "new-pw-b"])
+        .arg("--data-dir")
+        .arg(server.dir.path().join("data"))
+        .env("NATTER_AUTH_PBKDF2_ITERATIONS", "1000")
+        .output()
+        .expect("run natter");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_c, r) = v5::Client::try_connect(opts(&server, "bob", "bob.old")).await;
+    let err = r.expect_err("the old password is refused");
+    assert!(
+        err.0
+            .contains(&format!("{:?}", ConnectReturnCode::BadUserNamePassword)),
+        "{err:?}"
+    );
+    let mut o = opts(&server, "bob", "bob.new");
+    o.set_credentials("bob", "new-pw-b");
+    let (_c, ack) = v5::Client::connect(o).await;
+    assert!(matches!(ack, v5::Incoming::ConnAck(_)), "{ack:?}");
+}
