@@ -374,6 +374,8 @@ impl Store {
             tx.execute("DELETE FROM messages WHERE conv = ?1", params![conv])?;
             tx.execute("DELETE FROM receipts WHERE conv = ?1", params![conv])?;
             tx.execute("DELETE FROM conversations WHERE id = ?1", params![conv])?;
+            // Its `conv_seq` row stays: the other user's devices sync after the sequence
+            // numbers they saw, so a new conversation under this id must continue past them.
         }
         tx.execute("DELETE FROM receipts WHERE user = ?1", params![id])?;
         // Their group messages stay, but a later account with this id must not match them as
