@@ -31,10 +31,12 @@ pub struct MediaStore {
     root: PathBuf,
 }
 
-/// An upload in progress.
+/// An upload in progress. Dropped before [`MediaStore::finish`] completes (an error, a client
+/// gone mid-body, a cancelled request), it removes its temporary file.
 pub struct Upload {
     file: tokio::fs::File,
     path: PathBuf,
+    finished: bool,
     hasher: digest::Context,
     size: u64,
     limit: u64,
@@ -47,6 +49,9 @@ pub struct Stored {
     pub size: u64,
     /// The type sniffed from the bytes (the client's Content-Type is not trusted).
     pub mime: String,
+    /// Whether this upload put the blob there (rather than finding the same content stored):
+    /// only then may a failure to record it remove it.
+    pub created: bool,
 }
 
 impl MediaStore {
@@ -68,6 +73,7 @@ impl MediaStore {
         Ok(Upload {
             file,
             path,
+            finished: false,
             hasher: digest::Context::new(&digest::SHA256),
             size: 0,
             limit,
@@ -91,11 +97,13 @@ impl MediaStore {
         if let Some(dir) = target.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
-        if tokio::fs::try_exists(&target).await? {
-            tokio::fs::remove_file(&upload.path).await?;
-        } else {
+        let created = !tokio::fs::try_exists(&target).await?;
+        if created {
             tokio::fs::rename(&upload.path, &target).await?;
+        } else {
+            tokio::fs::remove_file(&upload.path).await?;
         }
+        upload.finished = true;
         let mime = infer::get(&upload.head)
             .map(|t| t.mime_type().to_string())
             .unwrap_or_else(|| {
@@ -109,13 +117,8 @@ impl MediaStore {
             hash,
             size: upload.size,
             mime,
+            created,
         })
-    }
-
-    /// Abandons an upload, leaving nothing behind.
-    pub async fn abort(&self, upload: Upload) {
-        drop(upload.file);
-        let _ = tokio::fs::remove_file(&upload.path).await;
     }
 
     pub fn blob_path(&self, hash: &str) -> PathBuf {
@@ -166,6 +169,16 @@ impl MediaStore {
     }
 }
 
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.finished {
+            // A blocking unlink in async code, but one syscall on a local file: cheaper than a
+            // task, and it cannot be skipped by a runtime shutting down.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 impl Upload {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), MediaError> {
         self.size += chunk.len() as u64;
@@ -212,4 +225,43 @@ fn make_thumbnail(source: &Path, out: &Path, px: u32, max_pixels: u64) -> Result
         .map_err(|_| MediaError::NotAnImage)?;
     std::fs::rename(tmp, out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp_files(root: &Path) -> usize {
+        std::fs::read_dir(root.join("tmp")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_upload_removes_its_file_and_a_finished_one_says_if_it_is_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MediaStore::new(dir.path()).unwrap();
+        let mut upload = store.begin(100).await.unwrap();
+        upload.write(b"half of it").await.unwrap();
+        assert_eq!(tmp_files(dir.path()), 1);
+        drop(upload);
+        assert_eq!(tmp_files(dir.path()), 0, "dropped unfinished: removed");
+
+        let mut over = store.begin(4).await.unwrap();
+        assert!(matches!(
+            over.write(b"too long").await,
+            Err(MediaError::TooLarge(4))
+        ));
+        drop(over);
+        assert_eq!(tmp_files(dir.path()), 0);
+
+        let mut created = Vec::new();
+        for _ in 0..2 {
+            let mut upload = store.begin(100).await.unwrap();
+            upload.write(b"same bytes").await.unwrap();
+            let stored = store.finish(upload).await.unwrap();
+            assert!(store.blob_path(&stored.hash).exists());
+            created.push(stored.created);
+        }
+        assert_eq!(created, [true, false], "the second finds the first's blob");
+        assert_eq!(tmp_files(dir.path()), 0);
+    }
 }

@@ -429,3 +429,59 @@ async fn register_login_mqtt_with_token_image_message_and_signed_links() {
     assert_eq!(http.fetch(&url, None).await.status(), StatusCode::OK);
     assert_eq!(http.fetch("/healthz", None).await.status(), StatusCode::OK);
 }
+
+/// Polls `check` until it holds or the usual wait runs out.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_truncated_upload_leaves_nothing_on_disk() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let http = Http::new(&server);
+    let alice_t = http.token("alice").await;
+    let tmp = server.path("data/media/tmp");
+    let files = || std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+
+    let mut socket = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let head = format!(
+        "PUT /api/v1/media HTTP/1.1\r\nhost: natter\r\nauthorization: Bearer {alice_t}\r\n\
+         content-length: 100000\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&[9u8; 1000]).await.unwrap();
+    // The upload is under way (its temporary file exists) before the client vanishes.
+    eventually("the upload's temporary file appears", || files() == 1).await;
+    drop(socket);
+    eventually("the temporary file is removed", || files() == 0).await;
+
+    // Still serving, uploads included.
+    let (s, up) = http.upload(&alice_t, png(10, 10)).await;
+    assert_eq!(s, StatusCode::CREATED, "{up}");
+    assert_eq!(files(), 0);
+    let blobs = walk(&server.path("data/media/blobs"));
+    assert_eq!(
+        blobs.len(),
+        1,
+        "only the finished upload is stored: {blobs:?}"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

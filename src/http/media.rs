@@ -102,13 +102,13 @@ async fn upload_raw(
         let written = match chunk {
             Ok(bytes) => upload.write(&bytes).await,
             Err(_) => {
-                // The client went away mid-upload: nothing partial stays.
-                state.media.abort(upload).await;
+                // The client went away mid-upload: dropping the upload removes its file.
                 return Err(ApiError::bad_request("the upload was interrupted"));
             }
         };
         if let Err(e) = written {
-            state.media.abort(upload).await;
+            // The partial file goes now, not after the rest of the body is drained.
+            drop(upload);
             // Read (and drop) a bounded rest of the body, so the client is still listening
             // when the 413 arrives instead of finding the connection reset mid-send.
             let mut rest = 0u64;
@@ -165,16 +165,10 @@ async fn upload_multipart(
         loop {
             match field.chunk().await {
                 Ok(Some(bytes)) => {
-                    if let Err(e) = upload.write(&bytes).await {
-                        state.media.abort(upload).await;
-                        return Err(e.into());
-                    }
+                    upload.write(&bytes).await?;
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    state.media.abort(upload).await;
-                    return Err(ApiError::bad_request(e.body_text()));
-                }
+                Err(e) => return Err(ApiError::bad_request(e.body_text())),
             }
         }
         return finish(&state, &me, upload).await;
@@ -189,14 +183,21 @@ async fn finish(
     let stored = state.media.finish(upload).await?;
     let row = MediaRow {
         id: crate::ids::random_hex(16),
-        hash: stored.hash,
+        hash: stored.hash.clone(),
         owner: me.user.clone(),
         size: stored.size,
         mime: stored.mime,
     };
-    crate::stats::Stats::add(&state.stats.media_bytes_uploaded, row.size);
     let reply = json!({"id": row.id, "size": row.size, "type": row.mime});
-    blocking(state, move |s| s.add_media(&row)).await?;
+    let size = row.size;
+    if let Err(e) = blocking(state, move |s| s.add_media(&row)).await {
+        // A blob no row names would never be served nor cleaned up by retention.
+        if stored.created {
+            state.media.remove(&stored.hash).await;
+        }
+        return Err(e);
+    }
+    crate::stats::Stats::add(&state.stats.media_bytes_uploaded, size);
     Ok((StatusCode::CREATED, Json(reply)))
 }
 
