@@ -243,3 +243,59 @@ async fn invalid_filters_get_a_failure_code() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Queues five QoS 1 messages for an offline persistent session whose queue holds three, and
+/// returns what arrives when it reconnects.
+async fn queued_after_overflow(overflow: natter::config::QueueOverflow) -> Vec<String> {
+    let server = TestServer::start_with(|c| {
+        c.mqtt.max_queued_messages = 3;
+        c.mqtt.queue_overflow = overflow;
+    });
+    let mut o = options(&server, "away");
+    o.set_clean_session(false);
+    let (mut away, _) = Client::connect(o.clone()).await;
+    away.client
+        .subscribe("box/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    away.suback().await;
+    away.client.disconnect().await.unwrap();
+    while away.next().await.is_ok() {}
+
+    let (mut publisher, _) = Client::connect(options(&server, "pub")).await;
+    for i in 0..5 {
+        publisher
+            .client
+            .publish("box/1", QoS::AtLeastOnce, false, format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    // Each PUBACK follows its message's hand-over to the router, and the reconnect below
+    // reaches the router after all of them.
+    let mut acked = 0;
+    while acked < 5 {
+        if let Ok(Incoming::PubAck(_)) = publisher.next().await {
+            acked += 1;
+        }
+    }
+    let (mut away, _) = Client::connect(o).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(String::from_utf8_lossy(&away.publish().await.payload).into_owned());
+    }
+    away.no_publish(Duration::from_millis(300)).await;
+    got
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_the_oldest_or_the_newest_as_configured() {
+    use natter::config::QueueOverflow;
+    assert_eq!(
+        queued_after_overflow(QueueOverflow::DropOldest).await,
+        ["m2", "m3", "m4"]
+    );
+    assert_eq!(
+        queued_after_overflow(QueueOverflow::DropNewest).await,
+        ["m0", "m1", "m2"]
+    );
+}
