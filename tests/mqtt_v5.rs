@@ -606,6 +606,64 @@ async fn qos2_is_exactly_once_across_reconnects_both_ways() {
     silent(&mut sub, Duration::from_millis(300)).await;
 }
 
+/// Reconnects a persistent session after its connection vanished.
+async fn resume(server: &TestServer, id: &str) -> RawClient {
+    let mut o = expiring(60);
+    o.clean = false;
+    let (c, ack) = connect_with(server, id, o).await;
+    assert!(ack.session_present);
+    c
+}
+
+#[tokio::test]
+async fn unacknowledged_deliveries_are_resent_after_a_reconnect() {
+    let server = TestServer::start();
+    let (mut sub, _) = connect_with(&server, "sub", expiring(60)).await;
+    subscribe(&mut sub, "rs/#", QoS::ExactlyOnce).await;
+    let mut p = connect(&server, "p").await;
+
+    // QoS 1 without PUBACK: the same message, packet id and all, again with DUP.
+    p.send(Packet::Publish(publish(
+        "rs/1",
+        QoS::AtLeastOnce,
+        1,
+        b"one",
+    )))
+    .await;
+    let first = next_publish(&mut sub).await;
+    assert_eq!((first.qos, first.dup), (QoS::AtLeastOnce, false));
+    sub.vanish();
+    let mut sub = resume(&server, "sub").await;
+    let again = next_publish(&mut sub).await;
+    assert!(again.dup);
+    assert_eq!((again.pkid, &again.payload[..]), (first.pkid, &b"one"[..]));
+    sub.send(Packet::PubAck(PubAck::new(again.pkid, None)))
+        .await;
+    silent(&mut sub, Duration::from_millis(200)).await;
+
+    // QoS 2 after PUBREC: the PUBREL comes again, not the message.
+    p.send(Packet::Publish(publish(
+        "rs/2",
+        QoS::ExactlyOnce,
+        2,
+        b"two",
+    )))
+    .await;
+    let two = next_publish(&mut sub).await;
+    sub.send(Packet::PubRec(PubRec::new(two.pkid, None))).await;
+    assert!(matches!(sub.recv().await, Some(Packet::PubRel(r)) if r.pkid == two.pkid));
+    sub.vanish();
+    let mut sub = resume(&server, "sub").await;
+    assert!(matches!(sub.recv().await, Some(Packet::PubRel(r)) if r.pkid == two.pkid));
+    sub.send(Packet::PubComp(PubComp::new(two.pkid, None)))
+        .await;
+    silent(&mut sub, Duration::from_millis(300)).await;
+    // Completed: nothing comes after another reconnect.
+    sub.vanish();
+    let mut sub = resume(&server, "sub").await;
+    silent(&mut sub, Duration::from_millis(300)).await;
+}
+
 #[tokio::test]
 async fn pubrel_is_answered_after_a_reconnect_and_unknown_ids_get_0x92() {
     let server = TestServer::start();
