@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::{RawClient, TestServer};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    Filter, LastWill, LastWillProperties, Login, Packet, PubAck, PubAckReason, PubComp,
+    Filter, LastWill, LastWillProperties, Login, Packet, PingReq, PubAck, PubAckReason, PubComp,
     PubCompReason, PubRec, PubRel, Publish, PublishProperties, RetainForwardRule, SubAck,
     Subscribe, SubscribeProperties, SubscribeReasonCode,
 };
@@ -805,6 +805,54 @@ async fn takeover_and_shutdown_say_why() {
         disconnect_reason(new.closed().await),
         DisconnectReasonCode::ServerShuttingDown
     );
+}
+
+#[tokio::test]
+async fn sigterm_tells_clients_0x8b_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    natter::store::Store::open(&data)
+        .unwrap()
+        .add_user("alice", &natter::password::hash("pw-a", 1000).unwrap())
+        .unwrap();
+    let server = common::ServerProcess::start(&data);
+    let mut c = RawClient::connect(server.mqtt).await;
+    c.send(Packet::Connect(
+        Connect {
+            keep_alive: 30,
+            client_id: "alice.term".into(),
+            clean_start: true,
+            properties: Some(ConnectProperties::new()),
+        },
+        None,
+        Some(Login::new("alice", "pw-a")),
+    ))
+    .await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Success)
+    );
+    server.terminate();
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::ServerShuttingDown
+    );
+    let status = server.wait();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[tokio::test]
+async fn keep_alive_zero_means_no_timeout() {
+    let server = TestServer::start();
+    let o = Opts {
+        keep_alive: 0,
+        ..Default::default()
+    };
+    let (mut c, _) = connect_with(&server, "quiet", o).await;
+    // Three silent seconds: with any timeout in force the server would have closed by now
+    // (the shortest keep alive, 1 s, ends at 1.5 s).
+    silent(&mut c, Duration::from_secs(3)).await;
+    c.send(Packet::PingReq(PingReq)).await;
+    assert!(matches!(c.recv().await, Some(Packet::PingResp(_))));
 }
 
 #[tokio::test]

@@ -293,6 +293,28 @@ impl ServerProcess {
         ServerProcess { child, mqtt }
     }
 
+    /// SIGTERM, as an operator or a service manager stops it.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits (up to twice `WAIT`) for the process to exit on its own.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + 2 * WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for natter") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "natter did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no shutdown, no flush, nothing.
     pub fn kill(mut self) {
         let _ = self.child.kill();
