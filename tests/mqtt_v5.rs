@@ -129,7 +129,7 @@ async fn connack_advertises_limits_and_assigns_client_ids() {
     let (_c, ack) = connect_with(&server, "", Opts::default()).await;
     let props = ack.properties.expect("CONNACK properties");
     let assigned = props.assigned_client_identifier.expect("assigned id");
-    assert!(assigned.starts_with("natter."), "{assigned}");
+    assert!(assigned.starts_with("anon:"), "{assigned}");
     assert_eq!(props.receive_max, Some(256));
     assert_eq!(props.max_packet_size, Some(1_048_576));
     assert_eq!(props.topic_alias_max, Some(64));
@@ -297,6 +297,39 @@ async fn expired_messages_are_not_delivered_and_others_carry_the_time_left() {
         .and_then(|p| p.message_expiry_interval)
         .unwrap();
     assert!((98..=100).contains(&left), "{left}");
+    silent(&mut sub, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn expired_retained_messages_give_up_their_slots() {
+    let server = TestServer::start_with(|c| {
+        c.mqtt.max_retained = 2;
+        c.mqtt.sys_interval_secs = 0;
+    });
+    let mut p = connect(&server, "p").await;
+    for (pkid, topic, expiry) in [
+        (1, "r/short", Some(1)),
+        (2, "r/keep", None),
+        (3, "r/new", None),
+    ] {
+        if pkid == 3 {
+            // The store is full until the first one expires.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let props = PublishProperties {
+            message_expiry_interval: expiry,
+            ..Default::default()
+        };
+        let mut m = Publish::new(topic, QoS::AtLeastOnce, "v", Some(props));
+        m.retain = true;
+        m.pkid = pkid;
+        p.send(Packet::Publish(m)).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(a)) if a.pkid == pkid));
+    }
+    let mut sub = connect(&server, "sub").await;
+    subscribe(&mut sub, "r/#", QoS::AtMostOnce).await;
+    assert_eq!(&next_publish(&mut sub).await.topic[..], b"r/keep");
+    assert_eq!(&next_publish(&mut sub).await.topic[..], b"r/new");
     silent(&mut sub, Duration::from_millis(200)).await;
 }
 

@@ -69,6 +69,11 @@ impl Message {
     pub fn topic_str(&self) -> &str {
         std::str::from_utf8(&self.topic).unwrap_or_default()
     }
+
+    /// Whether its Message Expiry Interval has passed (then it is never delivered).
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// One message on its way to one client.
@@ -480,10 +485,16 @@ impl Router {
         if message.retain {
             if message.payload.is_empty() {
                 self.retained.remove(topic);
-            } else if self.retained.len() < self.settings.max_retained
-                || self.retained.contains_key(topic)
-            {
-                self.retained.insert(topic.to_string(), message.clone());
+            } else {
+                if self.retained.len() >= self.settings.max_retained {
+                    // Expired messages are never delivered again: they give up their slots.
+                    self.drop_expired_retained(now);
+                }
+                if self.retained.len() < self.settings.max_retained
+                    || self.retained.contains_key(topic)
+                {
+                    self.retained.insert(topic.to_string(), message.clone());
+                }
             }
         }
 
@@ -651,6 +662,10 @@ impl Router {
         } else {
             self.retained.get(filter).cloned().into_iter().collect()
         };
+        if matching.iter().any(|m| m.expired(now)) {
+            matching.retain(|m| !m.expired(now));
+            self.drop_expired_retained(now);
+        }
         matching.sort_by(|a, b| a.topic.cmp(&b.topic));
         for message in matching {
             let delivery = Delivery {
@@ -853,7 +868,14 @@ impl Router {
         }
     }
 
+    /// Forgets retained messages whose Message Expiry Interval has passed.
+    fn drop_expired_retained(&mut self, now: Instant) {
+        self.retained.retain(|_, m| !m.expired(now));
+    }
+
     fn publish_sys(&mut self, now: Instant) {
+        // The retained count must not include messages nobody will receive again.
+        self.drop_expired_retained(now);
         let s = self.stats.snapshot();
         for topic in SysTopic::ALL {
             let value = match topic {
