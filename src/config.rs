@@ -127,6 +127,7 @@ pub struct LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct ChatConfig {
     pub presence_grace_secs: u64,
+    pub delivery_receipts: bool,
     pub receipt_interval_ms: u64,
     pub typing_interval_ms: u64,
     pub typing_expiry_secs: u32,

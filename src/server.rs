@@ -174,7 +174,7 @@ pub async fn run(
 
     let (signals_tx, signals_rx) = tokio::sync::mpsc::unbounded_channel();
     let router = Router::new(
-        Settings::from_config(&config.mqtt, &config.limits),
+        Settings::from_config(&config.mqtt, &config.limits, &config.chat),
         access.clone(),
         stats.clone(),
         signals_tx.clone(),

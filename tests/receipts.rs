@@ -10,7 +10,8 @@ use common::chat::*;
 use common::clients::v5;
 use common::{RawClient, TestServer};
 use rumqttc::v5::mqttbytes::v5::{
-    Connect, ConnectProperties, Filter, Login, Packet, PubAck, Subscribe, SubscribeReasonCode,
+    Connect, ConnectProperties, Filter, Login, Packet, PubAck, Publish, Subscribe,
+    SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -104,6 +105,48 @@ async fn delivered_only_after_the_recipient_device_acknowledges() {
     assert_eq!(
         reply["receipts"],
         json!([{"user": "bob", "delivered": 1, "read": 0}])
+    );
+}
+
+#[tokio::test]
+async fn a_server_without_delivery_receipts_records_and_sends_none() {
+    let server = TestServer::start_with_users(USERS, |c| {
+        c.chat.delivery_receipts = false;
+        c.chat.receipt_interval_ms = 100;
+    });
+    let mut alice = login(&server, "alice").await;
+    let mut bob = raw_login(&server, "bob", "bob.phone", 30).await;
+    raw_subscribe(&mut bob, "u/bob/#").await;
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "no receipts")
+        .await
+        .unwrap();
+    let delivered = loop {
+        match bob.recv().await {
+            Some(Packet::Publish(p)) => break p,
+            Some(_) => continue,
+            None => panic!("bob closed"),
+        }
+    };
+    bob.send(Packet::PubAck(PubAck::new(delivered.pkid, None)))
+        .await;
+    // Read markers still work; they are the next thing on the receipt topic, no delivered
+    // receipt before them (many batching intervals later).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    bob.send(Packet::Publish(Publish::new(
+        "c/d.alice.bob/r",
+        QoS::AtMostOnce,
+        Bytes::from(r#"{"read": 1}"#),
+        None,
+    )))
+    .await;
+    let marker = json_of(&publish_on(&mut alice, "u/alice/c/d.alice.bob/r").await);
+    assert_eq!(marker["type"], "read", "{marker}");
+    let reply = request(&mut alice, "alice", "sync", json!({"conv": "d.alice.bob"})).await;
+    assert_eq!(
+        reply["receipts"],
+        json!([{"user": "bob", "delivered": 0, "read": 1}])
     );
 }
 

@@ -33,7 +33,7 @@ use subscriptions::{SubOptions, Subscriptions};
 use crate::access::{Access, Identity};
 use crate::chat::signals::Signal;
 use crate::codec::{max_qos, min_qos};
-use crate::config::{LimitsConfig, MqttConfig, QueueOverflow};
+use crate::config::{ChatConfig, LimitsConfig, MqttConfig, QueueOverflow};
 use crate::stats::Stats;
 use crate::topics::{self, SysTopic};
 
@@ -226,11 +226,14 @@ pub struct Settings {
     pub max_connections_per_user: usize,
     /// Subscriptions one session may hold (0: no limit).
     pub max_subscriptions: usize,
+    /// Whether recipients' acknowledgements become delivered receipts (`chat.delivery_receipts`).
+    pub delivery_receipts: bool,
 }
 
 impl Settings {
-    pub fn from_config(m: &MqttConfig, limits: &LimitsConfig) -> Settings {
+    pub fn from_config(m: &MqttConfig, limits: &LimitsConfig, chat: &ChatConfig) -> Settings {
         Settings {
+            delivery_receipts: chat.delivery_receipts,
             max_connections_per_user: limits.max_connections_per_user,
             max_subscriptions: limits.max_subscriptions_per_connection,
             max_inflight: m.max_inflight,
@@ -752,9 +755,12 @@ impl Router {
         if let Some(delivery) = &done {
             // A recipient device has the message: a delivered receipt (not for the sender's own
             // devices, and not when it arrived as a rejected PUBREC).
-            if let (Some(chat), Some(user), Ack::PubAck(_) | Ack::PubComp(_)) =
-                (&delivery.message.chat, &session.identity.user, ack)
-            {
+            if let (true, Some(chat), Some(user), Ack::PubAck(_) | Ack::PubComp(_)) = (
+                self.settings.delivery_receipts,
+                &delivery.message.chat,
+                &session.identity.user,
+                ack,
+            ) {
                 if **user != *chat.from {
                     let _ = self.signals.send(Signal::Delivered {
                         user: user.clone(),
