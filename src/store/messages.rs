@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{
-    params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,6 +31,8 @@ use std::sync::Arc;
 const MAX_BATCH: usize = 512;
 /// Messages waiting for the writer before publishers wait.
 const QUEUE: usize = 8192;
+/// Prepared statements the writer keeps (it uses about a dozen).
+const STATEMENT_CACHE: usize = 32;
 /// How far back a DUP resend without a client message id is matched against what was stored.
 const DUP_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// The first and the longest pause between attempts at a batch whose commit failed.
@@ -109,7 +111,15 @@ impl Writer {
         commit_retry: Duration,
         stats: Arc<Stats>,
     ) -> Result<Writer, StoreError> {
-        let conn = Connection::open(data_dir.join("natter.db"))?;
+        // Only the writer thread uses this connection: SQLite's per-connection mutex would be
+        // pure overhead on every call.
+        let conn = Connection::open_with_flags(
+            data_dir.join("natter.db"),
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.busy_timeout(BUSY_MAX)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
@@ -265,7 +275,13 @@ fn commit(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
     let mut top: HashMap<&str, u64> = HashMap::new();
+    let mut unindexed = None;
     for job in batch {
+        if job.message.content.target.is_some() {
+            // An edit or delete updates its target through the index triggers, which must
+            // find the target indexed.
+            index_new(&tx, &mut unindexed)?;
+        }
         let result = append(&tx, &job.message, last_seq)?;
         if let Ok(Appended {
             envelope,
@@ -273,18 +289,40 @@ fn commit(
         }) = &result
         {
             top.insert(&job.message.conv, envelope.seq);
+            unindexed.get_or_insert(envelope.id);
         }
         results.push(result);
     }
+    index_new(&tx, &mut unindexed)?;
     for (conv, seq) in top {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO conv_seq (conv, last) VALUES (?1, ?2)
              ON CONFLICT (conv) DO UPDATE SET last = MAX(last, excluded.last)",
-            params![conv, seq],
-        )?;
+        )?
+        .execute(params![conv, seq])?;
     }
     tx.commit()?;
     Ok(results)
+}
+
+/// Adds the entries from id `from` on (all of them this batch's) to the full-text indexes, in
+/// one statement each: FTS5 writes what it has gathered at every statement, so one statement
+/// per batch means one index segment per batch (see the schema's migrations).
+fn index_new(tx: &Transaction<'_>, from: &mut Option<i64>) -> Result<(), StoreError> {
+    let Some(first) = from.take() else {
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages
+         WHERE id >= ?1 AND kind = 'msg' AND body IS NOT NULL",
+    )?
+    .execute([first])?;
+    tx.prepare_cached(
+        "INSERT INTO messages_tri (rowid, body) SELECT id, body FROM messages
+         WHERE id >= ?1 AND kind = 'msg' AND cjk AND body IS NOT NULL",
+    )?
+    .execute([first])?;
+    Ok(())
 }
 
 fn append(
@@ -296,11 +334,8 @@ fn append(
     // Idempotency: the same (sender, cid) is the same message.
     if let Some(cid) = &c.cid {
         let found = tx
-            .query_row(
-                &format!("{SELECT} WHERE sender = ?1 AND cid = ?2"),
-                params![m.sender, cid],
-                row_to_envelope,
-            )
+            .prepare_cached(&format!("{SELECT} WHERE sender = ?1 AND cid = ?2"))?
+            .query_row(params![m.sender, cid], row_to_envelope)
             .optional()?;
         if let Some(envelope) = found {
             return Ok(Ok(Appended {
@@ -312,10 +347,10 @@ fn append(
         // A resend (DUP) without cid: the same device's latest message with this packet id, if
         // it carried the same content to the same conversation.
         let found = tx
+            .prepare_cached(&format!(
+                "{SELECT} WHERE device = ?1 AND pkid = ?2 AND ts > ?3 ORDER BY id DESC LIMIT 1"
+            ))?
             .query_row(
-                &format!(
-                    "{SELECT} WHERE device = ?1 AND pkid = ?2 AND ts > ?3 ORDER BY id DESC LIMIT 1"
-                ),
                 params![m.device, pkid, now_ms() - DUP_WINDOW_MS],
                 row_to_envelope,
             )
@@ -331,12 +366,12 @@ fn append(
     for id in &c.media {
         // Media travel only with their uploader's messages, or within a conversation that has
         // seen them already.
-        let ok: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM media WHERE id = ?1 AND (owner = ?2 OR EXISTS (
+        let ok: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM media WHERE id = ?1 AND (owner = ?2 OR EXISTS (
                 SELECT 1 FROM media_refs WHERE media = ?1 AND conv = ?3)))",
-            params![id, m.sender, m.conv],
-            |r| r.get(0),
-        )?;
+            )?
+            .query_row(params![id, m.sender, m.conv], |r| r.get(0))?;
         if !ok {
             return Ok(Err(AppendError::Refused("unknown media id")));
         }
@@ -368,79 +403,82 @@ fn append(
             _ => {}
         }
     }
+    // A conversation this writer has a sequence for already has its row.
+    let known = last_seq.contains_key(&m.conv);
     let seq = match last_seq.get(&m.conv) {
         Some(s) => s + 1,
         None => {
             // The stored last sequence, or the entries themselves for a conversation that
             // predates `conv_seq` without a row there.
-            let last: i64 = tx.query_row(
-                "SELECT MAX(COALESCE((SELECT last FROM conv_seq WHERE conv = ?1), 0),
+            let last: i64 = tx
+                .prepare_cached(
+                    "SELECT MAX(COALESCE((SELECT last FROM conv_seq WHERE conv = ?1), 0),
                             COALESCE((SELECT MAX(seq) FROM messages WHERE conv = ?1), 0))",
-                params![m.conv],
-                |r| r.get(0),
-            )?;
+                )?
+                .query_row(params![m.conv], |r| r.get(0))?;
             last as u64 + 1
         }
     };
     let ts = now_ms();
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body, reply_to,
-                               thread, target, emoji, media)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        params![
-            m.conv,
-            seq,
-            m.sender,
-            m.device,
-            ts,
-            c.cid,
-            m.pkid,
-            c.kind.as_str(),
-            c.text,
-            c.reply_to,
-            c.thread,
-            c.target,
-            c.emoji,
-            (!c.media.is_empty()).then(|| c.media.join(","))
-        ],
-    )?;
+                               thread, target, emoji, media, cjk)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        m.conv,
+        seq,
+        m.sender,
+        m.device,
+        ts,
+        c.cid,
+        m.pkid,
+        c.kind.as_str(),
+        c.text,
+        c.reply_to,
+        c.thread,
+        c.target,
+        c.emoji,
+        (!c.media.is_empty()).then(|| c.media.join(",")),
+        has_cjk(c.text.as_deref())
+    ])?;
     let id = tx.last_insert_rowid();
     for media in &c.media {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO media_refs (media, message, conv) VALUES (?1, ?2, ?3)
              ON CONFLICT DO NOTHING",
-            params![media, id, m.conv],
-        )?;
+        )?
+        .execute(params![media, id, m.conv])?;
     }
     match (c.kind, c.target) {
         (Kind::Edit, Some(target)) => {
-            tx.execute(
-                "UPDATE messages SET body = ?3, edited = 1 WHERE conv = ?1 AND seq = ?2",
-                params![m.conv, target, c.text],
-            )?;
+            tx.prepare_cached(
+                "UPDATE messages SET body = ?3, cjk = ?4, edited = 1 WHERE conv = ?1 AND seq = ?2",
+            )?
+            .execute(params![m.conv, target, c.text, has_cjk(c.text.as_deref())])?;
         }
         (Kind::Delete, Some(target)) => {
             // A tombstone: the entry stays (sequence numbers stay dense), its text and media
             // go; released references let unreferenced uploads be collected.
-            tx.execute(
+            tx.prepare_cached(
                 "DELETE FROM media_refs WHERE message =
                    (SELECT id FROM messages WHERE conv = ?1 AND seq = ?2)",
-                params![m.conv, target],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![m.conv, target])?;
+            tx.prepare_cached(
                 "UPDATE messages SET body = NULL, media = NULL, deleted = 1
                  WHERE conv = ?1 AND seq = ?2",
-                params![m.conv, target],
-            )?;
+            )?
+            .execute(params![m.conv, target])?;
         }
         _ => {}
     }
-    if topics_is_direct(&m.conv) {
-        tx.execute(
+    if !known && topics_is_direct(&m.conv) {
+        tx.prepare_cached(
             "INSERT INTO conversations (id, kind, created_by, created_at)
              VALUES (?1, 'direct', ?2, ?3) ON CONFLICT (id) DO NOTHING",
-            params![m.conv, m.sender, ts / 1000],
-        )?;
+        )?
+        .execute(params![m.conv, m.sender, ts / 1000])?;
     }
     last_seq.insert(m.conv.clone(), seq);
     Ok(Ok(Appended {
@@ -464,7 +502,13 @@ fn append(
     }))
 }
 
-/// Han, kana, hangul: scripts written without spaces between words.
+/// Whether a text goes into the trigram index (see the schema's `cjk` column).
+fn has_cjk(text: Option<&str>) -> bool {
+    text.is_some_and(|t| t.chars().any(is_cjk))
+}
+
+/// Han, kana, hangul: scripts written without spaces between words. The migration that added
+/// the `cjk` column lists the same ranges.
 fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF)
 }
@@ -871,6 +915,71 @@ mod tests {
         let writer = start(dir.path());
         assert_eq!(text(&writer, "d.alice.bob", "e").await, 5);
         assert_eq!(text(&writer, "g.other", "x").await, 1);
+    }
+
+    /// Entries are indexed once per batch; an edit or delete in the same batch as its target
+    /// must still find it indexed, and the trigram index holds only CJK text.
+    #[tokio::test]
+    async fn batched_indexing_keeps_both_indexes_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writer = start(dir.path());
+        let conv = "d.alice.bob";
+        // Submitted together, so that they share batches.
+        let submit = |c: Content| {
+            writer.submit(NewMessage {
+                conv: conv.into(),
+                sender: "alice".into(),
+                device: "alice.phone".into(),
+                pkid: None,
+                dup: false,
+                moderator: false,
+                content: c,
+            })
+        };
+        let replies = [
+            submit(content(Kind::Msg, Some("alpha one"), None, &[])).await,
+            submit(content(Kind::Edit, Some("beta one"), Some(1), &[])).await,
+            submit(content(Kind::Msg, Some("東京で会いましょう"), None, &[])).await,
+            submit(content(Kind::Edit, Some("gamma"), Some(3), &[])).await,
+            submit(content(Kind::Msg, Some("delta 서울"), None, &[])).await,
+            submit(content(Kind::Delete, None, Some(5), &[])).await,
+            submit(content(Kind::Msg, Some("epsilon 北京"), None, &[])).await,
+        ];
+        for r in replies {
+            r.await.unwrap().unwrap();
+        }
+        let convs = [conv.to_string()];
+        let found = |q: &str| -> Vec<u64> {
+            store
+                .search(&convs, q, 10)
+                .unwrap()
+                .iter()
+                .map(|i| i.envelope.seq)
+                .collect()
+        };
+        assert_eq!(found("beta"), [1]);
+        assert!(found("alpha").is_empty());
+        assert!(found("東京で").is_empty(), "edited away");
+        assert_eq!(found("gamma"), [3]);
+        assert!(found("delta").is_empty(), "deleted");
+        assert_eq!(found("北京"), [7]);
+        assert_eq!(found("epsilon"), [7]);
+        // Only the one stored text with CJK left is in the trigram index.
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM messages_tri_docsize"),
+            1
+        );
+        for index in ["messages_fts", "messages_tri"] {
+            store
+                .lock()
+                .execute(
+                    // Internal consistency only: both indexes hold a subset of the table.
+                    &format!("INSERT INTO {index} ({index}) VALUES ('integrity-check')"),
+                    [],
+                )
+                .unwrap();
+        }
     }
 
     #[tokio::test]
