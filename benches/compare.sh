@@ -6,7 +6,8 @@
 #   benches/compare.sh --quick    smoke test: seconds per scenario, small N; fails only on errors
 #
 # Options:
-#   --brokers LIST      comma-separated subset of natter,mosquitto,rumqttd,raw (default: all)
+#   --brokers LIST      comma-separated subset of natter,natter-plain,natter-nogc,natter-norcpt,
+#                       mosquitto,rumqttd,raw (default: all; see benches/README.md)
 #   --scenarios LIST    comma-separated subset of p2p-max,p2p-rate,fanout,idle,storm (default: all)
 #   --natter-bin PATH   use this natter binary instead of building one
 #   --no-build          use the binaries already in the target directory
@@ -21,14 +22,14 @@ ROOT=$PWD
 COMMAND_LINE="benches/compare.sh${*:+ $*}"
 
 MODE=full
-BROKERS=natter,mosquitto,rumqttd,raw
+BROKERS=natter,natter-plain,natter-nogc,natter-norcpt,mosquitto,rumqttd,raw
 SCENARIOS=p2p-max,p2p-rate,fanout,idle,storm
 NATTER_BIN=
 BUILD=1
 PIN=0
 OUT=
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -47,10 +48,12 @@ while [ $# -gt 0 ]; do
 done
 
 has() { case ",$1," in *",$2,"*) return 0 ;; *) return 1 ;; esac; }
+# Whether any natter column is asked for.
+has_natter() { case ",$BROKERS," in *,natter*) return 0 ;; *) return 1 ;; esac; }
 say() { echo "compare.sh: $*" >&2; }
 
 for b in ${BROKERS//,/ }; do
-  case "$b" in natter|mosquitto|rumqttd|raw) ;; *) say "unknown broker $b"; exit 2 ;; esac
+  case "$b" in natter|natter-plain|natter-nogc|natter-norcpt|mosquitto|rumqttd|raw) ;; *) say "unknown broker $b"; exit 2 ;; esac
 done
 for s in ${SCENARIOS//,/ }; do
   case "$s" in p2p-max|p2p-rate|fanout|idle|storm) ;; *) say "unknown scenario $s"; exit 2 ;; esac
@@ -109,7 +112,7 @@ fi
 # Build.
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ "$BUILD" = 1 ]; then
-  if [ -z "$NATTER_BIN" ] && has "$BROKERS" natter; then
+  if [ -z "$NATTER_BIN" ] && has_natter; then
     say "building natter (release)"
     cargo build --release -p natter --bin natter ||
       { say "natter does not build; fix it, or run an existing binary with --natter-bin PATH"; exit 1; }
@@ -123,19 +126,29 @@ NATTER=${NATTER_BIN:-$TARGET/release/natter}
 for bin in "$LOADGEN" "$RUMQTTD"; do
   [ -x "$bin" ] || { say "$bin is missing (run without --no-build)"; exit 2; }
 done
-if has "$BROKERS" natter && [ ! -x "$NATTER" ]; then
+if has_natter && [ ! -x "$NATTER" ]; then
   say "$NATTER is missing (run without --no-build, or pass --natter-bin)"; exit 2
 fi
 
-# natter's settings: anonymous clients (no accounts exist yet), no $SYS publications, and no
-# per-connection publish rate limit where the binary has one (an abuse limit the other brokers
-# do not have: with it, the throughput scenarios would measure the limit).
-NATTER_ENV=(NATTER_AUTH_ALLOW_ANONYMOUS=true NATTER_MQTT_SYS_INTERVAL_SECS=0 NATTER_LOG_LEVEL=warn)
-NATTER_NOTES="defaults, anonymous clients, \$SYS off"
-if has "$BROKERS" natter && "$NATTER" config print 2>/dev/null | grep -q '^publish_rate'; then
-  NATTER_ENV+=(NATTER_LIMITS_PUBLISH_RATE=0)
-  NATTER_NOTES="$NATTER_NOTES, limits.publish_rate = 0 (no publish rate limit)"
-fi
+# natter's settings. Every column: no $SYS publications, and no per-connection publish rate
+# limit (an abuse limit the other brokers do not have: with it, the throughput scenarios would
+# measure the limit). The chat columns log every client in to an account of its own; their
+# passwords are hashed with 1,000 PBKDF2 iterations instead of 600,000, so that connecting
+# 10,000 clients measures the broker rather than the deliberately slow password hash (token
+# logins, what apps use, cost an HMAC).
+NATTER_ENV=(NATTER_MQTT_SYS_INTERVAL_SECS=0 NATTER_LOG_LEVEL=warn NATTER_LIMITS_PUBLISH_RATE=0)
+NATTER_CHAT_ENV=(NATTER_AUTH_PBKDF2_ITERATIONS=1000)
+# natter_env COLUMN: the extra settings of one natter column.
+natter_env() {
+  case "$1" in
+    natter) echo "${NATTER_CHAT_ENV[@]}" ;;
+    natter-plain) echo NATTER_AUTH_ALLOW_ANONYMOUS=true ;;
+    natter-nogc) echo "${NATTER_CHAT_ENV[@]}" NATTER_STORAGE_GROUP_COMMIT=false ;;
+    natter-norcpt) echo "${NATTER_CHAT_ENV[@]}" NATTER_CHAT_DELIVERY_RECEIPTS=false ;;
+  esac
+}
+# Columns that are variants of the chat column run only the message flows.
+variant() { case "$1" in natter-nogc|natter-norcpt) return 0 ;; *) return 1 ;; esac; }
 
 # ---------------------------------------------------------------------------------------------
 # Output and cleanup.
@@ -170,10 +183,12 @@ start_broker() {
   local name=$1 port=$2 log="$OUT/logs/$1.log"
   echo "--- $(date -u +%H:%M:%S) $CURRENT_SCENARIO on 127.0.0.1:$port" >>"$log"
   case "$name" in
-    natter)
+    natter*)
       rm -rf "$RUNTMP/natter-data"
-      env "${NATTER_ENV[@]}" "${BROKER_CPU[@]}" "$NATTER" serve --mqtt "127.0.0.1:$port" --ws '' \
-        --http 127.0.0.1:0 --data-dir "$RUNTMP/natter-data" >>"$log" 2>&1 &
+      # shellcheck disable=SC2046 # natter_env prints words meant to be split
+      env "${NATTER_ENV[@]}" $(natter_env "$name") "${BROKER_CPU[@]}" "$NATTER" serve \
+        --mqtt "127.0.0.1:$port" --ws '' --http "127.0.0.1:$HTTP_PORT" \
+        --data-dir "$RUNTMP/natter-data" >>"$log" 2>&1 &
       ;;
     mosquitto)
       # natter's defaults where mosquitto has the same knob: 1000 queued and 64 in flight per
@@ -230,7 +245,13 @@ rumqttd_version=$(awk '/^name = "rumqttd"$/ { getline; gsub(/[^0-9.]/, ""); prin
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- command: \`$COMMAND_LINE\`"
   echo "- machine: $(nproc) CPUs (${cpu_model:-unknown}), $mem_total, Linux $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-  has "$BROKERS" natter && echo "- natter: $("$NATTER" --version 2>/dev/null | sed 's/^natter //' || echo unknown) (release binary of $(date -u -r "$NATTER" '+%Y-%m-%d %H:%M UTC')), $NATTER_NOTES"
+  if has_natter; then
+    echo "- natter: $("$NATTER" --version 2>/dev/null | sed 's/^natter //' || echo unknown) (release binary of $(date -u -r "$NATTER" '+%Y-%m-%d %H:%M UTC')), defaults but \`\$SYS\` off and \`limits.publish_rate = 0\`, in these columns:"
+    has "$BROKERS" natter && echo "  - \`natter\`: the chat server: every client logs in to an account of its own (PBKDF2 at 1,000 iterations); 1:1 flows are direct conversations, fan-out a group, subscribers listen to \`u/{user}/#\`; every message is stored in SQLite (synchronous = full, group commit) before its PUBACK, and recipients' PUBACKs become delivered receipts"
+    has "$BROKERS" natter-plain && echo "  - \`natter-plain\`: the same binary as a plain MQTT broker: anonymous clients on ordinary topics, nothing stored"
+    has "$BROKERS" natter-nogc && echo "  - \`natter-nogc\`: \`natter\` with \`storage.group_commit = false\` (one transaction and fsync per message)"
+    has "$BROKERS" natter-norcpt && echo "  - \`natter-norcpt\`: \`natter\` with \`chat.delivery_receipts = false\`"
+  fi
   has "$BROKERS" mosquitto && echo "- mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -n 1 | sed 's/^mosquitto version //')" \
     "(max_queued_messages 1000, max_inflight_messages 64, set_tcp_nodelay true)"
   has "$BROKERS" rumqttd && echo "- rumqttd: ${rumqttd_version:-0.20} embedded in bench-rumqttd, its rumqttd.toml defaults (v4 listener)"
@@ -247,7 +268,9 @@ for scenario in ${SCENARIOS//,/ }; do
   CURRENT_SCENARIO=$scenario
   for broker in ${BROKERS//,/ }; do
     case "$scenario" in p2p-*) ;; *) [ "$broker" = raw ] && continue ;; esac
+    case "$scenario" in idle|storm) variant "$broker" && continue ;; esac
     port=$("$LOADGEN" free-port)
+    HTTP_PORT=$("$LOADGEN" free-port)
     if ! start_broker "$broker" "$port"; then
       failures+=("$scenario on $broker: the broker did not start")
       stop_broker "$BROKER_PID"
@@ -257,6 +280,10 @@ for scenario in ${SCENARIOS//,/ }; do
     [ "$broker" = raw ] && proto=raw
     extra=()
     [ "$scenario" = idle ] && extra=(--clients "$IDLE_CLIENTS")
+    case "$broker" in
+      natter-plain) ;;
+      natter*) extra+=(--topic-scheme chat --http "127.0.0.1:$HTTP_PORT") ;;
+    esac
     if ! "${LOADGEN_CPU[@]}" "$LOADGEN" run --scenario "$scenario" --broker "$broker" \
       --addr "127.0.0.1:$port" --pid "$BROKER_PID" --proto "$proto" "${QUICK[@]}" "${extra[@]}" \
       --results "$OUT/results.csv" --latency-dir "$OUT"; then

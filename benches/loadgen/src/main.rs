@@ -6,6 +6,7 @@
 //! - `loadgen report --dir DIR`: turns a run's CSV files into Markdown, a CSV table and a PNG.
 //! - `loadgen free-port`, `loadgen wait-port ADDR`: helpers for the script.
 
+mod chat;
 mod forward;
 mod procstat;
 mod report;
@@ -24,7 +25,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use procstat::Proc;
 use results::Results;
-use scenarios::{FlowSpec, IdleSpec, StormSpec, Target, TopicScheme};
+use scenarios::{FlowSpec, IdleSpec, Names, StormSpec, Target, TopicScheme};
 use wire::Proto;
 
 #[derive(Parser)]
@@ -127,6 +128,9 @@ struct RunArgs {
     latency_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = TopicScheme::Plain)]
     topic_scheme: TopicScheme,
+    /// natter's HTTP API (the chat scheme registers its accounts there).
+    #[arg(long)]
+    http: Option<SocketAddr>,
     /// Publisher/subscriber pairs (p2p-*).
     #[arg(long)]
     pairs: Option<usize>,
@@ -147,7 +151,7 @@ struct RunArgs {
     /// Upper bound on messages published per flow scenario.
     #[arg(long)]
     max_msgs: Option<u64>,
-    /// Payload size in bytes (at least 20: timestamp, sequence, publisher).
+    /// Payload size in bytes (at least 40: timestamp, sequence, publisher in hex).
     #[arg(long, default_value_t = 200)]
     payload: usize,
     /// Clients (idle, storm).
@@ -221,6 +225,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             ProtoArg::Raw => Proto::Raw,
         },
         addr: a.addr,
+        http: a.http,
         broker: Proc { pid: a.pid },
     };
     anyhow::ensure!(target.broker.alive(), "no process {} (the broker)", a.pid);
@@ -232,6 +237,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     let scenario = a.scenario.name();
     // A short tag keeps client ids and topics of separate runs apart.
     let run_id = format!("{:x}", std::process::id());
+    let names = Names::new(a.topic_scheme, &run_id, scenario);
     let mut results = Results::new(scenario, &a.broker, a.latency_dir.clone());
     let rt = tokio::runtime::Runtime::new()?;
     eprintln!("== {scenario} on {} ({})", a.broker, a.addr);
@@ -253,17 +259,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     payload: a.payload,
                 };
                 let outcome = match a.client {
-                    ClientKind::Lean => {
-                        scenarios::run_flow(&target, spec, a.topic_scheme, &run_id, scenario)
-                            .await?
-                    }
+                    ClientKind::Lean => scenarios::run_flow(&target, spec, names).await?,
                     ClientKind::Rumqttc => {
                         anyhow::ensure!(
                             target.proto == Proto::Mqtt,
                             "--client rumqttc speaks MQTT only"
                         );
-                        rumqttc_client::run_flow(&target, spec, a.topic_scheme, &run_id, scenario)
-                            .await?
+                        rumqttc_client::run_flow(&target, spec, names).await?
                     }
                 };
                 scenarios::flow_figures(&mut results, &outcome, target.broker, fixed)?;
@@ -274,7 +276,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     concurrency: a.connect_concurrency,
                     settle: Duration::from_millis(if q { 300 } else { 2000 }),
                 };
-                scenarios::run_idle(&target, spec, a.topic_scheme, &run_id, &mut results).await?;
+                scenarios::run_idle(&target, spec, names, &mut results).await?;
             }
             Scenario::Storm => {
                 let spec = StormSpec {
@@ -284,7 +286,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     timeout: secs(a.storm_timeout, 20.0, 60.0, q),
                     payload: a.payload,
                 };
-                scenarios::run_storm(&target, spec, a.topic_scheme, &run_id, &mut results).await?;
+                scenarios::run_storm(&target, spec, names, &mut results).await?;
             }
         }
         Ok::<_, anyhow::Error>(())

@@ -12,7 +12,26 @@ use plotters::prelude::*;
 use crate::results::{distribution_file, CSV_HEADER};
 
 /// Columns in this order; brokers not listed here follow in order of appearance.
-const KNOWN: [&str; 4] = ["natter", "mosquitto", "rumqttd", "raw"];
+const KNOWN: [&str; 7] = [
+    "natter",
+    "natter-plain",
+    "natter-nogc",
+    "natter-norcpt",
+    "mosquitto",
+    "rumqttd",
+    "raw",
+];
+
+/// The ratio columns (numerator, denominator), where both columns ran: the chat server against
+/// mosquitto and rumqttd, natter's routing alone against rumqttd's, and what group commit and
+/// delivered receipts are worth.
+const RATIOS: [(&str, &str); 5] = [
+    ("natter", "mosquitto"),
+    ("natter", "rumqttd"),
+    ("natter-plain", "rumqttd"),
+    ("natter-nogc", "natter"),
+    ("natter-norcpt", "natter"),
+];
 
 /// What each scenario is, for the Markdown.
 fn describe(scenario: &str) -> (&'static str, &'static str) {
@@ -80,11 +99,11 @@ fn fmt_value(v: f64) -> String {
     s
 }
 
-fn ratio(f: &Figure, other: &str) -> Option<f64> {
+fn ratio(f: &Figure, (num, den): (&str, &str)) -> Option<f64> {
     if f.better == "info" {
         return None;
     }
-    let (n, o) = (*f.values.get("natter")?, *f.values.get(other)?);
+    let (n, o) = (*f.values.get(num)?, *f.values.get(den)?);
     (n.is_finite() && o.is_finite() && o != 0.0).then(|| n / o)
 }
 
@@ -118,9 +137,10 @@ pub fn write(dir: &Path, header: Option<&Path>) -> anyhow::Result<()> {
         }
     }
     brokers.sort_by_key(|b| KNOWN.iter().position(|k| k == b).unwrap_or(KNOWN.len()));
-    let others: Vec<&str> = ["mosquitto", "rumqttd"]
+    let ran = |name: &str| brokers.iter().any(|b| b == name);
+    let ratios: Vec<(&str, &str)> = RATIOS
         .into_iter()
-        .filter(|o| brokers.iter().any(|b| b == o) && brokers.iter().any(|b| b == "natter"))
+        .filter(|(n, d)| ran(n) && ran(d))
         .collect();
 
     // Markdown.
@@ -132,8 +152,8 @@ pub fn write(dir: &Path, header: Option<&Path>) -> anyhow::Result<()> {
         md.push('\n');
     }
     md.push_str(
-        "Ratios are natter ÷ the other broker: for a *higher is better* figure above 1 means \
-         natter is ahead, for a *lower is better* figure below 1 does. `raw` is the TCP \
+        "Ratios are the first column ÷ the second: for a *higher is better* figure above 1 means \
+         the first is ahead, for a *lower is better* figure below 1 does. `raw` is the TCP \
          forwarder baseline (no MQTT), shown where it applies.\n",
     );
     let mut current = String::new();
@@ -149,11 +169,11 @@ pub fn write(dir: &Path, header: Option<&Path>) -> anyhow::Result<()> {
             for b in &brokers {
                 let _ = write!(md, " {b} |");
             }
-            for o in &others {
-                let _ = write!(md, " natter/{o} |");
+            for (n, d) in &ratios {
+                let _ = write!(md, " {n}/{d} |");
             }
             md.push_str("\n|---|---|---|");
-            for _ in 0..brokers.len() + others.len() {
+            for _ in 0..brokers.len() + ratios.len() {
                 md.push_str("--:|");
             }
             md.push('\n');
@@ -166,11 +186,11 @@ pub fn write(dir: &Path, header: Option<&Path>) -> anyhow::Result<()> {
                 f.values.get(b).map_or("—".to_string(), |v| fmt_value(*v))
             );
         }
-        for o in &others {
+        for pair in &ratios {
             let _ = write!(
                 md,
                 " {} |",
-                ratio(f, o).map_or("—".to_string(), |r| format!("{r:.2}×"))
+                ratio(f, *pair).map_or("—".to_string(), |r| format!("{r:.2}×"))
             );
         }
         md.push('\n');
@@ -184,8 +204,8 @@ pub fn write(dir: &Path, header: Option<&Path>) -> anyhow::Result<()> {
     for b in &brokers {
         let _ = write!(csv, ",{b}");
     }
-    for o in &others {
-        let _ = write!(csv, ",natter/{o}");
+    for (n, d) in &ratios {
+        let _ = write!(csv, ",{n}/{d}");
     }
     csv.push('\n');
     for key in &order {
@@ -198,11 +218,11 @@ pub fn write(dir: &Path, header: Option<&Path>) -> anyhow::Result<()> {
                 f.values.get(b).map_or(String::new(), |v| v.to_string())
             );
         }
-        for o in &others {
+        for pair in &ratios {
             let _ = write!(
                 csv,
                 ",{}",
-                ratio(f, o).map_or(String::new(), |r| format!("{r:.3}"))
+                ratio(f, *pair).map_or(String::new(), |r| format!("{r:.3}"))
             );
         }
         csv.push('\n');
@@ -264,6 +284,7 @@ fn load_font() -> bool {
 fn color(broker: &str) -> RGBColor {
     match broker {
         "natter" => RGBColor(220, 50, 47),
+        "natter-plain" => RGBColor(203, 75, 22),
         "mosquitto" => RGBColor(38, 139, 210),
         "rumqttd" => RGBColor(133, 153, 0),
         "raw" => RGBColor(88, 88, 88),

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::procstat::{CpuMark, Proc};
 use crate::results::histogram;
-use crate::scenarios::{FlowOutcome, FlowSpec, Target, TopicScheme};
+use crate::scenarios::{FlowOutcome, FlowSpec, Names, Target, TopicScheme};
 use crate::wire::{instant_at, now_ns, Stamp};
 
 async fn connect(t: &Target, id: &str, inflight: u16) -> anyhow::Result<(AsyncClient, EventLoop)> {
@@ -43,22 +43,19 @@ struct Shared {
 }
 
 /// Runs a flow with rumqttc clients (see [`crate::scenarios::run_flow`]).
-pub async fn run_flow(
-    t: &Target,
-    spec: FlowSpec,
-    scheme: TopicScheme,
-    run: &str,
-    scenario: &str,
-) -> anyhow::Result<FlowOutcome> {
+pub async fn run_flow(t: &Target, spec: FlowSpec, names: Names) -> anyhow::Result<FlowOutcome> {
+    anyhow::ensure!(
+        names.scheme == TopicScheme::Plain,
+        "--client rumqttc runs the plain topic scheme only"
+    );
+    let (run, scenario, n) = (&names.run, &names.scenario, spec.subs_per_pub);
     let inflight = u16::try_from(spec.ack_window).unwrap_or(u16::MAX);
     let mut subs = Vec::new();
     for p in 0..spec.publishers {
         for j in 0..spec.subs_per_pub {
             let (client, mut el) =
                 connect(t, &format!("lg-{run}-{scenario}-rs{p}-{j}"), 100).await?;
-            client
-                .subscribe(scheme.flow(run, scenario, p), QoS::AtLeastOnce)
-                .await?;
+            client.subscribe(names.flow(p, n), QoS::AtLeastOnce).await?;
             loop {
                 if let Event::Incoming(Packet::SubAck(_)) = el.poll().await? {
                     break;
@@ -122,7 +119,7 @@ pub async fn run_flow(
     tokio::time::sleep_until(instant_at(start_ns)).await;
     let mut pub_tasks = JoinSet::new();
     for (p, ((client, mut el), sub_windows)) in pubs.into_iter().zip(windows).enumerate() {
-        let topic = scheme.flow(run, scenario, p);
+        let topic = names.flow(p, n);
         let spec = spec.clone();
         let mut stop = stop_rx.clone();
         // The event loop: writes what the client queued, records PUBACK latency.

@@ -28,49 +28,190 @@ use crate::wire::{
 pub struct Target {
     pub proto: Proto,
     pub addr: SocketAddr,
+    /// natter's HTTP API, where the chat scheme makes its accounts.
+    pub http: Option<SocketAddr>,
     pub broker: Proc,
 }
 
-/// How scenario topics are named. Only plain MQTT topics exist today; when natter's chat
-/// topics land, a variant mapping each scenario onto them goes here (and `--topic-scheme`
-/// selects it) while the scenarios stay as they are.
+/// How scenario clients and topics are named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TopicScheme {
-    /// `bench/{run}/{scenario}/{n}`: ordinary topics every broker accepts.
+    /// `bench/{run}/{scenario}/{n}`: ordinary topics every broker accepts; anonymous clients.
     Plain,
+    /// natter's chat: every client is a device (`{user}.lg`) of an account of its own; a 1:1
+    /// flow is a direct conversation, a fan-out a group, the storm's messages direct messages
+    /// from one sender; subscribers listen to their stream `u/{user}/#` as apps do. natter
+    /// stores every message before its PUBACK. Needs natter's HTTP API (`--http`).
+    Chat,
 }
 
-impl TopicScheme {
-    /// The topic publisher `i` of a flow writes to (each of its subscribers reads it).
-    pub fn flow(self, run: &str, scenario: &str, i: usize) -> String {
-        match self {
-            TopicScheme::Plain => format!("bench/{run}/{scenario}/{i}"),
+/// A client of a scenario.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// The publisher of flow `p`.
+    Publisher(usize),
+    /// Subscriber `j` of flow `p`.
+    Subscriber(usize, usize),
+    /// Client `i` of the idle or storm scenario.
+    Own(usize),
+    /// The storm's one publisher.
+    Feeder,
+}
+
+/// Names of one scenario run: who connects as what, and which topics they use.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub scheme: TopicScheme,
+    pub run: String,
+    pub scenario: String,
+}
+
+impl Names {
+    pub fn new(scheme: TopicScheme, run: &str, scenario: &str) -> Names {
+        Names {
+            scheme,
+            run: run.to_string(),
+            scenario: scenario.to_string(),
         }
     }
 
-    /// The topic client `i` of the idle or storm scenario subscribes to.
-    pub fn own(self, run: &str, scenario: &str, i: usize) -> String {
-        match self {
-            TopicScheme::Plain => format!("bench/{run}/{scenario}/{i}"),
+    fn user(&self, role: Role) -> String {
+        let tag = match self.scenario.as_str() {
+            "p2p-max" => "m",
+            "p2p-rate" => "r",
+            "fanout" => "f",
+            "idle" => "i",
+            _ => "s",
+        };
+        let (run, who) = (&self.run, self.who(role));
+        format!("b{run}{tag}{who}")
+    }
+
+    fn who(&self, role: Role) -> String {
+        match role {
+            Role::Publisher(p) => format!("p{p}"),
+            Role::Subscriber(p, j) => format!("s{p}x{j}"),
+            Role::Own(i) => format!("c{i}"),
+            Role::Feeder => "f".to_string(),
         }
+    }
+
+    pub fn client_id(&self, role: Role) -> String {
+        match self.scheme {
+            TopicScheme::Plain => format!("lg-{}-{}-{}", self.run, self.scenario, self.who(role)),
+            TopicScheme::Chat => format!("{}.lg", self.user(role)),
+        }
+    }
+
+    /// The account a client logs in with (chat), or `None` (anonymous).
+    pub fn login(&self, role: Role) -> Option<String> {
+        (self.scheme == TopicScheme::Chat).then(|| self.user(role))
+    }
+
+    fn direct(&self, a: Role, b: Role) -> String {
+        let (a, b) = (self.user(a), self.user(b));
+        let (a, b) = if a <= b { (a, b) } else { (b, a) };
+        format!("c/d.{a}.{b}/m")
+    }
+
+    /// The group of flow `p` in a fan-out: `g.{id}`.
+    fn group_id(&self, p: usize) -> String {
+        self.user(Role::Publisher(p))
+    }
+
+    /// The topic the publisher of flow `p` writes to (it has `subs` subscribers).
+    pub fn flow(&self, p: usize, subs: usize) -> String {
+        match self.scheme {
+            TopicScheme::Plain => format!("bench/{}/{}/{p}", self.run, self.scenario),
+            TopicScheme::Chat if subs == 1 => {
+                self.direct(Role::Publisher(p), Role::Subscriber(p, 0))
+            }
+            TopicScheme::Chat => format!("c/g.{}/m", self.group_id(p)),
+        }
+    }
+
+    /// What subscriber `j` of flow `p` subscribes to.
+    pub fn flow_filter(&self, p: usize, j: usize, subs: usize) -> String {
+        match self.scheme {
+            TopicScheme::Plain => self.flow(p, subs),
+            TopicScheme::Chat => format!("u/{}/#", self.user(Role::Subscriber(p, j))),
+        }
+    }
+
+    /// What client `i` of the idle or storm scenario subscribes to.
+    pub fn own_filter(&self, i: usize) -> String {
+        match self.scheme {
+            TopicScheme::Plain => format!("bench/{}/{}/{i}", self.run, self.scenario),
+            TopicScheme::Chat => format!("u/{}/#", self.user(Role::Own(i))),
+        }
+    }
+
+    /// Where the storm's publisher writes for client `i` to receive it.
+    pub fn to_own(&self, i: usize) -> String {
+        match self.scheme {
+            TopicScheme::Plain => self.own_filter(i),
+            TopicScheme::Chat => self.direct(Role::Feeder, Role::Own(i)),
+        }
+    }
+
+    /// Makes the accounts `roles` need and, for a fan-out, each flow's group (chat only).
+    pub async fn prepare(
+        &self,
+        t: &Target,
+        roles: &[Role],
+        groups: &[(usize, usize)],
+    ) -> anyhow::Result<()> {
+        if self.scheme != TopicScheme::Chat {
+            return Ok(());
+        }
+        let http = t
+            .http
+            .context("the chat scheme needs natter's HTTP API address (--http)")?;
+        let started = Instant::now();
+        crate::chat::register(http, roles.iter().map(|r| self.user(*r)).collect())
+            .await
+            .context("creating the benchmark's accounts")?;
+        for &(p, subs) in groups {
+            let members: Vec<String> = (0..subs)
+                .map(|j| self.user(Role::Subscriber(p, j)))
+                .collect();
+            let owner = self.user(Role::Publisher(p));
+            crate::chat::create_group(t.addr, &owner, &self.group_id(p), &members).await?;
+        }
+        eprintln!(
+            "chat: {} accounts and {} groups made in {:.1} s",
+            roles.len(),
+            groups.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 }
 
-/// Connects a client of a flow: MQTT (clean session) or the forwarder's side of a pair.
-async fn open(t: &Target, client_id: &str, publisher: bool, pair: usize) -> anyhow::Result<Conn> {
+/// Connects a client: MQTT (clean session) or the forwarder's side of a pair.
+async fn open(t: &Target, names: &Names, role: Role) -> anyhow::Result<Conn> {
     match t.proto {
         Proto::Mqtt => {
+            let (id, user) = (names.client_id(role), names.login(role));
             wire::mqtt_connect(
                 t.addr,
                 &ConnectOptions {
-                    client_id,
+                    client_id: &id,
                     clean_session: true,
                     keep_alive: 120,
+                    login: user.as_deref().map(|u| (u, crate::chat::PASSWORD)),
                 },
             )
             .await
         }
-        Proto::Raw => wire::raw_connect(t.addr, publisher, pair as u32).await,
+        Proto::Raw => {
+            let (publisher, pair) = match role {
+                Role::Publisher(p) => (true, p),
+                Role::Subscriber(p, _) | Role::Own(p) => (false, p),
+                Role::Feeder => (true, 0),
+            };
+            wire::raw_connect(t.addr, publisher, pair as u32).await
+        }
     }
 }
 
@@ -131,6 +272,7 @@ struct SubOut {
 
 async fn flow_subscriber(
     mut conn: Conn,
+    chat: bool,
     window: Option<Arc<Semaphore>>,
     shared: Arc<FlowShared>,
     mut stop: watch::Receiver<bool>,
@@ -152,7 +294,13 @@ async fn flow_subscriber(
                     if qos1 {
                         encode_ack(proto, &mut acks, pkid);
                     }
-                    let stamp = Stamp::read(&payload).context("payload without a timestamp")?;
+                    let Some(stamp) = Stamp::read(&payload) else {
+                        // Chat streams carry receipt events too.
+                        if chat {
+                            continue;
+                        }
+                        bail!("payload without a timestamp");
+                    };
                     if stamp.ts_ns >= shared.warm_ns {
                         hist.saturating_record(now.saturating_sub(stamp.ts_ns).max(1));
                     }
@@ -366,27 +514,28 @@ async fn flow_publisher(
 }
 
 /// Runs a flow and collects what it measured.
-pub async fn run_flow(
-    t: &Target,
-    spec: FlowSpec,
-    scheme: TopicScheme,
-    run: &str,
-    scenario: &str,
-) -> anyhow::Result<FlowOutcome> {
+pub async fn run_flow(t: &Target, spec: FlowSpec, names: Names) -> anyhow::Result<FlowOutcome> {
     let spec = Arc::new(spec);
+    let n = spec.subs_per_pub;
+    let mut roles: Vec<Role> = (0..spec.publishers).map(Role::Publisher).collect();
+    roles.extend((0..spec.publishers).flat_map(|p| (0..n).map(move |j| Role::Subscriber(p, j))));
+    let groups: Vec<(usize, usize)> = if n > 1 {
+        (0..spec.publishers).map(|p| (p, n)).collect()
+    } else {
+        Vec::new()
+    };
+    names.prepare(t, &roles, &groups).await?;
     // Subscribers first, so nothing published is missed.
     let mut connecting = JoinSet::new();
     let limit = Arc::new(Semaphore::new(50));
     for p in 0..spec.publishers {
-        for j in 0..spec.subs_per_pub {
-            let (t, limit) = (*t, limit.clone());
-            let topic = scheme.flow(run, scenario, p);
-            let id = format!("lg-{run}-{scenario}-s{p}-{j}");
+        for j in 0..n {
+            let (t, limit, names) = (*t, limit.clone(), names.clone());
             connecting.spawn(async move {
                 let _permit = limit.acquire().await?;
-                let mut conn = open(&t, &id, false, p).await?;
+                let mut conn = open(&t, &names, Role::Subscriber(p, j)).await?;
                 if t.proto == Proto::Mqtt {
-                    conn.subscribe(&[topic]).await?;
+                    conn.subscribe(&[names.flow_filter(p, j, n)]).await?;
                 }
                 Ok::<_, anyhow::Error>((p, conn))
             });
@@ -398,8 +547,7 @@ pub async fn run_flow(
     }
     let mut pubs = Vec::new();
     for p in 0..spec.publishers {
-        let id = format!("lg-{run}-{scenario}-p{p}");
-        pubs.push(open(t, &id, true, p).await?);
+        pubs.push(open(t, &names, Role::Publisher(p)).await?);
     }
 
     let start_ns = now_ns() + 50_000_000;
@@ -423,6 +571,7 @@ pub async fn run_flow(
         }
         sub_tasks.spawn(flow_subscriber(
             conn,
+            names.scheme == TopicScheme::Chat,
             window,
             shared.clone(),
             stop_rx.clone(),
@@ -434,7 +583,7 @@ pub async fn run_flow(
         pub_tasks.spawn(flow_publisher(
             conn,
             p as u32,
-            scheme.flow(run, scenario, p),
+            names.flow(p, n),
             std::mem::take(&mut windows[p]),
             spec.clone(),
             start_ns,
@@ -625,13 +774,14 @@ pub struct IdleSpec {
 pub async fn run_idle(
     t: &Target,
     spec: IdleSpec,
-    scheme: TopicScheme,
-    run: &str,
+    names: Names,
     r: &mut Results,
 ) -> anyhow::Result<()> {
     if t.proto != Proto::Mqtt {
         bail!("the idle scenario needs an MQTT broker");
     }
+    let roles: Vec<Role> = (0..spec.clients).map(Role::Own).collect();
+    names.prepare(t, &roles, &[]).await?;
     tokio::time::sleep(spec.settle).await;
     let before = t.broker.rss_kib()?;
     let drops = crate::procstat::listen_drops();
@@ -640,14 +790,12 @@ pub async fn run_idle(
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for i in 0..spec.clients {
-        let (t, limit) = (*t, limit.clone());
-        let topic = scheme.own(run, "idle", i);
-        let id = format!("lg-{run}-idle-{i}");
+        let (t, limit, names) = (*t, limit.clone(), names.clone());
         tasks.spawn(async move {
             let _permit = limit.acquire().await?;
             let t0 = Instant::now();
-            let mut conn = open(&t, &id, false, i).await?;
-            conn.subscribe(&[topic]).await?;
+            let mut conn = open(&t, &names, Role::Own(i)).await?;
+            conn.subscribe(&[names.own_filter(i)]).await?;
             Ok::<_, anyhow::Error>((conn, t0.elapsed()))
         });
     }
@@ -742,11 +890,12 @@ pub struct StormSpec {
     pub payload: usize,
 }
 
-fn persistent(client_id: &str) -> ConnectOptions<'_> {
+fn persistent<'a>(client_id: &'a str, user: Option<&'a str>) -> ConnectOptions<'a> {
     ConnectOptions {
         client_id,
         clean_session: false,
         keep_alive: 120,
+        login: user.map(|u| (u, crate::chat::PASSWORD)),
     }
 }
 
@@ -766,12 +915,12 @@ struct Reconnected {
 /// messages queued for it has arrived.
 async fn reconnect(
     addr: SocketAddr,
-    id: &str,
+    (id, user): (&str, Option<&str>),
     want: u64,
     started: Instant,
     out: &mut Reconnected,
 ) -> anyhow::Result<Conn> {
-    let mut conn = wire::mqtt_connect(addr, &persistent(id)).await?;
+    let mut conn = wire::mqtt_connect(addr, &persistent(id, user)).await?;
     out.connack = Some(started.elapsed());
     out.session_present = conn.session_present;
     let full = if want == 64 {
@@ -792,7 +941,13 @@ async fn reconnect(
                 if qos1 {
                     encode_ack(Proto::Mqtt, &mut acks, pkid);
                 }
-                let s = Stamp::read(&payload).context("payload without a stamp")?;
+                // Chat streams carry receipt events too.
+                let Some(s) = Stamp::read(&payload) else {
+                    if user.is_some() {
+                        continue;
+                    }
+                    bail!("payload without a stamp");
+                };
                 let bit = 1u64 << s.seq.min(63);
                 if seen & bit != 0 {
                     out.duplicates += 1;
@@ -819,8 +974,7 @@ async fn reconnect(
 pub async fn run_storm(
     t: &Target,
     spec: StormSpec,
-    scheme: TopicScheme,
-    run: &str,
+    names: Names,
     r: &mut Results,
 ) -> anyhow::Result<()> {
     if t.proto != Proto::Mqtt {
@@ -829,16 +983,19 @@ pub async fn run_storm(
     if spec.per_client == 0 || spec.per_client > 64 {
         bail!("--msgs-per-client must be 1 to 64");
     }
-    let id = |i: usize| format!("lg-{run}-storm-{i}");
+    let mut roles: Vec<Role> = (0..spec.clients).map(Role::Own).collect();
+    roles.push(Role::Feeder);
+    names.prepare(t, &roles, &[]).await?;
+    let id = |i: usize| (names.client_id(Role::Own(i)), names.login(Role::Own(i)));
 
     // 1. Everyone subscribes with a persistent session, then leaves.
     let limit = Arc::new(Semaphore::new(spec.concurrency));
     let mut tasks = JoinSet::new();
     for i in 0..spec.clients {
-        let (addr, limit, id, topic) = (t.addr, limit.clone(), id(i), scheme.own(run, "storm", i));
+        let (addr, limit, (id, user), topic) = (t.addr, limit.clone(), id(i), names.own_filter(i));
         tasks.spawn(async move {
             let _permit = limit.acquire().await?;
-            let mut conn = wire::mqtt_connect(addr, &persistent(&id)).await?;
+            let mut conn = wire::mqtt_connect(addr, &persistent(&id, user.as_deref())).await?;
             conn.subscribe(&[topic]).await?;
             conn.disconnect().await;
             Ok::<_, anyhow::Error>(())
@@ -853,18 +1010,10 @@ pub async fn run_storm(
     // 2. One publisher queues `per_client` messages for each of them (QoS 1, all PUBACKed).
     let published_in = async {
         let started = Instant::now();
-        let mut conn = wire::mqtt_connect(
-            t.addr,
-            &ConnectOptions {
-                client_id: &format!("lg-{run}-storm-pub"),
-                clean_session: true,
-                keep_alive: 120,
-            },
-        )
-        .await?;
+        let mut conn = open(t, &names, Role::Feeder).await?;
         let total = spec.clients as u64 * spec.per_client;
         let topics: Vec<Vec<u8>> = (0..spec.clients)
-            .map(|i| scheme.own(run, "storm", i).into_bytes())
+            .map(|i| names.to_own(i).into_bytes())
             .collect();
         let (mut sent, mut acked, mut pkid) = (0u64, 0u64, 0u16);
         let mut wbuf = BytesMut::new();
@@ -918,10 +1067,10 @@ pub async fn run_storm(
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let mut tasks = JoinSet::new();
     for i in 0..spec.clients {
-        let (addr, id, want) = (t.addr, id(i), spec.per_client);
+        let (addr, (id, user), want) = (t.addr, id(i), spec.per_client);
         tasks.spawn(async move {
             let mut out = Reconnected::default();
-            let attempt = reconnect(addr, &id, want, started, &mut out);
+            let attempt = reconnect(addr, (&id, user.as_deref()), want, started, &mut out);
             let conn = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(conn)) => {
                     out.done = Some(started.elapsed());

@@ -51,34 +51,58 @@ pub enum Proto {
 }
 
 /// The payload every published message carries: send timestamp, sequence number and publisher
-/// index, padded to the configured size.
+/// index as hex digits, padded with `x` to the configured size. Text, so that natter's chat
+/// topics take it as a plain-text message; every broker gets the same bytes.
 pub struct Stamp {
     pub ts_ns: u64,
     pub seq: u64,
     pub publisher: u32,
 }
 
-pub const STAMP_LEN: usize = 20;
+pub const STAMP_LEN: usize = 40;
+
+/// Where the text starts in natter's JSON envelope (`{"id":…,"t":"TEXT"}`).
+const ENVELOPE_TEXT: &[u8] = b"\"t\":\"";
 
 impl Stamp {
     pub fn write(&self, buf: &mut BytesMut, payload_len: usize) {
-        buf.put_u64_le(self.ts_ns);
-        buf.put_u64_le(self.seq);
-        buf.put_u32_le(self.publisher);
+        put_hex(buf, self.ts_ns, 16);
+        put_hex(buf, self.seq, 16);
+        put_hex(buf, u64::from(self.publisher), 8);
         buf.put_bytes(b'x', payload_len.saturating_sub(STAMP_LEN));
     }
 
+    /// The stamp of a payload as published, or of natter's JSON envelope around one. `None`
+    /// for anything else (e.g. a receipt event on a chat stream).
     pub fn read(payload: &[u8]) -> Option<Stamp> {
-        if payload.len() < STAMP_LEN {
-            return None;
-        }
-        let mut p = payload;
+        let text = if payload.first() == Some(&b'{') {
+            let at = payload
+                .windows(ENVELOPE_TEXT.len())
+                .position(|w| w == ENVELOPE_TEXT)?;
+            &payload[at + ENVELOPE_TEXT.len()..]
+        } else {
+            payload
+        };
+        let text = text.get(..STAMP_LEN)?;
         Some(Stamp {
-            ts_ns: p.get_u64_le(),
-            seq: p.get_u64_le(),
-            publisher: p.get_u32_le(),
+            ts_ns: hex(&text[..16])?,
+            seq: hex(&text[16..32])?,
+            publisher: u32::try_from(hex(&text[32..])?).ok()?,
         })
     }
+}
+
+fn put_hex(buf: &mut BytesMut, v: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        buf.put_u8(b"0123456789abcdef"[((v >> (4 * i)) & 0xf) as usize]);
+    }
+}
+
+fn hex(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |v, &d| {
+        let n = (d as char).to_digit(16)?;
+        Some(v << 4 | u64::from(n))
+    })
 }
 
 /// What a frame read from the peer means to a scenario.
@@ -249,6 +273,8 @@ pub struct ConnectOptions<'a> {
     pub client_id: &'a str,
     pub clean_session: bool,
     pub keep_alive: u16,
+    /// User name and password (natter's chat accounts); `None`: anonymous.
+    pub login: Option<(&'a str, &'a str)>,
 }
 
 /// Opens an MQTT 3.1.1 connection and waits for a successful CONNACK.
@@ -258,6 +284,9 @@ pub async fn mqtt_connect(addr: SocketAddr, o: &ConnectOptions<'_>) -> anyhow::R
         let mut connect = Connect::new(o.client_id);
         connect.keep_alive = o.keep_alive;
         connect.clean_session = o.clean_session;
+        if let Some((user, password)) = o.login {
+            connect.set_login(user, password);
+        }
         let mut buf = BytesMut::new();
         Packet::Connect(connect)
             .write(&mut buf, MAX_PACKET)
