@@ -151,7 +151,7 @@ struct RunArgs {
     /// Upper bound on messages published per flow scenario.
     #[arg(long)]
     max_msgs: Option<u64>,
-    /// Payload size in bytes (at least 40: timestamp, sequence, publisher in hex).
+    /// Payload size in bytes (at least 42: timestamp, sequence, publisher in hex).
     #[arg(long, default_value_t = 200)]
     payload: usize,
     /// Clients (idle, storm).

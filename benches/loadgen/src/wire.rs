@@ -51,15 +51,23 @@ pub enum Proto {
 }
 
 /// The payload every published message carries: send timestamp, sequence number and publisher
-/// index as hex digits, padded with `x` to the configured size. Text, so that natter's chat
-/// topics take it as a plain-text message; every broker gets the same bytes.
+/// index as hex digits, then words up to the configured size. Text, so that natter's chat
+/// topics take it as a plain-text message, and text like a chat message's, so that natter's
+/// full-text index does the work real messages cause (a payload of one long unique token would
+/// add a term to its dictionary per message). Every broker gets the same bytes.
 pub struct Stamp {
     pub ts_ns: u64,
     pub seq: u64,
     pub publisher: u32,
 }
 
-pub const STAMP_LEN: usize = 40;
+/// `{ts:16x} {seq:16x} {publisher:8x}`
+pub const STAMP_LEN: usize = 42;
+
+/// What follows the stamp, repeated as far as the payload size asks.
+const FILLER: &[u8] = b" lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod \
+    tempor incididunt ut labore et dolore magna aliqua ut enim ad minim veniam quis nostrud \
+    exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat";
 
 /// Where the text starts in natter's JSON envelope (`{"id":…,"t":"TEXT"}`).
 const ENVELOPE_TEXT: &[u8] = b"\"t\":\"";
@@ -67,9 +75,16 @@ const ENVELOPE_TEXT: &[u8] = b"\"t\":\"";
 impl Stamp {
     pub fn write(&self, buf: &mut BytesMut, payload_len: usize) {
         put_hex(buf, self.ts_ns, 16);
+        buf.put_u8(b' ');
         put_hex(buf, self.seq, 16);
+        buf.put_u8(b' ');
         put_hex(buf, u64::from(self.publisher), 8);
-        buf.put_bytes(b'x', payload_len.saturating_sub(STAMP_LEN));
+        let mut rest = payload_len.saturating_sub(STAMP_LEN);
+        while rest > 0 {
+            let n = rest.min(FILLER.len());
+            buf.put_slice(&FILLER[..n]);
+            rest -= n;
+        }
     }
 
     /// The stamp of a payload as published, or of natter's JSON envelope around one. `None`
@@ -86,8 +101,8 @@ impl Stamp {
         let text = text.get(..STAMP_LEN)?;
         Some(Stamp {
             ts_ns: hex(&text[..16])?,
-            seq: hex(&text[16..32])?,
-            publisher: u32::try_from(hex(&text[32..])?).ok()?,
+            seq: hex(&text[17..33])?,
+            publisher: u32::try_from(hex(&text[34..])?).ok()?,
         })
     }
 }
