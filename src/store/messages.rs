@@ -58,7 +58,7 @@ pub struct NewMessage {
     pub content: Content,
 }
 
-/// The stored message; `duplicate` when it was stored before (same sender and cid, or a DUP
+/// The stored message; `duplicate` when it was stored before (same sender, conversation and cid, or a DUP
 /// resend): it must then not be delivered again.
 #[derive(Debug, Clone)]
 pub struct Appended {
@@ -331,11 +331,14 @@ fn append(
     last_seq: &mut HashMap<String, u64>,
 ) -> Result<Result<Appended, AppendError>, StoreError> {
     let c = &m.content;
-    // Idempotency: the same (sender, cid) is the same message.
+    // Idempotency: the same (sender, conversation, cid) is the same message. Per conversation,
+    // so that a client numbering its messages per conversation loses none.
     if let Some(cid) = &c.cid {
         let found = tx
-            .prepare_cached(&format!("{SELECT} WHERE sender = ?1 AND cid = ?2"))?
-            .query_row(params![m.sender, cid], row_to_envelope)
+            .prepare_cached(&format!(
+                "{SELECT} WHERE sender = ?1 AND conv = ?2 AND cid = ?3"
+            ))?
+            .query_row(params![m.sender, m.conv, cid], row_to_envelope)
             .optional()?;
         if let Some(envelope) = found {
             return Ok(Ok(Appended {
@@ -980,6 +983,30 @@ mod tests {
                 )
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_cid_names_one_message_per_sender_and_conversation() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = Store::open(dir.path()).unwrap();
+        let writer = start(dir.path());
+        let with_cid = |t: &str| Content {
+            cid: Some("c-1".into()),
+            ..content(Kind::Msg, Some(t), None, &[])
+        };
+        let first = append(&writer, "d.alice.bob", with_cid("hi bob")).await;
+        let again = append(&writer, "d.alice.bob", with_cid("hi bob")).await;
+        let elsewhere = append(&writer, "d.alice.carol", with_cid("hi carol")).await;
+        assert_eq!((again.id, again.seq), (first.id, first.seq));
+        assert_ne!(elsewhere.id, first.id);
+        assert_eq!(
+            (
+                elsewhere.conv.as_str(),
+                elsewhere.seq,
+                elsewhere.t.as_deref()
+            ),
+            ("d.alice.carol", 1, Some("hi carol"))
+        );
     }
 
     #[tokio::test]

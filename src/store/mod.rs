@@ -243,6 +243,13 @@ const MIGRATIONS: &[&str] = &[
             SELECT new.id, new.body WHERE new.cjk AND new.body IS NOT NULL;
     END;
 ",
+    // A client message id names a message per sender *and conversation*: one numbering its
+    // messages per conversation (c-1, c-2… in each) had its second conversation's c-1
+    // acknowledged as a resend of the first's, and lost.
+    "
+    DROP INDEX messages_by_cid;
+    CREATE UNIQUE INDEX messages_by_cid ON messages(sender, conv, cid) WHERE cid IS NOT NULL;
+",
 ];
 
 #[derive(Debug, thiserror::Error)]
