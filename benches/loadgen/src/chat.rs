@@ -1,6 +1,9 @@
 //! natter's chat scheme (`--topic-scheme chat`): the accounts and groups a scenario needs, made
-//! through natter's own interfaces — `POST /api/v1/register` and the `group.create` request —
-//! before anything is measured.
+//! through natter's own interfaces — `POST /api/v1/register`, `POST /api/v1/login` and the
+//! `group.create` request — before anything is measured. Clients then connect as apps do, with
+//! the access token as their MQTT password.
+
+use std::collections::HashMap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +22,18 @@ use crate::wire::{self, ConnectOptions, Incoming, SETUP_TIMEOUT};
 /// Every benchmark account's password.
 pub const PASSWORD: &str = "loadgen-password";
 
+/// The device every benchmark client is (its client id is `{user}.lg`).
+pub const DEVICE: &str = "lg";
+
 /// HTTP connections registering accounts at the same time.
 const REGISTER_CONCURRENCY: usize = 8;
 
-/// Creates the accounts `users` (an account that exists already is fine).
-pub async fn register(http: SocketAddr, users: Vec<String>) -> anyhow::Result<()> {
+/// Creates the accounts `users` (an account that exists already is fine) and logs each in as
+/// device [`DEVICE`]: user → access token.
+pub async fn register(
+    http: SocketAddr,
+    users: Vec<String>,
+) -> anyhow::Result<HashMap<String, String>> {
     let queue = Arc::new(Mutex::new(users));
     let mut tasks = JoinSet::new();
     for _ in 0..REGISTER_CONCURRENCY {
@@ -33,9 +43,10 @@ pub async fn register(http: SocketAddr, users: Vec<String>) -> anyhow::Result<()
                 .await
                 .with_context(|| format!("cannot connect to natter's HTTP API at {http}"))?;
             let mut buf = Vec::new();
+            let mut tokens = Vec::new();
             loop {
                 let Some(user) = queue.lock().await.pop() else {
-                    return Ok::<_, anyhow::Error>(());
+                    return Ok::<_, anyhow::Error>(tokens);
                 };
                 let body = format!(r#"{{"user":"{user}","password":"{PASSWORD}"}}"#);
                 let (status, reply) = post(&mut stream, &mut buf, "/api/v1/register", &body)
@@ -44,13 +55,32 @@ pub async fn register(http: SocketAddr, users: Vec<String>) -> anyhow::Result<()
                 if status != 201 && status != 409 {
                     bail!("registering {user}: HTTP {status}: {reply}");
                 }
+                let body = format!(
+                    r#"{{"user":"{user}","password":"{PASSWORD}","device":"{DEVICE}"}}"#
+                );
+                let (status, reply) = post(&mut stream, &mut buf, "/api/v1/login", &body)
+                    .await
+                    .with_context(|| format!("logging {user} in"))?;
+                let token = (status == 200)
+                    .then(|| json_str(&reply, "access_token"))
+                    .flatten()
+                    .with_context(|| format!("logging {user} in: HTTP {status}: {reply}"))?;
+                tokens.push((user, token));
             }
         });
     }
+    let mut tokens = HashMap::new();
     while let Some(r) = tasks.join_next().await {
-        r??;
+        tokens.extend(r??);
     }
-    Ok(())
+    Ok(tokens)
+}
+
+/// The string value of `key` in a flat JSON object (tokens hold no escapes).
+fn json_str(json: &str, key: &str) -> Option<String> {
+    let start = json.find(&format!(r#""{key}":""#))? + key.len() + 4;
+    let len = json[start..].find('"')?;
+    Some(json[start..start + len].to_string())
 }
 
 /// One HTTP/1.1 POST of a JSON body on a kept-alive connection: (status, body).

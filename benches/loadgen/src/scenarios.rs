@@ -4,6 +4,7 @@
 //! process (`Target::broker`) for CPU and memory. Timestamps travel in the payload (see
 //! [`Stamp`]), so end-to-end latency is measured by the subscriber that receives the message.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct Names {
     pub scheme: TopicScheme,
     pub run: String,
     pub scenario: String,
+    /// Chat: each account's access token (its MQTT password), from [`Names::prepare`].
+    tokens: Arc<HashMap<String, String>>,
 }
 
 impl Names {
@@ -72,6 +75,7 @@ impl Names {
             scheme,
             run: run.to_string(),
             scenario: scenario.to_string(),
+            tokens: Arc::default(),
         }
     }
 
@@ -99,13 +103,19 @@ impl Names {
     pub fn client_id(&self, role: Role) -> String {
         match self.scheme {
             TopicScheme::Plain => format!("lg-{}-{}-{}", self.run, self.scenario, self.who(role)),
-            TopicScheme::Chat => format!("{}.lg", self.user(role)),
+            TopicScheme::Chat => format!("{}.{}", self.user(role), crate::chat::DEVICE),
         }
     }
 
-    /// The account a client logs in with (chat), or `None` (anonymous).
-    pub fn login(&self, role: Role) -> Option<String> {
-        (self.scheme == TopicScheme::Chat).then(|| self.user(role))
+    /// The user name and password (access token) a client logs in with (chat), or `None`
+    /// (anonymous).
+    pub fn login(&self, role: Role) -> Option<(String, String)> {
+        if self.scheme != TopicScheme::Chat {
+            return None;
+        }
+        let user = self.user(role);
+        let token = self.tokens.get(&user).cloned().unwrap_or_default();
+        Some((user, token))
     }
 
     fn direct(&self, a: Role, b: Role) -> String {
@@ -156,7 +166,7 @@ impl Names {
 
     /// Makes the accounts `roles` need and, for a fan-out, each flow's group (chat only).
     pub async fn prepare(
-        &self,
+        &mut self,
         t: &Target,
         roles: &[Role],
         groups: &[(usize, usize)],
@@ -168,9 +178,10 @@ impl Names {
             .http
             .context("the chat scheme needs natter's HTTP API address (--http)")?;
         let started = Instant::now();
-        crate::chat::register(http, roles.iter().map(|r| self.user(*r)).collect())
+        let tokens = crate::chat::register(http, roles.iter().map(|r| self.user(*r)).collect())
             .await
             .context("creating the benchmark's accounts")?;
+        self.tokens = Arc::new(tokens);
         for &(p, subs) in groups {
             let members: Vec<String> = (0..subs)
                 .map(|j| self.user(Role::Subscriber(p, j)))
@@ -192,14 +203,14 @@ impl Names {
 async fn open(t: &Target, names: &Names, role: Role) -> anyhow::Result<Conn> {
     match t.proto {
         Proto::Mqtt => {
-            let (id, user) = (names.client_id(role), names.login(role));
+            let (id, login) = (names.client_id(role), names.login(role));
             wire::mqtt_connect(
                 t.addr,
                 &ConnectOptions {
                     client_id: &id,
                     clean_session: true,
                     keep_alive: 120,
-                    login: user.as_deref().map(|u| (u, crate::chat::PASSWORD)),
+                    login: login.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
                 },
             )
             .await
@@ -514,7 +525,7 @@ async fn flow_publisher(
 }
 
 /// Runs a flow and collects what it measured.
-pub async fn run_flow(t: &Target, spec: FlowSpec, names: Names) -> anyhow::Result<FlowOutcome> {
+pub async fn run_flow(t: &Target, spec: FlowSpec, mut names: Names) -> anyhow::Result<FlowOutcome> {
     let spec = Arc::new(spec);
     let n = spec.subs_per_pub;
     let mut roles: Vec<Role> = (0..spec.publishers).map(Role::Publisher).collect();
@@ -774,7 +785,7 @@ pub struct IdleSpec {
 pub async fn run_idle(
     t: &Target,
     spec: IdleSpec,
-    names: Names,
+    mut names: Names,
     r: &mut Results,
 ) -> anyhow::Result<()> {
     if t.proto != Proto::Mqtt {
@@ -890,12 +901,12 @@ pub struct StormSpec {
     pub payload: usize,
 }
 
-fn persistent<'a>(client_id: &'a str, user: Option<&'a str>) -> ConnectOptions<'a> {
+fn persistent<'a>(client_id: &'a str, login: Option<&'a (String, String)>) -> ConnectOptions<'a> {
     ConnectOptions {
         client_id,
         clean_session: false,
         keep_alive: 120,
-        login: user.map(|u| (u, crate::chat::PASSWORD)),
+        login: login.map(|(u, p)| (u.as_str(), p.as_str())),
     }
 }
 
@@ -915,12 +926,12 @@ struct Reconnected {
 /// messages queued for it has arrived.
 async fn reconnect(
     addr: SocketAddr,
-    (id, user): (&str, Option<&str>),
+    (id, login): (&str, Option<&(String, String)>),
     want: u64,
     started: Instant,
     out: &mut Reconnected,
 ) -> anyhow::Result<Conn> {
-    let mut conn = wire::mqtt_connect(addr, &persistent(id, user)).await?;
+    let mut conn = wire::mqtt_connect(addr, &persistent(id, login)).await?;
     out.connack = Some(started.elapsed());
     out.session_present = conn.session_present;
     let full = if want == 64 {
@@ -943,7 +954,7 @@ async fn reconnect(
                 }
                 // Chat streams carry receipt events too.
                 let Some(s) = Stamp::read(&payload) else {
-                    if user.is_some() {
+                    if login.is_some() {
                         continue;
                     }
                     bail!("payload without a stamp");
@@ -974,7 +985,7 @@ async fn reconnect(
 pub async fn run_storm(
     t: &Target,
     spec: StormSpec,
-    names: Names,
+    mut names: Names,
     r: &mut Results,
 ) -> anyhow::Result<()> {
     if t.proto != Proto::Mqtt {
@@ -992,10 +1003,10 @@ pub async fn run_storm(
     let limit = Arc::new(Semaphore::new(spec.concurrency));
     let mut tasks = JoinSet::new();
     for i in 0..spec.clients {
-        let (addr, limit, (id, user), topic) = (t.addr, limit.clone(), id(i), names.own_filter(i));
+        let (addr, limit, (id, login), topic) = (t.addr, limit.clone(), id(i), names.own_filter(i));
         tasks.spawn(async move {
             let _permit = limit.acquire().await?;
-            let mut conn = wire::mqtt_connect(addr, &persistent(&id, user.as_deref())).await?;
+            let mut conn = wire::mqtt_connect(addr, &persistent(&id, login.as_ref())).await?;
             conn.subscribe(&[topic]).await?;
             conn.disconnect().await;
             Ok::<_, anyhow::Error>(())
@@ -1067,10 +1078,10 @@ pub async fn run_storm(
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let mut tasks = JoinSet::new();
     for i in 0..spec.clients {
-        let (addr, (id, user), want) = (t.addr, id(i), spec.per_client);
+        let (addr, (id, login), want) = (t.addr, id(i), spec.per_client);
         tasks.spawn(async move {
             let mut out = Reconnected::default();
-            let attempt = reconnect(addr, (&id, user.as_deref()), want, started, &mut out);
+            let attempt = reconnect(addr, (&id, login.as_ref()), want, started, &mut out);
             let conn = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(conn)) => {
                     out.done = Some(started.elapsed());
