@@ -55,9 +55,8 @@ pub async fn register(
                 if status != 201 && status != 409 {
                     bail!("registering {user}: HTTP {status}: {reply}");
                 }
-                let body = format!(
-                    r#"{{"user":"{user}","password":"{PASSWORD}","device":"{DEVICE}"}}"#
-                );
+                let body =
+                    format!(r#"{{"user":"{user}","password":"{PASSWORD}","device":"{DEVICE}"}}"#);
                 let (status, reply) = post(&mut stream, &mut buf, "/api/v1/login", &body)
                     .await
                     .with_context(|| format!("logging {user} in"))?;
