@@ -74,6 +74,19 @@ pub fn has_wildcard(filter: &str) -> bool {
     filter.contains(['+', '#'])
 }
 
+/// The levels of a valid filter before its first wildcard, without the separator after them:
+/// every topic the filter matches starts with it (`u/bob/#` → `u/bob`, `#` → ``).
+pub fn literal_prefix(filter: &str) -> &str {
+    let mut end = 0;
+    for (i, level) in filter.split('/').enumerate() {
+        if level == "+" || level == "#" {
+            break;
+        }
+        end += level.len() + usize::from(i > 0);
+    }
+    &filter[..end]
+}
+
 /// Whether `topic` matches `filter`. Both must be valid; topics that start with `$` are not
 /// matched by a filter whose first level is a wildcard (MQTT 5.0 §4.7.2).
 pub fn matches(filter: &str, topic: &str) -> bool {
@@ -390,6 +403,24 @@ mod tests {
         ];
         for (filter, topic, want) in cases {
             assert_eq!(matches(filter, topic), *want, "{filter} vs {topic}");
+            // The router narrows retained topics by the literal prefix before matching.
+            if *want {
+                assert!(
+                    topic.starts_with(literal_prefix(filter)),
+                    "{filter} vs {topic}"
+                );
+            }
+        }
+        for (filter, prefix) in [
+            ("u/bob/#", "u/bob"),
+            ("a/b/c", "a/b/c"),
+            ("a/+/c", "a"),
+            ("#", ""),
+            ("+/b", ""),
+            ("/a/+", "/a"),
+            ("a//+", "a/"),
+        ] {
+            assert_eq!(literal_prefix(filter), prefix, "{filter}");
         }
     }
 

@@ -14,7 +14,7 @@ mod mailbox;
 mod session;
 mod subscriptions;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -252,8 +252,14 @@ pub struct Router {
     access: Arc<Access>,
     stats: Arc<Stats>,
     sessions: HashMap<Arc<str>, Session>,
+    /// The client ids of each user's sessions, so a CONNECT counts the user's connections
+    /// without a scan of every session.
+    by_user: HashMap<Arc<str>, Vec<Arc<str>>>,
     subscriptions: Subscriptions,
-    retained: HashMap<String, Arc<Message>>,
+    /// Ordered, so that a subscription reads only the topics under its filter's literal prefix
+    /// (a scan of every retained topic per SUBSCRIBE made connecting quadratic: each connected
+    /// user has a retained presence topic).
+    retained: BTreeMap<String, Arc<Message>>,
     started: Instant,
     next_sys: Option<Instant>,
     /// Deliveries and presence, for receipts (see `chat::signals`).
@@ -299,8 +305,9 @@ impl Router {
             access,
             stats,
             sessions: HashMap::new(),
+            by_user: HashMap::new(),
             subscriptions: Subscriptions::default(),
-            retained: HashMap::new(),
+            retained: BTreeMap::new(),
             started: now,
         }
     }
@@ -400,18 +407,18 @@ impl Router {
         let client = req.identity.client_id.clone();
         if let (Some(user), max) = (&req.identity.user, self.settings.max_connections_per_user) {
             // A takeover replaces a connection rather than adding one.
-            let live = self
-                .sessions
-                .values()
-                .filter(|s| s.link.is_some() && s.identity.user.as_ref() == Some(user))
-                .filter(|s| s.identity.client_id != client)
-                .count();
+            let live = self.by_user.get(user).map_or(0, |ids| {
+                ids.iter()
+                    .filter(|id| **id != client)
+                    .filter(|id| self.sessions.get(*id).is_some_and(|s| s.link.is_some()))
+                    .count()
+            });
             if max > 0 && live >= max {
                 return Err(ConnectRefused::TooManyConnections);
             }
         }
         let mut resumed = None;
-        if let Some(mut old) = self.sessions.remove(&client) {
+        if let Some(mut old) = self.remove_session(&client) {
             if let Some(link) = old.link.take() {
                 link.mailbox
                     .push(Outbound::Disconnect(DisconnectReasonCode::SessionTakenOver));
@@ -457,13 +464,19 @@ impl Router {
             let expired = session.pump(now);
             Stats::add(&self.stats.messages_dropped, expired as u64);
         }
+        if let Some(user) = &session.identity.user {
+            self.by_user
+                .entry(user.clone())
+                .or_default()
+                .push(client.clone());
+        }
         self.sessions.insert(client, session);
         Ok(present)
     }
 
     /// Ends a client's session, disconnecting it with 0x98 (administrative action).
     fn kick(&mut self, client: &str) {
-        let Some(mut session) = self.sessions.remove(client) else {
+        let Some(mut session) = self.remove_session(client) else {
             return;
         };
         if let Some(link) = session.link.take() {
@@ -656,8 +669,13 @@ impl Router {
         };
         let check = self.access.needs_read_check(filter);
         let mut matching: Vec<Arc<Message>> = if topics::has_wildcard(filter) {
+            let prefix = topics::literal_prefix(filter);
             self.retained
-                .iter()
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(t, _)| t.starts_with(prefix))
                 .filter(|(t, _)| topics::matches(filter, t))
                 .filter(|(t, _)| !check || self.access.can_read(&session.identity, t))
                 .map(|(_, m)| m.clone())
@@ -826,9 +844,23 @@ impl Router {
     }
 
     fn end_session(&mut self, client: &str) {
-        if let Some(session) = self.sessions.remove(client) {
+        if let Some(session) = self.remove_session(client) {
             self.drop_subscriptions(&session);
         }
+    }
+
+    /// Takes a session out of the table and out of its user's list.
+    fn remove_session(&mut self, client: &str) -> Option<Session> {
+        let session = self.sessions.remove(client)?;
+        if let Some(user) = &session.identity.user {
+            if let Some(ids) = self.by_user.get_mut(user) {
+                ids.retain(|id| **id != *client);
+                if ids.is_empty() {
+                    self.by_user.remove(user);
+                }
+            }
+        }
+        Some(session)
     }
 
     fn drop_subscriptions(&mut self, session: &Session) {
