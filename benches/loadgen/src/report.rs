@@ -285,6 +285,8 @@ fn color(broker: &str) -> RGBColor {
     match broker {
         "natter" => RGBColor(220, 50, 47),
         "natter-plain" => RGBColor(203, 75, 22),
+        "natter-nogc" => RGBColor(211, 54, 130),
+        "natter-norcpt" => RGBColor(42, 161, 152),
         "mosquitto" => RGBColor(38, 139, 210),
         "rumqttd" => RGBColor(133, 153, 0),
         "raw" => RGBColor(88, 88, 88),
