@@ -222,6 +222,7 @@ pub async fn run(
         chat,
         router,
         stats,
+        typing: Default::default(),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         next_conn_id: AtomicU64::new(1),

@@ -385,11 +385,12 @@ async fn non_members_see_neither_presence_nor_typing() {
     );
     subscribe(&mut eve, "p/+").await;
     subscribe(&mut eve, "c/+/t").await;
-    // Bob reconnects on another device (presence stays online) and Alice types twice quickly.
+    // Bob reconnects on another device (presence stays online) and Alice types twice quickly,
+    // then once more on her second device: the limit is per user, not per device.
     let _bob2 = raw_login(&server, "bob", "bob.two", 30).await;
-    for _ in 0..2 {
-        alice
-            .client
+    let alice2 = login_device(&server, "alice", "tablet").await;
+    for c in [&alice, &alice, &alice2] {
+        c.client
             .publish("c/d.alice.bob/t", QoS::AtMostOnce, false, Bytes::new())
             .await
             .unwrap();
@@ -399,7 +400,7 @@ async fn non_members_see_neither_presence_nor_typing() {
         typing,
         json!({"type": "typing", "conv": "d.alice.bob", "user": "alice"})
     );
-    // Only one of the two went through (one per second), and Eve saw nothing at all.
+    // Only one of the three went through (one per second), and Eve saw nothing at all.
     let quiet = Instant::now() + Duration::from_millis(500);
     while let Ok(p) = tokio::time::timeout_at(quiet.into(), bob.publish()).await {
         assert_ne!(p.topic, "u/bob/c/d.alice.bob/t", "typing not rate limited");

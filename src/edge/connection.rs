@@ -100,8 +100,6 @@ pub(super) struct Connection {
     pending: VecDeque<Pending>,
     /// How chat envelopes are delivered to this device.
     format: Format,
-    /// When a typing indicator was last forwarded, per conversation.
-    typing: HashMap<String, Instant>,
     publish_rate: RateLimit,
     /// Set while over the publish rate: reading resumes then.
     throttled: Option<Instant>,
@@ -139,7 +137,6 @@ impl Connection {
             requests: VecDeque::new(),
             pending: VecDeque::new(),
             format: admitted.format,
-            typing: HashMap::new(),
             throttled: None,
             publish_rate: RateLimit::new(
                 shared.limits.publish_rate,
@@ -549,14 +546,13 @@ impl Connection {
                 copies,
                 ..
             } => {
-                // At most one per conversation per interval, QoS 0, expiring, and saying who.
+                // At most one per user and conversation per interval, QoS 0, expiring, and
+                // saying who. Only users reach chat topics.
                 let now = Instant::now();
                 let interval = self.shared.limits.typing_interval;
-                let last = self.typing.entry(conv.clone()).or_insert(now - interval);
-                if now.duration_since(*last) >= interval {
-                    *last = now;
-                    let user = self.identity.user.as_deref().unwrap_or_default();
-                    let body = serde_json::json!({"type": "typing", "conv": conv, "user": user});
+                let user = self.identity.user.clone().unwrap_or_default();
+                if self.shared.typing.allow(&user, &conv, interval, now) {
+                    let body = serde_json::json!({"type": "typing", "conv": conv, "user": &*user});
                     let expiry = self.shared.limits.typing_expiry;
                     let typing = Message {
                         topic: message.topic,

@@ -94,6 +94,7 @@ pub struct Shared {
     pub signals: mpsc::UnboundedSender<Signal>,
     pub router: mpsc::Sender<Event>,
     pub stats: Arc<Stats>,
+    pub typing: rate::TypingGate,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub next_conn_id: AtomicU64,

@@ -1,6 +1,37 @@
-//! A token bucket per connection for PUBLISH packets.
+//! A token bucket per connection for PUBLISH packets, and the typing indicators' gate per user
+//! and conversation.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// When each user's typing indicator was last forwarded, per conversation: at most one per
+/// interval however many devices the user types on.
+#[derive(Debug, Default)]
+pub struct TypingGate {
+    last: Mutex<HashMap<(Arc<str>, String), Instant>>,
+}
+
+/// Entries beyond which forgotten ones (older than the interval) are swept out.
+const TYPING_SWEEP: usize = 4096;
+
+impl TypingGate {
+    /// Whether `user`'s indicator for `conv` goes out now (and if so, remembers it).
+    pub fn allow(&self, user: &Arc<str>, conv: &str, interval: Duration, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() >= TYPING_SWEEP {
+            last.retain(|_, t| now.saturating_duration_since(*t) < interval);
+        }
+        let key = (user.clone(), conv.to_string());
+        match last.get(&key) {
+            Some(t) if now.saturating_duration_since(*t) < interval => false,
+            _ => {
+                last.insert(key, now);
+                true
+            }
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct RateLimit {
@@ -41,6 +72,18 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typing_goes_out_once_per_user_conversation_and_interval() {
+        let gate = TypingGate::default();
+        let (alice, bob): (Arc<str>, Arc<str>) = ("alice".into(), "bob".into());
+        let (t0, second) = (Instant::now(), Duration::from_secs(1));
+        assert!(gate.allow(&alice, "d.alice.bob", second, t0));
+        assert!(!gate.allow(&alice, "d.alice.bob", second, t0 + second / 2));
+        assert!(gate.allow(&alice, "g.team", second, t0));
+        assert!(gate.allow(&bob, "d.alice.bob", second, t0));
+        assert!(gate.allow(&alice, "d.alice.bob", second, t0 + second));
+    }
 
     #[test]
     fn bursts_then_refills_at_the_rate() {
