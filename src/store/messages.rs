@@ -865,8 +865,8 @@ mod tests {
         }
     }
 
-    async fn append(writer: &Writer, conv: &str, content: Content) -> Envelope {
-        let message = NewMessage {
+    fn from_alice(conv: &str, content: Content) -> NewMessage {
+        NewMessage {
             conv: conv.into(),
             sender: "alice".into(),
             device: "alice.phone".into(),
@@ -874,9 +874,12 @@ mod tests {
             dup: false,
             moderator: false,
             content,
-        };
+        }
+    }
+
+    async fn append(writer: &Writer, conv: &str, content: Content) -> Envelope {
         writer
-            .submit(message)
+            .submit(from_alice(conv, content))
             .await
             .await
             .unwrap()
@@ -929,17 +932,7 @@ mod tests {
         let writer = start(dir.path());
         let conv = "d.alice.bob";
         // Submitted together, so that they share batches.
-        let submit = |c: Content| {
-            writer.submit(NewMessage {
-                conv: conv.into(),
-                sender: "alice".into(),
-                device: "alice.phone".into(),
-                pkid: None,
-                dup: false,
-                moderator: false,
-                content: c,
-            })
-        };
+        let submit = |c: Content| writer.submit(from_alice(conv, c));
         let replies = [
             submit(content(Kind::Msg, Some("alpha one"), None, &[])).await,
             submit(content(Kind::Edit, Some("beta one"), Some(1), &[])).await,
