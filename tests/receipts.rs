@@ -62,6 +62,17 @@ fn json_of(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Value {
     serde_json::from_slice(&p.payload).unwrap()
 }
 
+/// The next PUBLISH a raw client receives (whatever else comes first).
+async fn raw_publish(c: &mut RawClient) -> Publish {
+    loop {
+        match c.recv().await {
+            Some(Packet::Publish(p)) => return p,
+            Some(_) => continue,
+            None => panic!("the connection closed"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn delivered_only_after_the_recipient_device_acknowledges() {
     let server = TestServer::start_with_users(USERS, |_| {});
@@ -74,13 +85,7 @@ async fn delivered_only_after_the_recipient_device_acknowledges() {
         .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "are you there?")
         .await
         .unwrap();
-    let delivered = loop {
-        match bob.recv().await {
-            Some(Packet::Publish(p)) => break p,
-            Some(_) => continue,
-            None => panic!("bob closed"),
-        }
-    };
+    let delivered = raw_publish(&mut bob).await;
     // Bob's device has not acknowledged: no receipt, even after a few batching intervals.
     let quiet = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < quiet {
@@ -122,13 +127,7 @@ async fn a_server_without_delivery_receipts_records_and_sends_none() {
         .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "no receipts")
         .await
         .unwrap();
-    let delivered = loop {
-        match bob.recv().await {
-            Some(Packet::Publish(p)) => break p,
-            Some(_) => continue,
-            None => panic!("bob closed"),
-        }
-    };
+    let delivered = raw_publish(&mut bob).await;
     bob.send(Packet::PubAck(PubAck::new(delivered.pkid, None)))
         .await;
     // Read markers still work; they are the next thing on the receipt topic, no delivered
