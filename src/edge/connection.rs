@@ -197,6 +197,9 @@ impl Connection {
             tokio::select! {
                 _ = shutdown.cancelled() => return Close::Server(DisconnectReasonCode::ServerShuttingDown),
                 _ = mailbox.ready() => {
+                    // Let the router (and the other woken connections) run once first, so that
+                    // more of a burst is in the mailbox: one write then carries it.
+                    tokio::task::yield_now().await;
                     // Drain until the mailbox stays empty (the router keeps pushing meanwhile),
                     // so one write carries many messages; bounded so a firehose still flushes.
                     loop {
