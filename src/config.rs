@@ -121,6 +121,18 @@ pub struct LimitsConfig {
     pub max_subscriptions_per_connection: usize,
     pub publish_rate: u32,
     pub publish_burst: u32,
+    pub publish_rate_action: RateAction,
+}
+
+/// What happens to a connection publishing faster than `limits.publish_rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateAction {
+    /// Stop reading from it until the bucket refills (TCP pushes back); nothing is lost.
+    Throttle,
+    /// 5.0 clients get DISCONNECT 0x96 (message rate too high); 3.1.1 clients, which have no
+    /// such reason code and would only reconnect, are throttled.
+    Disconnect,
 }
 
 #[derive(Debug, Clone, Deserialize)]

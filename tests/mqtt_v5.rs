@@ -936,3 +936,62 @@ async fn invalid_topics_and_payloads_are_refused_per_message() {
         matches!(c.recv().await, Some(Packet::PubAck(a)) if a.reason == PubAckReason::NotAuthorized)
     );
 }
+
+#[tokio::test]
+async fn over_the_publish_rate_5_0_clients_can_be_disconnected_with_0x96() {
+    let server = TestServer::start_with(|c| {
+        c.limits.publish_rate = 1;
+        c.limits.publish_burst = 2;
+        c.limits.publish_rate_action = natter::config::RateAction::Disconnect;
+    });
+    let mut c = connect(&server, "flood").await;
+    for pkid in 1..=3 {
+        c.send(Packet::Publish(publish(
+            "flood/x",
+            QoS::AtLeastOnce,
+            pkid,
+            b"x",
+        )))
+        .await;
+    }
+    // The burst is acknowledged; the third message is over the rate.
+    for pkid in 1..=2 {
+        match c.recv().await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.pkid, pkid),
+            other => panic!("expected PUBACK {pkid}, got {other:?}"),
+        }
+    }
+    match c.closed().await {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, DisconnectReasonCode::MessageRateTooHigh)
+        }
+        other => panic!("expected DISCONNECT 0x96, got {other:?}"),
+    }
+
+    // 3.1.1 has no such reason code: its flood is throttled, and every message acknowledged.
+    let (mut v4c, _) = common::clients::v4::Client::connect(rumqttc::MqttOptions::new(
+        "flood4",
+        "127.0.0.1",
+        server.port(),
+    ))
+    .await;
+    for _ in 0..4 {
+        v4c.client
+            .publish("flood/y", rumqttc::QoS::AtLeastOnce, false, "y")
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let mut acked = 0;
+    while acked < 4 {
+        match v4c.next().await {
+            Ok(rumqttc::Incoming::PubAck(_)) => acked += 1,
+            Ok(_) => {}
+            Err(e) => panic!("the 3.1.1 client was cut off: {e:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not throttled"
+    );
+}

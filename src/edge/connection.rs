@@ -28,6 +28,7 @@ use crate::chat::envelope::{self, Envelope, Format, Kind};
 use crate::chat::service::{server_message, Request};
 use crate::chat::signals::Signal;
 use crate::codec::{self, CodecError, Version};
+use crate::config::RateAction;
 use crate::router::{Ack, ChatRef, Delivery, Event, Mailbox, Message, Outbound};
 use crate::stats::Stats;
 use crate::store::messages::{AppendError, Appended, NewMessage};
@@ -260,13 +261,20 @@ impl Connection {
         loop {
             // Over the publish rate, the next PUBLISH waits in the buffer and the connection
             // stops reading (TCP pushes back on the client) until the bucket refills: nothing
-            // is refused or dropped. The token is spent only on a whole PUBLISH: a large one
-            // arriving over many reads is still one message.
+            // is refused or dropped. Or, if so configured, a 5.0 client is disconnected. The
+            // token is spent only on a whole PUBLISH: a large one arriving over many reads is
+            // still one message.
             if self.rbuf.first().is_some_and(|b| b >> 4 == 3)
                 && codec::starts_with_complete_packet(&self.rbuf)
             {
                 let now = Instant::now();
                 if let Err(wait) = self.publish_rate.take(now) {
+                    if self.shared.limits.publish_rate_action == RateAction::Disconnect
+                        && self.version == Version::V5
+                    {
+                        tracing::info!(client = %self.identity.client_id, "publish rate exceeded");
+                        return Some(Close::Server(DisconnectReasonCode::MessageRateTooHigh));
+                    }
                     self.throttled = Some(now + wait);
                     return None;
                 }

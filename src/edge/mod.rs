@@ -27,7 +27,7 @@ use transport::{Io, Transport};
 use crate::access::Access;
 use crate::chat::service::ChatService;
 use crate::chat::signals::Signal;
-use crate::config::{Config, LimitsConfig, MqttConfig};
+use crate::config::{Config, LimitsConfig, MqttConfig, RateAction};
 use crate::router::Event;
 use crate::stats::Stats;
 use crate::store::messages::Writer;
@@ -56,6 +56,7 @@ pub struct Limits {
     /// PUBLISH packets per second per connection (0: unlimited) and the burst allowed.
     pub publish_rate: u32,
     pub publish_burst: u32,
+    pub publish_rate_action: RateAction,
     /// Longest chat message text.
     pub max_text_bytes: usize,
     /// Typing indicators: one per conversation per interval, expiring after `typing_expiry`.
@@ -71,6 +72,7 @@ impl Limits {
             typing_expiry: config.chat.typing_expiry_secs,
             publish_rate: l.publish_rate,
             publish_burst: l.publish_burst,
+            publish_rate_action: l.publish_rate_action,
             handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
             max_packet_size: m.max_packet_size,
             max_keepalive: m.max_keepalive_secs,
