@@ -9,18 +9,28 @@ use std::time::{Duration, Instant};
 /// interval however many devices the user types on.
 #[derive(Debug, Default)]
 pub struct TypingGate {
-    last: Mutex<HashMap<(Arc<str>, String), Instant>>,
+    state: Mutex<Gate>,
 }
 
-/// Entries beyond which forgotten ones (older than the interval) are swept out.
+#[derive(Debug, Default)]
+struct Gate {
+    last: HashMap<(Arc<str>, String), Instant>,
+    /// The size at which entries older than the interval are swept out next: twice what a
+    /// sweep left, so that sweeps stay rare however many are typing at once.
+    sweep_at: usize,
+}
+
+/// The smallest map that is ever swept.
 const TYPING_SWEEP: usize = 4096;
 
 impl TypingGate {
     /// Whether `user`'s indicator for `conv` goes out now (and if so, remembers it).
     pub fn allow(&self, user: &Arc<str>, conv: &str, interval: Duration, now: Instant) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.len() >= TYPING_SWEEP {
+        let mut gate = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Gate { last, sweep_at } = &mut *gate;
+        if last.len() >= (*sweep_at).max(TYPING_SWEEP) {
             last.retain(|_, t| now.saturating_duration_since(*t) < interval);
+            *sweep_at = 2 * last.len();
         }
         let key = (user.clone(), conv.to_string());
         match last.get(&key) {

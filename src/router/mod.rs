@@ -255,6 +255,8 @@ pub struct Router {
     /// The client ids of each user's sessions, so a CONNECT counts the user's connections
     /// without a scan of every session.
     by_user: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// When a full retained store may next be swept for expired messages.
+    next_retained_sweep: Instant,
     subscriptions: Subscriptions,
     /// Ordered, so that a subscription reads only the topics under its filter's literal prefix
     /// (a scan of every retained topic per SUBSCRIBE made connecting quadratic: each connected
@@ -306,6 +308,7 @@ impl Router {
             stats,
             sessions: HashMap::new(),
             by_user: HashMap::new(),
+            next_retained_sweep: Instant::now(),
             subscriptions: Subscriptions::default(),
             retained: BTreeMap::new(),
             started: now,
@@ -502,9 +505,14 @@ impl Router {
             if message.payload.is_empty() {
                 self.retained.remove(topic);
             } else {
-                if self.retained.len() >= self.settings.max_retained {
+                if self.retained.len() >= self.settings.max_retained
+                    && now >= self.next_retained_sweep
+                {
                     // Expired messages are never delivered again: they give up their slots.
+                    // At most once a second: with none expired, a sweep frees nothing and each
+                    // new topic would scan the whole store again.
                     self.drop_expired_retained(now);
+                    self.next_retained_sweep = now + Duration::from_secs(1);
                 }
                 if self.retained.len() < self.settings.max_retained
                     || self.retained.contains_key(topic)

@@ -274,7 +274,8 @@ fn commit(
     // read, so a commit by another connection in between cannot void this one's snapshot.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
-    let mut top: HashMap<&str, u64> = HashMap::new();
+    // Per conversation with new entries: the last seq, and who wrote the first.
+    let mut top: HashMap<&str, (u64, &str)> = HashMap::new();
     let mut unindexed = None;
     for job in batch {
         if job.message.content.target.is_some() {
@@ -288,18 +289,29 @@ fn commit(
             duplicate: false,
         }) = &result
         {
-            top.insert(&job.message.conv, envelope.seq);
+            top.entry(&job.message.conv)
+                .and_modify(|(seq, _)| *seq = envelope.seq)
+                .or_insert((envelope.seq, &job.message.sender));
             unindexed.get_or_insert(envelope.id);
         }
         results.push(result);
     }
     index_new(&tx, &mut unindexed)?;
-    for (conv, seq) in top {
+    for (conv, (seq, first_sender)) in top {
         tx.prepare_cached(
             "INSERT INTO conv_seq (conv, last) VALUES (?1, ?2)
              ON CONFLICT (conv) DO UPDATE SET last = MAX(last, excluded.last)",
         )?
         .execute(params![conv, seq])?;
+        // A direct conversation exists once it has an entry. Checked per batch, not cached:
+        // removing a user deletes the row from another connection.
+        if topics_is_direct(conv) {
+            tx.prepare_cached(
+                "INSERT INTO conversations (id, kind, created_by, created_at)
+                 VALUES (?1, 'direct', ?2, ?3) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![conv, first_sender, now_ms() / 1000])?;
+        }
     }
     tx.commit()?;
     Ok(results)
@@ -406,8 +418,6 @@ fn append(
             _ => {}
         }
     }
-    // A conversation this writer has a sequence for already has its row.
-    let known = last_seq.contains_key(&m.conv);
     let seq = match last_seq.get(&m.conv) {
         Some(s) => s + 1,
         None => {
@@ -475,13 +485,6 @@ fn append(
             .execute(params![m.conv, target])?;
         }
         _ => {}
-    }
-    if !known && topics_is_direct(&m.conv) {
-        tx.prepare_cached(
-            "INSERT INTO conversations (id, kind, created_by, created_at)
-             VALUES (?1, 'direct', ?2, ?3) ON CONFLICT (id) DO NOTHING",
-        )?
-        .execute(params![m.conv, m.sender, ts / 1000])?;
     }
     last_seq.insert(m.conv.clone(), seq);
     Ok(Ok(Appended {
@@ -1000,6 +1003,25 @@ mod tests {
             ),
             ("d.alice.carol", 1, Some("hi carol"))
         );
+    }
+
+    /// The row that makes a direct conversation exist comes back with its next entry, even
+    /// after another connection removed it (as removing a user does) while the writer ran.
+    #[tokio::test]
+    async fn a_direct_conversation_row_returns_with_its_next_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for user in ["alice", "bob"] {
+            store.add_user(user, "x").unwrap();
+        }
+        let writer = start(dir.path());
+        text(&writer, "d.alice.bob", "hi").await;
+        assert_eq!(store.direct_conversations("bob").unwrap(), ["d.alice.bob"]);
+        assert!(store.remove_user("bob").unwrap());
+        store.add_user("bob", "x").unwrap();
+        assert!(store.direct_conversations("bob").unwrap().is_empty());
+        text(&writer, "d.alice.bob", "hi again").await;
+        assert_eq!(store.direct_conversations("bob").unwrap(), ["d.alice.bob"]);
     }
 
     #[tokio::test]
