@@ -102,6 +102,16 @@ impl Http {
         )
     }
 
+    /// The link's thumbnail is an image of `size`.
+    async fn assert_thumbnail(&self, link: &Value, size: (u32, u32)) {
+        let thumb = self
+            .fetch(link["thumbnail_url"].as_str().unwrap(), None)
+            .await;
+        assert_eq!(thumb.status(), StatusCode::OK);
+        let thumb = image::load_from_memory(&thumb.bytes().await.unwrap()).unwrap();
+        assert_eq!((thumb.width(), thumb.height()), size);
+    }
+
     async fn fetch(&self, path: &str, range: Option<&str>) -> reqwest::Response {
         let mut req = self.client.get(format!("{}{path}", self.base));
         if let Some(r) = range {
@@ -173,12 +183,7 @@ async fn shared_media_reaches_members_through_signed_links_only() {
     let beyond = http.fetch(&url, Some("bytes=99999999-")).await;
     assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
 
-    let thumb = http
-        .fetch(link["thumbnail_url"].as_str().unwrap(), None)
-        .await;
-    assert_eq!(thumb.status(), StatusCode::OK);
-    let thumb = image::load_from_memory(&thumb.bytes().await.unwrap()).unwrap();
-    assert_eq!((thumb.width(), thumb.height()), (320, 240));
+    http.assert_thumbnail(&link, (320, 240)).await;
 
     // Eve is in no conversation with it; a link doctored for her fails its signature.
     assert_eq!(http.link(&eve_t, &id).await.0, StatusCode::NOT_FOUND);
@@ -360,12 +365,7 @@ async fn register_login_mqtt_with_token_image_message_and_signed_links() {
     let part = http.fetch(&url, Some("bytes=100-199")).await;
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(part.bytes().await.unwrap().to_vec(), image[100..200]);
-    let thumb = http
-        .fetch(link["thumbnail_url"].as_str().unwrap(), None)
-        .await;
-    assert_eq!(thumb.status(), StatusCode::OK);
-    let thumb = image::load_from_memory(&thumb.bytes().await.unwrap()).unwrap();
-    assert_eq!((thumb.width(), thumb.height()), (320, 240));
+    http.assert_thumbnail(&link, (320, 240)).await;
 
     // Eve, in no conversation with it, is told nothing exists; Bob's link rewritten for her
     // fails its signature.

@@ -79,6 +79,15 @@ macro_rules! test_client {
                     }
                 }
 
+                /// Reads until the connection ends; why it ended.
+                pub async fn ended(&mut self) -> Ended {
+                    loop {
+                        if let Err(e) = self.next().await {
+                            return e;
+                        }
+                    }
+                }
+
                 /// The next PUBLISH, skipping acknowledgements and pings.
                 pub async fn publish(&mut self) -> $publish {
                     loop {
