@@ -47,6 +47,16 @@ enum Pending {
     Persist(Box<Persist>),
 }
 
+impl Pending {
+    /// A QoS 1 PUBLISH not yet acknowledged (it counts against the Receive Maximum).
+    fn is_qos1(&self) -> bool {
+        match self {
+            Pending::Persist(p) => p.qos == QoS::AtLeastOnce,
+            Pending::Ready(ack) => matches!(**ack, Packet::PubAck(_)),
+        }
+    }
+}
+
 struct Persist {
     /// Taken when handed to the writer.
     new: Option<NewMessage>,
@@ -99,6 +109,8 @@ pub(super) struct Connection {
     requests: VecDeque<Request>,
     /// Inbound messages waiting for the store, and acknowledgements queued behind them.
     pending: VecDeque<Pending>,
+    /// How many of them are QoS 1 (kept with `pending` by `push_pending` and `settle`).
+    pending_qos1: usize,
     /// How chat envelopes are delivered to this device.
     format: Format,
     publish_rate: RateLimit,
@@ -137,6 +149,7 @@ impl Connection {
             events: VecDeque::new(),
             requests: VecDeque::new(),
             pending: VecDeque::new(),
+            pending_qos1: 0,
             format: admitted.format,
             throttled: None,
             publish_rate: RateLimit::new(
@@ -503,7 +516,7 @@ impl Connection {
                     moderator,
                     content,
                 };
-                self.pending.push_back(Pending::Persist(Box::new(Persist {
+                self.push_pending(Pending::Persist(Box::new(Persist {
                     new: Some(new),
                     reply: None,
                     topic: message.topic,
@@ -611,17 +624,7 @@ impl Connection {
             QoS::ExactlyOnce if self.pending_qos2.contains(&pkid) => false,
             QoS::ExactlyOnce if self.version == Version::V4 => self.pending_qos2.len() >= max,
             QoS::AtLeastOnce if self.version == Version::V4 => false,
-            _ => {
-                let qos1 = self
-                    .pending
-                    .iter()
-                    .filter(|p| match p {
-                        Pending::Persist(p) => p.qos == QoS::AtLeastOnce,
-                        Pending::Ready(ack) => matches!(**ack, Packet::PubAck(_)),
-                    })
-                    .count();
-                self.pending_qos2.len() + qos1 >= max
-            }
+            _ => self.pending_qos2.len() + self.pending_qos1 >= max,
         }
     }
 
@@ -631,8 +634,13 @@ impl Connection {
         if self.pending.is_empty() {
             self.queue(&ack);
         } else {
-            self.pending.push_back(Pending::Ready(Box::new(ack)));
+            self.push_pending(Pending::Ready(Box::new(ack)));
         }
+    }
+
+    fn push_pending(&mut self, p: Pending) {
+        self.pending_qos1 += usize::from(p.is_qos1());
+        self.pending.push_back(p);
     }
 
     /// Hands pending chat messages to the history writer, then, in arrival order, routes each
@@ -648,6 +656,7 @@ impl Connection {
             }
         }
         while let Some(p) = self.pending.pop_front() {
+            self.pending_qos1 -= usize::from(p.is_qos1());
             let p = match p {
                 Pending::Ready(ack) => {
                     self.queue(&ack);
