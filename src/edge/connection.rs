@@ -943,11 +943,9 @@ impl Connection {
                 self.queue(&Packet::Disconnect(Disconnect::new(reason)));
             }
         }
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            let _ = self.flush().await;
-            self.io.shutdown().await;
-        })
-        .await;
+        // The router hears of the close before the peer sees its socket end: a client that
+        // disconnects and at once has another client publish to it finds those messages queued
+        // for its offline session, not handed to this closing connection.
         self.events.push_back(Event::Closed {
             client: self.identity.client_id.clone(),
             conn_id: self.conn_id,
@@ -955,6 +953,11 @@ impl Connection {
             expiry_secs: expiry,
         });
         self.send_events().await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            let _ = self.flush().await;
+            self.io.shutdown().await;
+        })
+        .await;
         tracing::debug!(client = %self.identity.client_id, peer = %self.peer, "disconnected");
     }
 }
