@@ -201,9 +201,14 @@ impl RawClient {
     }
 
     pub async fn send(&mut self, packet: Packet) {
+        self.try_send(packet).await.expect("write");
+    }
+
+    /// Sends `packet`, reporting a write error (the server went away) instead of panicking.
+    pub async fn try_send(&mut self, packet: Packet) -> std::io::Result<()> {
         let mut out = BytesMut::new();
         packet.write(&mut out, None).expect("encode");
-        self.send_bytes(&out).await;
+        self.stream.write_all(&out).await
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
