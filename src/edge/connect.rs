@@ -20,19 +20,20 @@ use super::Shared;
 use crate::access::{Identity, Refusal, Route};
 use crate::chat::envelope::Format;
 use crate::codec::{self, CodecError, Version};
-use crate::router::{ConnectRequest, Event, Mailbox, Message, Will};
+use crate::router::{ConnectRefused, ConnectRequest, Event, Mailbox, Message, Will};
 use crate::topics;
 
 fn protocol_error(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
 }
 
-/// Reads and answers the CONNECT. `Ok(None)`: refused or gone, already answered.
+/// Reads the CONNECT and registers the connection with the router; the connection then sends
+/// the CONNACK it is handed with. `Ok(None)`: refused or gone, already answered.
 pub(super) async fn accept(
     mut io: Transport,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-) -> io::Result<Option<Box<Connection>>> {
+) -> io::Result<Option<(Box<Connection>, ConnAck)>> {
     let limits = &shared.limits;
     let mut buf = BytesMut::new();
     let version = loop {
@@ -73,9 +74,10 @@ pub(super) async fn accept(
         Ok(admitted) => {
             tracing::debug!(%peer, client = %admitted.identity.client_id, ?version, "connected");
             let connack = admitted.connack.clone();
-            let mut conn = Connection::new(shared, io, version, peer, buf, admitted);
-            conn.send_connack(connack).await?;
-            Ok(Some(conn))
+            Ok(Some((
+                Connection::new(shared, io, version, peer, buf, admitted),
+                connack,
+            )))
         }
         Err(code) => {
             tracing::info!(%peer, ?version, ?code, "connection refused");
@@ -131,6 +133,7 @@ async fn admit(
     let credentials = login
         .as_ref()
         .map(|l| (l.username.as_str(), l.password.as_str()));
+    let authenticated_at = std::time::Instant::now();
     let who = shared
         .access
         .authenticate(credentials)
@@ -199,6 +202,7 @@ async fn admit(
         expiry_secs: expiry,
         receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
         will,
+        authenticated_at,
     };
     if shared
         .router
@@ -213,7 +217,11 @@ async fn admit(
         .map_err(|_| ConnectReturnCode::ServerUnavailable)?
         .map_err(|refused| {
             tracing::info!(client = %identity.client_id, %refused, "connection refused");
-            ConnectReturnCode::QuotaExceeded
+            match refused {
+                ConnectRefused::TooManyConnections => ConnectReturnCode::QuotaExceeded,
+                ConnectRefused::Revoked => ConnectReturnCode::NotAuthorized,
+                ConnectRefused::TooLate => ConnectReturnCode::ServerUnavailable,
+            }
         })?;
 
     let properties = (version == Version::V5).then(|| {

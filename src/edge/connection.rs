@@ -160,15 +160,16 @@ impl Connection {
         })
     }
 
-    /// Writes the CONNACK. The router may have queued resends already: CONNACK must go first,
-    /// so the mailbox is drained only once this write is done.
-    pub(super) async fn send_connack(&mut self, connack: ConnAck) -> io::Result<()> {
+    /// Sends the CONNACK, then serves the connection until it ends. The router has already
+    /// attached it (and may have queued resends: the CONNACK goes first, so the mailbox is
+    /// drained only once it is written), so every way out, a failed CONNACK write too, goes
+    /// through `finish`, which tells the router.
+    pub(super) async fn run(mut self: Box<Self>, connack: ConnAck) {
         self.queue(&Packet::ConnAck(connack));
-        self.flush().await
-    }
-
-    pub(super) async fn run(mut self: Box<Self>) {
-        let close = self.serve().await;
+        let close = match self.flush().await {
+            Ok(()) => self.serve().await,
+            Err(_) => Close::Lost,
+        };
         self.finish(close).await;
     }
 

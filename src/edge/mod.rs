@@ -147,8 +147,8 @@ async fn handle(
         let transport = open(stream, kind, tls, limits.max_packet_size as usize).await?;
         connect::accept(transport, peer, &shared).await
     });
-    let conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-        Ok(Ok(Some(conn))) => conn,
+    let (conn, connack) = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+        Ok(Ok(Some(admitted))) => admitted,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%peer, ?kind, error = %e, "handshake failed");
@@ -159,7 +159,7 @@ async fn handle(
             return;
         }
     };
-    conn.run().await;
+    conn.run(connack).await;
 }
 
 async fn open(

@@ -120,6 +120,9 @@ pub struct ConnectRequest {
     pub expiry_secs: u32,
     pub receive_maximum: u16,
     pub will: Option<Box<Will>>,
+    /// When the credentials were checked (taken before the check began): a device revoked or
+    /// a user removed after this instant may have been missed by it.
+    pub authenticated_at: Instant,
 }
 
 /// A client's acknowledgement of a message we sent it.
@@ -147,6 +150,10 @@ pub struct ClientInfo {
 pub enum ConnectRefused {
     #[error("too many connections for this user")]
     TooManyConnections,
+    #[error("the device was revoked or the user removed while its credentials were checked")]
+    Revoked,
+    #[error("the handshake had timed out")]
+    TooLate,
 }
 
 /// What connections (and the chat service) tell the router.
@@ -228,6 +235,9 @@ pub struct Settings {
     pub max_subscriptions: usize,
     /// Whether recipients' acknowledgements become delivered receipts (`chat.delivery_receipts`).
     pub delivery_receipts: bool,
+    /// How long a CONNECT may take (`mqtt.handshake_timeout_secs`), and so how long a kick is
+    /// remembered for the CONNECTs whose credentials were checked before it.
+    pub handshake_timeout: Duration,
 }
 
 impl Settings {
@@ -243,6 +253,7 @@ impl Settings {
             max_session_expiry: m.max_session_expiry_secs,
             sys_interval: (m.sys_interval_secs > 0)
                 .then(|| Duration::from_secs(m.sys_interval_secs)),
+            handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
         }
     }
 }
@@ -264,8 +275,18 @@ pub struct Router {
     retained: BTreeMap<String, Arc<Message>>,
     started: Instant,
     next_sys: Option<Instant>,
+    /// Recent kicks (revoked devices, removed users), for `handshake_timeout`: a CONNECT that
+    /// checked its credentials before a kick reaches the router only after it, and must not
+    /// outlive the kick.
+    kicked: HashMap<Kicked, Instant>,
     /// Deliveries and presence, for receipts (see `chat::signals`).
     signals: mpsc::UnboundedSender<Signal>,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Kicked {
+    User(Arc<str>),
+    Client(Arc<str>),
 }
 
 /// How many events may wait for the router before publishers feel back-pressure.
@@ -312,15 +333,20 @@ impl Router {
             subscriptions: Subscriptions::default(),
             retained: BTreeMap::new(),
             started: now,
+            kicked: HashMap::new(),
         }
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connect(req, reply) => {
+                let (client, conn_id) = (req.identity.client_id.clone(), req.conn_id);
                 let result = self.connect(req, now);
-                // The connection may have gone meanwhile; its Closed event follows.
-                let _ = reply.send(result);
+                // The connection gave up waiting (its handshake timed out): it will never run,
+                // so nothing else would end what was just attached.
+                if reply.send(result).is_err() {
+                    self.closed(&client, conn_id, true, None, now);
+                }
             }
             Event::Publish {
                 client,
@@ -350,17 +376,16 @@ impl Router {
                 self.publish(message, now);
             }
             Event::Kick { user } => {
-                let clients: Vec<Arc<str>> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| s.identity.user.as_deref() == Some(&*user))
-                    .map(|(c, _)| c.clone())
-                    .collect();
+                let clients = self.by_user.get(&user).cloned().unwrap_or_default();
                 for client in clients {
                     self.kick(&client);
                 }
+                self.kicked.insert(Kicked::User(user), now);
             }
-            Event::KickClient { client } => self.kick(&client),
+            Event::KickClient { client } => {
+                self.kick(&client);
+                self.kicked.insert(Kicked::Client(client), now);
+            }
             Event::ListClients(reply) => {
                 let mut list: Vec<_> = self
                     .sessions
@@ -408,6 +433,26 @@ impl Router {
     /// session was present.
     fn connect(&mut self, req: ConnectRequest, now: Instant) -> Result<bool, ConnectRefused> {
         let client = req.identity.client_id.clone();
+        if now.saturating_duration_since(req.authenticated_at) >= self.settings.handshake_timeout {
+            // Its connection has given up, and a kick that came after its check is forgotten.
+            return Err(ConnectRefused::TooLate);
+        }
+        if !self.kicked.is_empty() {
+            let after_check = |key| {
+                self.kicked
+                    .get(&key)
+                    .is_some_and(|at| *at >= req.authenticated_at)
+            };
+            if after_check(Kicked::Client(client.clone()))
+                || req
+                    .identity
+                    .user
+                    .clone()
+                    .is_some_and(|u| after_check(Kicked::User(u)))
+            {
+                return Err(ConnectRefused::Revoked);
+            }
+        }
         if let (Some(user), max) = (&req.identity.user, self.settings.max_connections_per_user) {
             // A takeover replaces a connection rather than adding one.
             let live = self.by_user.get(user).map_or(0, |ids| {
@@ -883,6 +928,9 @@ impl Router {
 
     /// Time-driven work: delayed wills, expired sessions, `$SYS` statistics.
     pub fn tick(&mut self, now: Instant) {
+        let memory = self.settings.handshake_timeout;
+        self.kicked
+            .retain(|_, at| now.saturating_duration_since(*at) < memory);
         let mut wills = Vec::new();
         let mut ended = Vec::new();
         for (client, s) in &mut self.sessions {
@@ -954,5 +1002,118 @@ impl Router {
                 now,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+
+    use super::*;
+    use crate::chat::Directory;
+    use crate::config::Config;
+    use crate::store::Store;
+    use crate::tokens::Signer;
+
+    fn router() -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::default_config();
+        let access = Access::new(
+            &config.auth,
+            Arc::new(Store::open(dir.path()).unwrap()),
+            Arc::new(RwLock::new(Directory::default())),
+            Arc::new(Signer::new(b"test")),
+        )
+        .unwrap();
+        let settings = Settings::from_config(&config.mqtt, &config.limits, &config.chat);
+        let (signals, _) = mpsc::unbounded_channel();
+        let router = Router::new(settings, Arc::new(access), Arc::default(), signals);
+        (router, dir)
+    }
+
+    fn request(client: &str, authenticated_at: Instant) -> ConnectRequest {
+        ConnectRequest {
+            identity: Identity {
+                user: client.split('.').next().map(Arc::from),
+                client_id: client.into(),
+            },
+            conn_id: 1,
+            mailbox: Arc::new(Mailbox::new(16)),
+            clean_start: true,
+            expiry_secs: 0,
+            receive_maximum: 10,
+            will: None,
+            authenticated_at,
+        }
+    }
+
+    /// Registers `client` (of the user its id starts with), its credentials checked at
+    /// `authenticated_at`.
+    fn connect(
+        r: &mut Router,
+        client: &str,
+        authenticated_at: Instant,
+        now: Instant,
+    ) -> Result<bool, ConnectRefused> {
+        let (tx, mut rx) = oneshot::channel();
+        r.handle(Event::Connect(request(client, authenticated_at), tx), now);
+        rx.try_recv().unwrap()
+    }
+
+    #[test]
+    fn a_connect_checked_before_a_kick_is_refused_after_it() {
+        let (mut r, _dir) = router();
+        let checked = Instant::now();
+        let kick = checked + Duration::from_millis(5);
+        r.handle(
+            Event::KickClient {
+                client: "carol.phone".into(),
+            },
+            kick,
+        );
+        r.handle(
+            Event::Kick {
+                user: "dave".into(),
+            },
+            kick,
+        );
+        let later = kick + Duration::from_millis(5);
+        // Checked before the revocation, registered after it.
+        assert_eq!(
+            connect(&mut r, "carol.phone", checked, later),
+            Err(ConnectRefused::Revoked)
+        );
+        assert_eq!(
+            connect(&mut r, "dave.laptop", checked, later),
+            Err(ConnectRefused::Revoked)
+        );
+        // Other clients, and checks made after the kick, are unaffected.
+        assert_eq!(connect(&mut r, "carol.tablet", checked, later), Ok(false));
+        assert_eq!(connect(&mut r, "carol.phone", later, later), Ok(false));
+        // A check older than the handshake timeout has outlived its connection.
+        let timeout = r.settings.handshake_timeout;
+        assert_eq!(
+            connect(&mut r, "erin", checked, checked + timeout),
+            Err(ConnectRefused::TooLate)
+        );
+        // Kicks are forgotten once no CONNECT checked before them can still arrive.
+        r.tick(kick + timeout);
+        assert!(r.kicked.is_empty());
+    }
+
+    #[test]
+    fn a_connect_whose_connection_gave_up_is_undone() {
+        let (mut r, _dir) = router();
+        let now = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        drop(rx);
+        r.handle(Event::Connect(request("carol.phone", now), tx), now);
+        assert!(r.sessions.is_empty());
+        assert_eq!(
+            r.stats
+                .clients_connected
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }
