@@ -4,9 +4,15 @@
 //! mailbox allocates nothing (a bounded channel allocates its first block up front), and the
 //! router, which must never wait on a slow client, pushes without awaiting. QoS 1/2 traffic is
 //! bounded by the session's in-flight window; QoS 0 traffic is bounded here, by dropping.
+//!
+//! The router wakes connections once per burst of events ([`deferring_wakes`]), not once per
+//! push: a connection woken at the first of a burst's messages would write that one alone,
+//! and a fan-out would cost a `send` per subscriber per message.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet};
 use tokio::sync::Notify;
@@ -29,8 +35,29 @@ pub enum Outbound {
 pub struct Mailbox {
     queue: Mutex<Inner>,
     notify: Notify,
+    /// Pushed to while wakes are deferred, and not woken yet.
+    wake_due: AtomicBool,
     /// Most QoS 0 messages waiting; more are dropped (a slow subscriber must not grow the heap).
     qos0_cap: usize,
+}
+
+thread_local! {
+    /// The mailboxes to wake when the innermost [`deferring_wakes`] on this thread returns.
+    static DEFERRED: RefCell<Option<Vec<Arc<Mailbox>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, holding back the wake-ups of the mailboxes it pushes to until it returns; then
+/// wakes each of them once. `f` must not await (it is not async), so nothing waits on a wake
+/// held back here for longer than `f` runs.
+pub fn deferring_wakes<R>(f: impl FnOnce() -> R) -> R {
+    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let due = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    for mailbox in due.into_iter().flatten() {
+        mailbox.wake_due.store(false, Ordering::Relaxed);
+        mailbox.notify.notify_one();
+    }
+    result
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +71,7 @@ impl Mailbox {
         Mailbox {
             queue: Mutex::new(Inner::default()),
             notify: Notify::new(),
+            wake_due: AtomicBool::new(false),
             qos0_cap,
         }
     }
@@ -55,7 +83,7 @@ impl Mailbox {
     }
 
     /// Queues an item; returns `false` if it was a QoS 0 message dropped for lack of room.
-    pub fn push(&self, item: Outbound) -> bool {
+    pub fn push(self: &Arc<Self>, item: Outbound) -> bool {
         {
             let mut inner = self.lock();
             if let Outbound::Publish(d) = &item {
@@ -68,7 +96,20 @@ impl Mailbox {
             }
             inner.items.push_back(item);
         }
-        self.notify.notify_one();
+        if !self.wake_due.load(Ordering::Relaxed) {
+            let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+                Some(due) => {
+                    due.push(self.clone());
+                    true
+                }
+                None => false,
+            });
+            if deferred {
+                self.wake_due.store(true, Ordering::Relaxed);
+            } else {
+                self.notify.notify_one();
+            }
+        }
         true
     }
 

@@ -292,6 +292,9 @@ enum Kicked {
 /// How many events may wait for the router before publishers feel back-pressure.
 const EVENT_QUEUE: usize = 4096;
 
+/// Most events routed before the connections they pushed to are woken.
+const BURST: usize = 64;
+
 /// Starts the router task; it ends when every sender is dropped.
 pub fn spawn(router: Router) -> mpsc::Sender<Event> {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
@@ -305,7 +308,16 @@ async fn run(mut router: Router, mut events: mpsc::Receiver<Event>) {
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => router.handle(event, Instant::now()),
+                Some(event) => mailbox::deferring_wakes(|| {
+                    router.handle(event, Instant::now());
+                    // Events already waiting (a publisher's burst, a batch of acks) are routed
+                    // before any connection wakes, so each wakes to a batch it writes at once.
+                    // Bounded, so the burst's first messages are not held back for long.
+                    for _ in 1..BURST {
+                        let Ok(event) = events.try_recv() else { break };
+                        router.handle(event, Instant::now());
+                    }
+                }),
                 None => break,
             },
             _ = tick.tick() => router.tick(Instant::now()),
