@@ -679,6 +679,14 @@ impl ChatService {
         }
     }
 
+    /// Runs `change`, an account change made outside this service (registration over HTTP),
+    /// under the lock reloads take: a reload cannot then read the store before the change and
+    /// replace the directory after it, dropping what the change added.
+    pub async fn serialised<F: std::future::Future>(&self, change: F) -> F::Output {
+        let _guard = self.changes.lock().await;
+        change.await
+    }
+
     /// Picks up changes other processes commit (accounts and memberships changed with the CLI
     /// while the server runs): reloads the directory, disconnects removed users, and announces
     /// membership changes.
@@ -717,15 +725,40 @@ impl ChatService {
                 }
             };
             let newer = Directory::from_snapshot(snapshot);
-            let (gone, changes) = {
+            let gone: Vec<String> = {
                 let d = self.read();
-                let gone: Vec<String> = d
-                    .users()
+                d.users()
                     .filter(|u| !newer.user_exists(u))
                     .map(str::to_string)
-                    .collect();
-                (gone, d.membership_changes(&newer))
+                    .collect()
             };
+            // A user created after the snapshot was read (by the CLI, then logged in at once)
+            // is in the directory but not in the snapshot: a stale snapshot, which would drop
+            // the user and kick them. The creation changed the version: the next tick reads
+            // again.
+            if !gone.is_empty() {
+                let candidates = gone.clone();
+                let present = self
+                    .blocking(move |s| {
+                        candidates
+                            .iter()
+                            .map(|u| s.login_info(u).map(|info| info.is_some()))
+                            .collect::<Result<Vec<bool>, _>>()
+                    })
+                    .await;
+                match present {
+                    Ok(present) if present.contains(&true) => {
+                        tracing::debug!("accounts changed while reloading; reading them again");
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reload accounts");
+                        continue;
+                    }
+                }
+            }
+            let changes = self.read().membership_changes(&newer);
             for (conv, user) in &changes.removed {
                 self.announce_member(conv, user, "member_removed", None, "admin")
                     .await;

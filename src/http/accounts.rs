@@ -62,18 +62,24 @@ async fn register(
     }
     let iterations = state.settings.pbkdf2_iterations;
     let user = c.user.clone();
-    blocking(&state, move |s| {
-        let hash = password::hash(&c.password, iterations)
-            .map_err(|e| StoreError::Commit(e.to_string()))?;
-        s.add_user(&c.user, &hash)
+    let hash = blocking(&state, move |_| {
+        password::hash(&c.password, iterations).map_err(|e| StoreError::Commit(e.to_string()))
     })
     .await?;
-    // Usable at once (the periodic reload would bring it within a second).
     state
-        .directory
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .set_user(&user, false);
+        .chat
+        .serialised(async {
+            let u = user.clone();
+            blocking(&state, move |s| s.add_user(&u, &hash)).await?;
+            // Usable at once (the periodic reload would bring it within a second).
+            state
+                .directory
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_user(&user, false);
+            Ok::<_, ApiError>(())
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(json!({"user": user}))))
 }
 
