@@ -389,11 +389,17 @@ impl Connection {
         None
     }
 
+    /// Acks that follow one another join one event: a read of many PUBACKs costs the router
+    /// one event, not one each.
     fn ack(&mut self, ack: Ack) {
-        self.events.push_back(Event::Ack {
+        if let Some(Event::Acks { acks, .. }) = self.events.back_mut() {
+            acks.push(ack);
+            return;
+        }
+        self.events.push_back(Event::Acks {
             client: self.identity.client_id.clone(),
             conn_id: self.conn_id,
-            ack,
+            acks: vec![ack],
         });
     }
 

@@ -205,10 +205,12 @@ pub enum Event {
         conn_id: u64,
         packet: Unsubscribe,
     },
-    Ack {
+    /// Acknowledgements, in the order the client sent them: one event for all those a read
+    /// brought (a subscriber acks a whole batch of deliveries at once).
+    Acks {
         client: Arc<str>,
         conn_id: u64,
-        ack: Ack,
+        acks: Vec<Ack>,
     },
     /// The connection ended. `publish_will` unless it was a clean DISCONNECT; `expiry_secs` if
     /// the DISCONNECT changed the session expiry.
@@ -427,11 +429,11 @@ impl Router {
                 conn_id,
                 packet,
             } => self.unsubscribe(&client, conn_id, packet),
-            Event::Ack {
+            Event::Acks {
                 client,
                 conn_id,
-                ack,
-            } => self.ack(&client, conn_id, ack, now),
+                acks,
+            } => self.acks(&client, conn_id, &acks, now),
             Event::Closed {
                 client,
                 conn_id,
@@ -819,41 +821,46 @@ impl Router {
             .push(Outbound::Packet(Box::new(Packet::PubComp(comp))));
     }
 
-    fn ack(&mut self, client: &str, conn_id: u64, ack: Ack, now: Instant) {
+    fn acks(&mut self, client: &str, conn_id: u64, acks: &[Ack], now: Instant) {
         let Some(session) = self.sessions.get_mut(client) else {
             return;
         };
         if session.link_for(conn_id).is_none() {
             return;
         }
-        let done = match ack {
-            Ack::PubAck(pkid) => session.on_puback(pkid),
-            Ack::PubRec(pkid, accepted) => session.on_pubrec(pkid, accepted),
-            Ack::PubComp(pkid) => session.on_pubcomp(pkid),
-            Ack::Discarded(pkid) => {
-                session.discard(pkid);
-                None
-            }
-        };
-        if let Some(delivery) = &done {
-            // A recipient device has the message: a delivered receipt (not for the sender's own
-            // devices, and not when it arrived as a rejected PUBREC).
-            if let (true, Some(chat), Some(user), Ack::PubAck(_) | Ack::PubComp(_)) = (
-                self.settings.delivery_receipts,
-                &delivery.message.chat,
-                &session.identity.user,
-                ack,
-            ) {
-                if **user != *chat.from {
-                    let _ = self.signals.send(Signal::Delivered {
-                        user: user.clone(),
-                        conv: chat.conv.clone(),
-                        seq: chat.seq,
-                    });
+        let mut freed = false;
+        for &ack in acks {
+            let done = match ack {
+                Ack::PubAck(pkid) => session.on_puback(pkid),
+                Ack::PubRec(pkid, accepted) => session.on_pubrec(pkid, accepted),
+                Ack::PubComp(pkid) => session.on_pubcomp(pkid),
+                Ack::Discarded(pkid) => {
+                    session.discard(pkid);
+                    None
+                }
+            };
+            if let Some(delivery) = &done {
+                // A recipient device has the message: a delivered receipt (not for the sender's own
+                // devices, and not when it arrived as a rejected PUBREC).
+                if let (true, Some(chat), Some(user), Ack::PubAck(_) | Ack::PubComp(_)) = (
+                    self.settings.delivery_receipts,
+                    &delivery.message.chat,
+                    &session.identity.user,
+                    ack,
+                ) {
+                    if **user != *chat.from {
+                        let _ = self.signals.send(Signal::Delivered {
+                            user: user.clone(),
+                            conv: chat.conv.clone(),
+                            seq: chat.seq,
+                        });
+                    }
                 }
             }
+            freed |= done.is_some() || matches!(ack, Ack::Discarded(_));
         }
-        if done.is_some() || matches!(ack, Ack::Discarded(_)) {
+        // The window has room again: what waited in the queue goes out, once for the batch.
+        if freed {
             let expired = session.pump(now);
             Stats::add(&self.stats.messages_dropped, expired as u64);
         }
