@@ -13,7 +13,7 @@
 //! - *Push*: members with no connected device when a message is stored get one content-free
 //!   notification per `push_coalesce` (see [`super::push`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -85,7 +85,9 @@ struct PendingPush {
 
 #[derive(Debug, Default)]
 struct Presence {
-    devices: HashSet<Arc<str>>,
+    /// The connected devices' client ids: a few per user, so a `Vec` (a set's table would
+    /// cost every online user a hundred bytes more).
+    devices: Vec<Arc<str>>,
     away: bool,
     hidden: bool,
     /// When the last device left; `offline` is published once the grace period has passed.
@@ -167,7 +169,9 @@ impl Signals {
             Signal::Online { user, client } => {
                 let p = self.presence.entry(user.clone()).or_default();
                 let was_offline = p.devices.is_empty() && p.left_at.is_none();
-                p.devices.insert(client);
+                if !p.devices.contains(&client) {
+                    p.devices.push(client);
+                }
                 p.left_at = None;
                 p.last_seen = None;
                 if was_offline {
@@ -176,7 +180,7 @@ impl Signals {
             }
             Signal::Offline { user, client } => {
                 if let Some(p) = self.presence.get_mut(&user) {
-                    p.devices.remove(&client);
+                    p.devices.retain(|c| *c != client);
                     if p.devices.is_empty() {
                         p.left_at = Some(Instant::now());
                         p.last_seen = Some(now_ms());

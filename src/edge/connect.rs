@@ -303,7 +303,7 @@ fn will_message(
             payload: w.message,
             qos: w.qos,
             retain: w.retain,
-            properties,
+            properties: properties.map(Box::new),
             // A will's expiry counts from its publication; the router stamps that moment.
             expires_at: None,
             origin: Some(identity.client_id.clone()),

@@ -455,7 +455,7 @@ impl Connection {
             payload: p.payload,
             qos,
             retain: p.retain,
-            properties,
+            properties: properties.map(Box::new),
             expires_at,
             origin: Some(self.identity.client_id.clone()),
             msgpack: None,
@@ -867,7 +867,7 @@ impl Connection {
                 || !d.subscription_ids.is_empty()
                 || content_type.is_some()
             {
-                let mut p = m.properties.clone().unwrap_or_default();
+                let mut p = m.properties.as_deref().cloned().unwrap_or_default();
                 p.message_expiry_interval = expiry;
                 p.subscription_identifiers = d.subscription_ids.clone();
                 if let Some(ct) = content_type {

@@ -46,7 +46,7 @@ pub struct Message {
     pub qos: QoS,
     pub retain: bool,
     /// 5.0 properties passed on to subscribers (never the topic alias or subscription ids).
-    pub properties: Option<PublishProperties>,
+    pub properties: Option<Box<PublishProperties>>,
     pub expires_at: Option<Instant>,
     /// The publishing client, for No Local; `None` for messages the server makes.
     pub origin: Option<Arc<str>>,
@@ -99,12 +99,12 @@ pub struct Will {
 
 impl Will {
     /// The message to publish now.
-    fn into_message(self: Box<Self>, now: Instant) -> Message {
+    fn into_message(self, now: Instant) -> Message {
         let Will {
             mut message,
             expiry_secs,
             ..
-        } = *self;
+        } = self;
         message.expires_at = expiry_secs.map(|secs| now + Duration::from_secs(u64::from(secs)));
         message
     }
@@ -493,7 +493,7 @@ impl Router {
             // back in time); otherwise the old session ends and its will goes out now.
             if let Some(will) = old.will.take() {
                 if !resume || (will.delay_secs == 0 && old.will_at.is_none()) {
-                    self.publish(will.into_message(now), now);
+                    self.publish((*will).into_message(now), now);
                 }
             }
             if resume {
@@ -896,7 +896,7 @@ impl Router {
         match session.will.take() {
             Some(will) if publish_will => {
                 if will.delay_secs == 0 || expiry_secs == 0 {
-                    will_now = Some(will.into_message(now));
+                    will_now = Some((*will).into_message(now));
                 } else {
                     let delay = will.delay_secs.min(expiry_secs);
                     session.will_at = Some(now + Duration::from_secs(u64::from(delay)));
@@ -959,7 +959,7 @@ impl Router {
             let session_over = s.expires_at.is_some_and(|at| now >= at);
             if s.will_at.is_some_and(|at| now >= at) || session_over {
                 if let Some(will) = s.will.take() {
-                    wills.push(will.into_message(now));
+                    wills.push((*will).into_message(now));
                 }
                 s.will_at = None;
             }
