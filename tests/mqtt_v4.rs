@@ -143,7 +143,14 @@ async fn persistent_session_keeps_subscriptions_and_queues_while_away() {
     phone.client.disconnect().await.unwrap();
     while phone.next().await.is_ok() {}
 
-    let (publisher, _) = Client::connect(options(&server, "pub")).await;
+    let (mut publisher, _) = Client::connect(options(&server, "pub")).await;
+    // QoS 0 is not queued for an absent client. Sent first, so the PUBACKs below prove it
+    // reached the router before the phone is back.
+    publisher
+        .client
+        .publish("inbox/1", QoS::AtMostOnce, false, "lost")
+        .await
+        .unwrap();
     for i in 0..3 {
         publisher
             .client
@@ -151,13 +158,14 @@ async fn persistent_session_keeps_subscriptions_and_queues_while_away() {
             .await
             .unwrap();
     }
-    // QoS 0 is not queued for an absent client.
-    publisher
-        .client
-        .publish("inbox/1", QoS::AtMostOnce, false, "lost")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each PUBACK follows its message's hand-over to the router (and that of everything sent
+    // before it), and the reconnect below reaches the router after all of them.
+    let mut acked = 0;
+    while acked < 3 {
+        if let Ok(Incoming::PubAck(_)) = publisher.next().await {
+            acked += 1;
+        }
+    }
 
     let (mut phone, ack) = Client::connect(o).await;
     assert!(matches!(ack, Incoming::ConnAck(a) if a.session_present));

@@ -193,7 +193,8 @@ async fn sessions_expire_after_their_interval() {
         .await;
         assert!(c.closed().await.is_none());
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Expiry (1 s) is checked on the router's 1 s tick: 3.5 s leaves room for a late tick.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     for (id, present) in [("short", false), ("long", true)] {
         let mut o = expiring(60);
         o.clean = false;
@@ -447,22 +448,39 @@ async fn a_publish_arriving_in_pieces_spends_one_rate_token() {
         c.limits.publish_burst = 2;
     });
     let mut c = connect(&server, "slowpoke").await;
-    let t0 = Instant::now();
     // Two messages (the burst), each written in 20 pieces that the server reads one by one.
+    // Each is acknowledged as soon as its last piece is in: spending a token per piece would
+    // hold the first back for many seconds while tokens refill at 1/s.
+    let mut first_complete = None;
     for pkid in [1, 2] {
         let mut bytes = bytes::BytesMut::new();
         Packet::Publish(publish_of_size("rate/1", pkid, 2000))
             .write(&mut bytes, None)
             .unwrap();
-        for piece in bytes.chunks(100) {
+        let mut pieces = bytes.chunks(100).peekable();
+        let mut last = None;
+        while let Some(piece) = pieces.next() {
+            if pieces.peek().is_none() {
+                // Before the last piece goes out: the server cannot have the whole message, and
+                // take its token, any earlier.
+                last = Some(Instant::now());
+            }
             c.send_bytes(piece).await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let last = last.expect("at least one piece");
+        first_complete.get_or_insert(last);
         assert!(matches!(c.recv().await, Some(Packet::PubAck(a)) if a.pkid == pkid));
+        assert!(
+            last.elapsed() < Duration::from_secs(1),
+            "message {pkid} waited for a token: {:?}",
+            last.elapsed()
+        );
     }
-    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
-    // The bucket is empty now: the third waits for a token (about a second at 1/s).
-    let sent = Instant::now();
+    // The bucket (1/s, burst 2) holds at most one token once the first message took its own,
+    // so the third cannot get one until a second after that: it waits in the buffer. Had each
+    // message cost two tokens, it would wait three seconds.
+    let first_complete = first_complete.expect("first message sent");
     c.send(Packet::Publish(publish(
         "rate/1",
         QoS::AtLeastOnce,
@@ -471,10 +489,10 @@ async fn a_publish_arriving_in_pieces_spends_one_rate_token() {
     )))
     .await;
     assert!(matches!(c.recv().await, Some(Packet::PubAck(a)) if a.pkid == 3));
+    let waited = first_complete.elapsed();
     assert!(
-        sent.elapsed() >= Duration::from_millis(500),
-        "{:?}",
-        sent.elapsed()
+        waited >= Duration::from_millis(950) && waited < Duration::from_millis(2500),
+        "{waited:?}"
     );
 }
 
@@ -798,8 +816,9 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
         keep_alive: 1,
         ..Default::default()
     };
-    let (mut c, _) = connect_with(&server, "sleepy", o).await;
+    // Before connecting: the server's keep-alive clock starts before the CONNACK arrives here.
     let t0 = Instant::now();
+    let (mut c, _) = connect_with(&server, "sleepy", o).await;
     assert_eq!(
         disconnect_reason(c.closed().await),
         DisconnectReasonCode::KeepAliveTimeout

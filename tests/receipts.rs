@@ -187,11 +187,8 @@ async fn receipts_for_many_acknowledgements_are_batched_into_one_event() {
         receipt,
         json!({"type": "delivered", "conv": "d.alice.bob", "user": "bob", "seq": 10})
     );
-    assert!(
-        acked.elapsed() <= interval + Duration::from_millis(500),
-        "{:?}",
-        acked.elapsed()
-    );
+    // Out at the next batching tick (up to one interval away), then stored and routed.
+    assert!(acked.elapsed() <= interval * 2, "{:?}", acked.elapsed());
     // Nothing more acknowledged: no further receipt, however many intervals pass.
     let quiet = Instant::now() + interval * 3;
     while let Ok(p) = tokio::time::timeout_at(quiet.into(), alice.publish()).await {
@@ -309,11 +306,12 @@ async fn presence_follows_connections_with_a_grace_period() {
         .unwrap();
     alice.suback().await;
 
-    // Bob's phone connects (keep alive 1 s), then goes silent, as a killed app would.
+    // Bob's phone connects (keep alive 1 s), then goes silent, as a killed app would. The
+    // server's keep-alive clock starts after this instant, however late "online" reaches Alice.
+    let connecting = Instant::now();
     let bob = raw_login(&server, "bob", "bob.phone", 1).await;
     let online = json_of(&publish_on(&mut alice, "p/bob").await);
     assert_eq!(online["status"], "online");
-    let gone = Instant::now();
     let gone_ms = now_ms();
     let offline = json_of(&publish_on(&mut alice, "p/bob").await);
     assert_eq!(offline["status"], "offline");
@@ -326,7 +324,7 @@ async fn presence_follows_connections_with_a_grace_period() {
         last_seen - gone_ms
     );
     // Keep alive (1.5 s) + grace (1 s), give or take a tick.
-    let took = gone.elapsed();
+    let took = connecting.elapsed();
     assert!(
         took >= Duration::from_millis(2000) && took < Duration::from_millis(4500),
         "{took:?}"

@@ -217,7 +217,18 @@ impl RawClient {
 
     /// The next packet, or `None` if the server closed the connection.
     pub async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, async {
+        self.recv_within(WAIT)
+            .await
+            .expect("timed out waiting for a packet")
+    }
+
+    /// The next packet, `None` if the server closed the connection, or `Err` if nothing came
+    /// within `wait` (for callers to whom silence is an answer, not a failure).
+    pub async fn recv_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Packet>, tokio::time::error::Elapsed> {
+        tokio::time::timeout(wait, async {
             loop {
                 match Packet::read(&mut self.buf, None) {
                     Ok(p) => return Some(p),
@@ -231,7 +242,6 @@ impl RawClient {
             }
         })
         .await
-        .expect("timed out waiting for a packet")
     }
 
     /// Waits for the server to close the connection, skipping packets; returns the last one.
