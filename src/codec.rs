@@ -9,7 +9,7 @@
 //! level is read before choosing a decoder, and the fixed-header flags of every packet type are
 //! verified (MQTT 5.0 §2.1.3).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::mqttbytes::{self as v4wire, v4};
 use rumqttc::v5::mqttbytes::{self as v5wire, v5, QoS};
 
@@ -222,14 +222,57 @@ pub fn write(
             }
             Ok(true)
         }
-        Version::V4 => match down(packet) {
-            Some(p) => {
-                p.write(buf, usize::MAX)?;
-                Ok(true)
+        Version::V4 => {
+            if let v5::Packet::Publish(p) = packet {
+                write_v4_publish(p, buf)?;
+                return Ok(true);
             }
-            None => Ok(false),
-        },
+            match down(packet) {
+                Some(p) => {
+                    p.write(buf, usize::MAX)?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        }
     }
+}
+
+/// Writes a PUBLISH in its 3.1.1 form (every property dropped). The commonest packet by far,
+/// so written here: through `v4::Publish` each delivery would copy its topic into a `String`.
+fn write_v4_publish(p: &v5::Publish, buf: &mut BytesMut) -> Result<(), CodecError> {
+    /// The largest remaining length four length bytes can say.
+    const MAX_REMAINING: usize = 268_435_455;
+    let topic_len = u16::try_from(p.topic.len())
+        .map_err(|_| CodecError::Malformed("topic longer than 65535 bytes".into()))?;
+    let with_pkid = p.qos != QoS::AtMostOnce;
+    let remaining = 2 + p.topic.len() + if with_pkid { 2 } else { 0 } + p.payload.len();
+    if remaining > MAX_REMAINING {
+        return Err(CodecError::TooLarge {
+            size: remaining,
+            max: MAX_REMAINING as u32,
+        });
+    }
+    let flags = (u8::from(p.dup) << 3) | ((qos_down(p.qos) as u8) << 1) | u8::from(p.retain);
+    buf.reserve(5 + remaining);
+    buf.put_u8(0x30 | flags);
+    let mut left = remaining;
+    loop {
+        let byte = (left % 128) as u8;
+        left /= 128;
+        if left == 0 {
+            buf.put_u8(byte);
+            break;
+        }
+        buf.put_u8(byte | 0x80);
+    }
+    buf.put_u16(topic_len);
+    buf.extend_from_slice(&p.topic);
+    if with_pkid {
+        buf.put_u16(p.pkid);
+    }
+    buf.extend_from_slice(&p.payload);
+    Ok(())
 }
 
 /// Converts a 3.1.1 packet to its 5.0 equivalent.
@@ -312,21 +355,14 @@ fn up(packet: v4::Packet) -> v5::Packet {
     }
 }
 
-/// Converts a server packet to its 3.1.1 form, dropping every property.
+/// Converts a server packet (but PUBLISH, see `write_v4_publish`) to its 3.1.1 form, dropping
+/// every property.
 fn down(packet: &v5::Packet) -> Option<v4::Packet> {
     use v4::Packet as P;
     Some(match packet {
         v5::Packet::ConnAck(a) => {
             P::ConnAck(v4::ConnAck::new(connack_code(a.code), a.session_present))
         }
-        v5::Packet::Publish(p) => P::Publish(v4::Publish {
-            dup: p.dup,
-            qos: qos_down(p.qos),
-            retain: p.retain,
-            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            pkid: p.pkid,
-            payload: p.payload.clone(),
-        }),
         v5::Packet::PubAck(a) => P::PubAck(v4::PubAck::new(a.pkid)),
         v5::Packet::PubRec(a) => P::PubRec(v4::PubRec::new(a.pkid)),
         v5::Packet::PubRel(a) => P::PubRel(v4::PubRel::new(a.pkid)),
@@ -409,6 +445,39 @@ mod tests {
         let mut b = BytesMut::new();
         p.write(&mut b, usize::MAX).unwrap();
         b
+    }
+
+    #[test]
+    fn a_3_1_1_publish_is_written_as_mqttbytes_writes_it() {
+        // Payload sizes around each boundary of the remaining length's encoding.
+        for size in [0, 100, 121, 122, 16_000, 16_380, 16_390, 2_100_000] {
+            for (qos, dup, retain) in [
+                (QoS::AtMostOnce, false, false),
+                (QoS::AtLeastOnce, true, false),
+                (QoS::ExactlyOnce, false, true),
+            ] {
+                let payload = Bytes::from(vec![b'x'; size]);
+                let mut p = v5::Publish::new("a/b/ü", qos, payload.clone(), None);
+                p.pkid = if qos == QoS::AtMostOnce { 0 } else { 513 };
+                p.dup = dup;
+                p.retain = retain;
+                p.properties = Some(v5::PublishProperties {
+                    content_type: Some("text/plain".into()),
+                    ..Default::default()
+                });
+                let mut ours = BytesMut::new();
+                assert!(write(Version::V4, &v5::Packet::Publish(p.clone()), &mut ours).unwrap());
+                let mut theirs = v4::Publish::new("a/b/ü", qos_down(qos), payload);
+                theirs.pkid = p.pkid;
+                theirs.dup = dup;
+                theirs.retain = retain;
+                assert_eq!(
+                    ours,
+                    v4_bytes(v4::Packet::Publish(theirs)),
+                    "{size} {qos:?}"
+                );
+            }
+        }
     }
 
     #[test]
