@@ -712,10 +712,11 @@ impl ChatService {
                     continue;
                 }
             };
+            // `seen` moves on only once this version is installed: a reload that fails or
+            // discards its snapshot is tried again at the next tick.
             if version == seen {
                 continue;
             }
-            seen = version;
             let started = Instant::now();
             let snapshot = match self.blocking(|s| s.snapshot()).await {
                 Ok(s) => s,
@@ -734,36 +735,38 @@ impl ChatService {
             };
             // A user created after the snapshot was read (by the CLI, then logged in at once)
             // is in the directory but not in the snapshot: a stale snapshot, which would drop
-            // the user and kick them. The creation changed the version: the next tick reads
-            // again.
-            if !gone.is_empty() {
-                let candidates = gone.clone();
+            // the user and kick them; the next tick reads again.
+            let gone = if gone.is_empty() {
+                gone
+            } else {
                 let present = self
                     .blocking(move |s| {
-                        candidates
-                            .iter()
-                            .map(|u| s.login_info(u).map(|info| info.is_some()))
-                            .collect::<Result<Vec<bool>, _>>()
+                        let mut present = false;
+                        for u in &gone {
+                            present |= s.login_info(u)?.is_some();
+                        }
+                        Ok((gone, present))
                     })
                     .await;
                 match present {
-                    Ok(present) if present.contains(&true) => {
+                    Ok((_, true)) => {
                         tracing::debug!("accounts changed while reloading; reading them again");
                         continue;
                     }
-                    Ok(_) => {}
+                    Ok((gone, false)) => gone,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot reload accounts");
                         continue;
                     }
                 }
-            }
+            };
             let changes = self.read().membership_changes(&newer);
             for (conv, user) in &changes.removed {
                 self.announce_member(conv, user, "member_removed", None, "admin")
                     .await;
             }
             *self.write() = newer;
+            seen = version;
             for (conv, user, role) in &changes.added {
                 self.announce_member(conv, user, "member_added", Some(*role), "admin")
                     .await;

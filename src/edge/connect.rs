@@ -12,7 +12,7 @@ use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, Login, Packet,
     PublishProperties,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::connection::Connection;
 use super::transport::Transport;
@@ -204,6 +204,12 @@ async fn admit(
         will,
         authenticated_at,
     };
+    let mut attached = Attached {
+        router: &shared.router,
+        client: identity.client_id.clone(),
+        conn_id,
+        armed: true,
+    };
     if shared
         .router
         .send(Event::Connect(request, tx))
@@ -212,8 +218,10 @@ async fn admit(
     {
         return Err(ConnectReturnCode::ServerUnavailable);
     }
-    let session_present = rx
-        .await
+    let reply = rx.await;
+    // Answered: from here to the connection's run loop nothing awaits, so nothing can drop it.
+    attached.armed = false;
+    let session_present = reply
         .map_err(|_| ConnectReturnCode::ServerUnavailable)?
         .map_err(|refused| {
             tracing::info!(client = %identity.client_id, %refused, "connection refused");
@@ -260,6 +268,38 @@ async fn admit(
             properties,
         },
     })
+}
+
+/// While armed, dropping it tells the router that the connection it may have attached is gone:
+/// a handshake that times out after its CONNECT reached the router must not leave the session
+/// attached to a mailbox nobody reads (presence online for good, a connection slot taken).
+/// The router ignores it for a connection it did not attach.
+struct Attached<'a> {
+    router: &'a mpsc::Sender<Event>,
+    client: Arc<str>,
+    conn_id: u64,
+    armed: bool,
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let event = Event::Closed {
+            client: self.client.clone(),
+            conn_id: self.conn_id,
+            // The client never had a CONNACK: nothing of this connection was in use.
+            publish_will: false,
+            expiry_secs: None,
+        };
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.router.try_send(event) {
+            let router = self.router.clone();
+            tokio::spawn(async move {
+                let _ = router.send(event).await;
+            });
+        }
+    }
 }
 
 /// Checks a will like a PUBLISH and turns it into a message.

@@ -50,14 +50,20 @@ thread_local! {
 /// wakes each of them once. `f` must not await (it is not async), so nothing waits on a wake
 /// held back here for longer than `f` runs.
 pub fn deferring_wakes<R>(f: impl FnOnce() -> R) -> R {
-    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
-    let result = f();
-    let due = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
-    for mailbox in due.into_iter().flatten() {
-        mailbox.wake_due.store(false, Ordering::Relaxed);
-        mailbox.notify.notify_one();
+    /// Wakes on drop, so a panic in `f` neither strands the mailboxes it pushed to nor leaves
+    /// this thread deferring.
+    struct Flush(Option<Vec<Arc<Mailbox>>>);
+    impl Drop for Flush {
+        fn drop(&mut self) {
+            let due = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), self.0.take()));
+            for mailbox in due.into_iter().flatten() {
+                mailbox.wake_due.store(false, Ordering::Relaxed);
+                mailbox.notify.notify_one();
+            }
+        }
     }
-    result
+    let _flush = Flush(DEFERRED.with(|d| d.borrow_mut().replace(Vec::new())));
+    f()
 }
 
 #[derive(Debug, Default)]
