@@ -269,8 +269,8 @@ for scenario in ${SCENARIOS//,/ }; do
   for broker in ${BROKERS//,/ }; do
     case "$scenario" in p2p-*) ;; *) [ "$broker" = raw ] && continue ;; esac
     case "$scenario" in idle|storm) variant "$broker" && continue ;; esac
-    port=$("$LOADGEN" free-port)
-    HTTP_PORT=$("$LOADGEN" free-port)
+    # Two at once, so they differ (natter's HTTP API needs the second).
+    { read -r port; read -r HTTP_PORT; } < <("$LOADGEN" free-port 2)
     if ! start_broker "$broker" "$port"; then
       failures+=("$scenario on $broker: the broker did not start")
       stop_broker "$BROKER_PID"

@@ -59,20 +59,10 @@ pub fn connect_version(buf: &[u8]) -> Result<Option<Version>, CodecError> {
     if first != 0x10 {
         return Err(CodecError::NotConnect);
     }
-    // Skip the remaining-length varint (1..=4 bytes).
-    let mut i = 1;
-    loop {
-        let Some(&b) = buf.get(i) else {
-            return Ok(None);
-        };
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if i > 4 {
-            return Err(CodecError::Malformed("remaining length".into()));
-        }
-    }
+    // Skip the fixed header.
+    let Some((i, _)) = fixed_header(buf)? else {
+        return Ok(None);
+    };
     // Protocol name: a 2-byte length then "MQTT" (or "MQIsdp" for 3.1), then the level.
     let Some(name_len) = buf.get(i..i + 2) else {
         return Ok(None);

@@ -225,22 +225,20 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let text = match file {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?,
-            None => DEFAULT_TOML.to_string(),
-        };
         // A file given with --config may set only some keys: start from the defaults.
         let mut table: toml::Table = DEFAULT_TOML
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        let file_table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let path = file.map_or("embedded default".into(), |p| p.display().to_string());
-            syntax_error(&path, &text, &e)
-        })?;
-        merge(&mut table, file_table)?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let file_table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                syntax_error(&path.display().to_string(), &text, &e)
+            })?;
+            merge(&mut table, file_table)?;
+        }
         for (name, value) in env {
             if let Some(key) = name.strip_prefix(ENV_PREFIX) {
                 apply_env(&mut table, &name, key, &value)?;

@@ -278,7 +278,8 @@ impl Connection {
             // is refused or dropped. Or, if so configured, a 5.0 client is disconnected. The
             // token is spent only on a whole PUBLISH: a large one arriving over many reads is
             // still one message.
-            if self.rbuf.first().is_some_and(|b| b >> 4 == 3)
+            if self.publish_rate.enabled()
+                && self.rbuf.first().is_some_and(|b| b >> 4 == 3)
                 && codec::starts_with_complete_packet(&self.rbuf)
             {
                 let now = Instant::now();

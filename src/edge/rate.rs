@@ -1,6 +1,7 @@
 //! A token bucket per connection for PUBLISH packets, and the typing indicators' gate per user
 //! and conversation.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,11 +33,14 @@ impl TypingGate {
             last.retain(|_, t| now.saturating_duration_since(*t) < interval);
             *sweep_at = 2 * last.len();
         }
-        let key = (user.clone(), conv.to_string());
-        match last.get(&key) {
-            Some(t) if now.saturating_duration_since(*t) < interval => false,
-            _ => {
-                last.insert(key, now);
+        match last.entry((user.clone(), conv.to_string())) {
+            Entry::Occupied(e) if now.saturating_duration_since(*e.get()) < interval => false,
+            Entry::Occupied(mut e) => {
+                e.insert(now);
+                true
+            }
+            Entry::Vacant(e) => {
+                e.insert(now);
                 true
             }
         }
@@ -60,6 +64,11 @@ impl RateLimit {
             tokens: f64::from(burst),
             last: now,
         }
+    }
+
+    /// Whether there is a limit at all (a rate of 0 disables it).
+    pub fn enabled(&self) -> bool {
+        self.rate != 0.0
     }
 
     /// Takes one token, or says how long until one is there.

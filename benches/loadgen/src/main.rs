@@ -56,8 +56,11 @@ enum Command {
         #[arg(long)]
         header: Option<PathBuf>,
     },
-    /// Print a free TCP port on 127.0.0.1.
-    FreePort,
+    /// Print COUNT distinct free TCP ports on 127.0.0.1, one per line.
+    FreePort {
+        #[arg(default_value_t = 1)]
+        count: usize,
+    },
     /// Wait until ADDR accepts TCP connections.
     WaitPort {
         addr: SocketAddr,
@@ -180,7 +183,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Forward { listen } => forward::serve(listen),
         Command::Report { dir, header } => report::write(&dir, header.as_deref()),
-        Command::FreePort => free_port(),
+        Command::FreePort { count } => free_ports(count),
         Command::WaitPort { addr, timeout } => wait_port(addr, timeout),
     };
     match result {
@@ -192,9 +195,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn free_port() -> anyhow::Result<()> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    println!("{}", l.local_addr()?.port());
+/// The listeners are held until all are bound, so the ports differ.
+fn free_ports(count: usize) -> anyhow::Result<()> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    for l in &listeners {
+        println!("{}", l.local_addr()?.port());
+    }
     Ok(())
 }
 
