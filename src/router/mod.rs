@@ -69,11 +69,6 @@ impl Message {
     pub fn topic_str(&self) -> &str {
         std::str::from_utf8(&self.topic).unwrap_or_default()
     }
-
-    /// Whether its Message Expiry Interval has passed (then it is never delivered).
-    pub fn expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
-    }
 }
 
 /// One message on its way to one client.
@@ -280,15 +275,10 @@ pub struct Router {
     /// Recent kicks (revoked devices, removed users), for `handshake_timeout`: a CONNECT that
     /// checked its credentials before a kick reaches the router only after it, and must not
     /// outlive the kick.
-    kicked: HashMap<Kicked, Instant>,
+    kicked_users: HashMap<Arc<str>, Instant>,
+    kicked_clients: HashMap<Arc<str>, Instant>,
     /// Deliveries and presence, for receipts (see `chat::signals`).
     signals: mpsc::UnboundedSender<Signal>,
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-enum Kicked {
-    User(Arc<str>),
-    Client(Arc<str>),
 }
 
 /// How many events may wait for the router before publishers feel back-pressure.
@@ -354,7 +344,8 @@ impl Router {
             subscriptions: Subscriptions::default(),
             retained: BTreeMap::new(),
             started: now,
-            kicked: HashMap::new(),
+            kicked_users: HashMap::new(),
+            kicked_clients: HashMap::new(),
         }
     }
 
@@ -396,11 +387,11 @@ impl Router {
                 for client in clients {
                     self.kick(&client);
                 }
-                self.kicked.insert(Kicked::User(user), now);
+                self.kicked_users.insert(user, now);
             }
             Event::KickClient { client } => {
                 self.kick(&client);
-                self.kicked.insert(Kicked::Client(client), now);
+                self.kicked_clients.insert(client, now);
             }
             Event::ListClients(reply) => {
                 let mut list: Vec<_> = self
@@ -453,21 +444,19 @@ impl Router {
             // Its connection has given up, and a kick that came after its check is forgotten.
             return Err(ConnectRefused::TooLate);
         }
-        if !self.kicked.is_empty() {
-            let after_check = |key| {
-                self.kicked
-                    .get(&key)
-                    .is_some_and(|at| *at >= req.authenticated_at)
-            };
-            if after_check(Kicked::Client(client.clone()))
-                || req
-                    .identity
-                    .user
-                    .clone()
-                    .is_some_and(|u| after_check(Kicked::User(u)))
-            {
-                return Err(ConnectRefused::Revoked);
-            }
+        let after_check = |kicked: &HashMap<Arc<str>, Instant>, key: &str| {
+            kicked
+                .get(key)
+                .is_some_and(|at| *at >= req.authenticated_at)
+        };
+        if after_check(&self.kicked_clients, &client)
+            || req
+                .identity
+                .user
+                .as_deref()
+                .is_some_and(|u| after_check(&self.kicked_users, u))
+        {
+            return Err(ConnectRefused::Revoked);
         }
         if let (Some(user), max) = (&req.identity.user, self.settings.max_connections_per_user) {
             // A takeover replaces a connection rather than adding one.
@@ -739,7 +728,18 @@ impl Router {
             return;
         };
         let check = self.access.needs_read_check(filter);
-        let mut matching: Vec<Arc<Message>> = if topics::has_wildcard(filter) {
+        // Expired messages are never delivered: the matched ones give up their slots here.
+        let mut expired = Vec::new();
+        let mut live = |t: &String, m: &Arc<Message>| {
+            if m.is_expired(now) {
+                expired.push(t.clone());
+                None
+            } else {
+                Some(m.clone())
+            }
+        };
+        // In topic order: one range of the ordered store, or a single topic.
+        let matching: Vec<Arc<Message>> = if topics::has_wildcard(filter) {
             let prefix = topics::literal_prefix(filter);
             self.retained
                 .range::<str, _>((
@@ -749,16 +749,18 @@ impl Router {
                 .take_while(|(t, _)| t.starts_with(prefix))
                 .filter(|(t, _)| topics::matches(filter, t))
                 .filter(|(t, _)| !check || self.access.can_read(&session.identity, t))
-                .map(|(_, m)| m.clone())
+                .filter_map(|(t, m)| live(t, m))
                 .collect()
         } else {
-            self.retained.get(filter).cloned().into_iter().collect()
+            self.retained
+                .get_key_value(filter)
+                .and_then(|(t, m)| live(t, m))
+                .into_iter()
+                .collect()
         };
-        if matching.iter().any(|m| m.expired(now)) {
-            matching.retain(|m| !m.expired(now));
-            self.drop_expired_retained(now);
+        for topic in expired {
+            self.retained.remove(&topic);
         }
-        matching.sort_by(|a, b| a.topic.cmp(&b.topic));
         for message in matching {
             let delivery = Delivery {
                 qos: min_qos(message.qos, qos),
@@ -952,7 +954,9 @@ impl Router {
     /// Time-driven work: delayed wills, expired sessions, `$SYS` statistics.
     pub fn tick(&mut self, now: Instant) {
         let memory = self.settings.handshake_timeout;
-        self.kicked
+        self.kicked_users
+            .retain(|_, at| now.saturating_duration_since(*at) < memory);
+        self.kicked_clients
             .retain(|_, at| now.saturating_duration_since(*at) < memory);
         let mut wills = Vec::new();
         let mut ended = Vec::new();
@@ -987,7 +991,7 @@ impl Router {
 
     /// Forgets retained messages whose Message Expiry Interval has passed.
     fn drop_expired_retained(&mut self, now: Instant) {
-        self.retained.retain(|_, m| !m.expired(now));
+        self.retained.retain(|_, m| !m.is_expired(now));
     }
 
     fn publish_sys(&mut self, now: Instant) {
@@ -1121,6 +1125,7 @@ mod tests {
         );
         // Kicks are forgotten once no CONNECT checked before them can still arrive.
         r.tick(kick + timeout);
-        assert!(r.kicked.is_empty());
+        assert!(r.kicked_users.is_empty());
+        assert!(r.kicked_clients.is_empty());
     }
 }

@@ -243,6 +243,7 @@ impl Session {
 }
 
 impl Message {
+    /// Whether its Message Expiry Interval has passed (then it is never delivered).
     pub fn is_expired(&self, now: Instant) -> bool {
         matches!(self.expires_at, Some(at) if now >= at)
     }
