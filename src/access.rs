@@ -236,10 +236,7 @@ impl Access {
     /// existing user, so a session takeover never crosses users.
     pub fn client_id_allowed(&self, who: &Authenticated, client_id: &str) -> bool {
         match (who.user.as_deref(), who.device.as_deref()) {
-            (Some(u), Some(d)) => client_id
-                .strip_prefix(u)
-                .and_then(|rest| rest.strip_prefix('.'))
-                .is_some_and(|rest| rest == d),
+            (Some(u), Some(d)) => client_id == topics::device_client_id(u, d),
             (Some(u), None) => {
                 client_id == u
                     || client_id
@@ -262,7 +259,7 @@ impl Access {
             return format!("anon:{}", crate::ids::random_hex(8));
         };
         match who.device.as_deref() {
-            Some(device) => format!("{owner}.{device}"),
+            Some(device) => topics::device_client_id(owner, device),
             None => format!("{owner}.{}", crate::ids::random_hex(8)),
         }
     }

@@ -166,6 +166,21 @@ pub fn parse_conv(id: &str) -> Option<ConvId<'_>> {
     }
 }
 
+/// Whether `conv` is a valid direct conversation id.
+pub fn is_direct(conv: &str) -> bool {
+    matches!(parse_conv(conv), Some(ConvId::Direct(..)))
+}
+
+/// Whether `conv` is a valid direct conversation id with `user` as one of its two users.
+pub fn direct_includes(conv: &str, user: &str) -> bool {
+    matches!(parse_conv(conv), Some(ConvId::Direct(a, b)) if a == user || b == user)
+}
+
+/// The client id of a user's device: `{user}.{device}`.
+pub fn device_client_id(user: &str, device: &str) -> String {
+    format!("{user}.{device}")
+}
+
 /// The direct conversation of two users.
 pub fn direct_conv(a: &str, b: &str) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
@@ -492,6 +507,15 @@ mod tests {
         assert_eq!(parse_conv("g.team-1"), Some(ConvId::Group("team-1")));
         assert_eq!(parse_conv("g."), None);
         assert_eq!(parse_conv("x.a"), None);
+        assert!(is_direct("d.alice.bob"));
+        assert!(!is_direct("d.bob.alice"));
+        assert!(!is_direct("g.team-1"));
+        assert!(direct_includes("d.alice.bob", "alice"));
+        assert!(direct_includes("d.alice.bob", "bob"));
+        assert!(!direct_includes("d.alice.bob", "ali"));
+        assert!(!direct_includes("d.bob.alice", "bob"), "unsorted");
+        assert!(!direct_includes("g.bob", "bob"));
+        assert_eq!(device_client_id("alice", "phone"), "alice.phone");
         assert_eq!(direct_conv("bob", "alice"), "d.alice.bob");
         assert_eq!(group_conv("t"), "g.t");
     }

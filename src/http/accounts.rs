@@ -144,7 +144,7 @@ async fn issue(state: &Arc<AppState>, user: &str, device: &str) -> Result<Value,
         "refresh_token": refresh,
         "user": user,
         "device": device,
-        "client_id": format!("{user}.{device}"),
+        "client_id": topics::device_client_id(user, device),
     }))
 }
 
@@ -256,7 +256,7 @@ async fn revoke_device(
             "no such device",
         ));
     }
-    let client = format!("{}.{device}", me.user);
+    let client = topics::device_client_id(&me.user, &device);
     let _ = state
         .router
         .send(Event::KickClient {

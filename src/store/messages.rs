@@ -305,7 +305,7 @@ fn commit(
         .execute(params![conv, seq])?;
         // A direct conversation exists once it has an entry. Checked per batch, not cached:
         // removing a user deletes the row from another connection.
-        if topics_is_direct(conv) {
+        if crate::topics::is_direct(conv) {
             tx.prepare_cached(
                 "INSERT INTO conversations (id, kind, created_by, created_at)
                  VALUES (?1, 'direct', ?2, ?3) ON CONFLICT (id) DO NOTHING",
@@ -519,13 +519,6 @@ fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF)
 }
 
-fn topics_is_direct(conv: &str) -> bool {
-    matches!(
-        crate::topics::parse_conv(conv),
-        Some(crate::topics::ConvId::Direct(..))
-    )
-}
-
 const SELECT: &str = "SELECT id, conv, seq, sender, device, ts, kind, cid, body, reply_to,
     thread, target, emoji, edited, deleted, media FROM messages";
 
@@ -723,9 +716,7 @@ impl Store {
         Ok(rows
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
-            .filter(|c| {
-                matches!(crate::topics::parse_conv(c), Some(crate::topics::ConvId::Direct(a, b)) if a == user || b == user)
-            })
+            .filter(|c| crate::topics::direct_includes(c, user))
             .collect())
     }
 

@@ -313,7 +313,7 @@ pub struct Store {
 /// Every direct conversation of `user` that left a trace: a conversation row (the history
 /// writer adds one with the first message) or a receipt. Direct conversations have no member
 /// rows, so they are found by id: LIKE only narrows the search (`_` in a user id is a LIKE
-/// wildcard, and LIKE ignores case); the exact test is [`crate::topics::parse_conv`].
+/// wildcard, and LIKE ignores case); the exact test is [`crate::topics::direct_includes`].
 fn direct_conversations_of(tx: &Connection, user: &str) -> Result<Vec<String>, StoreError> {
     let mut stmt = tx.prepare(
         "SELECT id FROM conversations WHERE id LIKE 'd.' || ?1 || '.%' OR id LIKE 'd.%.' || ?1
@@ -323,8 +323,7 @@ fn direct_conversations_of(tx: &Connection, user: &str) -> Result<Vec<String>, S
     let mut convs = Vec::new();
     for conv in candidates {
         let conv = conv?;
-        if matches!(crate::topics::parse_conv(&conv), Some(crate::topics::ConvId::Direct(a, b)) if a == user || b == user)
-        {
+        if crate::topics::direct_includes(&conv, user) {
             convs.push(conv);
         }
     }
