@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{blocking, now_secs, ApiError, AppState, AuthUser};
+use super::{blocking, now_secs, status_code_name, ApiError, AppState, AuthUser};
 use crate::media::{MediaError, Upload};
 use crate::store::MediaRow;
 
@@ -138,7 +138,11 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Form {
                 "unsupported_media_type",
                 format!("{}; use PUT for a raw body", e.body_text()),
             )),
-            Err(e) => Err(ApiError::new(e.status(), "bad_request", e.body_text())),
+            Err(e) => Err(ApiError::new(
+                e.status(),
+                status_code_name(e.status()),
+                e.body_text(),
+            )),
         }
     }
 }
@@ -191,9 +195,15 @@ async fn finish(
     let reply = json!({"id": row.id, "size": row.size, "type": row.mime});
     let size = row.size;
     if let Err(e) = blocking(state, move |s| s.add_media(&row)).await {
-        // A blob no row names would never be served nor cleaned up by retention.
+        // A blob no row names would never be served nor cleaned up by retention. But another
+        // upload of the same bytes may have found this blob meanwhile (`created = false` there)
+        // and recorded its row: the blob is then that upload's file and stays. If the check
+        // itself fails, the blob stays too (a stray file beats a lost one).
         if stored.created {
-            state.media.remove(&stored.hash).await;
+            let hash = stored.hash.clone();
+            if let Ok(false) = blocking(state, move |s| s.media_hash_in_use(&hash)).await {
+                state.media.remove(&stored.hash).await;
+            }
         }
         return Err(e);
     }

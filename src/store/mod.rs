@@ -657,6 +657,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether any upload's row names the blob `hash`.
+    pub fn media_hash_in_use(&self, hash: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().query_row(
+            "SELECT EXISTS (SELECT 1 FROM media WHERE hash = ?1)",
+            params![hash],
+            |r| r.get(0),
+        )?)
+    }
+
     pub fn media(&self, id: &str) -> Result<Option<MediaRow>, StoreError> {
         Ok(self
             .lock()
