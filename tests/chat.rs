@@ -70,14 +70,13 @@ async fn two_users_chat_directly_and_in_a_group_while_a_third_sees_nothing() {
     );
 
     // Group: created by request, with Bob as a member.
-    let reply = request(
+    let reply = request_ok(
         &mut alice,
         "alice",
         "group.create",
         json!({"id": "team", "name": "Team", "members": ["bob"]}),
     )
     .await;
-    assert_eq!(reply["ok"], true, "{reply}");
     assert_eq!(reply["conv"], "g.team");
     let event = publish_on(&mut bob, "u/bob/events").await;
     let event: Value = serde_json::from_slice(&event.payload).unwrap();
@@ -189,16 +188,14 @@ async fn a_group_joined_later_arrives_on_the_same_subscription_and_leaving_stops
         SubscribeReasonCode::NotAuthorized
     );
 
-    let reply = request(&mut alice, "alice", "group.create", json!({"id": "later"})).await;
-    assert_eq!(reply["ok"], true);
-    let reply = request(
+    request_ok(&mut alice, "alice", "group.create", json!({"id": "later"})).await;
+    request_ok(
         &mut alice,
         "alice",
         "group.add",
         json!({"conv": "g.later", "user": "bob"}),
     )
     .await;
-    assert_eq!(reply["ok"], true, "{reply}");
     alice
         .client
         .publish("c/g.later/m", QoS::AtLeastOnce, false, "welcome")
@@ -214,14 +211,13 @@ async fn a_group_joined_later_arrives_on_the_same_subscription_and_leaving_stops
         subscribe(&mut bob, "c/g.later/m").await,
         SubscribeReasonCode::Success(QoS::AtLeastOnce)
     );
-    let reply = request(
+    request_ok(
         &mut alice,
         "alice",
         "group.remove",
         json!({"conv": "g.later", "user": "bob"}),
     )
     .await;
-    assert_eq!(reply["ok"], true, "{reply}");
     loop {
         let event = publish_on(&mut bob, "u/bob/events").await;
         let event: Value = serde_json::from_slice(&event.payload).unwrap();
@@ -251,7 +247,7 @@ async fn roles_decide_who_manages_a_group() {
     let mut alice = login(&server, "alice").await;
     let mut bob = login(&server, "bob").await;
     subscribe(&mut bob, "u/bob/#").await;
-    request(
+    request_ok(
         &mut alice,
         "alice",
         "group.create",
@@ -275,22 +271,20 @@ async fn roles_decide_who_manages_a_group() {
     )
     .await;
     assert_eq!(reply["error"], "forbidden_by_role");
-    let reply = request(
+    request_ok(
         &mut alice,
         "alice",
         "group.role",
         json!({"conv": "g.club", "user": "bob", "role": "admin"}),
     )
     .await;
-    assert_eq!(reply["ok"], true, "{reply}");
-    let reply = request(
+    request_ok(
         &mut bob,
         "bob",
         "group.add",
         json!({"conv": "g.club", "user": "eve"}),
     )
     .await;
-    assert_eq!(reply["ok"], true, "{reply}");
     let reply = request(&mut bob, "bob", "members", json!({"conv": "g.club"})).await;
     let users: Vec<&str> = reply["members"]
         .as_array()
@@ -311,8 +305,7 @@ async fn blocked_users_cannot_write_directly() {
     let mut bob = login(&server, "bob").await;
     let mut eve = login(&server, "eve").await;
     subscribe(&mut bob, "u/bob/#").await;
-    let reply = request(&mut bob, "bob", "block", json!({"user": "eve"})).await;
-    assert_eq!(reply["ok"], true);
+    request_ok(&mut bob, "bob", "block", json!({"user": "eve"})).await;
     eve.client
         .publish("c/d.bob.eve/m", QoS::AtLeastOnce, false, "spam")
         .await
@@ -557,18 +550,13 @@ async fn a_user_created_again_under_a_removed_id_inherits_nothing() {
 
     // `natter user remove bob`: his connection closes once the server has reloaded.
     assert!(server.store().remove_user("bob").unwrap());
-    loop {
-        if let Err(e) = bob.next().await {
-            assert!(e.0.contains("AdministrativeAction"), "{e:?}");
-            break;
-        }
-    }
+    let e = bob.ended().await;
+    assert!(e.0.contains("AdministrativeAction"), "{e:?}");
 
     // Someone else gets the id `bob`.
     server.add_user("bob", password("bob"));
     let mut bob = login(&server, "bob").await;
-    let reply = request(&mut bob, "bob", "history", json!({"conv": "d.alice.bob"})).await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    let reply = request_ok(&mut bob, "bob", "history", json!({"conv": "d.alice.bob"})).await;
     assert_eq!(reply["messages"], json!([]), "{reply}");
     let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
     assert_eq!(reply["messages"], json!([]), "{reply}");
@@ -592,21 +580,19 @@ async fn a_block_also_keeps_the_blocked_user_out_of_groups_and_presence() {
     let mut alice = login(&server, "alice").await;
     let mut bob = login(&server, "bob").await;
     let mut eve = login(&server, "eve").await;
-    let reply = request(
+    request_ok(
         &mut alice,
         "alice",
         "group.create",
         json!({"id": "all", "members": ["bob", "eve"]}),
     )
     .await;
-    assert_eq!(reply["ok"], true, "{reply}");
     // Sharing a group, Eve sees Bob's presence, until he blocks her.
     assert_eq!(
         subscribe(&mut eve, "p/bob").await,
         SubscribeReasonCode::Success(QoS::AtLeastOnce)
     );
-    let reply = request(&mut bob, "bob", "block", json!({"user": "eve"})).await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    request_ok(&mut bob, "bob", "block", json!({"user": "eve"})).await;
     assert_eq!(
         subscribe(&mut eve, "p/bob").await,
         SubscribeReasonCode::NotAuthorized
@@ -628,8 +614,7 @@ async fn a_block_also_keeps_the_blocked_user_out_of_groups_and_presence() {
     )
     .await;
     assert_eq!(reply["error"], "blocked", "{reply}");
-    let reply = request(&mut eve, "eve", "group.create", json!({"id": "trap"})).await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    request_ok(&mut eve, "eve", "group.create", json!({"id": "trap"})).await;
     let reply = request(
         &mut eve,
         "eve",
@@ -647,14 +632,13 @@ async fn a_block_also_keeps_the_blocked_user_out_of_groups_and_presence() {
     .await;
     assert_eq!(reply["ok"], true, "others can still be added: {reply}");
     // Bob, who did the blocking, may still add Eve to his own groups.
-    let reply = request(
+    request_ok(
         &mut bob,
         "bob",
         "group.create",
         json!({"id": "bobs", "members": ["eve"]}),
     )
     .await;
-    assert_eq!(reply["ok"], true, "{reply}");
 }
 
 #[tokio::test]
@@ -662,8 +646,7 @@ async fn wills_to_chat_topics_are_refused_for_members_and_strangers_alike() {
     use rumqttc::v5::mqttbytes::v5::LastWill;
     let server = TestServer::start_with_users(USERS, |_| {});
     let mut alice = login(&server, "alice").await;
-    let reply = request(&mut alice, "alice", "group.create", json!({"id": "x"})).await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    request_ok(&mut alice, "alice", "group.create", json!({"id": "x"})).await;
     let will = |topic: &str| LastWill::new(topic, "gone", QoS::AtLeastOnce, false, None);
 
     // A member's will to her own group: refused too (the server never writes a chat message
@@ -760,20 +743,18 @@ async fn members_leave_but_an_owner_leaves_last() {
     let server = TestServer::start_with_users(USERS, |_| {});
     let mut alice = login(&server, "alice").await;
     let mut bob = login(&server, "bob").await;
-    let reply = request(
+    request_ok(
         &mut alice,
         "alice",
         "group.create",
         json!({"id": "club", "members": ["bob"]}),
     )
     .await;
-    assert_eq!(reply["ok"], true, "{reply}");
     let leave = json!({"conv": "g.club"});
     let reply = request(&mut alice, "alice", "group.leave", leave.clone()).await;
     assert_eq!(reply["error"], "forbidden_by_role", "{reply}");
 
-    let reply = request(&mut bob, "bob", "group.leave", leave.clone()).await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    request_ok(&mut bob, "bob", "group.leave", leave.clone()).await;
     let event = event_of(&mut alice, "alice", "member_removed").await;
     assert_eq!(event["user"], "bob");
     assert_eq!(event["by"], "bob");
@@ -783,8 +764,7 @@ async fn members_leave_but_an_owner_leaves_last() {
     assert_eq!(reply["ok"], false, "{reply}");
 
     // Alone now, the owner may go.
-    let reply = request(&mut alice, "alice", "group.leave", leave.clone()).await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    request_ok(&mut alice, "alice", "group.leave", leave.clone()).await;
     let reply = request(&mut alice, "alice", "members", leave).await;
     assert_eq!(reply["error"], "not_member", "{reply}");
 }
@@ -794,7 +774,7 @@ async fn group_updates_reach_the_members_as_events() {
     let server = TestServer::start_with_users(USERS, |_| {});
     let mut alice = login(&server, "alice").await;
     let mut bob = login(&server, "bob").await;
-    request(
+    request_ok(
         &mut alice,
         "alice",
         "group.create",
@@ -810,14 +790,13 @@ async fn group_updates_reach_the_members_as_events() {
     .await;
     assert_eq!(reply["error"], "forbidden_by_role", "{reply}");
 
-    let reply = request(
+    request_ok(
         &mut alice,
         "alice",
         "group.update",
         json!({"conv": "g.club", "topic": "chess"}),
     )
     .await;
-    assert_eq!(reply["ok"], true, "{reply}");
     let event = event_of(&mut bob, "bob", "conversation_updated").await;
     assert_eq!(
         event,

@@ -11,36 +11,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{RawClient, ServerProcess};
 use natter::store::Store;
-use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, Login, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
 
 const PUBLISHERS: usize = 3;
 /// Messages each publisher keeps in flight.
 const WINDOW: u16 = 32;
-
-async fn connect(addr: std::net::SocketAddr, user: &str, password: &str, id: &str) -> RawClient {
-    let mut c = RawClient::connect(addr).await;
-    c.send(Packet::Connect(
-        Connect {
-            keep_alive: 30,
-            client_id: id.into(),
-            clean_start: true,
-            properties: Some(ConnectProperties::new()),
-        },
-        None,
-        Some(Login::new(user, password)),
-    ))
-    .await;
-    match c.recv().await {
-        Some(Packet::ConnAck(a)) => assert_eq!(
-            a.code,
-            rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
-        ),
-        other => panic!("no CONNACK: {other:?}"),
-    }
-    c
-}
 
 /// Publishes numbered messages in windows until the connection breaks; records every number
 /// whose PUBACK arrived.
@@ -49,7 +26,7 @@ async fn publish_until_killed(
     n: usize,
     acked: Arc<Mutex<Vec<String>>>,
 ) {
-    let mut c = connect(addr, "alice", "pw-a", &format!("alice.p{n}")).await;
+    let mut c = RawClient::login(addr, "alice", "pw-a", &format!("alice.p{n}"), 30).await;
     let mut next = 0u64;
     loop {
         let mut in_flight = HashMap::new();
@@ -116,7 +93,7 @@ async fn acknowledged_messages_survive_kill_9() {
 
     // Start again on the same data and read everything back.
     let server = ServerProcess::start(dir.path());
-    let mut bob = connect(server.mqtt, "bob", "pw-b", "bob.check").await;
+    let mut bob = RawClient::login(server.mqtt, "bob", "pw-b", "bob.check", 30).await;
     bob.send(Packet::Subscribe(
         rumqttc::v5::mqttbytes::v5::Subscribe::new(
             rumqttc::v5::mqttbytes::v5::Filter::new("u/bob/reply/#", QoS::AtMostOnce),
@@ -136,13 +113,7 @@ async fn acknowledged_messages_survive_kill_9() {
             None,
         )))
         .await;
-        let reply: Value = loop {
-            match bob.recv().await {
-                Some(Packet::Publish(p)) => break serde_json::from_slice(&p.payload).unwrap(),
-                Some(_) => continue,
-                None => panic!("the restarted server closed the connection during sync"),
-            }
-        };
+        let reply: Value = serde_json::from_slice(&bob.publish().await.payload).unwrap();
         for m in reply["messages"].as_array().unwrap() {
             stored.push((
                 m["seq"].as_u64().unwrap(),

@@ -9,9 +9,7 @@ use bytes::Bytes;
 use common::chat::*;
 use common::clients::{v4, v5};
 use common::{RawClient, TestServer};
-use rumqttc::v5::mqttbytes::v5::{
-    Connect, ConnectProperties, Login, Packet, PubAckReason, Publish,
-};
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet, PubAckReason, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
 
@@ -21,11 +19,7 @@ async fn send(c: &mut v5::Client, topic: &str, payload: impl Into<Vec<u8>>) -> P
         .publish(topic, QoS::AtLeastOnce, false, payload.into())
         .await
         .unwrap();
-    loop {
-        if let v5::Incoming::PubAck(a) = c.next().await.unwrap() {
-            return a.reason;
-        }
-    }
+    puback(c).await
 }
 
 fn texts(reply: &Value) -> Vec<String> {
@@ -64,19 +58,7 @@ async fn the_same_cid_or_a_dup_resend_is_stored_and_delivered_once() {
     );
 
     // A 5.0 client without cid resends the same packet with DUP after losing the PUBACK.
-    let mut raw = RawClient::connect(server.mqtt).await;
-    raw.send(Packet::Connect(
-        Connect {
-            keep_alive: 30,
-            client_id: "alice.raw".into(),
-            clean_start: true,
-            properties: Some(ConnectProperties::new()),
-        },
-        None,
-        Some(Login::new("alice", "pw-a")),
-    ))
-    .await;
-    assert!(matches!(raw.recv().await, Some(Packet::ConnAck(_))));
+    let mut raw = RawClient::login(server.mqtt, "alice", "pw-a", "alice.raw", 30).await;
     for dup in [false, true] {
         let mut p = Publish::new(
             "c/d.alice.bob/m",

@@ -66,6 +66,11 @@ impl Api {
             )
             .await;
         assert_eq!(s, StatusCode::CREATED);
+        self.login(user, device).await
+    }
+
+    /// Logs in as `device` of an account made by `account`; returns the login reply.
+    async fn login(&self, user: &str, device: &str) -> Value {
         let (s, login) = self
             .post(
                 "/api/v1/login",
@@ -75,6 +80,19 @@ impl Api {
             .await;
         assert_eq!(s, StatusCode::OK, "{login}");
         login
+    }
+
+    /// Revokes `device` with the access token of the login reply `by`.
+    async fn revoke(&self, by: &Value, device: &str) {
+        let (s, body) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/devices/{device}"),
+                by["access_token"].as_str(),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "revoking {device}: {body}");
     }
 }
 
@@ -225,29 +243,14 @@ async fn refresh_tokens_rotate_and_revoked_devices_are_cut_off() {
     assert_eq!(s, StatusCode::UNAUTHORIZED, "a refresh token works once");
 
     // A second device revokes the first: its MQTT connection goes, its token stops working.
-    let (s, other) = api
-        .post(
-            "/api/v1/login",
-            None,
-            json!({"user": "alice", "password": "correct horse", "device": "tablet"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    let other = api.login("alice", "tablet").await;
     let (mut phone, _) = v5::Client::connect(mqtt_with_token(&server, &renewed)).await;
     let (s, list) = api
         .get("/api/v1/devices", other["access_token"].as_str().unwrap())
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list["devices"].as_array().unwrap().len(), 2);
-    let (s, _) = api
-        .call(
-            reqwest::Method::DELETE,
-            "/api/v1/devices/phone",
-            other["access_token"].as_str(),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    api.revoke(&other, "phone").await;
     let e = phone.ended().await;
     assert!(e.0.contains("AdministrativeAction"), "{e:?}");
     let (s, _) = api
@@ -295,23 +298,8 @@ async fn a_token_login_uses_its_devices_client_id_so_revocation_reaches_it() {
         other => panic!("{other:?}"),
     }
     // Revoking the phone from another device closes that connection.
-    let (s, tablet) = api
-        .post(
-            "/api/v1/login",
-            None,
-            json!({"user": "alice", "password": "correct horse", "device": "tablet"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = api
-        .call(
-            reqwest::Method::DELETE,
-            "/api/v1/devices/phone",
-            tablet["access_token"].as_str(),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    let tablet = api.login("alice", "tablet").await;
+    api.revoke(&tablet, "phone").await;
     let e = assigned.ended().await;
     assert!(e.0.contains("AdministrativeAction"), "{e:?}");
 }

@@ -123,7 +123,7 @@ async fn will_is_published_on_abrupt_loss_but_not_after_clean_disconnect() {
     let (mut polite, _) = Client::connect(o).await;
     polite.client.disconnect().await.unwrap();
     // The event loop ends once DISCONNECT is written.
-    while polite.next().await.is_ok() {}
+    polite.ended().await;
     watcher.no_publish(Duration::from_millis(500)).await;
 }
 
@@ -141,7 +141,7 @@ async fn persistent_session_keeps_subscriptions_and_queues_while_away() {
         .unwrap();
     phone.suback().await;
     phone.client.disconnect().await.unwrap();
-    while phone.next().await.is_ok() {}
+    phone.ended().await;
 
     let (mut publisher, _) = Client::connect(options(&server, "pub")).await;
     // QoS 0 is not queued for an absent client. Sent first, so the PUBACKs below prove it
@@ -184,7 +184,7 @@ async fn a_second_connection_with_the_same_client_id_takes_over() {
     let (mut first, _) = Client::connect(options(&server, "same")).await;
     let (_second, _) = Client::connect(options(&server, "same")).await;
     // The first connection is closed by the server.
-    while first.next().await.is_ok() {}
+    first.ended().await;
 }
 
 #[tokio::test]
@@ -268,7 +268,7 @@ async fn queued_after_overflow(overflow: natter::config::QueueOverflow) -> Vec<S
         .unwrap();
     away.suback().await;
     away.client.disconnect().await.unwrap();
-    while away.next().await.is_ok() {}
+    away.ended().await;
 
     let (mut publisher, _) = Client::connect(options(&server, "pub")).await;
     for i in 0..5 {

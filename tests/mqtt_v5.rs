@@ -98,17 +98,6 @@ fn publish(topic: &str, qos: QoS, pkid: u16, payload: &'static [u8]) -> Publish 
     p
 }
 
-/// The next PUBLISH (acknowledging nothing).
-async fn next_publish(c: &mut RawClient) -> Publish {
-    loop {
-        match c.recv().await {
-            Some(Packet::Publish(p)) => return p,
-            Some(_) => continue,
-            None => panic!("closed while waiting for PUBLISH"),
-        }
-    }
-}
-
 /// Asserts nothing but pings arrive for `quiet`.
 async fn silent(c: &mut RawClient, quiet: Duration) {
     if let Ok(p) = tokio::time::timeout(quiet, c.recv()).await {
@@ -160,7 +149,7 @@ async fn will_waits_for_its_delay_and_a_timely_reconnect_cancels_it() {
     let (late, _) = connect_with(&server, "late", o).await;
     let t0 = Instant::now();
     late.vanish();
-    let got = next_publish(&mut watcher).await;
+    let got = watcher.publish().await;
     assert_eq!(&got.topic[..], b"will/late");
     assert!(
         t0.elapsed() >= Duration::from_millis(1500),
@@ -217,7 +206,7 @@ async fn shared_subscriptions_take_turns() {
     }
     for c in [&mut a, &mut b] {
         for _ in 0..2 {
-            assert_eq!(&next_publish(c).await.topic[..], b"job/1");
+            assert_eq!(&c.publish().await.topic[..], b"job/1");
         }
         silent(c, Duration::from_millis(200)).await;
     }
@@ -239,7 +228,7 @@ async fn inbound_topic_aliases_resolve_and_bad_ones_disconnect() {
     p.send(aliased("al/1", 1, b"a")).await;
     p.send(aliased("", 1, b"b")).await;
     for want in [&b"a"[..], b"b"] {
-        let got = next_publish(&mut sub).await;
+        let got = sub.publish().await;
         assert_eq!(&got.topic[..], b"al/1");
         assert_eq!(&got.payload[..], want);
     }
@@ -262,13 +251,13 @@ async fn outbound_topic_aliases_are_used_when_the_client_allows_them() {
         p.send(Packet::Publish(publish("ao/1", QoS::AtMostOnce, 0, b"x")))
             .await;
     }
-    let first = next_publish(&mut sub).await;
+    let first = sub.publish().await;
     assert_eq!(&first.topic[..], b"ao/1");
     let alias = first
         .properties
         .and_then(|p| p.topic_alias)
         .expect("alias set");
-    let second = next_publish(&mut sub).await;
+    let second = sub.publish().await;
     assert!(second.topic.is_empty());
     assert_eq!(second.properties.and_then(|p| p.topic_alias), Some(alias));
 }
@@ -291,7 +280,7 @@ async fn expired_messages_are_not_delivered_and_others_carry_the_time_left() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut sub = connect(&server, "sub").await;
     subscribe(&mut sub, "ex/#", QoS::AtMostOnce).await;
-    let got = next_publish(&mut sub).await;
+    let got = sub.publish().await;
     assert_eq!(&got.topic[..], b"ex/long");
     let left = got
         .properties
@@ -329,8 +318,8 @@ async fn expired_retained_messages_give_up_their_slots() {
     }
     let mut sub = connect(&server, "sub").await;
     subscribe(&mut sub, "r/#", QoS::AtMostOnce).await;
-    assert_eq!(&next_publish(&mut sub).await.topic[..], b"r/keep");
-    assert_eq!(&next_publish(&mut sub).await.topic[..], b"r/new");
+    assert_eq!(&sub.publish().await.topic[..], b"r/keep");
+    assert_eq!(&sub.publish().await.topic[..], b"r/new");
     silent(&mut sub, Duration::from_millis(200)).await;
 }
 
@@ -357,7 +346,7 @@ async fn no_local_suppresses_own_messages_only() {
             b"theirs",
         )))
         .await;
-    assert_eq!(&next_publish(&mut me).await.payload[..], b"theirs");
+    assert_eq!(&me.publish().await.payload[..], b"theirs");
 }
 
 #[tokio::test]
@@ -382,7 +371,7 @@ async fn request_response_properties_pass_through() {
             Some(props.clone()),
         )))
         .await;
-    let got = next_publish(&mut responder).await;
+    let got = responder.publish().await;
     assert_eq!(got.properties, Some(props));
 }
 
@@ -514,7 +503,7 @@ async fn messages_larger_than_the_client_accepts_are_skipped() {
         b"small",
     )))
     .await;
-    let got = next_publish(&mut small).await;
+    let got = small.publish().await;
     assert_eq!(&got.payload[..], b"small");
 }
 
@@ -527,7 +516,7 @@ async fn subscription_identifiers_are_returned_with_each_match() {
     let mut p = connect(&server, "p").await;
     p.send(Packet::Publish(publish("si/a", QoS::AtMostOnce, 0, b"x")))
         .await;
-    let got = next_publish(&mut c).await;
+    let got = c.publish().await;
     let mut ids = got.properties.unwrap().subscription_identifiers;
     ids.sort();
     assert_eq!(ids, [7, 9]);
@@ -568,7 +557,7 @@ async fn retain_handling_and_retain_as_published() {
         None,
     )
     .await;
-    assert!(next_publish(&mut c).await.retain);
+    assert!(c.publish().await.retain);
 
     let mut fresh = connect(&server, "fresh").await;
     subscribe_filter(
@@ -578,11 +567,11 @@ async fn retain_handling_and_retain_as_published() {
         None,
     )
     .await;
-    assert!(next_publish(&mut fresh).await.retain);
+    assert!(fresh.publish().await.retain);
     // Live traffic: RETAIN kept only for the retain-as-published subscription.
     p.send(Packet::Publish(m)).await;
-    assert!(next_publish(&mut fresh).await.retain);
-    assert!(!next_publish(&mut c).await.retain);
+    assert!(fresh.publish().await.retain);
+    assert!(!c.publish().await.retain);
 }
 
 #[tokio::test]
@@ -597,11 +586,11 @@ async fn outbound_flow_respects_the_clients_receive_maximum() {
         p.send(Packet::Publish(publish("rm/1", QoS::AtLeastOnce, i, b"m")))
             .await;
     }
-    let a = next_publish(&mut slow).await;
-    let _b = next_publish(&mut slow).await;
+    let a = slow.publish().await;
+    let _b = slow.publish().await;
     silent(&mut slow, Duration::from_millis(300)).await;
     slow.send(Packet::PubAck(PubAck::new(a.pkid, None))).await;
-    let c = next_publish(&mut slow).await;
+    let c = slow.publish().await;
     assert_ne!(c.pkid, 0);
     silent(&mut slow, Duration::from_millis(200)).await;
 }
@@ -638,7 +627,7 @@ async fn qos2_is_exactly_once_across_reconnects_both_ways() {
     assert!(matches!(p.recv().await, Some(Packet::PubComp(c)) if c.pkid == 10));
 
     // Outbound: the subscriber vanishes before PUBREC; the message comes again with DUP.
-    let first = next_publish(&mut sub).await;
+    let first = sub.publish().await;
     assert_eq!(&first.payload[..], b"once");
     assert!(!first.dup);
     sub.vanish();
@@ -646,7 +635,7 @@ async fn qos2_is_exactly_once_across_reconnects_both_ways() {
     o.clean = false;
     let (mut sub, ack) = connect_with(&server, "sub", o).await;
     assert!(ack.session_present);
-    let resent = next_publish(&mut sub).await;
+    let resent = sub.publish().await;
     assert!(resent.dup);
     assert_eq!(resent.pkid, first.pkid);
     sub.send(Packet::PubRec(PubRec::new(resent.pkid, None)))
@@ -681,11 +670,11 @@ async fn unacknowledged_deliveries_are_resent_after_a_reconnect() {
         b"one",
     )))
     .await;
-    let first = next_publish(&mut sub).await;
+    let first = sub.publish().await;
     assert_eq!((first.qos, first.dup), (QoS::AtLeastOnce, false));
     sub.vanish();
     let mut sub = resume(&server, "sub").await;
-    let again = next_publish(&mut sub).await;
+    let again = sub.publish().await;
     assert!(again.dup);
     assert_eq!((again.pkid, &again.payload[..]), (first.pkid, &b"one"[..]));
     sub.send(Packet::PubAck(PubAck::new(again.pkid, None)))
@@ -700,7 +689,7 @@ async fn unacknowledged_deliveries_are_resent_after_a_reconnect() {
         b"two",
     )))
     .await;
-    let two = next_publish(&mut sub).await;
+    let two = sub.publish().await;
     sub.send(Packet::PubRec(PubRec::new(two.pkid, None))).await;
     assert!(matches!(sub.recv().await, Some(Packet::PubRel(r)) if r.pkid == two.pkid));
     sub.vanish();
@@ -743,7 +732,7 @@ async fn pubrel_is_answered_after_a_reconnect_and_unknown_ids_get_0x92() {
     assert!(
         matches!(p.recv().await, Some(Packet::PubComp(c)) if c.pkid == 5 && c.reason == PubCompReason::PacketIdentifierNotFound)
     );
-    assert_eq!(&next_publish(&mut sub).await.payload[..], b"r");
+    assert_eq!(&sub.publish().await.payload[..], b"r");
     silent(&mut sub, Duration::from_millis(200)).await;
 }
 
@@ -868,21 +857,7 @@ async fn sigterm_tells_clients_0x8b_and_exits_cleanly() {
         .add_user("alice", &natter::password::hash("pw-a", 1000).unwrap())
         .unwrap();
     let server = common::ServerProcess::start(&data);
-    let mut c = RawClient::connect(server.mqtt).await;
-    c.send(Packet::Connect(
-        Connect {
-            keep_alive: 30,
-            client_id: "alice.term".into(),
-            clean_start: true,
-            properties: Some(ConnectProperties::new()),
-        },
-        None,
-        Some(Login::new("alice", "pw-a")),
-    ))
-    .await;
-    assert!(
-        matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Success)
-    );
+    let mut c = RawClient::login(server.mqtt, "alice", "pw-a", "alice.term", 30).await;
     server.terminate();
     assert_eq!(
         disconnect_reason(c.closed().await),

@@ -9,29 +9,13 @@ use bytes::Bytes;
 use common::chat::*;
 use common::clients::v5;
 use common::{RawClient, TestServer};
-use rumqttc::v5::mqttbytes::v5::{
-    Connect, ConnectProperties, Filter, Login, Packet, PubAck, Publish, Subscribe,
-    SubscribeReasonCode,
-};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAck, Publish, Subscribe, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
 
 /// A device that acknowledges nothing unless told to.
 async fn raw_login(server: &TestServer, user: &str, id: &str, keep_alive: u16) -> RawClient {
-    let mut c = RawClient::connect(server.mqtt).await;
-    c.send(Packet::Connect(
-        Connect {
-            keep_alive,
-            client_id: id.into(),
-            clean_start: true,
-            properties: Some(ConnectProperties::new()),
-        },
-        None,
-        Some(Login::new(user, password(user))),
-    ))
-    .await;
-    assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
-    c
+    RawClient::login(server.mqtt, user, password(user), id, keep_alive).await
 }
 
 async fn raw_subscribe(c: &mut RawClient, filter: &str) {
@@ -62,17 +46,6 @@ fn json_of(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Value {
     serde_json::from_slice(&p.payload).unwrap()
 }
 
-/// The next PUBLISH a raw client receives (whatever else comes first).
-async fn raw_publish(c: &mut RawClient) -> Publish {
-    loop {
-        match c.recv().await {
-            Some(Packet::Publish(p)) => return p,
-            Some(_) => continue,
-            None => panic!("the connection closed"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn delivered_only_after_the_recipient_device_acknowledges() {
     let server = TestServer::start_with_users(USERS, |_| {});
@@ -85,7 +58,7 @@ async fn delivered_only_after_the_recipient_device_acknowledges() {
         .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "are you there?")
         .await
         .unwrap();
-    let delivered = raw_publish(&mut bob).await;
+    let delivered = bob.publish().await;
     // Bob's device has not acknowledged: no receipt, even after a few batching intervals.
     let quiet = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < quiet {
@@ -127,7 +100,7 @@ async fn a_server_without_delivery_receipts_records_and_sends_none() {
         .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "no receipts")
         .await
         .unwrap();
-    let delivered = raw_publish(&mut bob).await;
+    let delivered = bob.publish().await;
     bob.send(Packet::PubAck(PubAck::new(delivered.pkid, None)))
         .await;
     // Read markers still work; they are the next thing on the receipt topic, no delivered

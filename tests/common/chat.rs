@@ -70,6 +70,13 @@ pub async fn request(c: &mut v5::Client, user: &str, op: &str, body: Value) -> V
     }
 }
 
+/// Sends a request on `q/{user}/{op}`, asserts the reply says `ok: true`, and returns it.
+pub async fn request_ok(c: &mut v5::Client, user: &str, op: &str, body: Value) -> Value {
+    let reply = request(c, user, op, body).await;
+    assert_eq!(reply["ok"], true, "{op} failed: {reply}");
+    reply
+}
+
 /// The text of a delivered chat envelope.
 pub fn text(p: &Publish) -> String {
     let v: Value = serde_json::from_slice(&p.payload).expect("JSON envelope");

@@ -16,7 +16,9 @@ use natter::config::Config;
 use natter::edge::Kind;
 use natter::server::{self, Listeners};
 use natter::store::Store;
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{
+    Connect, ConnectProperties, ConnectReturnCode, Login, Packet, Publish,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -200,6 +202,38 @@ impl RawClient {
         }
     }
 
+    /// Connects and logs in (clean start, no CONNECT properties beyond the defaults); asserts
+    /// the CONNACK says Success.
+    pub async fn login(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        client_id: &str,
+        keep_alive: u16,
+    ) -> RawClient {
+        let mut c = RawClient::connect(addr).await;
+        c.send(Packet::Connect(
+            Connect {
+                keep_alive,
+                client_id: client_id.into(),
+                clean_start: true,
+                properties: Some(ConnectProperties::new()),
+            },
+            None,
+            Some(Login::new(user, password)),
+        ))
+        .await;
+        match c.recv().await {
+            Some(Packet::ConnAck(a)) => assert_eq!(
+                a.code,
+                ConnectReturnCode::Success,
+                "login of {client_id} as {user}: {a:?}"
+            ),
+            other => panic!("no CONNACK for {client_id}: {other:?}"),
+        }
+        c
+    }
+
     pub async fn send(&mut self, packet: Packet) {
         self.try_send(packet).await.expect("write");
     }
@@ -242,6 +276,18 @@ impl RawClient {
             }
         })
         .await
+    }
+
+    /// The next PUBLISH, skipping other packets and acknowledging nothing; panics if the
+    /// connection closes first.
+    pub async fn publish(&mut self) -> Publish {
+        loop {
+            match self.recv().await {
+                Some(Packet::Publish(p)) => return p,
+                Some(_) => continue,
+                None => panic!("the connection closed while waiting for a PUBLISH"),
+            }
+        }
     }
 
     /// Waits for the server to close the connection, skipping packets; returns the last one.
