@@ -183,7 +183,7 @@ pub struct PushConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
-    pub synchronous: crate::store::messages::Synchronous,
+    pub synchronous: Synchronous,
     pub group_commit: bool,
     pub max_text_bytes: usize,
     pub retention_days: u64,
@@ -478,6 +478,16 @@ fn apply_env(
     };
     dst.insert(field.to_string(), parsed);
     Ok(())
+}
+
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// fsync at every commit: nothing acknowledged is lost even on power loss.
+    Full,
+    /// WAL without fsync at commit: safe against a process crash (`kill -9`), not power loss.
+    Normal,
 }
 
 #[cfg(test)]

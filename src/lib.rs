@@ -56,6 +56,7 @@ pub mod media;
 pub mod password;
 pub mod router;
 pub mod server;
+pub mod service;
 pub mod stats;
 pub mod store;
 pub mod tokens;

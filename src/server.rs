@@ -12,15 +12,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{Access, AccessError};
-use crate::chat::push::{PushSettings, Pusher};
-use crate::chat::service::ChatService;
-use crate::chat::signals::{Settings as SignalSettings, Signals};
 use crate::chat::Directory;
 use crate::config::{listen_addr, Config};
 use crate::edge::{self, Kind, Limits, Shared, TlsError};
 use crate::http::{AppState, HttpSettings};
 use crate::media::MediaStore;
 use crate::router::{self, Router, Settings};
+use crate::service::push::{PushSettings, Pusher};
+use crate::service::requests::ChatService;
+use crate::service::signals::{Settings as SignalSettings, Signals};
 use crate::stats::Stats;
 use crate::store::messages::Writer;
 use crate::store::{Store, StoreError};
@@ -173,11 +173,12 @@ pub async fn run(
     };
 
     let (signals_tx, signals_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
     let router = Router::new(
         Settings::from_config(&config.mqtt, &config.limits, &config.chat),
         access.clone(),
         stats.clone(),
-        signals_tx.clone(),
+        reports_tx,
     );
     let router = router::spawn(router);
     let pusher = Arc::new(Pusher::new(push_settings(&config)?, store.clone()));
@@ -188,7 +189,7 @@ pub async fn run(
         router.clone(),
         pusher.clone(),
     );
-    let signals_task = tokio::spawn(signals.run(signals_rx, shutdown.clone()));
+    let signals_task = tokio::spawn(signals.run(reports_rx, signals_rx, shutdown.clone()));
     let media =
         Arc::new(
             MediaStore::new(&config.media_dir()).map_err(|source| ServerError::Secret {

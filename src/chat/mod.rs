@@ -4,12 +4,9 @@
 //! [`Directory`] is an in-memory view of the accounts and memberships in the store, shared by
 //! every connection (authorization on each PUBLISH and SUBSCRIBE) and by the router (each
 //! delivery through a filter that can reach chat topics is checked again, so a removed member
-//! stops receiving at once). [`service`] changes it together with the store.
+//! stops receiving at once). [`crate::service::requests`] changes it together with the store.
 
 pub mod envelope;
-pub mod push;
-pub mod service;
-pub mod signals;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

@@ -25,11 +25,11 @@ use super::transport::Transport;
 use super::Shared;
 use crate::access::{Identity, Route};
 use crate::chat::envelope::{self, Envelope, Format, Kind};
-use crate::chat::service::{server_message, Request};
-use crate::chat::signals::Signal;
 use crate::codec::{self, CodecError, Version};
 use crate::config::RateAction;
 use crate::router::{Ack, ChatRef, Delivery, Event, Mailbox, Message, Outbound};
+use crate::service::requests::Request;
+use crate::service::signals::Signal;
 use crate::stats::Stats;
 use crate::store::messages::{AppendError, Appended, NewMessage};
 use crate::topics;
@@ -797,7 +797,7 @@ impl Connection {
             "topic": topic,
             "client": &*self.identity.client_id,
         });
-        self.events.push_back(Event::ServerPublish(server_message(
+        self.events.push_back(Event::ServerPublish(Message::server(
             topics::user_errors(user),
             body.to_string(),
         )));

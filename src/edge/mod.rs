@@ -25,10 +25,10 @@ pub use tls::{acceptor as tls_acceptor, TlsError};
 use transport::{Io, Transport};
 
 use crate::access::Access;
-use crate::chat::service::ChatService;
-use crate::chat::signals::Signal;
 use crate::config::{Config, LimitsConfig, MqttConfig, RateAction};
 use crate::router::Event;
+use crate::service::requests::ChatService;
+use crate::service::signals::Signal;
 use crate::stats::Stats;
 use crate::store::messages::Writer;
 

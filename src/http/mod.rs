@@ -27,10 +27,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::chat::service::{ChatService, ServiceError};
 use crate::chat::{Denied, Directory};
 use crate::media::MediaStore;
 use crate::router::Event;
+use crate::service::requests::{ChatService, ServiceError};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
 use crate::tokens::Signer;

@@ -11,6 +11,7 @@
 //! packet id until the client acknowledges it, which is where delivery receipts attach.
 
 mod mailbox;
+mod report;
 mod session;
 mod subscriptions;
 
@@ -27,11 +28,11 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, oneshot};
 
 pub use mailbox::{Mailbox, Outbound};
+pub use report::Report;
 use session::{Link, Outcome, Session, Subscribed};
 use subscriptions::{SubOptions, Subscriptions};
 
 use crate::access::{Access, Identity};
-use crate::chat::signals::Signal;
 use crate::codec::{max_qos, min_qos};
 use crate::config::{ChatConfig, LimitsConfig, MqttConfig, QueueOverflow};
 use crate::stats::Stats;
@@ -66,6 +67,21 @@ pub struct ChatRef {
 }
 
 impl Message {
+    /// A QoS 1 message from the server itself (events, replies, receipts, presence).
+    pub fn server(topic: String, body: impl Into<Bytes>) -> Message {
+        Message {
+            topic: Bytes::from(topic),
+            payload: body.into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: None,
+            msgpack: None,
+            chat: None,
+        }
+    }
+
     pub fn topic_str(&self) -> &str {
         std::str::from_utf8(&self.topic).unwrap_or_default()
     }
@@ -277,8 +293,8 @@ pub struct Router {
     /// outlive the kick.
     kicked_users: HashMap<Arc<str>, Instant>,
     kicked_clients: HashMap<Arc<str>, Instant>,
-    /// Deliveries and presence, for receipts (see `chat::signals`).
-    signals: mpsc::UnboundedSender<Signal>,
+    /// Deliveries and connections, for receipts and presence (see [`Report`]).
+    reports: mpsc::UnboundedSender<Report>,
 }
 
 /// How many events may wait for the router before publishers feel back-pressure.
@@ -329,11 +345,11 @@ impl Router {
         settings: Settings,
         access: Arc<Access>,
         stats: Arc<Stats>,
-        signals: mpsc::UnboundedSender<Signal>,
+        reports: mpsc::UnboundedSender<Report>,
     ) -> Router {
         let now = Instant::now();
         Router {
-            signals,
+            reports,
             next_sys: settings.sys_interval.map(|_| now),
             settings,
             access,
@@ -507,7 +523,7 @@ impl Router {
         });
         Stats::add(&self.stats.clients_connected, 1);
         if let Some(user) = &session.identity.user {
-            let _ = self.signals.send(Signal::Online {
+            let _ = self.reports.send(Report::Online {
                 user: user.clone(),
                 client: client.clone(),
             });
@@ -538,7 +554,7 @@ impl Router {
             ));
             Stats::sub(&self.stats.clients_connected, 1);
             if let Some(user) = &session.identity.user {
-                let _ = self.signals.send(Signal::Offline {
+                let _ = self.reports.send(Report::Offline {
                     user: user.clone(),
                     client: session.identity.client_id.clone(),
                 });
@@ -855,7 +871,7 @@ impl Router {
                     ack,
                 ) {
                     if **user != *chat.from {
-                        let _ = self.signals.send(Signal::Delivered {
+                        let _ = self.reports.send(Report::Delivered {
                             user: user.clone(),
                             conv: chat.conv.clone(),
                             seq: chat.seq,
@@ -889,7 +905,7 @@ impl Router {
         session.link = None;
         Stats::sub(&self.stats.clients_connected, 1);
         if let Some(user) = &session.identity.user {
-            let _ = self.signals.send(Signal::Offline {
+            let _ = self.reports.send(Report::Offline {
                 user: user.clone(),
                 client: session.identity.client_id.clone(),
             });
@@ -1053,8 +1069,8 @@ mod tests {
         )
         .unwrap();
         let settings = Settings::from_config(&config.mqtt, &config.limits, &config.chat);
-        let (signals, _) = mpsc::unbounded_channel();
-        let router = Router::new(settings, Arc::new(access), Arc::default(), signals);
+        let (reports, _) = mpsc::unbounded_channel();
+        let router = Router::new(settings, Arc::new(access), Arc::default(), reports);
         (router, dir)
     }
 

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
 use crate::chat::envelope::{Content, Envelope, Kind};
+use crate::config::Synchronous;
 use crate::stats::Stats;
 use std::sync::Arc;
 
@@ -81,16 +82,6 @@ struct Job {
     reply: oneshot::Sender<Result<Appended, AppendError>>,
     /// Until when a failed commit of this message is retried.
     deadline: Instant,
-}
-
-/// How commits reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Synchronous {
-    /// fsync at every commit: nothing acknowledged is lost even on power loss.
-    Full,
-    /// WAL without fsync at commit: safe against a process crash (`kill -9`), not power loss.
-    Normal,
 }
 
 /// The handle of the writer thread.

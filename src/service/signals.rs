@@ -24,30 +24,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::push::Pusher;
-use super::service::server_message;
-use super::Directory;
-use crate::router::Event;
+use crate::chat::Directory;
+use crate::router::{Event, Message, Report};
 use crate::store::Store;
 use crate::topics::{self, ConvKind};
 
-/// What the router and the edge report.
+/// What the edge and the request service report (the router's own reports are [`Report`]s).
 #[derive(Debug)]
 pub enum Signal {
-    /// A device acknowledged stored message `seq` of `conv`.
-    Delivered {
-        user: Arc<str>,
-        conv: String,
-        seq: u64,
-    },
-    /// A user's device connected or left (cleanly or not).
-    Online {
-        user: Arc<str>,
-        client: Arc<str>,
-    },
-    Offline {
-        user: Arc<str>,
-        client: Arc<str>,
-    },
     /// A read marker from a client.
     Read {
         user: Arc<str>,
@@ -56,10 +40,7 @@ pub enum Signal {
         private: bool,
     },
     /// A message was stored: members with no connected device get a push notification.
-    Stored {
-        conv: String,
-        from: String,
-    },
+    Stored { conv: String, from: String },
     /// A user sets their status (`online` or `away`) and whether presence is hidden.
     Status {
         user: Arc<str>,
@@ -136,8 +117,10 @@ impl Signals {
         }
     }
 
+    /// Runs until shutdown, or until the router and every other sender are gone.
     pub async fn run(
         mut self,
+        mut reports: mpsc::UnboundedReceiver<Report>,
         mut rx: mpsc::UnboundedReceiver<Signal>,
         shutdown: CancellationToken,
     ) {
@@ -146,10 +129,11 @@ impl Signals {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                signal = rx.recv() => match signal {
-                    Some(s) => self.handle(s).await,
+                report = reports.recv() => match report {
+                    Some(r) => self.on_report(r).await,
                     None => break,
                 },
+                Some(signal) = rx.recv() => self.handle(signal).await,
                 _ = receipts.tick() => self.flush_receipts().await,
                 _ = presence.tick() => {
                     self.expire_presence().await;
@@ -160,13 +144,13 @@ impl Signals {
         self.flush_receipts().await;
     }
 
-    async fn handle(&mut self, signal: Signal) {
-        match signal {
-            Signal::Delivered { user, conv, seq } => {
+    async fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Delivered { user, conv, seq } => {
                 let best = self.delivered.entry((conv, user)).or_insert(0);
                 *best = (*best).max(seq);
             }
-            Signal::Online { user, client } => {
+            Report::Online { user, client } => {
                 let p = self.presence.entry(user.clone()).or_default();
                 let was_offline = p.devices.is_empty() && p.left_at.is_none();
                 if !p.devices.contains(&client) {
@@ -178,7 +162,7 @@ impl Signals {
                     self.publish_presence(&user).await;
                 }
             }
-            Signal::Offline { user, client } => {
+            Report::Offline { user, client } => {
                 if let Some(p) = self.presence.get_mut(&user) {
                     p.devices.retain(|c| *c != client);
                     if p.devices.is_empty() {
@@ -187,6 +171,11 @@ impl Signals {
                     }
                 }
             }
+        }
+    }
+
+    async fn handle(&mut self, signal: Signal) {
+        match signal {
             Signal::Read {
                 user,
                 conv,
@@ -241,7 +230,7 @@ impl Signals {
         if private {
             // Only the reader's own devices, so unread counts agree across them.
             let topic = topics::stream_copy(&user, &conv, ConvKind::Receipts);
-            self.send(server_message(topic, body.to_string())).await;
+            self.send(Message::server(topic, body.to_string())).await;
         } else {
             self.announce(&conv, body.to_string()).await;
         }
@@ -371,7 +360,7 @@ impl Signals {
             let last_seen = p.and_then(|p| p.last_seen).unwrap_or_else(now_ms);
             json!({"user": user, "status": "offline", "last_seen": last_seen}).to_string()
         };
-        let mut message = server_message(topics::presence_topic(user), payload);
+        let mut message = Message::server(topics::presence_topic(user), payload);
         message.retain = true;
         message.qos = QoS::AtLeastOnce;
         self.send(message).await;
@@ -391,7 +380,7 @@ impl Signals {
             .iter()
             .map(|m| Bytes::from(topics::stream_copy(m, conv, ConvKind::Receipts)))
             .collect();
-        let message = server_message(topics::conv_topic(conv, ConvKind::Receipts), body);
+        let message = Message::server(topics::conv_topic(conv, ConvKind::Receipts), body);
         if self
             .router
             .send(Event::ServerPublishTo { message, copies })
@@ -402,7 +391,7 @@ impl Signals {
         }
     }
 
-    async fn send(&self, message: crate::router::Message) {
+    async fn send(&self, message: Message) {
         let _ = self.router.send(Event::ServerPublish(message)).await;
     }
 }

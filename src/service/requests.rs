@@ -7,7 +7,6 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::QoS;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::push::Pusher;
 use super::signals::Signal;
-use super::{Denied, Directory, Role};
+use crate::chat::{Denied, Directory, Role};
 use crate::router::{Event, Message};
 use crate::store::{Store, StoreError};
 use crate::topics;
@@ -208,7 +207,7 @@ impl ChatService {
             Some(t) if own_stream(t) => t.to_string(),
             _ => topics::user_reply(&req.user, &req.op),
         };
-        let mut message = server_message(topic, body.to_string());
+        let mut message = Message::server(topic, body.to_string());
         if let Some(c) = req.correlation.clone() {
             message
                 .properties
@@ -593,7 +592,7 @@ impl ChatService {
             .collect();
         for m in members {
             let body = json!({"type": "conversation_updated", "conv": conv, "name": name, "topic": topic, "by": actor});
-            self.send(server_message(topics::user_events(&m), body.to_string()))
+            self.send(Message::server(topics::user_events(&m), body.to_string()))
                 .await;
         }
         Ok(())
@@ -663,7 +662,7 @@ impl ChatService {
         })
         .to_string();
         for m in to {
-            self.send(server_message(topics::user_events(&m), body.clone()))
+            self.send(Message::server(topics::user_events(&m), body.clone()))
                 .await;
         }
     }
@@ -784,20 +783,5 @@ impl ChatService {
             }
             tracing::debug!(elapsed = ?started.elapsed(), "accounts reloaded");
         }
-    }
-}
-
-/// A QoS 1 message from the server itself.
-pub fn server_message(topic: String, body: String) -> Message {
-    Message {
-        topic: Bytes::from(topic),
-        payload: Bytes::from(body),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: None,
-        expires_at: None,
-        origin: None,
-        msgpack: None,
-        chat: None,
     }
 }
