@@ -11,6 +11,7 @@
 //! packet id until the client acknowledges it, which is where delivery receipts attach.
 
 mod mailbox;
+mod message;
 mod report;
 mod session;
 mod subscriptions;
@@ -21,13 +22,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
-    DisconnectReasonCode, Packet, PubComp, PubCompReason, PublishProperties, RetainForwardRule,
-    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    DisconnectReasonCode, Packet, PubComp, PubCompReason, RetainForwardRule, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, oneshot};
 
 pub use mailbox::{Mailbox, Outbound};
+pub use message::{ChatRef, Delivery, Message};
 pub use report::Report;
 use session::{Link, Outcome, Session, Subscribed};
 use subscriptions::{SubOptions, Subscriptions};
@@ -37,67 +39,6 @@ use crate::codec::{max_qos, min_qos};
 use crate::config::{ChatConfig, LimitsConfig, MqttConfig, QueueOverflow};
 use crate::stats::Stats;
 use crate::topics::{self, SysTopic};
-
-/// An application message as the router carries it; shared by every delivery.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// A valid topic name (UTF-8, checked by the edge).
-    pub topic: Bytes,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    /// 5.0 properties passed on to subscribers (never the topic alias or subscription ids).
-    pub properties: Option<Box<PublishProperties>>,
-    pub expires_at: Option<Instant>,
-    /// The publishing client, for No Local; `None` for messages the server makes.
-    pub origin: Option<Arc<str>>,
-    /// For chat messages: the same envelope in MessagePack, for devices that asked for it (the
-    /// payload is JSON).
-    pub msgpack: Option<Bytes>,
-    /// For stored chat messages: which one, so a recipient's acknowledgement becomes a receipt.
-    pub chat: Option<Arc<ChatRef>>,
-}
-
-/// A stored chat message, as receipts name it.
-#[derive(Debug)]
-pub struct ChatRef {
-    pub conv: String,
-    pub seq: u64,
-    pub from: String,
-}
-
-impl Message {
-    /// A QoS 1 message from the server itself (events, replies, receipts, presence).
-    pub fn server(topic: String, body: impl Into<Bytes>) -> Message {
-        Message {
-            topic: Bytes::from(topic),
-            payload: body.into(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: None,
-            expires_at: None,
-            origin: None,
-            msgpack: None,
-            chat: None,
-        }
-    }
-
-    pub fn topic_str(&self) -> &str {
-        std::str::from_utf8(&self.topic).unwrap_or_default()
-    }
-}
-
-/// One message on its way to one client.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub message: Arc<Message>,
-    pub qos: QoS,
-    pub retain: bool,
-    pub dup: bool,
-    /// Assigned by the session when the message enters the in-flight window (0 for QoS 0).
-    pub pkid: u16,
-    pub subscription_ids: Vec<usize>,
-}
 
 /// A last will: published when the connection ends without a clean DISCONNECT, after its delay.
 #[derive(Debug, Clone)]

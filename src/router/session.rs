@@ -13,7 +13,7 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PubRel};
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::mailbox::{Mailbox, Outbound};
-use super::{Delivery, Message, Will};
+use super::{Delivery, Will};
 use crate::access::Identity;
 use crate::config::QueueOverflow;
 
@@ -239,12 +239,5 @@ impl Session {
             };
             link.mailbox.push(item);
         }
-    }
-}
-
-impl Message {
-    /// Whether its Message Expiry Interval has passed (then it is never delivered).
-    pub fn is_expired(&self, now: Instant) -> bool {
-        matches!(self.expires_at, Some(at) if now >= at)
     }
 }
