@@ -10,11 +10,15 @@
 //! subscription identifier. Each QoS 1/2 message sent towards a client is remembered with its
 //! packet id until the client acknowledges it, which is where delivery receipts attach.
 
+mod event;
 mod mailbox;
 mod message;
 mod report;
 mod session;
+mod settings;
 mod subscriptions;
+mod task;
+mod wills;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,191 +30,22 @@ use rumqttc::v5::mqttbytes::v5::{
     SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+pub use event::{Ack, ClientInfo, ConnectRefused, ConnectRequest, Event};
 pub use mailbox::{Mailbox, Outbound};
 pub use message::{ChatRef, Delivery, Message};
 pub use report::Report;
 use session::{Link, Outcome, Session, Subscribed};
+pub use settings::Settings;
 use subscriptions::{SubOptions, Subscriptions};
+pub use task::spawn;
+pub use wills::Will;
 
-use crate::access::{Access, Identity};
+use crate::access::Access;
 use crate::codec::{max_qos, min_qos};
-use crate::config::{ChatConfig, LimitsConfig, MqttConfig, QueueOverflow};
 use crate::stats::Stats;
 use crate::topics::{self, SysTopic};
-
-/// A last will: published when the connection ends without a clean DISCONNECT, after its delay.
-#[derive(Debug, Clone)]
-pub struct Will {
-    pub message: Message,
-    pub delay_secs: u32,
-    /// Message expiry, counted from when the will is published.
-    pub expiry_secs: Option<u32>,
-}
-
-impl Will {
-    /// The message to publish now.
-    fn into_message(self, now: Instant) -> Message {
-        let Will {
-            mut message,
-            expiry_secs,
-            ..
-        } = self;
-        message.expires_at = expiry_secs.map(|secs| now + Duration::from_secs(u64::from(secs)));
-        message
-    }
-}
-
-/// A CONNECT the edge has authenticated and authorized.
-#[derive(Debug)]
-pub struct ConnectRequest {
-    pub identity: Identity,
-    pub conn_id: u64,
-    pub mailbox: Arc<Mailbox>,
-    pub clean_start: bool,
-    pub expiry_secs: u32,
-    pub receive_maximum: u16,
-    pub will: Option<Box<Will>>,
-    /// When the credentials were checked (taken before the check began): a device revoked or
-    /// a user removed after this instant may have been missed by it.
-    pub authenticated_at: Instant,
-}
-
-/// A client's acknowledgement of a message we sent it.
-#[derive(Debug, Clone, Copy)]
-pub enum Ack {
-    PubAck(u16),
-    /// PUBREC, and whether its reason code accepted the message.
-    PubRec(u16, bool),
-    PubComp(u16),
-    /// The connection could not send the message (expired, too large for the client): it
-    /// counts as handled (MQTT 5.0 §3.1.2.25), but not as delivered.
-    Discarded(u16),
-}
-
-/// A session, as the admin API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ClientInfo {
-    pub client: Arc<str>,
-    pub user: Option<Arc<str>>,
-    pub connected: bool,
-}
-
-/// Why the router refused a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ConnectRefused {
-    #[error("too many connections for this user")]
-    TooManyConnections,
-    #[error("the device was revoked or the user removed while its credentials were checked")]
-    Revoked,
-    #[error("the handshake had timed out")]
-    TooLate,
-}
-
-/// What connections (and the chat service) tell the router.
-#[derive(Debug)]
-pub enum Event {
-    /// Replies whether a session was present.
-    Connect(
-        ConnectRequest,
-        oneshot::Sender<Result<bool, ConnectRefused>>,
-    ),
-    /// An authorized PUBLISH; `qos2_pkid` is set for QoS 2 so a resent packet is routed once.
-    /// The message is also published, unchanged but for the topic, on each of `copies` (a
-    /// conversation's traffic on its members' `u/{user}/…` streams).
-    Publish {
-        client: Arc<str>,
-        message: Message,
-        qos2_pkid: Option<u16>,
-        copies: Vec<Bytes>,
-    },
-    /// A message the server itself publishes (events, replies, wills are separate).
-    ServerPublish(Message),
-    /// The same, also on each of `copies` (receipts on every member's stream).
-    ServerPublishTo {
-        message: Message,
-        copies: Vec<Bytes>,
-    },
-    /// Ends every session of a user (removed account): DISCONNECT 0x98 to live connections.
-    Kick { user: Arc<str> },
-    /// Ends one client's session (a revoked device, an admin's kick): DISCONNECT 0x98.
-    KickClient { client: Arc<str> },
-    /// Lists sessions for the admin API.
-    ListClients(oneshot::Sender<Vec<ClientInfo>>),
-    /// PUBREL for a QoS 2 message we received. With `answer`, the connection did not know the
-    /// packet id (it came on an earlier connection of the session) and the router sends the
-    /// PUBCOMP: success if the session holds the id, else 0x92 (Packet Identifier not found).
-    Release {
-        client: Arc<str>,
-        conn_id: u64,
-        pkid: u16,
-        answer: bool,
-    },
-    Subscribe {
-        client: Arc<str>,
-        conn_id: u64,
-        packet: Subscribe,
-    },
-    Unsubscribe {
-        client: Arc<str>,
-        conn_id: u64,
-        packet: Unsubscribe,
-    },
-    /// Acknowledgements, in the order the client sent them: one event for all those a read
-    /// brought (a subscriber acks a whole batch of deliveries at once).
-    Acks {
-        client: Arc<str>,
-        conn_id: u64,
-        acks: Vec<Ack>,
-    },
-    /// The connection ended. `publish_will` unless it was a clean DISCONNECT; `expiry_secs` if
-    /// the DISCONNECT changed the session expiry.
-    Closed {
-        client: Arc<str>,
-        conn_id: u64,
-        publish_will: bool,
-        expiry_secs: Option<u32>,
-    },
-}
-
-/// The router's limits, from `[mqtt]`.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub max_inflight: u16,
-    pub max_queued: usize,
-    pub overflow: QueueOverflow,
-    pub max_retained: usize,
-    pub max_session_expiry: u32,
-    pub sys_interval: Option<Duration>,
-    /// Live connections one user may have (0: no limit).
-    pub max_connections_per_user: usize,
-    /// Subscriptions one session may hold (0: no limit).
-    pub max_subscriptions: usize,
-    /// Whether recipients' acknowledgements become delivered receipts (`chat.delivery_receipts`).
-    pub delivery_receipts: bool,
-    /// How long a CONNECT may take (`mqtt.handshake_timeout_secs`), and so how long a kick is
-    /// remembered for the CONNECTs whose credentials were checked before it.
-    pub handshake_timeout: Duration,
-}
-
-impl Settings {
-    pub fn from_config(m: &MqttConfig, limits: &LimitsConfig, chat: &ChatConfig) -> Settings {
-        Settings {
-            delivery_receipts: chat.delivery_receipts,
-            max_connections_per_user: limits.max_connections_per_user,
-            max_subscriptions: limits.max_subscriptions_per_connection,
-            max_inflight: m.max_inflight,
-            max_queued: m.max_queued_messages,
-            overflow: m.queue_overflow,
-            max_retained: m.max_retained,
-            max_session_expiry: m.max_session_expiry_secs,
-            sys_interval: (m.sys_interval_secs > 0)
-                .then(|| Duration::from_secs(m.sys_interval_secs)),
-            handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
-        }
-    }
-}
 
 pub struct Router {
     settings: Settings,
@@ -236,49 +71,6 @@ pub struct Router {
     kicked_clients: HashMap<Arc<str>, Instant>,
     /// Deliveries and connections, for receipts and presence (see [`Report`]).
     reports: mpsc::UnboundedSender<Report>,
-}
-
-/// How many events may wait for the router before publishers feel back-pressure.
-const EVENT_QUEUE: usize = 4096;
-
-/// Most events routed, and longest spent, before the connections they pushed to are woken.
-const BURST: usize = 64;
-const BURST_TIME: Duration = Duration::from_millis(5);
-
-/// Starts the router task; it ends when every sender is dropped.
-pub fn spawn(router: Router) -> mpsc::Sender<Event> {
-    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-    tokio::spawn(run(router, rx));
-    tx
-}
-
-async fn run(mut router: Router, mut events: mpsc::Receiver<Event>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => mailbox::deferring_wakes(|| {
-                    let first = Instant::now();
-                    router.handle(event, first);
-                    // Events already waiting (a publisher's burst, a batch of acks) are routed
-                    // before any connection wakes, so each wakes to a batch it writes at once.
-                    // Bounded in count and time, so the burst's first messages are not held
-                    // back for long (a fan-out to thousands costs far more per event).
-                    for _ in 1..BURST {
-                        let Ok(event) = events.try_recv() else { break };
-                        let now = Instant::now();
-                        router.handle(event, now);
-                        if now - first >= BURST_TIME {
-                            break;
-                        }
-                    }
-                }),
-                None => break,
-            },
-            _ = tick.tick() => router.tick(Instant::now()),
-        }
-    }
 }
 
 impl Router {
@@ -993,7 +785,10 @@ impl Router {
 mod tests {
     use std::sync::RwLock;
 
+    use tokio::sync::oneshot;
+
     use super::*;
+    use crate::access::Identity;
     use crate::chat::Directory;
     use crate::config::Config;
     use crate::store::Store;

@@ -1,0 +1,43 @@
+//! The router's limits, read once from the configuration.
+
+use std::time::Duration;
+
+use crate::config::{ChatConfig, LimitsConfig, MqttConfig, QueueOverflow};
+
+/// The router's limits, from `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_inflight: u16,
+    pub max_queued: usize,
+    pub overflow: QueueOverflow,
+    pub max_retained: usize,
+    pub max_session_expiry: u32,
+    pub sys_interval: Option<Duration>,
+    /// Live connections one user may have (0: no limit).
+    pub max_connections_per_user: usize,
+    /// Subscriptions one session may hold (0: no limit).
+    pub max_subscriptions: usize,
+    /// Whether recipients' acknowledgements become delivered receipts (`chat.delivery_receipts`).
+    pub delivery_receipts: bool,
+    /// How long a CONNECT may take (`mqtt.handshake_timeout_secs`), and so how long a kick is
+    /// remembered for the CONNECTs whose credentials were checked before it.
+    pub handshake_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(m: &MqttConfig, limits: &LimitsConfig, chat: &ChatConfig) -> Settings {
+        Settings {
+            delivery_receipts: chat.delivery_receipts,
+            max_connections_per_user: limits.max_connections_per_user,
+            max_subscriptions: limits.max_subscriptions_per_connection,
+            max_inflight: m.max_inflight,
+            max_queued: m.max_queued_messages,
+            overflow: m.queue_overflow,
+            max_retained: m.max_retained,
+            max_session_expiry: m.max_session_expiry_secs,
+            sys_interval: (m.sys_interval_secs > 0)
+                .then(|| Duration::from_secs(m.sys_interval_secs)),
+            handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
+        }
+    }
+}
