@@ -1,0 +1,142 @@
+//! Fan-out: a published message goes to every session whose subscriptions match it, once per
+//! session, at min(publication QoS, subscription QoS).
+//!
+//! This is the hot path (a chat message to a large conversation is one call here per member
+//! stream): one `Arc` of the message shared by every delivery, one vector of hits per publish,
+//! and no lookup per subscriber beyond the session it delivers to.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
+
+use super::session::{Outcome, Session};
+use super::{Delivery, Message, Router};
+use crate::codec::{max_qos, min_qos};
+use crate::stats::Stats;
+
+/// One matching filter: client, QoS, retain-as-published, subscription id.
+type Hit = (Arc<str>, QoS, bool, Option<usize>);
+
+impl Router {
+    /// A client's PUBLISH: a resent QoS 2 packet id (still unreleased) is routed once.
+    pub(super) fn client_publish(
+        &mut self,
+        client: &str,
+        message: Message,
+        qos2_pkid: Option<u16>,
+        copies: Vec<Bytes>,
+        now: Instant,
+    ) {
+        if let (Some(pkid), Some(s)) = (qos2_pkid, self.sessions.get_mut(client)) {
+            if !s.incoming_qos2.insert(pkid) {
+                return;
+            }
+        }
+        self.publish_with_copies(message, copies, now);
+    }
+
+    /// Publishes the message on each of `copies` (unchanged but for the topic), then on its own.
+    pub(super) fn publish_with_copies(
+        &mut self,
+        message: Message,
+        copies: Vec<Bytes>,
+        now: Instant,
+    ) {
+        for topic in copies {
+            let mut copy = message.clone();
+            copy.topic = topic;
+            self.publish(copy, now);
+        }
+        self.publish(message, now);
+    }
+
+    /// Routes a message to every matching session, and keeps it if retained.
+    pub fn publish(&mut self, message: Message, now: Instant) {
+        let message = Arc::new(message);
+        let topic = message.topic_str();
+        if message.retain {
+            self.store_retained(topic, &message, now);
+        }
+        let hits = self.hits(topic, message.origin.as_deref());
+        self.deliver_hits(&message, hits, now);
+    }
+
+    /// Collects (client, QoS, retain-as-published, subscription id) per matching filter that
+    /// lets the message through (No Local, per-message read checks); they merge per client next.
+    fn hits(&mut self, topic: &str, origin: Option<&str>) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = Vec::new();
+        let sessions = &self.sessions;
+        let access = &self.access;
+        self.subscriptions.for_each_match(
+            topic,
+            &|client| sessions.get(client).is_some_and(Session::is_connected),
+            &mut |hit| {
+                let o = hit.options;
+                if o.no_local && origin == Some(&**hit.client) {
+                    return;
+                }
+                if o.check_read {
+                    let Some(s) = sessions.get(hit.client) else {
+                        return;
+                    };
+                    if !access.can_read(&s.identity, topic) {
+                        return;
+                    }
+                }
+                hits.push((hit.client.clone(), o.qos, o.retain_as_published, o.id));
+            },
+        );
+        hits
+    }
+
+    /// Delivers once per client: at the highest QoS of its hits, retained if any of them keeps
+    /// RETAIN as published, with every subscription id.
+    fn deliver_hits(&mut self, message: &Arc<Message>, mut hits: Vec<Hit>, now: Instant) {
+        if hits.len() > 1 {
+            // Unstable: no buffer to allocate, and the order among one client's hits does not
+            // matter (they merge).
+            hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        let mut i = 0;
+        while i < hits.len() {
+            let client = hits[i].0.clone();
+            let (mut qos, mut rap) = (hits[i].1, hits[i].2);
+            let mut ids: Vec<usize> = hits[i].3.into_iter().collect();
+            let mut j = i + 1;
+            while j < hits.len() && hits[j].0 == client {
+                qos = max_qos(qos, hits[j].1);
+                rap |= hits[j].2;
+                ids.extend(hits[j].3);
+                j += 1;
+            }
+            i = j;
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: min_qos(message.qos, qos),
+                retain: rap && message.retain,
+                dup: false,
+                pkid: 0,
+                subscription_ids: ids,
+            };
+            self.deliver(&client, delivery, now);
+        }
+    }
+
+    /// Hands one delivery to a session; an expired message, or one the session drops, counts
+    /// as dropped.
+    pub(super) fn deliver(&mut self, client: &str, delivery: Delivery, now: Instant) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        if delivery.message.is_expired(now) {
+            Stats::add(&self.stats.messages_dropped, 1);
+            return;
+        }
+        let outcome = session.deliver(delivery, self.settings.max_queued, self.settings.overflow);
+        if outcome == Outcome::Dropped {
+            Stats::add(&self.stats.messages_dropped, 1);
+        }
+    }
+}
