@@ -9,6 +9,30 @@
 //! overlapping filters gets the message once, at the highest of those QoS, with every matching
 //! subscription identifier. Each QoS 1/2 message sent towards a client is remembered with its
 //! packet id until the client acknowledges it, which is where delivery receipts attach.
+//!
+//! The router does no I/O of its own: it never touches a socket or a file. What it decides
+//! leaves through two one-way channels: the [`Mailbox`] of each connection (packets to write)
+//! and the [`Report`] channel (deliveries and connections, for receipts and presence).
+//!
+//! # Flow
+//!
+//! ```text
+//! connection ─► Event ─► task (a burst of events, then the wakes) ─► Router::handle
+//!            ─► the method of the event's concept ─► session (in-flight window, queue)
+//!            ─► Mailbox ─► connection
+//! ```
+//!
+//! # Layout
+//!
+//! - `event`: [`Event`] and what rides on it; `message`: [`Message`] and [`Delivery`];
+//!   `settings`: [`Settings`]; `report`: [`Report`]; `mailbox`: [`Mailbox`].
+//! - `task`: [`spawn`] and the loop that feeds [`Router::handle`] and [`Router::tick`].
+//! - `lifecycle`: CONNECT (new, resumed, taken over), connection end, session end;
+//!   `kicks`: administrative disconnects and their memory.
+//! - `fanout`: [`Router::publish`], from topic to each subscriber's session;
+//!   `retained`: the retained store; `subscribe`: SUBSCRIBE and UNSUBSCRIBE.
+//! - `acks`: acknowledgements and PUBREL; `wills`: [`Will`] and session expiry; `sys`: `$SYS`.
+//! - `session`: one client's session; `subscriptions`: the subscription index (a trie).
 
 mod acks;
 mod event;
@@ -75,6 +99,7 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router with no sessions; `reports` receives its [`Report`]s.
     pub fn new(
         settings: Settings,
         access: Arc<Access>,
