@@ -121,4 +121,19 @@ impl Store {
         }
         Ok(())
     }
+
+    /// The conversations a user has direct messages in (groups come from the directory).
+    pub fn direct_conversations(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM conversations WHERE kind = 'direct'
+             AND (id LIKE 'd.' || ?1 || '.%' OR id LIKE 'd.%.' || ?1)",
+        )?;
+        let rows = stmt.query_map(params![user], |r| r.get::<_, String>(0))?;
+        Ok(rows
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|c| crate::topics::direct_includes(c, user))
+            .collect())
+    }
 }

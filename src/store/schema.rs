@@ -197,11 +197,11 @@ const MIGRATIONS: &[&str] = &[
 ",
     // Two changes that made the history writer several times faster:
     // - New entries enter the full-text indexes once per committed batch, from the writer
-    //   (`messages::index_new`), not from insert triggers: FTS5 flushes its pending terms at
+    //   (`messages::index::index_new`), not from insert triggers: FTS5 flushes its pending terms at
     //   every statement savepoint, so a trigger wrote one index segment (and merge work) per
     //   message. Edits, deletes and retention still go through the triggers.
     // - The trigram index serves only queries in scripts written without spaces (see
-    //   `messages::is_cjk`), and such a query can only match text that contains one of their
+    //   `messages::index::is_cjk`), and such a query can only match text that contains one of their
     //   characters: it indexes just that text (a 200-character message is ~200 trigrams). The
     //   writer sets `cjk` from the text; the GLOB class (SQLite compares its ranges by code
     //   point) lists the ranges of `is_cjk` once, for the entries stored before.
