@@ -37,6 +37,7 @@ pub use conversations::ConversationRow;
 pub use directory::Snapshot;
 pub use media::MediaRow;
 
+/// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create {path}: {source}")]
@@ -48,12 +49,15 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{0} already exists")]
     Exists(String),
+    /// The history writer could not commit a batch; its messages are not stored.
     #[error("commit failed: {0}")]
     Commit(String),
     #[error("the database is at schema version {found}, newer than this natter ({known})")]
     TooNew { found: i64, known: usize },
 }
 
+/// The database, through one connection that every reader and every write outside the
+/// history share.
 pub struct Store {
     conn: Mutex<Connection>,
 }
