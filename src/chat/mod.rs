@@ -6,6 +6,7 @@
 //! delivery through a filter that can reach chat topics is checked again, so a removed member
 //! stops receiving at once). [`crate::service::requests`] changes it together with the store.
 
+pub mod edits;
 pub mod envelope;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -690,7 +690,7 @@ impl Connection {
                 Err(AppendError::Refused(reason)) => {
                     self.pending_qos2.remove(&p.pkid);
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    self.report_refusal(&topic, "refused", reason);
+                    self.report_refusal(&topic, "refused", &reason.to_string());
                     self.refuse_publish(p.qos, p.pkid, PubAckReason::ImplementationSpecificError);
                 }
                 Err(e) => {

@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use super::{blocking, now_secs, ApiError, AppState, AuthUser, Body};
 use crate::router::Event;
-use crate::store::StoreError;
 use crate::tokens::{self, Claims};
 use crate::{password, topics};
 
@@ -36,6 +35,17 @@ struct Credentials {
     /// The device this login is for (its MQTT client id is then `{user}.{device}`).
     #[serde(default)]
     device: Option<String>,
+}
+
+/// A password that could not be hashed: logged, and the same internal error as any failure
+/// of the server's own.
+fn hash_failed(e: password::PasswordError) -> ApiError {
+    tracing::error!(error = %e, "password hashing failed in an HTTP request");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
 }
 
 /// POST /api/v1/register — create an account (when registration is open).
@@ -62,10 +72,9 @@ async fn register(
     }
     let iterations = state.settings.pbkdf2_iterations;
     let user = c.user.clone();
-    let hash = blocking(&state, move |_| {
-        password::hash(&c.password, iterations).map_err(|e| StoreError::Commit(e.to_string()))
-    })
-    .await?;
+    let hash = blocking(&state, move |_| Ok(password::hash(&c.password, iterations)))
+        .await?
+        .map_err(hash_failed)?;
     state
         .chat
         .serialised(async {
@@ -208,13 +217,16 @@ async fn change_password(
             .login_info(&user)?
             .is_some_and(|(hash, _)| password::verify(&b.old, &hash));
         if !ok {
-            return Ok(false);
+            return Ok(Ok(false));
         }
-        let hash =
-            password::hash(&b.new, iterations).map_err(|e| StoreError::Commit(e.to_string()))?;
-        s.set_password(&user, &hash)
+        let hash = match password::hash(&b.new, iterations) {
+            Ok(hash) => hash,
+            Err(e) => return Ok(Err(e)),
+        };
+        s.set_password(&user, &hash).map(Ok)
     })
-    .await?;
+    .await?
+    .map_err(hash_failed)?;
     if !changed {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

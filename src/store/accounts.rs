@@ -1,0 +1,232 @@
+//! User accounts: creating, listing and removing users, their password hashes and admin flag.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::clock::now;
+use super::conversations::direct_conversations_of;
+use super::{Store, StoreError};
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: String,
+    pub admin: bool,
+    pub created_at: i64,
+}
+
+impl Store {
+    pub fn add_user(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let inserted = conn.execute(
+            "INSERT INTO users (id, password, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO NOTHING",
+            params![id, password_hash, now()],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::Exists(format!("user {id}")));
+        }
+        Ok(())
+    }
+
+    /// Removes a user with their memberships and blocks; returns whether they existed.
+    ///
+    /// Their direct conversations go too, with every message, receipt and media reference in
+    /// them, so that an account created later under the same id inherits nothing. Groups stay
+    /// for the other members.
+    pub fn remove_user(&self, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for conv in direct_conversations_of(&tx, id)? {
+            // media_refs go with their messages (ON DELETE CASCADE).
+            tx.execute("DELETE FROM messages WHERE conv = ?1", params![conv])?;
+            tx.execute("DELETE FROM receipts WHERE conv = ?1", params![conv])?;
+            tx.execute("DELETE FROM conversations WHERE id = ?1", params![conv])?;
+            // Its `conv_seq` row stays: the other user's devices sync after the sequence
+            // numbers they saw, so a new conversation under this id must continue past them.
+        }
+        tx.execute("DELETE FROM receipts WHERE user = ?1", params![id])?;
+        // Their group messages stay, but a later account with this id must not match them as
+        // its own resends (idempotency by cid or packet id) or own their uploads; '' is never
+        // a user id.
+        tx.execute(
+            "UPDATE messages SET cid = NULL, pkid = NULL WHERE sender = ?1",
+            params![id],
+        )?;
+        tx.execute("UPDATE media SET owner = '' WHERE owner = ?1", params![id])?;
+        let removed = tx.execute("DELETE FROM users WHERE id = ?1", params![id])?;
+        tx.commit()?;
+        Ok(removed > 0)
+    }
+
+    pub fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT id, admin, created_at FROM users ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(UserRow {
+                id: r.get(0)?,
+                admin: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_password(&self, id: &str, password_hash: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "UPDATE users SET password = ?2 WHERE id = ?1",
+            params![id, password_hash],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn set_admin(&self, id: &str, admin: bool) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "UPDATE users SET admin = ?2 WHERE id = ?1",
+            params![id, admin],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// A user's password hash and admin flag.
+    pub fn login_info(&self, id: &str) -> Result<Option<(String, bool)>, StoreError> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                "SELECT password, admin FROM users WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_conversations_and_cascades() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.add_user("alice", "h1").unwrap();
+        store.add_user("bob", "h2").unwrap();
+        assert!(matches!(
+            store.add_user("bob", "x"),
+            Err(StoreError::Exists(_))
+        ));
+        assert_eq!(
+            store.login_info("bob").unwrap(),
+            Some(("h2".to_string(), false))
+        );
+        assert!(store.set_admin("alice", true).unwrap());
+        store
+            .create_conversation(
+                "g.t",
+                false,
+                "Team",
+                "alice",
+                &[("alice", "owner"), ("bob", "member")],
+            )
+            .unwrap();
+        // Direct conversations as production makes them: a row added by the history writer
+        // with the first message, and no member rows.
+        store.add_user("b_b", "h3").unwrap();
+        for conv in ["d.alice.bob", "d.alice.b_b"] {
+            store
+                .create_conversation(conv, true, "", "alice", &[])
+                .unwrap();
+        }
+        {
+            let conn = store.lock();
+            for (conv, seq, sender, cid) in [
+                ("d.alice.bob", 1, "alice", "c1"),
+                ("d.alice.bob", 2, "bob", "c2"),
+                ("d.alice.b_b", 1, "b_b", "c3"),
+                ("g.t", 1, "bob", "c4"),
+            ] {
+                conn.execute(
+                    "INSERT INTO messages (conv, seq, sender, device, ts, cid, kind, body)
+                     VALUES (?1, ?2, ?3, ?3, 0, ?4, 'msg', 'secret')",
+                    params![conv, seq, sender, cid],
+                )
+                .unwrap();
+            }
+            // Indexed as the history writer indexes what it stores.
+            conn.execute(
+                "INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages",
+                [],
+            )
+            .unwrap();
+            for (conv, user) in [
+                ("d.alice.bob", "alice"),
+                ("d.alice.bob", "bob"),
+                ("g.t", "bob"),
+            ] {
+                conn.execute(
+                    "INSERT INTO receipts (conv, user, delivered, read) VALUES (?1, ?2, 1, 1)",
+                    params![conv, user],
+                )
+                .unwrap();
+            }
+        }
+        let count = |sql: &str| -> i64 { store.lock().query_row(sql, [], |r| r.get(0)).unwrap() };
+        store.set_block("bob", "alice", true).unwrap();
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.users.len(), 3);
+        assert_eq!(snap.members.len(), 2);
+        assert_eq!(snap.blocks, [("bob".to_string(), "alice".to_string())]);
+
+        // `_` is a LIKE wildcard: removing b_b must not touch bob's conversation.
+        assert!(store.remove_user("b_b").unwrap());
+        assert_eq!(
+            count("SELECT COUNT(*) FROM conversations WHERE id = 'd.alice.b_b'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages WHERE conv = 'd.alice.b_b'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages WHERE conv = 'd.alice.bob'"),
+            2
+        );
+
+        assert!(store.remove_user("bob").unwrap());
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages WHERE conv = 'd.alice.bob'"),
+            0,
+            "the direct history went with bob"
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'secret'"),
+            1
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM receipts"),
+            0,
+            "bob's receipts and those of his direct conversations went with him"
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM messages WHERE conv = 'g.t' AND cid IS NULL"),
+            1,
+            "bob's group message stays, no longer matchable as a later bob's resend"
+        );
+        let snap = store.snapshot().unwrap();
+        assert_eq!(
+            snap.members,
+            [("g.t".to_string(), "alice".to_string(), "owner".to_string())]
+        );
+        assert_eq!(
+            snap.conversations.len(),
+            1,
+            "the direct conversation went with bob"
+        );
+        assert!(snap.blocks.is_empty());
+        // Reopening keeps everything and does not migrate twice.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list_users().unwrap()[0].id, "alice");
+    }
+}

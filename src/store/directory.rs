@@ -1,0 +1,69 @@
+//! What the in-memory chat directory is built from: a consistent snapshot of users,
+//! conversations, members and blocks, and the version number that says when to read it again.
+
+use super::accounts::UserRow;
+use super::conversations::ConversationRow;
+use super::{Store, StoreError};
+
+/// Everything the authorization rules need, read in one transaction.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub users: Vec<UserRow>,
+    pub conversations: Vec<ConversationRow>,
+    /// (conversation, user, role)
+    pub members: Vec<(String, String, String)>,
+    /// (user, blocked user)
+    pub blocks: Vec<(String, String)>,
+}
+
+impl Store {
+    /// Increases with every change to accounts, conversations, members or blocks, by any
+    /// process (triggers keep it): the server polls it to pick up `natter user …` changes
+    /// without reloading on every stored message.
+    pub fn directory_version(&self) -> Result<i64, StoreError> {
+        Ok(self.lock().query_row(
+            "SELECT value FROM meta WHERE key = 'directory_version'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Reads users, conversations, members and blocks in one consistent view.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut snap = Snapshot::default();
+        {
+            let mut stmt = tx.prepare("SELECT id, admin, created_at FROM users")?;
+            snap.users = stmt
+                .query_map([], |r| {
+                    Ok(UserRow {
+                        id: r.get(0)?,
+                        admin: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare("SELECT id, name, topic FROM conversations")?;
+            snap.conversations = stmt
+                .query_map([], |r| {
+                    Ok(ConversationRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        topic: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare("SELECT conv, user, role FROM members")?;
+            snap.members = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare("SELECT user, blocked FROM blocks")?;
+            snap.blocks = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+        }
+        tx.commit()?;
+        Ok(snap)
+    }
+}

@@ -1,0 +1,70 @@
+//! Receipts: how far each member has received and read a conversation, and how much is unread.
+
+use rusqlite::params;
+
+use crate::store::{Store, StoreError};
+
+impl Store {
+    /// Raises each (conversation, user)'s delivered mark to `seq`; for each row, whether it
+    /// went up (marks never go back).
+    pub fn mark_delivered(&self, rows: &[(String, String, u64)]) -> Result<Vec<bool>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut advanced = Vec::with_capacity(rows.len());
+        for (conv, user, seq) in rows {
+            let n = tx.execute(
+                "INSERT INTO receipts (conv, user, delivered) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (conv, user) DO UPDATE SET delivered = excluded.delivered
+                 WHERE excluded.delivered > receipts.delivered",
+                params![conv, user, seq],
+            )?;
+            advanced.push(n > 0);
+        }
+        tx.commit()?;
+        Ok(advanced)
+    }
+
+    /// Raises a user's read mark (public, or private: seen only by the user's own devices);
+    /// whether it went up.
+    pub fn mark_read(
+        &self,
+        conv: &str,
+        user: &str,
+        seq: u64,
+        private: bool,
+    ) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let sql = if private {
+            "INSERT INTO receipts (conv, user, read_private) VALUES (?1, ?2, ?3)
+             ON CONFLICT (conv, user) DO UPDATE SET read_private = excluded.read_private
+             WHERE excluded.read_private > MAX(receipts.read_private, receipts.read)"
+        } else {
+            "INSERT INTO receipts (conv, user, read) VALUES (?1, ?2, ?3)
+             ON CONFLICT (conv, user) DO UPDATE SET read = excluded.read
+             WHERE excluded.read > receipts.read"
+        };
+        Ok(conn.execute(sql, params![conv, user, seq])? > 0)
+    }
+
+    /// Everyone's public receipts in a conversation: (user, delivered, read).
+    pub fn receipts(&self, conv: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT user, delivered, read FROM receipts WHERE conv = ?1 ORDER BY user",
+        )?;
+        let rows = stmt.query_map(params![conv], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Messages from others after the user's read mark (public or private).
+    pub fn unread(&self, conv: &str, user: &str) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FROM messages WHERE conv = ?1 AND kind = 'msg' AND sender != ?2
+             AND seq > COALESCE((SELECT MAX(read, read_private) FROM receipts
+                                 WHERE conv = ?1 AND user = ?2), 0)",
+            params![conv, user],
+            |r| r.get(0),
+        )?)
+    }
+}

@@ -1,0 +1,235 @@
+//! The history writer and its readers together: retention, batched indexing, idempotency,
+//! direct conversation rows and media references.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{NewMessage, Writer};
+use crate::chat::envelope::{Content, Envelope, Kind};
+use crate::config::Synchronous;
+use crate::stats::Stats;
+use crate::store::clock::now_ms;
+use crate::store::{MediaRow, Store};
+
+fn start(dir: &Path) -> Writer {
+    Writer::start(
+        dir,
+        Synchronous::Normal,
+        true,
+        Duration::from_secs(1),
+        Arc::new(Stats::default()),
+    )
+    .unwrap()
+}
+
+fn content(kind: Kind, text: Option<&str>, target: Option<u64>, media: &[&str]) -> Content {
+    Content {
+        kind,
+        cid: None,
+        text: text.map(str::to_string),
+        reply_to: None,
+        thread: None,
+        target,
+        emoji: None,
+        media: media.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+fn from_alice(conv: &str, content: Content) -> NewMessage {
+    NewMessage {
+        conv: conv.into(),
+        sender: "alice".into(),
+        device: "alice.phone".into(),
+        pkid: None,
+        dup: false,
+        moderator: false,
+        content,
+    }
+}
+
+async fn append(writer: &Writer, conv: &str, content: Content) -> Envelope {
+    writer
+        .submit(from_alice(conv, content))
+        .await
+        .await
+        .unwrap()
+        .unwrap()
+        .envelope
+}
+
+async fn text(writer: &Writer, conv: &str, t: &str) -> u64 {
+    append(writer, conv, content(Kind::Msg, Some(t), None, &[]))
+        .await
+        .seq
+}
+
+fn count(store: &Store, sql: &str) -> i64 {
+    store.lock().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn age_retention_removes_only_old_entries_and_seq_never_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let writer = start(dir.path());
+    for t in ["a", "b", "c"] {
+        text(&writer, "d.alice.bob", t).await;
+    }
+    let day = Duration::from_secs(86_400);
+    // Not a day old yet: everything stays.
+    assert_eq!(store.retain_at(now_ms(), Some(day), 0).unwrap(), 0);
+    assert_eq!(store.after("d.alice.bob", 0, 10).unwrap().items.len(), 3);
+    // Two days later every entry is over a day old.
+    let later = now_ms() + 2 * day.as_millis() as i64;
+    assert_eq!(store.retain_at(later, Some(day), 0).unwrap(), 3);
+    assert_eq!(store.first_seq("d.alice.bob").unwrap(), None);
+    // The writer continues where it was...
+    assert_eq!(text(&writer, "d.alice.bob", "d").await, 4);
+    store.retain_at(later, Some(day), 0).unwrap();
+    // ...and so does a restarted one, whose sequence cache starts empty.
+    drop(writer);
+    let writer = start(dir.path());
+    assert_eq!(text(&writer, "d.alice.bob", "e").await, 5);
+    assert_eq!(text(&writer, "g.other", "x").await, 1);
+}
+
+/// Entries are indexed once per batch; an edit or delete in the same batch as its target
+/// must still find it indexed, and the trigram index holds only CJK text.
+#[tokio::test]
+async fn batched_indexing_keeps_both_indexes_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let writer = start(dir.path());
+    let conv = "d.alice.bob";
+    // Submitted together, so that they share batches.
+    let submit = |c: Content| writer.submit(from_alice(conv, c));
+    let replies = [
+        submit(content(Kind::Msg, Some("alpha one"), None, &[])).await,
+        submit(content(Kind::Edit, Some("beta one"), Some(1), &[])).await,
+        submit(content(Kind::Msg, Some("東京で会いましょう"), None, &[])).await,
+        submit(content(Kind::Edit, Some("gamma"), Some(3), &[])).await,
+        submit(content(Kind::Msg, Some("delta 서울"), None, &[])).await,
+        submit(content(Kind::Delete, None, Some(5), &[])).await,
+        submit(content(Kind::Msg, Some("epsilon 北京"), None, &[])).await,
+    ];
+    for r in replies {
+        r.await.unwrap().unwrap();
+    }
+    let convs = [conv.to_string()];
+    let found = |q: &str| -> Vec<u64> {
+        store
+            .search(&convs, q, 10)
+            .unwrap()
+            .iter()
+            .map(|i| i.envelope.seq)
+            .collect()
+    };
+    assert_eq!(found("beta"), [1]);
+    assert!(found("alpha").is_empty());
+    assert!(found("東京で").is_empty(), "edited away");
+    assert_eq!(found("gamma"), [3]);
+    assert!(found("delta").is_empty(), "deleted");
+    assert_eq!(found("北京"), [7]);
+    assert_eq!(found("epsilon"), [7]);
+    // Only the one stored text with CJK left is in the trigram index.
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM messages_tri_docsize"),
+        1
+    );
+    for index in ["messages_fts", "messages_tri"] {
+        store
+            .lock()
+            .execute(
+                // Internal consistency only: both indexes hold a subset of the table.
+                &format!("INSERT INTO {index} ({index}) VALUES ('integrity-check')"),
+                [],
+            )
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_cid_names_one_message_per_sender_and_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = Store::open(dir.path()).unwrap();
+    let writer = start(dir.path());
+    let with_cid = |t: &str| Content {
+        cid: Some("c-1".into()),
+        ..content(Kind::Msg, Some(t), None, &[])
+    };
+    let first = append(&writer, "d.alice.bob", with_cid("hi bob")).await;
+    let again = append(&writer, "d.alice.bob", with_cid("hi bob")).await;
+    let elsewhere = append(&writer, "d.alice.carol", with_cid("hi carol")).await;
+    assert_eq!((again.id, again.seq), (first.id, first.seq));
+    assert_ne!(elsewhere.id, first.id);
+    assert_eq!(
+        (
+            elsewhere.conv.as_str(),
+            elsewhere.seq,
+            elsewhere.t.as_deref()
+        ),
+        ("d.alice.carol", 1, Some("hi carol"))
+    );
+}
+
+/// The row that makes a direct conversation exist comes back with its next entry, even
+/// after another connection removed it (as removing a user does) while the writer ran.
+#[tokio::test]
+async fn a_direct_conversation_row_returns_with_its_next_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for user in ["alice", "bob"] {
+        store.add_user(user, "x").unwrap();
+    }
+    let writer = start(dir.path());
+    text(&writer, "d.alice.bob", "hi").await;
+    assert_eq!(store.direct_conversations("bob").unwrap(), ["d.alice.bob"]);
+    assert!(store.remove_user("bob").unwrap());
+    store.add_user("bob", "x").unwrap();
+    assert!(store.direct_conversations("bob").unwrap().is_empty());
+    text(&writer, "d.alice.bob", "hi again").await;
+    assert_eq!(store.direct_conversations("bob").unwrap(), ["d.alice.bob"]);
+}
+
+#[tokio::test]
+async fn a_deleted_message_releases_its_media() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for id in ["m1", "m2"] {
+        store
+            .add_media(&MediaRow {
+                id: id.into(),
+                hash: format!("h-{id}"),
+                owner: "alice".into(),
+                size: 3,
+                mime: "image/png".into(),
+            })
+            .unwrap();
+    }
+    let writer = start(dir.path());
+    let conv = "d.alice.bob";
+    let kept = append(&writer, conv, content(Kind::Msg, None, None, &["m1"])).await;
+    let gone = append(&writer, conv, content(Kind::Msg, Some("x"), None, &["m2"])).await;
+    append(
+        &writer,
+        conv,
+        content(Kind::Delete, None, Some(gone.seq), &[]),
+    )
+    .await;
+
+    let items = store.after(conv, 0, 10).unwrap().items;
+    assert_eq!(items[0].envelope.media, ["m1"]);
+    assert!(items[1].deleted);
+    assert!(items[1].envelope.media.is_empty(), "{:?}", items[1]);
+    assert!(items[1].envelope.t.is_none());
+    assert!(store.media_conversations("m2").unwrap().is_empty());
+    assert_eq!(store.media_conversations("m1").unwrap(), [conv]);
+    // With the grace over, the deleted message's upload (and file) can go; the other stays.
+    assert_eq!(
+        store.release_unreferenced_media(-10).unwrap(),
+        ["h-m2".to_string()]
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM media"), 1);
+    assert_eq!(kept.seq, 1);
+}
