@@ -7,6 +7,7 @@
 //! stops receiving at once). [`crate::service::requests`] changes it together with the store.
 
 pub mod envelope;
+pub mod requests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
