@@ -57,6 +57,41 @@ pub struct Settings {
     pub push_coalesce: Duration,
 }
 
+/// The clocks presence and pushes are timed by: the system's, or one a test moves by hand.
+#[derive(Debug, Clone)]
+enum Clock {
+    System,
+    /// A fixed start and how far the test has moved on from it.
+    #[cfg(test)]
+    Manual {
+        start: Instant,
+        start_ms: i64,
+        moved: Arc<std::sync::Mutex<Duration>>,
+    },
+}
+
+impl Clock {
+    /// The monotonic time, for grace periods and coalescing windows.
+    fn now(&self) -> Instant {
+        match self {
+            Clock::System => Instant::now(),
+            #[cfg(test)]
+            Clock::Manual { start, moved, .. } => *start + *moved.lock().unwrap(),
+        }
+    }
+
+    /// The wall-clock time in milliseconds, for `last_seen` and push timestamps.
+    fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => now_ms(),
+            #[cfg(test)]
+            Clock::Manual {
+                start_ms, moved, ..
+            } => *start_ms + moved.lock().unwrap().as_millis() as i64,
+        }
+    }
+}
+
 /// New messages for an offline user, waiting to be pushed.
 #[derive(Debug)]
 struct PendingPush {
@@ -88,6 +123,7 @@ pub struct Signals {
     presence: HashMap<Arc<str>, Presence>,
     pusher: Arc<Pusher>,
     pushes: HashMap<String, PendingPush>,
+    clock: Clock,
 }
 
 fn now_ms() -> i64 {
@@ -114,6 +150,7 @@ impl Signals {
             presence: HashMap::new(),
             pusher,
             pushes: HashMap::new(),
+            clock: Clock::System,
         }
     }
 
@@ -166,8 +203,8 @@ impl Signals {
                 if let Some(p) = self.presence.get_mut(&user) {
                     p.devices.retain(|c| *c != client);
                     if p.devices.is_empty() {
-                        p.left_at = Some(Instant::now());
-                        p.last_seen = Some(now_ms());
+                        p.left_at = Some(self.clock.now());
+                        p.last_seen = Some(self.clock.now_ms());
                     }
                 }
             }
@@ -182,33 +219,40 @@ impl Signals {
                 seq,
                 private,
             } => self.read(user, conv, seq, private).await,
-            Signal::Stored { conv, from } => {
-                let members: Vec<String> = self
-                    .directory
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .members(&conv)
-                    .iter()
-                    .map(|m| m.to_string())
-                    .collect();
-                for member in members.into_iter().filter(|m| *m != from) {
-                    if self.is_online(&member) {
-                        continue;
-                    }
-                    let pending = self.pushes.entry(member).or_insert_with(|| PendingPush {
-                        since: Instant::now(),
-                        counts: HashMap::new(),
-                    });
-                    *pending.counts.entry(conv.clone()).or_insert(0) += 1;
-                }
-            }
-            Signal::Status { user, away, hidden } => {
-                let p = self.presence.entry(user.clone()).or_default();
-                p.away = away;
-                p.hidden = hidden;
-                self.publish_presence(&user).await;
-            }
+            Signal::Stored { conv, from } => self.stored(&conv, &from),
+            Signal::Status { user, away, hidden } => self.status(user, away, hidden).await,
         }
+    }
+
+    /// Counts a stored message towards a push for each member (but the sender) with no
+    /// connected device.
+    fn stored(&mut self, conv: &str, from: &str) {
+        let members: Vec<String> = self
+            .directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .members(conv)
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        for member in members.into_iter().filter(|m| *m != from) {
+            if self.is_online(&member) {
+                continue;
+            }
+            let pending = self.pushes.entry(member).or_insert_with(|| PendingPush {
+                since: self.clock.now(),
+                counts: HashMap::new(),
+            });
+            *pending.counts.entry(conv.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// Records a user's chosen status and publishes their presence.
+    async fn status(&mut self, user: Arc<str>, away: bool, hidden: bool) {
+        let p = self.presence.entry(user.clone()).or_default();
+        p.away = away;
+        p.hidden = hidden;
+        self.publish_presence(&user).await;
     }
 
     async fn read(&mut self, user: Arc<str>, conv: String, seq: u64, private: bool) {
@@ -266,10 +310,11 @@ impl Signals {
 
     async fn expire_presence(&mut self) {
         let grace = self.settings.grace;
+        let now = self.clock.now();
         let due: Vec<Arc<str>> = self
             .presence
             .iter()
-            .filter(|(_, p)| p.left_at.is_some_and(|t| t.elapsed() >= grace))
+            .filter(|(_, p)| p.left_at.is_some_and(|t| now.duration_since(t) >= grace))
             .map(|(u, _)| u.clone())
             .collect();
         for user in due {
@@ -293,10 +338,11 @@ impl Signals {
     /// Sends the pushes whose gathering time is over, to users still without a device.
     async fn flush_pushes(&mut self) {
         let window = self.settings.push_coalesce;
+        let now = self.clock.now();
         let due: Vec<String> = self
             .pushes
             .iter()
-            .filter(|(_, p)| p.since.elapsed() >= window)
+            .filter(|(_, p)| now.duration_since(p.since) >= window)
             .map(|(u, _)| u.clone())
             .collect();
         for user in due {
@@ -328,7 +374,7 @@ impl Signals {
                     .iter()
                     .map(|(conv, count)| json!({"conv": conv, "count": count}))
                     .collect::<Vec<_>>(),
-                "ts": now_ms(),
+                "ts": self.clock.now_ms(),
             })
             .to_string()
             .into_bytes();
@@ -343,8 +389,11 @@ impl Signals {
     async fn publish_presence(&self, user: &str) {
         let p = self.presence.get(user);
         let hidden = p.is_some_and(|p| p.hidden);
+        let now = self.clock.now();
         let connected = p.is_some_and(|p| {
-            !p.devices.is_empty() || p.left_at.is_some_and(|t| t.elapsed() < self.settings.grace)
+            !p.devices.is_empty()
+                || p.left_at
+                    .is_some_and(|t| now.duration_since(t) < self.settings.grace)
         });
         let payload = if hidden {
             // An empty retained message clears what subscribers would otherwise see.
@@ -357,7 +406,9 @@ impl Signals {
             };
             json!({"user": user, "status": status}).to_string()
         } else {
-            let last_seen = p.and_then(|p| p.last_seen).unwrap_or_else(now_ms);
+            let last_seen = p
+                .and_then(|p| p.last_seen)
+                .unwrap_or_else(|| self.clock.now_ms());
             json!({"user": user, "status": "offline", "last_seen": last_seen}).to_string()
         };
         let mut message = Message::server(topics::presence_topic(user), payload);
@@ -393,5 +444,200 @@ impl Signals {
 
     async fn send(&self, message: Message) {
         let _ = self.router.send(Event::ServerPublish(message)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::service::push::PushSettings;
+
+    const GRACE: Duration = Duration::from_secs(5);
+    /// The wall clock at the test's start, in milliseconds.
+    const START_MS: i64 = 1_700_000_000_000;
+
+    /// `Signals` with a hand-moved clock, over a real store in a temp dir where alice, bob and
+    /// carol share `g.club`; what it sends to the router lands in `events`.
+    struct Harness {
+        signals: Signals,
+        events: mpsc::Receiver<Event>,
+        moved: Arc<Mutex<Duration>>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        for user in ["alice", "bob", "carol"] {
+            store.add_user(user, "x").unwrap();
+        }
+        let members = [("alice", "owner"), ("bob", "member"), ("carol", "member")];
+        store
+            .create_conversation("g.club", false, "Club", "alice", &members)
+            .unwrap();
+        let directory = Directory::from_snapshot(store.snapshot().unwrap());
+        let push = PushSettings {
+            secret: b"test".to_vec(),
+            allow_private: false,
+            max_attempts: 1,
+            base_delay: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        };
+        let pusher = Arc::new(Pusher::new(push, store.clone()));
+        let settings = Settings {
+            grace: GRACE,
+            receipt_interval: Duration::from_secs(1),
+            push_coalesce: Duration::from_secs(30),
+        };
+        let (router, events) = mpsc::channel(64);
+        let directory = Arc::new(RwLock::new(directory));
+        let mut signals = Signals::new(settings, store, directory, router, pusher);
+        let moved = Arc::new(Mutex::new(Duration::ZERO));
+        signals.clock = Clock::Manual {
+            start: Instant::now(),
+            start_ms: START_MS,
+            moved: moved.clone(),
+        };
+        Harness {
+            signals,
+            events,
+            moved,
+            _dir: dir,
+        }
+    }
+
+    impl Harness {
+        fn advance(&self, by: Duration) {
+            *self.moved.lock().unwrap() += by;
+        }
+
+        async fn report(&mut self, report: Report) {
+            self.signals.on_report(report).await;
+        }
+
+        /// Everything sent to the router since the last call: topic, retain flag, payload
+        /// (as JSON; an empty payload is `null`) and the number of stream copies.
+        fn published(&mut self) -> Vec<(String, bool, Value, usize)> {
+            let mut out = Vec::new();
+            while let Ok(event) = self.events.try_recv() {
+                let (message, copies) = match event {
+                    Event::ServerPublish(message) => (message, 0),
+                    Event::ServerPublishTo { message, copies } => (message, copies.len()),
+                    other => panic!("unexpected event {other:?}"),
+                };
+                let payload = if message.payload.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&message.payload).unwrap()
+                };
+                out.push((
+                    message.topic_str().to_string(),
+                    message.retain,
+                    payload,
+                    copies,
+                ));
+            }
+            out
+        }
+    }
+
+    fn online(user: &str, client: &str) -> Report {
+        Report::Online {
+            user: user.into(),
+            client: client.into(),
+        }
+    }
+
+    fn offline(user: &str, client: &str) -> Report {
+        Report::Offline {
+            user: user.into(),
+            client: client.into(),
+        }
+    }
+
+    fn delivered(user: &str, seq: u64) -> Report {
+        Report::Delivered {
+            user: user.into(),
+            conv: "g.club".into(),
+            seq,
+        }
+    }
+
+    fn presence(payload: Value) -> (String, bool, Value, usize) {
+        (topics::presence_topic("bob"), true, payload, 0)
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_within_the_grace_period_never_shows_offline() {
+        let mut h = harness();
+        h.report(online("bob", "phone")).await;
+        let status = json!({"user": "bob", "status": "online"});
+        assert_eq!(h.published(), [presence(status)]);
+        h.report(offline("bob", "phone")).await;
+        h.advance(GRACE - Duration::from_millis(1));
+        h.signals.expire_presence().await;
+        h.report(online("bob", "laptop")).await;
+        h.advance(GRACE * 3);
+        h.signals.expire_presence().await;
+        assert_eq!(h.published(), []);
+    }
+
+    #[tokio::test]
+    async fn the_last_device_gone_past_the_grace_period_shows_offline_since_it_left() {
+        let mut h = harness();
+        h.report(online("bob", "phone")).await;
+        h.report(online("bob", "laptop")).await;
+        assert_eq!(h.published().len(), 1);
+        h.advance(Duration::from_secs(1));
+        h.report(offline("bob", "phone")).await;
+        h.advance(Duration::from_secs(1));
+        h.report(offline("bob", "laptop")).await;
+        h.advance(GRACE - Duration::from_millis(1));
+        h.signals.expire_presence().await;
+        assert_eq!(h.published(), []);
+        h.advance(Duration::from_millis(1));
+        h.signals.expire_presence().await;
+        let status = json!({"user": "bob", "status": "offline", "last_seen": START_MS + 2000});
+        assert_eq!(h.published(), [presence(status)]);
+        h.advance(GRACE);
+        h.signals.expire_presence().await;
+        assert_eq!(h.published(), []);
+    }
+
+    #[tokio::test]
+    async fn deliveries_within_one_interval_become_one_monotonic_receipt_each() {
+        let mut h = harness();
+        for report in [
+            delivered("bob", 3),
+            delivered("bob", 5),
+            delivered("carol", 2),
+        ] {
+            h.report(report).await;
+        }
+        h.report(delivered("bob", 4)).await;
+        h.signals.flush_receipts().await;
+        let receipt = |user: &str, seq: u64| {
+            let body = json!({"type": "delivered", "conv": "g.club", "user": user, "seq": seq});
+            (
+                topics::conv_topic("g.club", ConvKind::Receipts),
+                false,
+                body,
+                3,
+            )
+        };
+        let mut sent = h.published();
+        sent.sort_by(|a, b| a.2["user"].as_str().cmp(&b.2["user"].as_str()));
+        assert_eq!(sent, [receipt("bob", 5), receipt("carol", 2)]);
+        // Never backwards: a lower sequence number than the stored one announces nothing.
+        h.report(delivered("bob", 4)).await;
+        h.signals.flush_receipts().await;
+        assert_eq!(h.published(), []);
+        h.report(delivered("bob", 6)).await;
+        h.signals.flush_receipts().await;
+        assert_eq!(h.published(), [receipt("bob", 6)]);
     }
 }
