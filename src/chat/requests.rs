@@ -172,7 +172,7 @@ impl Request {
             "unblock" => fields
                 .decode::<UserOp>()
                 .map(|r| Request::Unblock { user: r.user }),
-            // Takes no fields, and never read them.
+            // Takes no fields: its payload is never read.
             "conversations" => Ok(Request::Conversations),
             "members" => fields.decode::<ConvOp>().map(ConvOp::members),
             "sync" => fields.decode::<SyncOp>().map(Request::from),

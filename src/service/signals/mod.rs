@@ -150,6 +150,17 @@ impl Signals {
         }
     }
 
+    /// The members of `conv`, from the shared directory.
+    fn members(&self, conv: &str) -> Vec<String> {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .members(conv)
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
+    }
+
     /// Publishes a server message through the router.
     pub(super) async fn send(&self, message: Message) {
         let _ = self.router.send(Event::ServerPublish(message)).await;

@@ -19,14 +19,7 @@ impl Signals {
     /// Counts a stored message towards a push for each member (but the sender) with no
     /// connected device.
     pub(super) fn stored(&mut self, conv: &str, from: &str) {
-        let members: Vec<String> = self
-            .directory
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .members(conv)
-            .iter()
-            .map(|m| m.to_string())
-            .collect();
+        let members = self.members(conv);
         for member in members.into_iter().filter(|m| *m != from) {
             if self.is_online(&member) {
                 continue;

@@ -75,14 +75,7 @@ impl Signals {
 
     /// Publishes on `c/{conv}/r` and each member's copy of it.
     async fn announce(&self, conv: &str, body: String) {
-        let members: Vec<String> = self
-            .directory
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .members(conv)
-            .iter()
-            .map(|m| m.to_string())
-            .collect();
+        let members = self.members(conv);
         let copies = members
             .iter()
             .map(|m| Bytes::from(topics::stream_copy(m, conv, ConvKind::Receipts)))
