@@ -8,6 +8,7 @@
 
 pub mod edits;
 pub mod envelope;
+pub mod requests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

@@ -1,5 +1,6 @@
 //! Conversations over HTTP: the same operations, rules and code as the MQTT requests on
-//! `q/{user}/{op}` (see `topics.md`), through `ChatService::call`.
+//! `q/{user}/{op}` (see `topics.md`): each route builds a typed [`Request`] from its path, query
+//! and body, and hands it to [`crate::service::ChatService::dispatch`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState, AuthUser, Body};
+use crate::chat::requests::Request;
+use crate::service::ServiceError;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -26,14 +29,29 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/search", get(search))
 }
 
+/// Serves `request` for `me`, as the MQTT request would.
+async fn dispatch(state: &AppState, me: &AuthUser, request: Request) -> Result<Value, ApiError> {
+    Ok(state.chat.dispatch(&me.user, &request).await?)
+}
+
+/// Reads the query parameter `key` as a number, if present.
+fn number(q: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
+    q.get(key)
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("{key} must be a number")))
+        })
+        .transpose()
+}
+
+/// A `limit` as a page size to ask for (page sizes are bounded far below either type's range).
+fn page(limit: Option<u64>) -> Option<usize> {
+    limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX))
+}
+
 /// GET /api/v1/conversations — my conversations with unread counts.
 async fn list(State(state): State<Arc<AppState>>, me: AuthUser) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        state
-            .chat
-            .call(&me.user, "conversations", &json!({}))
-            .await?,
-    ))
+    Ok(Json(dispatch(&state, &me, Request::Conversations).await?))
 }
 
 /// GET /api/v1/conversations/{conv}/messages?after=SEQ | ?before=SEQ | ?since=ID, &limit=N —
@@ -44,26 +62,12 @@ async fn messages(
     Path(conv): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let number = |key: &str| -> Result<Option<u64>, ApiError> {
-        q.get(key)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| ApiError::bad_request(format!("{key} must be a number")))
-            })
-            .transpose()
+    let limit = page(number(&q, "limit")?);
+    let request = match number(&q, "before")? {
+        Some(before) => Request::history(conv, Some(before), limit),
+        None => Request::sync_conversation(conv, number(&q, "after")?.unwrap_or(0), limit),
     };
-    let limit = number("limit")?;
-    let (op, mut body) = match number("before")? {
-        Some(before) => ("history", json!({"conv": conv, "before": before})),
-        None => (
-            "sync",
-            json!({"conv": conv, "after": number("after")?.unwrap_or(0)}),
-        ),
-    };
-    if let Some(limit) = limit {
-        body["limit"] = json!(limit);
-    }
-    Ok(Json(state.chat.call(&me.user, op, &body).await?))
+    Ok(Json(dispatch(&state, &me, request).await?))
 }
 
 /// GET /api/v1/conversations/{conv}/members
@@ -73,10 +77,7 @@ async fn members(
     Path(conv): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(
-        state
-            .chat
-            .call(&me.user, "members", &json!({"conv": conv}))
-            .await?,
+        dispatch(&state, &me, Request::Members { conv }).await?,
     ))
 }
 
@@ -86,7 +87,8 @@ async fn create_group(
     me: AuthUser,
     Body(body): Body<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let reply = state.chat.call(&me.user, "group.create", &body).await?;
+    let request = Request::from_json("group.create", body).map_err(ServiceError::from)?;
+    let reply = dispatch(&state, &me, request).await?;
     Ok((StatusCode::CREATED, Json(reply)))
 }
 
@@ -100,8 +102,10 @@ async fn add_member(
     if !body.is_object() {
         return Err(ApiError::bad_request("expected a JSON object"));
     }
+    // The path names the group, whatever the body says.
     body["conv"] = json!(conv);
-    Ok(Json(state.chat.call(&me.user, "group.add", &body).await?))
+    let request = Request::from_json("group.add", body).map_err(ServiceError::from)?;
+    Ok(Json(dispatch(&state, &me, request).await?))
 }
 
 /// DELETE /api/v1/groups/{conv}/members/{user} — remove a member (or leave, for oneself).
@@ -110,14 +114,7 @@ async fn remove_member(
     me: AuthUser,
     Path((conv, user)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .chat
-        .call(
-            &me.user,
-            "group.remove",
-            &json!({"conv": conv, "user": user}),
-        )
-        .await?;
+    dispatch(&state, &me, Request::RemoveMember { conv, user }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -130,12 +127,7 @@ async fn search(
     let text = q
         .get("q")
         .ok_or_else(|| ApiError::bad_request("q is required"))?;
-    let mut body = json!({"q": text});
-    if let Some(limit) = q.get("limit") {
-        let limit: u64 = limit
-            .parse()
-            .map_err(|_| ApiError::bad_request("limit must be a number"))?;
-        body["limit"] = json!(limit);
-    }
-    Ok(Json(state.chat.call(&me.user, "search", &body).await?))
+    let limit = number(&q, "limit")?;
+    let request = Request::search(text.clone(), page(limit)).map_err(ServiceError::from)?;
+    Ok(Json(dispatch(&state, &me, request).await?))
 }

@@ -1,0 +1,108 @@
+//! The chat service: the one type behind requests (MQTT and HTTP) and the reload watcher, its
+//! shared state, and the helpers every operation uses — directory locks, store calls on a
+//! blocking thread, publishing through the router, membership checks.
+//!
+//! Its operations are spread over the files of this module: [`super::requests`] (the MQTT entry
+//! and the dispatch), [`super::queries`] (the read side), [`super::groups`] (group changes),
+//! [`super::account`] (a user's own settings) and [`super::watch`] (other processes' changes).
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::mpsc;
+
+use super::error::ServiceError;
+use super::push::Pusher;
+use super::signals::Signal;
+use crate::chat::{Denied, Directory};
+use crate::router::{Event, Message};
+use crate::store::{Store, StoreError};
+
+pub struct ChatService {
+    pub(super) store: Arc<Store>,
+    pub(super) directory: Arc<RwLock<Directory>>,
+    pub(super) router: mpsc::Sender<Event>,
+    pub(super) signals: mpsc::UnboundedSender<Signal>,
+    pub(super) pusher: Arc<Pusher>,
+    /// Serialises changes, so a reload never races a change made here.
+    pub(super) changes: tokio::sync::Mutex<()>,
+}
+
+impl ChatService {
+    pub fn new(
+        store: Arc<Store>,
+        directory: Arc<RwLock<Directory>>,
+        router: mpsc::Sender<Event>,
+        signals: mpsc::UnboundedSender<Signal>,
+        pusher: Arc<Pusher>,
+    ) -> ChatService {
+        ChatService {
+            store,
+            directory,
+            router,
+            signals,
+            pusher,
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The shared directory, for reading (a poisoned lock still holds a usable directory).
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, Directory> {
+        self.directory.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared directory, for changing.
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.directory.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a store call on a blocking thread.
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|_| ServiceError::Join)?
+            .map_err(ServiceError::from)
+    }
+
+    /// Publishes a server message through the router.
+    pub(super) async fn send(&self, message: Message) {
+        if self
+            .router
+            .send(Event::ServerPublish(message))
+            .await
+            .is_err()
+        {
+            tracing::debug!("router gone; event not published");
+        }
+    }
+
+    /// Runs `change`, an account change made outside this service (registration over HTTP),
+    /// under the lock reloads take: a reload cannot then read the store before the change and
+    /// replace the directory after it, dropping what the change added.
+    pub async fn serialised<F: std::future::Future>(&self, change: F) -> F::Output {
+        let _guard = self.changes.lock().await;
+        change.await
+    }
+
+    /// `NotMember` unless `user` belongs to `conv`.
+    pub(super) fn require_member(&self, conv: &str, user: &str) -> Result<(), ServiceError> {
+        if self.read().is_member(conv, user) {
+            Ok(())
+        } else {
+            Err(Denied::NotMember.into())
+        }
+    }
+
+    /// Why an actor with no role in `conv` is refused: not a member of a group that exists, or
+    /// no such group.
+    pub(super) fn missing(&self, d: &Directory, conv: &str) -> ServiceError {
+        if d.group(conv).is_some() {
+            Denied::NotMember.into()
+        } else {
+            Denied::NoSuchConversation.into()
+        }
+    }
+}
