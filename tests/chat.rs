@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::chat::*;
 use common::clients::{v4, v5};
-use common::TestServer;
+use common::{eventually, TestServer};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -542,11 +542,11 @@ async fn a_user_created_again_under_a_removed_id_inherits_nothing() {
     // noticed the new conversation).
     let reply = request(&mut bob, "bob", "history", json!({"conv": "d.alice.bob"})).await;
     assert_eq!(reply["messages"].as_array().unwrap().len(), 1, "{reply}");
-    let deadline = std::time::Instant::now() + common::WAIT;
-    while subscribe(&mut bob, "p/alice").await != SubscribeReasonCode::Success(QoS::AtLeastOnce) {
-        assert!(std::time::Instant::now() < deadline, "no presence contact");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(common::WAIT, "a presence contact", async || {
+        let code = subscribe(&mut bob, "p/alice").await;
+        (code == SubscribeReasonCode::Success(QoS::AtLeastOnce)).then_some(())
+    })
+    .await;
 
     // `natter user remove bob`: his connection closes once the server has reloaded.
     assert!(server.store().remove_user("bob").unwrap());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::chat::*;
 use common::clients::{v4, v5};
-use common::{RawClient, TestServer};
+use common::{eventually, RawClient, TestServer};
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet, PubAckReason, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -238,19 +238,12 @@ async fn retention_keeps_the_newest_entries_and_sync_says_where_history_starts()
         send(&mut alice, "c/d.alice.bob/m", format!("m{i}")).await;
     }
     let mut bob = login(&server, "bob").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let reply = eventually(Duration::from_secs(5), "retention runs", async || {
         let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
-        if reply["first"] == 3 {
-            assert_eq!(texts(&reply), ["m3", "m4", "m5"]);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retention never ran: {reply}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (reply["first"] == 3).then_some(reply)
+    })
+    .await;
+    assert_eq!(texts(&reply), ["m3", "m4", "m5"]);
 }
 
 /// Files under `dir`, recursively (none if it does not exist).
@@ -320,11 +313,12 @@ async fn retention_releases_media_whose_file_goes_after_the_grace_period() {
         send(&mut alice, "c/d.alice.bob/m", "newer").await,
         PubAckReason::Success
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while files_under(&blobs) > 0 {
-        assert!(Instant::now() < deadline, "the unreferenced file stayed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the unreferenced file goes",
+        async || (files_under(&blobs) == 0).then_some(()),
+    )
+    .await;
     let mut bob = login(&server, "bob").await;
     let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
     assert_eq!(texts(&reply), ["newer"]);

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::clients::v5;
-use common::TestServer;
+use common::{eventually, TestServer};
 use reqwest::StatusCode;
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -393,18 +393,11 @@ async fn admin_health_metrics_and_openapi() {
     let (s, _) = api.get("/api/v1/admin/users", &joe).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // The admin flag reaches the running server within a second.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let users = loop {
+    let users = eventually(Duration::from_secs(5), "admin recognised", async || {
         let (s, users) = api.get("/api/v1/admin/users", &root).await;
-        if s == StatusCode::OK {
-            break users;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "admin never recognised"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        (s == StatusCode::OK).then_some(users)
+    })
+    .await;
     assert_eq!(users["users"].as_array().unwrap().len(), 2);
     let (s, clients) = api.get("/api/v1/admin/clients", &root).await;
     assert_eq!(s, StatusCode::OK);

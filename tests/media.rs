@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::chat::*;
-use common::TestServer;
+use common::{eventually, TestServer, WAIT};
 use reqwest::StatusCode;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use rumqttc::v5::mqttbytes::QoS;
@@ -436,15 +436,6 @@ async fn register_login_mqtt_with_token_image_message_and_signed_links() {
     assert_eq!(http.fetch("/healthz", None).await.status(), StatusCode::OK);
 }
 
-/// Polls `check` until it holds or the usual wait runs out.
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_truncated_upload_leaves_nothing_on_disk() {
     use tokio::io::AsyncWriteExt;
@@ -462,9 +453,11 @@ async fn a_truncated_upload_leaves_nothing_on_disk() {
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(&[9u8; 1000]).await.unwrap();
     // The upload is under way (its temporary file exists) before the client vanishes.
-    eventually("the upload's temporary file appears", || files() == 1).await;
+    let appeared = async || (files() == 1).then_some(());
+    eventually(WAIT, "the upload's temporary file appears", appeared).await;
     drop(socket);
-    eventually("the temporary file is removed", || files() == 0).await;
+    let removed = async || (files() == 0).then_some(());
+    eventually(WAIT, "the temporary file is removed", removed).await;
 
     // Still serving, uploads included.
     let (s, up) = http.upload(&alice_t, png(10, 10)).await;
