@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::chat::*;
 use common::clients::{v4, v5};
+use common::mosquitto::{publish_ok, run, Sub};
 use common::{eventually, TestServer};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -232,13 +233,10 @@ async fn a_group_joined_later_arrives_on_the_same_subscription_and_leaving_stops
         .await
         .unwrap();
     // Skip the events still in flight; no message may arrive.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(600);
-    while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout_at(deadline, bob.publish()).await {
-            Ok(p) => assert!(p.topic.ends_with(b"/events"), "after removal Bob got {p:?}"),
-            Err(_) => break,
-        }
-    }
+    bob.publishes_within(Duration::from_millis(600), |p| {
+        assert!(p.topic.ends_with(b"/events"), "after removal Bob got {p:?}")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -452,48 +450,18 @@ async fn the_cli_manages_accounts_while_the_server_runs() {
 #[test]
 fn mosquitto_clients_chat_with_passwords() {
     let server = TestServer::start_with_users(USERS, |_| {});
-    let port = server.port().to_string();
-    let mut sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "bob",
-            "-P",
-            "pw-b",
-            "-i",
-            "bob.cli",
-        ])
-        .args(["-t", "u/bob/#", "-q", "1", "-C", "1", "-W", "10", "-v"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub (apt-get install mosquitto-clients)");
-    // Publish until the subscriber has one (it may not be subscribed yet at first).
-    let mut sent = 0;
-    while sent < 40 {
-        let status = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-u", "alice", "-P", "pw-a"])
-            .args([
-                "-t",
-                "c/d.alice.bob/m",
-                "-m",
-                "hi from the shell",
-                "-q",
-                "1",
-            ])
-            .status()
-            .expect("mosquitto_pub");
-        assert!(status.success());
-        sent += 1;
-        std::thread::sleep(Duration::from_millis(100));
-        if sub.try_wait().unwrap().is_some() {
-            break;
-        }
-    }
-    let out = sub.wait_with_output().unwrap();
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let port = server.port();
+    let sub = Sub::subscribed(
+        port,
+        "-u bob -P pw-b -i bob.cli -t u/bob/# -q 1 -C 1 -v",
+        "1",
+    );
+    publish_ok(
+        port,
+        "-u alice -P pw-a -t c/d.alice.bob/m -m 'hi from the shell'",
+    );
+    let out = sub.finish();
+    let line = out.messages().join("\n");
     let (topic, envelope) = line.split_once(' ').expect("topic and payload");
     assert_eq!(topic, "u/bob/c/d.alice.bob/m");
     let envelope: Value = serde_json::from_str(envelope).unwrap();
@@ -501,27 +469,8 @@ fn mosquitto_clients_chat_with_passwords() {
     assert_eq!(envelope["from"], "alice");
 
     // A wrong password is "not authorised", not a reset.
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "alice",
-            "-P",
-            "wrong",
-            "-t",
-            "x",
-            "-m",
-            "x",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not authorised"),
-        "{out:?}"
-    );
+    let out = run("mosquitto_pub", port, "-u alice -P wrong -t x -m x");
+    assert!(out.stderr.contains("not authorised"), "{out:?}");
 }
 
 #[tokio::test]
@@ -600,10 +549,10 @@ async fn a_block_also_keeps_the_blocked_user_out_of_groups_and_presence() {
     subscribe(&mut alice, "p/+").await;
     publish_on(&mut alice, "p/bob").await;
     subscribe(&mut eve, "p/+").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-    while let Ok(p) = tokio::time::timeout_at(deadline, eve.publish()).await {
-        assert_ne!(p.topic, "p/bob", "the block hides Bob's presence from Eve");
-    }
+    eve.publishes_within(Duration::from_millis(500), |p| {
+        assert_ne!(p.topic, "p/bob", "the block hides Bob's presence from Eve")
+    })
+    .await;
 
     // Nor can Eve pull Bob into a group of hers to write to him there.
     let reply = request(

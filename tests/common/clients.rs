@@ -110,6 +110,15 @@ macro_rules! test_client {
                     }
                 }
 
+                /// Hands every PUBLISH that arrives within `window` to `each`, which asserts
+                /// that it is not one that must stay away.
+                pub async fn publishes_within(&mut self, window: Duration, mut each: impl FnMut($publish)) {
+                    let deadline = tokio::time::Instant::now() + window;
+                    while let Ok(p) = tokio::time::timeout_at(deadline, self.publish()).await {
+                        each(p);
+                    }
+                }
+
                 /// Asserts no PUBLISH arrives within `quiet`.
                 pub async fn no_publish(&mut self, quiet: Duration) {
                     let deadline = tokio::time::Instant::now() + quiet;

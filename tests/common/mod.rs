@@ -344,6 +344,7 @@ impl RawClient {
 
 pub mod chat;
 pub mod clients;
+pub mod mosquitto;
 
 /// The real `natter serve` process, for tests that must kill it (`kill -9`) and start it again
 /// on the same data directory. Listens on ephemeral ports; the address comes from its log.
