@@ -269,54 +269,13 @@ fn write_v4_publish(p: &v5::Publish, buf: &mut BytesMut) -> Result<(), CodecErro
 fn up(packet: v4::Packet) -> v5::Packet {
     use v5::Packet as P;
     match packet {
-        v4::Packet::Connect(c) => {
-            let will = c.last_will.map(|w| v5::LastWill {
-                topic: Bytes::from(w.topic),
-                message: w.message,
-                qos: qos_up(w.qos),
-                retain: w.retain,
-                properties: None,
-            });
-            let login = c.login.map(|l| v5::Login {
-                username: l.username,
-                password: l.password,
-            });
-            let connect = v5::Connect {
-                keep_alive: c.keep_alive,
-                client_id: c.client_id,
-                clean_start: c.clean_session,
-                properties: None,
-            };
-            P::Connect(connect, will, login)
-        }
-        v4::Packet::Publish(p) => P::Publish(v5::Publish {
-            dup: p.dup,
-            qos: qos_up(p.qos),
-            retain: p.retain,
-            topic: Bytes::from(p.topic),
-            pkid: p.pkid,
-            payload: p.payload,
-            properties: None,
-        }),
+        v4::Packet::Connect(c) => connect_up(c),
+        v4::Packet::Publish(p) => P::Publish(publish_up(p)),
         v4::Packet::PubAck(a) => P::PubAck(v5::PubAck::new(a.pkid, None)),
         v4::Packet::PubRec(a) => P::PubRec(v5::PubRec::new(a.pkid, None)),
         v4::Packet::PubRel(a) => P::PubRel(v5::PubRel::new(a.pkid, None)),
         v4::Packet::PubComp(a) => P::PubComp(v5::PubComp::new(a.pkid, None)),
-        v4::Packet::Subscribe(s) => P::Subscribe(v5::Subscribe {
-            pkid: s.pkid,
-            filters: s
-                .filters
-                .into_iter()
-                .map(|f| v5::Filter {
-                    path: f.path,
-                    qos: qos_up(f.qos),
-                    nolocal: false,
-                    preserve_retain: false,
-                    retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
-                })
-                .collect(),
-            properties: None,
-        }),
+        v4::Packet::Subscribe(s) => P::Subscribe(subscribe_up(s)),
         v4::Packet::Unsubscribe(u) => P::Unsubscribe(v5::Unsubscribe {
             pkid: u.pkid,
             filters: u.topics,
@@ -342,6 +301,62 @@ fn up(packet: v4::Packet) -> v5::Packet {
             reasons: Vec::new(),
             properties: None,
         }),
+    }
+}
+
+/// A 3.1.1 CONNECT as 5.0: the will and login move over, with no properties.
+fn connect_up(c: v4::Connect) -> v5::Packet {
+    let will = c.last_will.map(|w| v5::LastWill {
+        topic: Bytes::from(w.topic),
+        message: w.message,
+        qos: qos_up(w.qos),
+        retain: w.retain,
+        properties: None,
+    });
+    let login = c.login.map(|l| v5::Login {
+        username: l.username,
+        password: l.password,
+    });
+    let connect = v5::Connect {
+        keep_alive: c.keep_alive,
+        client_id: c.client_id,
+        clean_start: c.clean_session,
+        properties: None,
+    };
+    v5::Packet::Connect(connect, will, login)
+}
+
+/// A 3.1.1 PUBLISH as 5.0 (the topic and payload move over).
+fn publish_up(p: v4::Publish) -> v5::Publish {
+    v5::Publish {
+        dup: p.dup,
+        qos: qos_up(p.qos),
+        retain: p.retain,
+        topic: Bytes::from(p.topic),
+        pkid: p.pkid,
+        payload: p.payload,
+        properties: None,
+    }
+}
+
+/// A 3.1.1 SUBSCRIBE as 5.0: each filter with the 3.1.1 behaviour (local echo, retained
+/// messages on every subscribe).
+fn subscribe_up(s: v4::Subscribe) -> v5::Subscribe {
+    let filters = s
+        .filters
+        .into_iter()
+        .map(|f| v5::Filter {
+            path: f.path,
+            qos: qos_up(f.qos),
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
+        })
+        .collect();
+    v5::Subscribe {
+        pkid: s.pkid,
+        filters,
+        properties: None,
     }
 }
 
