@@ -159,6 +159,65 @@ mod tests {
         assert!(!looks_like_jwt("hunter2"));
     }
 
+    /// `token` with the first character of its signature changed (still base64url).
+    fn with_other_signature(token: &str) -> String {
+        let (signed, sig) = token.rsplit_once('.').expect("three parts");
+        let first = if sig.starts_with('A') { 'B' } else { 'A' };
+        format!("{signed}.{first}{}", &sig[1..])
+    }
+
+    #[test]
+    fn access_token_table() {
+        let s = Signer::new(b"k1");
+        let t = s.issue(&claims(100));
+        let (signed, _) = t.rsplit_once('.').expect("three parts");
+        let cases: Vec<(&str, String, i64, Result<Claims, TokenError>)> = vec![
+            ("valid", t.clone(), 50, Ok(claims(100))),
+            ("one second before exp", t.clone(), 99, Ok(claims(100))),
+            (
+                "expired at exactly exp",
+                t.clone(),
+                100,
+                Err(TokenError::Expired),
+            ),
+            ("after exp", t.clone(), 101, Err(TokenError::Expired)),
+            (
+                "another key",
+                Signer::new(b"k2").issue(&claims(100)),
+                50,
+                Err(TokenError::Signature),
+            ),
+            (
+                "tampered signature",
+                with_other_signature(&t),
+                50,
+                Err(TokenError::Signature),
+            ),
+            (
+                "expired and tampered",
+                with_other_signature(&t),
+                100,
+                Err(TokenError::Signature),
+            ),
+            (
+                "signature not base64",
+                format!("{signed}.!!"),
+                50,
+                Err(TokenError::Malformed),
+            ),
+            (
+                "four parts",
+                format!("{t}.x"),
+                50,
+                Err(TokenError::Malformed),
+            ),
+            ("empty", String::new(), 50, Err(TokenError::Malformed)),
+        ];
+        for (what, token, now, want) in cases {
+            assert_eq!(s.verify(&token, now), want, "{what}");
+        }
+    }
+
     #[test]
     fn refresh_tokens_are_random_and_hashed() {
         let a = new_refresh_token();

@@ -227,6 +227,32 @@ async fn bad_tokens_are_refused_on_http_and_at_connect() {
     assert!(r.is_err());
 }
 
+#[test]
+fn refresh_tokens_expire_at_their_second_with_an_injected_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = natter::store::Store::open(dir.path()).unwrap();
+    let hash = natter::password::hash("pw", 1000).unwrap();
+    store.add_user("alice", &hash).unwrap();
+    store.upsert_device("alice", "phone").unwrap();
+    for (what, now, valid) in [
+        ("long before", 0, true),
+        ("one second before", 99, true),
+        ("at exactly its expiry", 100, false),
+        ("after", 101, false),
+    ] {
+        let token = natter::tokens::new_refresh_token();
+        let hash = natter::tokens::hash_refresh_token(&token);
+        store
+            .add_refresh_token(&hash, "alice", "phone", 100)
+            .unwrap();
+        let taken = store.take_refresh_token(&hash, now).unwrap();
+        let want = valid.then(|| ("alice".to_string(), "phone".to_string()));
+        assert_eq!(taken, want, "{what}");
+        let again = store.take_refresh_token(&hash, 0).unwrap();
+        assert_eq!(again, None, "{what}: gone once presented");
+    }
+}
+
 #[tokio::test]
 async fn refresh_tokens_rotate_and_revoked_devices_are_cut_off() {
     let server = TestServer::start();
