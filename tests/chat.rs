@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::chat::*;
@@ -395,22 +394,7 @@ async fn logins_client_ids_and_limits() {
 #[tokio::test]
 async fn the_cli_manages_accounts_while_the_server_runs() {
     let server = TestServer::start_with_users(USERS, |_| {});
-    let natter = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_natter"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(server.dir.path().join("data"))
-            .env("NATTER_AUTH_PBKDF2_ITERATIONS", "1000")
-            .output()
-            .expect("run natter");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let out = natter(&["user", "add", "carol"]);
+    let out = server.natter(&["user", "add", "carol"]);
     let generated = out.trim().rsplit(' ').next().unwrap().to_string();
     assert_eq!(generated.len(), 16, "{out}");
 
@@ -432,17 +416,17 @@ async fn the_cli_manages_accounts_while_the_server_runs() {
     );
 
     // A group made from the CLI reaches Alice's stream as an event.
-    let conv = natter(&[
+    let conv = server.natter(&[
         "conv", "create", "--owner", "alice", "--id", "ops", "--member", "carol",
     ]);
     assert_eq!(conv.trim(), "g.ops");
     let event = publish_on(&mut alice, "u/alice/events").await;
     let event: Value = serde_json::from_slice(&event.payload).unwrap();
     assert_eq!(event["conv"], "g.ops");
-    assert!(natter(&["user", "list"]).contains("carol"));
+    assert!(server.natter(&["user", "list"]).contains("carol"));
 
     // Removing Carol closes her connection with DISCONNECT 0x98 (administrative action).
-    natter(&["user", "remove", "carol"]);
+    server.natter(&["user", "remove", "carol"]);
     let e = carol.ended().await;
     assert!(e.0.contains("AdministrativeAction"), "{e:?}");
 }
@@ -771,18 +755,7 @@ async fn natter_user_passwd_replaces_the_password() {
     // The old password works (and the server has verified it once) before the change.
     let (before, _) = v5::Client::connect(opts(&server, "bob", "bob.before")).await;
     before.vanish();
-    let out = Command::new(env!("CARGO_BIN_EXE_natter"))
-        .args(["user", "passwd", "bob", "--password", "new-pw-b"])
-        .arg("--data-dir")
-        .arg(server.dir.path().join("data"))
-        .env("NATTER_AUTH_PBKDF2_ITERATIONS", "1000")
-        .output()
-        .expect("run natter");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.natter(&["user", "passwd", "bob", "--password", "new-pw-b"]);
     let (_c, r) = v5::Client::try_connect(opts(&server, "bob", "bob.old")).await;
     let err = r.expect_err("the old password is refused");
     assert!(

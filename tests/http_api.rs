@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::clients::v5;
-use common::{eventually, TestServer};
+use common::{eventually, status_and_json, TestServer};
 use reqwest::StatusCode;
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -40,10 +40,7 @@ impl Api {
                 .header("content-type", "application/json")
                 .body(b.to_string());
         }
-        let resp = req.send().await.expect("HTTP request");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        status_and_json(req.send().await.expect("HTTP request")).await
     }
 
     async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {

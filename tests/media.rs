@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::chat::*;
-use common::{eventually, TestServer, WAIT};
+use common::{eventually, status_and_json, TestServer, WAIT};
 use reqwest::StatusCode;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use rumqttc::v5::mqttbytes::QoS;
@@ -46,11 +46,7 @@ impl Http {
             .send()
             .await
             .unwrap();
-        let status = resp.status();
-        (
-            status,
-            serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null),
-        )
+        status_and_json(resp).await
     }
 
     async fn token(&self, user: &str) -> String {
@@ -80,11 +76,7 @@ impl Http {
             .send()
             .await
             .unwrap();
-        let status = resp.status();
-        (
-            status,
-            serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null),
-        )
+        status_and_json(resp).await
     }
 
     async fn link(&self, token: &str, id: &str) -> (StatusCode, Value) {
@@ -95,11 +87,7 @@ impl Http {
             .send()
             .await
             .unwrap();
-        let status = resp.status();
-        (
-            status,
-            serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null),
-        )
+        status_and_json(resp).await
     }
 
     /// The link's thumbnail is an image of `size`.

@@ -199,12 +199,40 @@ impl TestServer {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Runs the `natter` command line on this server's data directory (as an operator would
+    /// while it runs); asserts it succeeds and returns its stdout.
+    pub fn natter(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .env("NATTER_AUTH_PBKDF2_ITERATIONS", TEST_ITERATIONS.to_string())
+            .output()
+            .expect("run natter");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// An HTTP answer's status and its JSON body (`null` when the body is not JSON).
+pub async fn status_and_json(resp: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let status = resp.status();
+    let text = resp.text().await.expect("read the response body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// A CA, and a server certificate for `localhost` and 127.0.0.1 signed by it (PEM).
