@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::chat::*;
 use common::clients::{v4, v5};
+use common::http::Api;
 use common::{eventually, RawClient, TestServer};
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet, PubAckReason, Publish};
 use rumqttc::v5::mqttbytes::QoS;
@@ -270,30 +271,12 @@ async fn retention_releases_media_whose_file_goes_after_the_grace_period() {
         c.storage.retention_interval_secs = 1;
         c.media.unreferenced_grace_secs = 1;
     });
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", server.http);
-    let login_reply: Value = http
-        .post(format!("{base}/api/v1/login"))
-        .header("content-type", "application/json")
-        .body(json!({"user": "alice", "password": password("alice")}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .map(|t| serde_json::from_str(&t).unwrap())
-        .unwrap();
-    let token = login_reply["access_token"].as_str().unwrap();
-    let upload = http
-        .put(format!("{base}/api/v1/media"))
-        .bearer_auth(token)
-        .header("content-type", "application/octet-stream")
-        .body(b"a file only a message keeps".to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(upload.status(), reqwest::StatusCode::CREATED);
-    let upload: Value = serde_json::from_str(&upload.text().await.unwrap()).unwrap();
+    let http = Api::new(&server);
+    let token = http.token("alice", password("alice")).await;
+    let (status, upload) = http
+        .upload(&token, b"a file only a message keeps".to_vec())
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED);
     let id = upload["id"].as_str().unwrap();
     let blobs = server.path("data/media/blobs");
     assert_eq!(files_under(&blobs), 1);

@@ -6,92 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::clients::v5;
-use common::{eventually, status_and_json, TestServer};
+use common::http::Api;
+use common::{eventually, TestServer};
 use reqwest::StatusCode;
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(server: &TestServer) -> Api {
-        Api {
-            base: format!("http://{}", server.http),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        status_and_json(req.send().await.expect("HTTP request")).await
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body))
-            .await
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, Some(token), None)
-            .await
-    }
-
-    /// Registers and logs in; returns the login reply.
-    async fn account(&self, user: &str, device: &str) -> Value {
-        let (s, _) = self
-            .post(
-                "/api/v1/register",
-                None,
-                json!({"user": user, "password": "correct horse"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED);
-        self.login(user, device).await
-    }
-
-    /// Logs in as `device` of an account made by `account`; returns the login reply.
-    async fn login(&self, user: &str, device: &str) -> Value {
-        let (s, login) = self
-            .post(
-                "/api/v1/login",
-                None,
-                json!({"user": user, "password": "correct horse", "device": device}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{login}");
-        login
-    }
-
-    /// Revokes `device` with the access token of the login reply `by`.
-    async fn revoke(&self, by: &Value, device: &str) {
-        let (s, body) = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/api/v1/devices/{device}"),
-                by["access_token"].as_str(),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::NO_CONTENT, "revoking {device}: {body}");
-    }
-}
 
 fn mqtt_with_token(server: &TestServer, login: &Value) -> v5::MqttOptions {
     let mut o = v5::MqttOptions::new(

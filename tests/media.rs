@@ -9,7 +9,8 @@ use std::io::Cursor;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::chat::*;
-use common::{eventually, status_and_json, TestServer, WAIT};
+use common::http::Api;
+use common::{eventually, TestServer, WAIT};
 use reqwest::StatusCode;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use rumqttc::v5::mqttbytes::QoS;
@@ -24,89 +25,14 @@ fn png(w: u32, h: u32) -> Vec<u8> {
     out.into_inner()
 }
 
-struct Http {
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Http {
-    fn new(server: &TestServer) -> Http {
-        Http {
-            base: format!("http://{}", server.http),
-            client: reqwest::Client::new(),
-        }
-    }
-
-    async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        status_and_json(resp).await
-    }
-
-    async fn token(&self, user: &str) -> String {
-        let body = json!({"user": user, "password": password(user)});
-        let (_, v) = self.post_json("/api/v1/login", body).await;
-        v["access_token"].as_str().unwrap().to_string()
-    }
-
-    /// Registers `user` and logs in as `user.device`; returns the login reply.
-    async fn account(&self, user: &str, device: &str) -> Value {
-        let creds = json!({"user": user, "password": "correct horse"});
-        let (s, _) = self.post_json("/api/v1/register", creds).await;
-        assert_eq!(s, StatusCode::CREATED);
-        let creds = json!({"user": user, "password": "correct horse", "device": device});
-        let (s, login) = self.post_json("/api/v1/login", creds).await;
-        assert_eq!(s, StatusCode::OK, "{login}");
-        login
-    }
-
-    async fn upload(&self, token: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
-        let resp = self
-            .client
-            .put(format!("{}/api/v1/media", self.base))
-            .bearer_auth(token)
-            .header("content-type", "image/png")
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        status_and_json(resp).await
-    }
-
-    async fn link(&self, token: &str, id: &str) -> (StatusCode, Value) {
-        let resp = self
-            .client
-            .get(format!("{}/api/v1/media/{id}/link", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        status_and_json(resp).await
-    }
-
-    /// The link's thumbnail is an image of `size`.
-    async fn assert_thumbnail(&self, link: &Value, size: (u32, u32)) {
-        let thumb = self
-            .fetch(link["thumbnail_url"].as_str().unwrap(), None)
-            .await;
-        assert_eq!(thumb.status(), StatusCode::OK);
-        let thumb = image::load_from_memory(&thumb.bytes().await.unwrap()).unwrap();
-        assert_eq!((thumb.width(), thumb.height()), size);
-    }
-
-    async fn fetch(&self, path: &str, range: Option<&str>) -> reqwest::Response {
-        let mut req = self.client.get(format!("{}{path}", self.base));
-        if let Some(r) = range {
-            req = req.header("range", r);
-        }
-        req.send().await.unwrap()
-    }
+/// The link's thumbnail is an image of `size`.
+async fn assert_thumbnail(http: &Api, link: &Value, size: (u32, u32)) {
+    let thumb = http
+        .fetch(link["thumbnail_url"].as_str().unwrap(), None)
+        .await;
+    assert_eq!(thumb.status(), StatusCode::OK);
+    let thumb = image::load_from_memory(&thumb.bytes().await.unwrap()).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), size);
 }
 
 async fn send(c: &mut common::clients::v5::Client, body: Value) -> PubAckReason {
@@ -124,11 +50,11 @@ async fn send(c: &mut common::clients::v5::Client, body: Value) -> PubAckReason 
 #[tokio::test]
 async fn shared_media_reaches_members_through_signed_links_only() {
     let server = TestServer::start_with_users(USERS, |_| {});
-    let http = Http::new(&server);
+    let http = Api::new(&server);
     let (alice_t, bob_t, eve_t) = (
-        http.token("alice").await,
-        http.token("bob").await,
-        http.token("eve").await,
+        http.token("alice", password("alice")).await,
+        http.token("bob", password("bob")).await,
+        http.token("eve", password("eve")).await,
     );
     let image = png(800, 600);
     let (s, up) = http.upload(&alice_t, image.clone()).await;
@@ -171,7 +97,7 @@ async fn shared_media_reaches_members_through_signed_links_only() {
     let beyond = http.fetch(&url, Some("bytes=99999999-")).await;
     assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
 
-    http.assert_thumbnail(&link, (320, 240)).await;
+    assert_thumbnail(&http, &link, (320, 240)).await;
 
     // Eve is in no conversation with it; a link doctored for her fails its signature.
     assert_eq!(http.link(&eve_t, &id).await.0, StatusCode::NOT_FOUND);
@@ -199,8 +125,8 @@ async fn dangerous_large_and_expired_are_refused_cleanly() {
         // ttl - 1 seconds: 3 leaves the fetches right after making it two.
         c.media.link_ttl_secs = 3;
     });
-    let http = Http::new(&server);
-    let alice_t = http.token("alice").await;
+    let http = Api::new(&server);
+    let alice_t = http.token("alice", password("alice")).await;
 
     // HTML is stored, but never served as HTML.
     let (s, up) = http
@@ -317,7 +243,7 @@ fn png_bomb(w: u32, h: u32) -> Vec<u8> {
 async fn register_login_mqtt_with_token_image_message_and_signed_links() {
     const SECRET: &str = "e2e link and token key";
     let server = TestServer::start_with(|c| c.http.token_secret = SECRET.into());
-    let http = Http::new(&server);
+    let http = Api::new(&server);
     let alice = http.account("alice", "phone").await;
     let bob = http.account("bob", "laptop").await;
     let eve = http.account("eve", "tablet").await;
@@ -361,7 +287,7 @@ async fn register_login_mqtt_with_token_image_message_and_signed_links() {
     let part = http.fetch(&url, Some("bytes=100-199")).await;
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(part.bytes().await.unwrap().to_vec(), image[100..200]);
-    http.assert_thumbnail(&link, (320, 240)).await;
+    assert_thumbnail(&http, &link, (320, 240)).await;
 
     // Eve, in no conversation with it, is told nothing exists; Bob's link rewritten for her
     // fails its signature.
@@ -430,8 +356,8 @@ async fn register_login_mqtt_with_token_image_message_and_signed_links() {
 async fn a_truncated_upload_leaves_nothing_on_disk() {
     use tokio::io::AsyncWriteExt;
     let server = TestServer::start_with_users(USERS, |_| {});
-    let http = Http::new(&server);
-    let alice_t = http.token("alice").await;
+    let http = Api::new(&server);
+    let alice_t = http.token("alice", password("alice")).await;
     let tmp = server.path("data/media/tmp");
     let files = || std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
 

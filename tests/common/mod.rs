@@ -372,6 +372,7 @@ impl RawClient {
 
 pub mod chat;
 pub mod clients;
+pub mod http;
 pub mod mosquitto;
 
 /// The real `natter serve` process, for tests that must kill it (`kill -9`) and start it again
