@@ -218,14 +218,8 @@ async fn a_group_joined_later_arrives_on_the_same_subscription_and_leaving_stops
         json!({"conv": "g.later", "user": "bob"}),
     )
     .await;
-    loop {
-        let event = publish_on(&mut bob, "u/bob/events").await;
-        let event: Value = serde_json::from_slice(&event.payload).unwrap();
-        if event["type"] == "member_removed" {
-            assert_eq!(event["conv"], "g.later");
-            break;
-        }
-    }
+    let event = event_of(&mut bob, "bob", "member_removed").await;
+    assert_eq!(event["conv"], "g.later");
     alice
         .client
         .publish("c/g.later/m", QoS::AtLeastOnce, false, "secret")

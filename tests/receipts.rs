@@ -46,6 +46,16 @@ fn json_of(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Value {
     serde_json::from_slice(&p.payload).unwrap()
 }
 
+/// The next read marker on the receipt topic `topic`, skipping delivered receipts.
+async fn read_marker(c: &mut v5::Client, topic: &str) -> Value {
+    loop {
+        let r = json_of(&publish_on(c, topic).await);
+        if r["type"] == "read" {
+            return r;
+        }
+    }
+}
+
 #[tokio::test]
 async fn delivered_only_after_the_recipient_device_acknowledges() {
     let server = TestServer::start_with_users(USERS, |_| {});
@@ -201,20 +211,14 @@ async fn read_markers_reach_the_sender_and_the_readers_other_devices_unless_priv
         .await
         .unwrap();
     let want = json!({"type": "read", "conv": "d.alice.bob", "user": "bob", "seq": 2});
-    loop {
-        let r = json_of(&publish_on(&mut alice, "u/alice/c/d.alice.bob/r").await);
-        if r["type"] == "read" {
-            assert_eq!(r, want);
-            break;
-        }
-    }
-    loop {
-        let r = json_of(&publish_on(&mut tablet, "u/bob/c/d.alice.bob/r").await);
-        if r["type"] == "read" {
-            assert_eq!(r, want);
-            break;
-        }
-    }
+    assert_eq!(
+        read_marker(&mut alice, "u/alice/c/d.alice.bob/r").await,
+        want
+    );
+    assert_eq!(
+        read_marker(&mut tablet, "u/bob/c/d.alice.bob/r").await,
+        want
+    );
     let reply = request(&mut bob, "bob", "conversations", json!({})).await;
     assert_eq!(reply["conversations"][0]["unread"], 1, "{reply}");
 
@@ -228,12 +232,7 @@ async fn read_markers_reach_the_sender_and_the_readers_other_devices_unless_priv
         )
         .await
         .unwrap();
-    loop {
-        let r = json_of(&publish_on(&mut tablet, "u/bob/c/d.alice.bob/r").await);
-        if r["type"] == "read" && r["seq"] == 3 {
-            break;
-        }
-    }
+    while read_marker(&mut tablet, "u/bob/c/d.alice.bob/r").await["seq"] != 3 {}
     alice
         .publishes_within(Duration::from_millis(1500), |p| {
             if p.topic == "u/alice/c/d.alice.bob/r" {
