@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::{status_and_json, TestServer};
+use super::TestServer;
 
 /// The password of accounts made with [`Api::account`].
 const ACCOUNT_PASSWORD: &str = "correct horse";
@@ -120,4 +120,14 @@ impl Api {
         }
         req.send().await.unwrap()
     }
+}
+
+/// An HTTP answer's status and its JSON body (`null` when the body is not JSON).
+pub async fn status_and_json(resp: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let status = resp.status();
+    let text = resp.text().await.expect("read the response body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
