@@ -99,6 +99,18 @@ macro_rules! test_client {
                     }
                 }
 
+                /// Waits for `n` PUBACKs, skipping other packets; panics if the connection ends.
+                pub async fn pubacks(&mut self, n: usize) {
+                    let mut acked = 0;
+                    while acked < n {
+                        match self.next().await {
+                            Ok(Incoming::PubAck(_)) => acked += 1,
+                            Ok(_) => {}
+                            Err(e) => panic!("connection ended while waiting for PUBACKs: {e:?}"),
+                        }
+                    }
+                }
+
                 /// Waits for the SUBACK of the latest SUBSCRIBE.
                 pub async fn suback(&mut self) -> Incoming {
                     loop {
