@@ -168,53 +168,29 @@ mod tests {
 
     #[test]
     fn access_token_table() {
+        use TokenError::{Expired, Malformed, Signature};
         let s = Signer::new(b"k1");
         let t = s.issue(&claims(100));
         let (signed, _) = t.rsplit_once('.').expect("three parts");
-        let cases: Vec<(&str, String, i64, Result<Claims, TokenError>)> = vec![
-            ("valid", t.clone(), 50, Ok(claims(100))),
-            ("one second before exp", t.clone(), 99, Ok(claims(100))),
-            (
-                "expired at exactly exp",
-                t.clone(),
-                100,
-                Err(TokenError::Expired),
-            ),
-            ("after exp", t.clone(), 101, Err(TokenError::Expired)),
-            (
-                "another key",
-                Signer::new(b"k2").issue(&claims(100)),
-                50,
-                Err(TokenError::Signature),
-            ),
-            (
-                "tampered signature",
-                with_other_signature(&t),
-                50,
-                Err(TokenError::Signature),
-            ),
-            (
-                "expired and tampered",
-                with_other_signature(&t),
-                100,
-                Err(TokenError::Signature),
-            ),
-            (
-                "signature not base64",
-                format!("{signed}.!!"),
-                50,
-                Err(TokenError::Malformed),
-            ),
-            (
-                "four parts",
-                format!("{t}.x"),
-                50,
-                Err(TokenError::Malformed),
-            ),
-            ("empty", String::new(), 50, Err(TokenError::Malformed)),
+        let other_key = Signer::new(b"k2").issue(&claims(100));
+        let tampered = with_other_signature(&t);
+        let not_base64 = format!("{signed}.!!");
+        let four_parts = format!("{t}.x");
+        let ok = Ok(claims(100));
+        let cases: &[(&str, &str, i64, Result<Claims, TokenError>)] = &[
+            ("valid", &t, 50, ok.clone()),
+            ("one second before exp", &t, 99, ok),
+            ("expired at exactly exp", &t, 100, Err(Expired)),
+            ("after exp", &t, 101, Err(Expired)),
+            ("another key", &other_key, 50, Err(Signature)),
+            ("tampered signature", &tampered, 50, Err(Signature)),
+            ("expired and tampered", &tampered, 100, Err(Signature)),
+            ("signature not base64", &not_base64, 50, Err(Malformed)),
+            ("four parts", &four_parts, 50, Err(Malformed)),
+            ("empty", "", 50, Err(Malformed)),
         ];
         for (what, token, now, want) in cases {
-            assert_eq!(s.verify(&token, now), want, "{what}");
+            assert_eq!(&s.verify(token, *now), want, "{what}");
         }
     }
 
