@@ -232,6 +232,7 @@ async fn read_markers_reach_the_sender_and_the_readers_other_devices_unless_priv
         )
         .await
         .unwrap();
+    // The tablet hears of the private marker (seq 3), after any earlier ones.
     while read_marker(&mut tablet, "u/bob/c/d.alice.bob/r").await["seq"] != 3 {}
     alice
         .publishes_within(Duration::from_millis(1500), |p| {
