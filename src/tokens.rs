@@ -159,6 +159,41 @@ mod tests {
         assert!(!looks_like_jwt("hunter2"));
     }
 
+    /// `token` with the first character of its signature changed (still base64url).
+    fn with_other_signature(token: &str) -> String {
+        let (signed, sig) = token.rsplit_once('.').expect("three parts");
+        let first = if sig.starts_with('A') { 'B' } else { 'A' };
+        format!("{signed}.{first}{}", &sig[1..])
+    }
+
+    #[test]
+    fn access_token_table() {
+        use TokenError::{Expired, Malformed, Signature};
+        let s = Signer::new(b"k1");
+        let t = s.issue(&claims(100));
+        let (signed, _) = t.rsplit_once('.').expect("three parts");
+        let other_key = Signer::new(b"k2").issue(&claims(100));
+        let tampered = with_other_signature(&t);
+        let not_base64 = format!("{signed}.!!");
+        let four_parts = format!("{t}.x");
+        let ok = Ok(claims(100));
+        let cases: &[(&str, &str, i64, Result<Claims, TokenError>)] = &[
+            ("valid", &t, 50, ok.clone()),
+            ("one second before exp", &t, 99, ok),
+            ("expired at exactly exp", &t, 100, Err(Expired)),
+            ("after exp", &t, 101, Err(Expired)),
+            ("another key", &other_key, 50, Err(Signature)),
+            ("tampered signature", &tampered, 50, Err(Signature)),
+            ("expired and tampered", &tampered, 100, Err(Signature)),
+            ("signature not base64", &not_base64, 50, Err(Malformed)),
+            ("four parts", &four_parts, 50, Err(Malformed)),
+            ("empty", "", 50, Err(Malformed)),
+        ];
+        for (what, token, now, want) in cases {
+            assert_eq!(&s.verify(token, *now), want, "{what}");
+        }
+    }
+
     #[test]
     fn refresh_tokens_are_random_and_hashed() {
         let a = new_refresh_token();

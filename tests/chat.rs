@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::chat::*;
 use common::clients::{v4, v5};
-use common::TestServer;
+use common::mosquitto::{publish_ok, run, Sub};
+use common::{eventually, TestServer};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -218,27 +218,18 @@ async fn a_group_joined_later_arrives_on_the_same_subscription_and_leaving_stops
         json!({"conv": "g.later", "user": "bob"}),
     )
     .await;
-    loop {
-        let event = publish_on(&mut bob, "u/bob/events").await;
-        let event: Value = serde_json::from_slice(&event.payload).unwrap();
-        if event["type"] == "member_removed" {
-            assert_eq!(event["conv"], "g.later");
-            break;
-        }
-    }
+    let event = event_of(&mut bob, "bob", "member_removed").await;
+    assert_eq!(event["conv"], "g.later");
     alice
         .client
         .publish("c/g.later/m", QoS::AtLeastOnce, false, "secret")
         .await
         .unwrap();
     // Skip the events still in flight; no message may arrive.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(600);
-    while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout_at(deadline, bob.publish()).await {
-            Ok(p) => assert!(p.topic.ends_with(b"/events"), "after removal Bob got {p:?}"),
-            Err(_) => break,
-        }
-    }
+    bob.publishes_within(Duration::from_millis(600), |p| {
+        assert!(p.topic.ends_with(b"/events"), "after removal Bob got {p:?}")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -397,22 +388,7 @@ async fn logins_client_ids_and_limits() {
 #[tokio::test]
 async fn the_cli_manages_accounts_while_the_server_runs() {
     let server = TestServer::start_with_users(USERS, |_| {});
-    let natter = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_natter"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(server.dir.path().join("data"))
-            .env("NATTER_AUTH_PBKDF2_ITERATIONS", "1000")
-            .output()
-            .expect("run natter");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let out = natter(&["user", "add", "carol"]);
+    let out = server.natter(&["user", "add", "carol"]);
     let generated = out.trim().rsplit(' ').next().unwrap().to_string();
     assert_eq!(generated.len(), 16, "{out}");
 
@@ -434,17 +410,17 @@ async fn the_cli_manages_accounts_while_the_server_runs() {
     );
 
     // A group made from the CLI reaches Alice's stream as an event.
-    let conv = natter(&[
+    let conv = server.natter(&[
         "conv", "create", "--owner", "alice", "--id", "ops", "--member", "carol",
     ]);
     assert_eq!(conv.trim(), "g.ops");
     let event = publish_on(&mut alice, "u/alice/events").await;
     let event: Value = serde_json::from_slice(&event.payload).unwrap();
     assert_eq!(event["conv"], "g.ops");
-    assert!(natter(&["user", "list"]).contains("carol"));
+    assert!(server.natter(&["user", "list"]).contains("carol"));
 
     // Removing Carol closes her connection with DISCONNECT 0x98 (administrative action).
-    natter(&["user", "remove", "carol"]);
+    server.natter(&["user", "remove", "carol"]);
     let e = carol.ended().await;
     assert!(e.0.contains("AdministrativeAction"), "{e:?}");
 }
@@ -452,48 +428,18 @@ async fn the_cli_manages_accounts_while_the_server_runs() {
 #[test]
 fn mosquitto_clients_chat_with_passwords() {
     let server = TestServer::start_with_users(USERS, |_| {});
-    let port = server.port().to_string();
-    let mut sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "bob",
-            "-P",
-            "pw-b",
-            "-i",
-            "bob.cli",
-        ])
-        .args(["-t", "u/bob/#", "-q", "1", "-C", "1", "-W", "10", "-v"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub (apt-get install mosquitto-clients)");
-    // Publish until the subscriber has one (it may not be subscribed yet at first).
-    let mut sent = 0;
-    while sent < 40 {
-        let status = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-u", "alice", "-P", "pw-a"])
-            .args([
-                "-t",
-                "c/d.alice.bob/m",
-                "-m",
-                "hi from the shell",
-                "-q",
-                "1",
-            ])
-            .status()
-            .expect("mosquitto_pub");
-        assert!(status.success());
-        sent += 1;
-        std::thread::sleep(Duration::from_millis(100));
-        if sub.try_wait().unwrap().is_some() {
-            break;
-        }
-    }
-    let out = sub.wait_with_output().unwrap();
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let port = server.port();
+    let sub = Sub::subscribed(
+        port,
+        "-u bob -P pw-b -i bob.cli -t u/bob/# -q 1 -C 1 -v",
+        "1",
+    );
+    publish_ok(
+        port,
+        "-u alice -P pw-a -t c/d.alice.bob/m -m 'hi from the shell'",
+    );
+    let out = sub.finish();
+    let line = out.messages().join("\n");
     let (topic, envelope) = line.split_once(' ').expect("topic and payload");
     assert_eq!(topic, "u/bob/c/d.alice.bob/m");
     let envelope: Value = serde_json::from_str(envelope).unwrap();
@@ -501,27 +447,8 @@ fn mosquitto_clients_chat_with_passwords() {
     assert_eq!(envelope["from"], "alice");
 
     // A wrong password is "not authorised", not a reset.
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "alice",
-            "-P",
-            "wrong",
-            "-t",
-            "x",
-            "-m",
-            "x",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not authorised"),
-        "{out:?}"
-    );
+    let out = run("mosquitto_pub", port, "-u alice -P wrong -t x -m x");
+    assert!(out.stderr.contains("not authorised"), "{out:?}");
 }
 
 #[tokio::test]
@@ -542,11 +469,11 @@ async fn a_user_created_again_under_a_removed_id_inherits_nothing() {
     // noticed the new conversation).
     let reply = request(&mut bob, "bob", "history", json!({"conv": "d.alice.bob"})).await;
     assert_eq!(reply["messages"].as_array().unwrap().len(), 1, "{reply}");
-    let deadline = std::time::Instant::now() + common::WAIT;
-    while subscribe(&mut bob, "p/alice").await != SubscribeReasonCode::Success(QoS::AtLeastOnce) {
-        assert!(std::time::Instant::now() < deadline, "no presence contact");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(common::WAIT, "a presence contact", async || {
+        let code = subscribe(&mut bob, "p/alice").await;
+        (code == SubscribeReasonCode::Success(QoS::AtLeastOnce)).then_some(())
+    })
+    .await;
 
     // `natter user remove bob`: his connection closes once the server has reloaded.
     assert!(server.store().remove_user("bob").unwrap());
@@ -600,10 +527,10 @@ async fn a_block_also_keeps_the_blocked_user_out_of_groups_and_presence() {
     subscribe(&mut alice, "p/+").await;
     publish_on(&mut alice, "p/bob").await;
     subscribe(&mut eve, "p/+").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-    while let Ok(p) = tokio::time::timeout_at(deadline, eve.publish()).await {
-        assert_ne!(p.topic, "p/bob", "the block hides Bob's presence from Eve");
-    }
+    eve.publishes_within(Duration::from_millis(500), |p| {
+        assert_ne!(p.topic, "p/bob", "the block hides Bob's presence from Eve")
+    })
+    .await;
 
     // Nor can Eve pull Bob into a group of hers to write to him there.
     let reply = request(
@@ -822,18 +749,7 @@ async fn natter_user_passwd_replaces_the_password() {
     // The old password works (and the server has verified it once) before the change.
     let (before, _) = v5::Client::connect(opts(&server, "bob", "bob.before")).await;
     before.vanish();
-    let out = Command::new(env!("CARGO_BIN_EXE_natter"))
-        .args(["user", "passwd", "bob", "--password", "new-pw-b"])
-        .arg("--data-dir")
-        .arg(server.dir.path().join("data"))
-        .env("NATTER_AUTH_PBKDF2_ITERATIONS", "1000")
-        .output()
-        .expect("run natter");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.natter(&["user", "passwd", "bob", "--password", "new-pw-b"]);
     let (_c, r) = v5::Client::try_connect(opts(&server, "bob", "bob.old")).await;
     let err = r.expect_err("the old password is refused");
     assert!(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{RawClient, ServerProcess};
+use common::{poll_until, RawClient, ServerProcess};
 use natter::store::Store;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
@@ -76,10 +76,8 @@ async fn acknowledged_messages_survive_kill_9() {
         .map(|n| tokio::spawn(publish_until_killed(server.mqtt, n, acked.clone())))
         .collect();
     // Let the stream get going, then pull the plug mid-stream.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while acked.lock().unwrap().len() < 600 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let going = async || (acked.lock().unwrap().len() >= 600).then_some(());
+    poll_until(Duration::from_secs(10), going).await;
     server.kill();
     for p in publishers {
         p.await.unwrap();

@@ -6,95 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::clients::v5;
-use common::TestServer;
+use common::http::Api;
+use common::{eventually, TestServer};
 use reqwest::StatusCode;
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(server: &TestServer) -> Api {
-        Api {
-            base: format!("http://{}", server.http),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.expect("HTTP request");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body))
-            .await
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, Some(token), None)
-            .await
-    }
-
-    /// Registers and logs in; returns the login reply.
-    async fn account(&self, user: &str, device: &str) -> Value {
-        let (s, _) = self
-            .post(
-                "/api/v1/register",
-                None,
-                json!({"user": user, "password": "correct horse"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED);
-        self.login(user, device).await
-    }
-
-    /// Logs in as `device` of an account made by `account`; returns the login reply.
-    async fn login(&self, user: &str, device: &str) -> Value {
-        let (s, login) = self
-            .post(
-                "/api/v1/login",
-                None,
-                json!({"user": user, "password": "correct horse", "device": device}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{login}");
-        login
-    }
-
-    /// Revokes `device` with the access token of the login reply `by`.
-    async fn revoke(&self, by: &Value, device: &str) {
-        let (s, body) = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/api/v1/devices/{device}"),
-                by["access_token"].as_str(),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::NO_CONTENT, "revoking {device}: {body}");
-    }
-}
 
 fn mqtt_with_token(server: &TestServer, login: &Value) -> v5::MqttOptions {
     let mut o = v5::MqttOptions::new(
@@ -225,6 +141,32 @@ async fn bad_tokens_are_refused_on_http_and_at_connect() {
     o.set_credentials("bob", good.as_str());
     let (_c, r) = v5::Client::try_connect(o).await;
     assert!(r.is_err());
+}
+
+#[test]
+fn refresh_tokens_expire_at_their_second_with_an_injected_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = natter::store::Store::open(dir.path()).unwrap();
+    let hash = natter::password::hash("pw", 1000).unwrap();
+    store.add_user("alice", &hash).unwrap();
+    store.upsert_device("alice", "phone").unwrap();
+    for (what, now, valid) in [
+        ("long before", 0, true),
+        ("one second before", 99, true),
+        ("at exactly its expiry", 100, false),
+        ("after", 101, false),
+    ] {
+        let token = natter::tokens::new_refresh_token();
+        let hash = natter::tokens::hash_refresh_token(&token);
+        store
+            .add_refresh_token(&hash, "alice", "phone", 100)
+            .unwrap();
+        let taken = store.take_refresh_token(&hash, now).unwrap();
+        let want = valid.then(|| ("alice".to_string(), "phone".to_string()));
+        assert_eq!(taken, want, "{what}");
+        let again = store.take_refresh_token(&hash, 0).unwrap();
+        assert_eq!(again, None, "{what}: gone once presented");
+    }
 }
 
 #[tokio::test]
@@ -393,18 +335,11 @@ async fn admin_health_metrics_and_openapi() {
     let (s, _) = api.get("/api/v1/admin/users", &joe).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // The admin flag reaches the running server within a second.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let users = loop {
+    let users = eventually(Duration::from_secs(5), "admin recognised", async || {
         let (s, users) = api.get("/api/v1/admin/users", &root).await;
-        if s == StatusCode::OK {
-            break users;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "admin never recognised"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        (s == StatusCode::OK).then_some(users)
+    })
+    .await;
     assert_eq!(users["users"].as_array().unwrap().len(), 2);
     let (s, clients) = api.get("/api/v1/admin/clients", &root).await;
     assert_eq!(s, StatusCode::OK);

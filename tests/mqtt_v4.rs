@@ -81,12 +81,7 @@ async fn retained_messages_are_set_replaced_and_cleared_only_by_empty_retained()
     // An empty message that is not retained must not clear anything (a rumqttd bug).
     p.publish("r/x", QoS::AtLeastOnce, false, "").await.unwrap();
     // The three PUBACKs: all three are routed before anyone subscribes.
-    let mut acks = 0;
-    while acks < 3 {
-        if let Ok(Incoming::PubAck(_)) = publisher.next().await {
-            acks += 1;
-        }
-    }
+    publisher.pubacks(3).await;
 
     let mut s1 = subscribed(&server, "s1", "r/#", QoS::AtLeastOnce).await;
     let got = s1.publish().await;
@@ -160,12 +155,7 @@ async fn persistent_session_keeps_subscriptions_and_queues_while_away() {
     }
     // Each PUBACK follows its message's hand-over to the router (and that of everything sent
     // before it), and the reconnect below reaches the router after all of them.
-    let mut acked = 0;
-    while acked < 3 {
-        if let Ok(Incoming::PubAck(_)) = publisher.next().await {
-            acked += 1;
-        }
-    }
+    publisher.pubacks(3).await;
 
     let (mut phone, ack) = Client::connect(o).await;
     assert!(matches!(ack, Incoming::ConnAck(a) if a.session_present));
@@ -280,12 +270,7 @@ async fn queued_after_overflow(overflow: natter::config::QueueOverflow) -> Vec<S
     }
     // Each PUBACK follows its message's hand-over to the router, and the reconnect below
     // reaches the router after all of them.
-    let mut acked = 0;
-    while acked < 5 {
-        if let Ok(Incoming::PubAck(_)) = publisher.next().await {
-            acked += 1;
-        }
-    }
+    publisher.pubacks(5).await;
     let (mut away, _) = Client::connect(o).await;
     let mut got = Vec::new();
     for _ in 0..3 {

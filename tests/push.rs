@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::chat::*;
-use common::TestServer;
+use common::{eventually, TestServer};
 use ring::hmac;
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -194,14 +194,15 @@ async fn connected_users_get_no_push_and_gone_endpoints_are_dropped() {
     let gone = next(&mut pushes).await;
     assert!(valid_signature(&gone));
     // 410: unregistered.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !server.store().push_endpoints("bob").unwrap().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "endpoint kept after 410"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the endpoint goes after 410",
+        async || {
+            let endpoints = server.store().push_endpoints("bob").unwrap();
+            endpoints.is_empty().then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -46,6 +46,16 @@ fn json_of(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Value {
     serde_json::from_slice(&p.payload).unwrap()
 }
 
+/// The next read marker on the receipt topic `topic`, skipping delivered receipts.
+async fn read_marker(c: &mut v5::Client, topic: &str) -> Value {
+    loop {
+        let r = json_of(&publish_on(c, topic).await);
+        if r["type"] == "read" {
+            return r;
+        }
+    }
+}
+
 #[tokio::test]
 async fn delivered_only_after_the_recipient_device_acknowledges() {
     let server = TestServer::start_with_users(USERS, |_| {});
@@ -60,16 +70,14 @@ async fn delivered_only_after_the_recipient_device_acknowledges() {
         .unwrap();
     let delivered = bob.publish().await;
     // Bob's device has not acknowledged: no receipt, even after a few batching intervals.
-    let quiet = Instant::now() + Duration::from_millis(2500);
-    while Instant::now() < quiet {
-        match tokio::time::timeout_at(quiet.into(), alice.publish()).await {
-            Ok(p) => assert_ne!(
+    alice
+        .publishes_within(Duration::from_millis(2500), |p| {
+            assert_ne!(
                 p.topic, "u/alice/c/d.alice.bob/r",
                 "receipt before any PUBACK: {p:?}"
-            ),
-            Err(_) => break,
-        }
-    }
+            )
+        })
+        .await;
     bob.send(Packet::PubAck(PubAck::new(delivered.pkid, None)))
         .await;
     let receipt = json_of(&publish_on(&mut alice, "u/alice/c/d.alice.bob/r").await);
@@ -104,7 +112,8 @@ async fn a_server_without_delivery_receipts_records_and_sends_none() {
     bob.send(Packet::PubAck(PubAck::new(delivered.pkid, None)))
         .await;
     // Read markers still work; they are the next thing on the receipt topic, no delivered
-    // receipt before them (many batching intervals later).
+    // receipt before them (many batching intervals later: time is what this waits for, as a
+    // receipt that never comes has no event to wait on).
     tokio::time::sleep(Duration::from_millis(1000)).await;
     bob.send(Packet::Publish(Publish::new(
         "c/d.alice.bob/r",
@@ -163,13 +172,14 @@ async fn receipts_for_many_acknowledgements_are_batched_into_one_event() {
     // Out at the next batching tick (up to one interval away), then stored and routed.
     assert!(acked.elapsed() <= interval * 2, "{:?}", acked.elapsed());
     // Nothing more acknowledged: no further receipt, however many intervals pass.
-    let quiet = Instant::now() + interval * 3;
-    while let Ok(p) = tokio::time::timeout_at(quiet.into(), alice.publish()).await {
-        assert_ne!(
-            p.topic, "u/alice/c/d.alice.bob/r",
-            "a second receipt: {p:?}"
-        );
-    }
+    alice
+        .publishes_within(interval * 3, |p| {
+            assert_ne!(
+                p.topic, "u/alice/c/d.alice.bob/r",
+                "a second receipt: {p:?}"
+            )
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -201,20 +211,14 @@ async fn read_markers_reach_the_sender_and_the_readers_other_devices_unless_priv
         .await
         .unwrap();
     let want = json!({"type": "read", "conv": "d.alice.bob", "user": "bob", "seq": 2});
-    loop {
-        let r = json_of(&publish_on(&mut alice, "u/alice/c/d.alice.bob/r").await);
-        if r["type"] == "read" {
-            assert_eq!(r, want);
-            break;
-        }
-    }
-    loop {
-        let r = json_of(&publish_on(&mut tablet, "u/bob/c/d.alice.bob/r").await);
-        if r["type"] == "read" {
-            assert_eq!(r, want);
-            break;
-        }
-    }
+    assert_eq!(
+        read_marker(&mut alice, "u/alice/c/d.alice.bob/r").await,
+        want
+    );
+    assert_eq!(
+        read_marker(&mut tablet, "u/bob/c/d.alice.bob/r").await,
+        want
+    );
     let reply = request(&mut bob, "bob", "conversations", json!({})).await;
     assert_eq!(reply["conversations"][0]["unread"], 1, "{reply}");
 
@@ -228,22 +232,19 @@ async fn read_markers_reach_the_sender_and_the_readers_other_devices_unless_priv
         )
         .await
         .unwrap();
-    loop {
-        let r = json_of(&publish_on(&mut tablet, "u/bob/c/d.alice.bob/r").await);
-        if r["type"] == "read" && r["seq"] == 3 {
-            break;
-        }
-    }
-    let quiet = Instant::now() + Duration::from_millis(1500);
-    while let Ok(p) = tokio::time::timeout_at(quiet.into(), alice.publish()).await {
-        if p.topic == "u/alice/c/d.alice.bob/r" {
-            assert_ne!(
-                json_of(&p)["type"],
-                "read",
-                "a private read marker reached the sender"
-            );
-        }
-    }
+    // The tablet hears of the private marker (seq 3), after any earlier ones.
+    while read_marker(&mut tablet, "u/bob/c/d.alice.bob/r").await["seq"] != 3 {}
+    alice
+        .publishes_within(Duration::from_millis(1500), |p| {
+            if p.topic == "u/alice/c/d.alice.bob/r" {
+                assert_ne!(
+                    json_of(&p)["type"],
+                    "read",
+                    "a private read marker reached the sender"
+                );
+            }
+        })
+        .await;
     let reply = request(&mut bob, "bob", "sync", json!({"conv": "d.alice.bob"})).await;
     assert_eq!(reply["unread"], 0);
     // Markers never go back.
@@ -371,9 +372,9 @@ async fn non_members_see_neither_presence_nor_typing() {
         json!({"type": "typing", "conv": "d.alice.bob", "user": "alice"})
     );
     // Only one of the three went through (one per second), and Eve saw nothing at all.
-    let quiet = Instant::now() + Duration::from_millis(500);
-    while let Ok(p) = tokio::time::timeout_at(quiet.into(), bob.publish()).await {
-        assert_ne!(p.topic, "u/bob/c/d.alice.bob/t", "typing not rate limited");
-    }
+    bob.publishes_within(Duration::from_millis(500), |p| {
+        assert_ne!(p.topic, "u/bob/c/d.alice.bob/t", "typing not rate limited")
+    })
+    .await;
     eve.no_publish(Duration::from_millis(300)).await;
 }

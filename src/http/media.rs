@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::{blocking, now_secs, status_code_name, ApiError, AppState, AuthUser};
 use crate::media::{MediaError, Upload};
 use crate::store::MediaRow;
+use crate::tokens::Signer;
 
 /// Types shown inline; everything else downloads as an attachment.
 const INLINE: &[&str] = &[
@@ -250,8 +251,7 @@ async fn link(
         return Err(not_found());
     }
     let exp = now_secs() + state.settings.media_link_ttl as i64;
-    let sig = state.signer.mac(&signing_input(&id, &me.user, exp));
-    let query = format!("u={}&exp={exp}&sig={sig}", me.user);
+    let query = Signed::new(&state.signer, &id, &me.user, exp).query();
     Ok(Json(json!({
         "url": format!("/media/{id}?{query}"),
         "thumbnail_url": row.mime.starts_with("image/").then(|| format!("/media/{id}/thumbnail?{query}")),
@@ -261,6 +261,8 @@ async fn link(
     })))
 }
 
+/// What a signed link carries in its query: the user it was made for, its expiry (seconds
+/// since the epoch) and the signature over both and the media id.
 #[derive(Deserialize)]
 struct Signed {
     u: String,
@@ -268,14 +270,32 @@ struct Signed {
     sig: String,
 }
 
+impl Signed {
+    /// Signs a link to media `id` for `user`, valid until `exp`.
+    fn new(signer: &Signer, id: &str, user: &str, exp: i64) -> Signed {
+        Signed {
+            u: user.to_string(),
+            exp,
+            sig: signer.mac(&signing_input(id, user, exp)),
+        }
+    }
+
+    /// The link's query string.
+    fn query(&self) -> String {
+        format!("u={}&exp={}&sig={}", self.u, self.exp, self.sig)
+    }
+
+    /// Whether the signature is good for media `id` and the link is still valid at `now`
+    /// (seconds since the epoch): it is expired from the second `exp` on.
+    fn valid(&self, signer: &Signer, id: &str, now: i64) -> bool {
+        signer.verify_mac(&signing_input(id, &self.u, self.exp), &self.sig) && self.exp > now
+    }
+}
+
 /// Checks a signed link: signature, expiry, and that the user may still see the media.
 async fn check_link(state: &Arc<AppState>, id: &str, q: &Signed) -> Result<MediaRow, ApiError> {
     let forbidden = || ApiError::new(StatusCode::FORBIDDEN, "bad_link", "invalid or expired link");
-    if !state
-        .signer
-        .verify_mac(&signing_input(id, &q.u, q.exp), &q.sig)
-        || q.exp <= now_secs()
-    {
+    if !q.valid(&state.signer, id, now_secs()) {
         return Err(forbidden());
     }
     let row = find(state, id).await?;
@@ -331,34 +351,54 @@ async fn serve_file(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(r) => match parse_range(r, size) {
+        Some(value) => match parse_range(value, size) {
             Some(range) => Some(range),
-            None => {
-                return Ok((
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-                )
-                    .into_response())
-            }
+            None => return Ok(unsatisfiable(size)),
         },
         None => None,
     };
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(MediaError::from)?;
     let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
     let len = if size == 0 { 0 } else { end - start + 1 };
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(MediaError::from)?;
-    let stream = tokio_util::io::ReaderStream::new(file.take(len));
-    let mut response = Response::new(RawBody::from_stream(stream));
+    let mut response = Response::new(read_span(path, start, len).await?);
     *response.status_mut() = if range.is_some() {
         StatusCode::PARTIAL_CONTENT
     } else {
         StatusCode::OK
     };
     let h = response.headers_mut();
+    content_headers(h, mime, len);
+    if range.is_some() {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(response)
+}
+
+/// The 416 answer to a range a file of `size` bytes cannot satisfy.
+fn unsatisfiable(size: u64) -> Response {
+    (
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+    )
+        .into_response()
+}
+
+/// A body streaming `len` bytes of the file at `path` from offset `start`.
+async fn read_span(path: &std::path::Path, start: u64, len: u64) -> Result<RawBody, ApiError> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(MediaError::from)?;
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(MediaError::from)?;
+    let stream = tokio_util::io::ReaderStream::new(file.take(len));
+    Ok(RawBody::from_stream(stream))
+}
+
+/// The headers every download carries: its type (inert types inline, everything else an
+/// attachment), length, range support and `nosniff`.
+fn content_headers(h: &mut HeaderMap, mime: &str, len: u64) {
     let inline = INLINE.contains(&mime);
     let content_type = if inline {
         mime
@@ -380,12 +420,6 @@ async fn serve_file(
         header::CONTENT_DISPOSITION,
         HeaderValue::from_static(if inline { "inline" } else { "attachment" }),
     );
-    if range.is_some() {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
-    }
-    Ok(response)
 }
 
 /// One `bytes=` range within `size`; `None` when it cannot be satisfied.
@@ -411,7 +445,47 @@ fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, Signed};
+    use crate::tokens::Signer;
+
+    #[test]
+    fn signed_links_table() {
+        let signer = Signer::new(b"media key");
+        let good = Signed::new(&signer, "m1", "alice", 100).sig;
+        let first = if good.starts_with('A') { "B" } else { "A" };
+        let tampered = format!("{first}{}", &good[1..]);
+        let other_key = Signed::new(&Signer::new(b"other"), "m1", "alice", 100).sig;
+        // (case, the link's user, exp and sig, the media id asked for, now, valid)
+        let cases: &[(&str, &str, i64, &str, &str, i64, bool)] = &[
+            ("valid", "alice", 100, &good, "m1", 50, true),
+            ("one second before exp", "alice", 100, &good, "m1", 99, true),
+            ("expired at exp", "alice", 100, &good, "m1", 100, false),
+            ("after exp", "alice", 100, &good, "m1", 101, false),
+            ("wrong media id", "alice", 100, &good, "m2", 50, false),
+            ("another user", "bob", 100, &good, "m1", 50, false),
+            ("stretched expiry", "alice", 200, &good, "m1", 150, false),
+            ("tampered sig", "alice", 100, &tampered, "m1", 50, false),
+            ("another key", "alice", 100, &other_key, "m1", 50, false),
+            ("not base64", "alice", 100, "not base64!", "m1", 50, false),
+            ("empty signature", "alice", 100, "", "m1", 50, false),
+        ];
+        for &(what, user, exp, sig, id, now, want) in cases {
+            let link = Signed {
+                u: user.to_string(),
+                exp,
+                sig: sig.to_string(),
+            };
+            assert_eq!(link.valid(&signer, id, now), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn link_query_carries_user_expiry_and_signature() {
+        let signer = Signer::new(b"media key");
+        let link = Signed::new(&signer, "m1", "alice", 100);
+        assert_eq!(link.query(), format!("u=alice&exp=100&sig={}", link.sig));
+        assert_eq!(link.sig, signer.mac("media|m1|alice|100"));
+    }
 
     #[test]
     fn ranges_table() {

@@ -99,6 +99,18 @@ macro_rules! test_client {
                     }
                 }
 
+                /// Waits for `n` PUBACKs, skipping other packets; panics if the connection ends.
+                pub async fn pubacks(&mut self, n: usize) {
+                    let mut acked = 0;
+                    while acked < n {
+                        match self.next().await {
+                            Ok(Incoming::PubAck(_)) => acked += 1,
+                            Ok(_) => {}
+                            Err(e) => panic!("connection ended while waiting for PUBACKs: {e:?}"),
+                        }
+                    }
+                }
+
                 /// Waits for the SUBACK of the latest SUBSCRIBE.
                 pub async fn suback(&mut self) -> Incoming {
                     loop {
@@ -107,6 +119,15 @@ macro_rules! test_client {
                             Ok(_) => continue,
                             Err(e) => panic!("connection ended while waiting for SUBACK: {e:?}"),
                         }
+                    }
+                }
+
+                /// Hands every PUBLISH that arrives within `window` to `each`, which asserts
+                /// that it is not one that must stay away.
+                pub async fn publishes_within(&mut self, window: Duration, mut each: impl FnMut($publish)) {
+                    let deadline = tokio::time::Instant::now() + window;
+                    while let Ok(p) = tokio::time::timeout_at(deadline, self.publish()).await {
+                        each(p);
                     }
                 }
 

@@ -1,7 +1,10 @@
 //! The one way tests start natter: a real server on ephemeral ports with a temporary data
-//! directory, running on its own runtime thread, stopped when the guard drops. Plus small
-//! helpers shared by the integration tests: a raw MQTT client for exact packet-level checks,
-//! and TLS material generated per test.
+//! directory, running on its own runtime thread, stopped when the guard drops, with TLS
+//! material generated per test. The other helpers shared by the integration tests live in
+//! the submodules: waiting for events (`wait`), a raw MQTT client for exact packet-level checks
+//! (`raw`), rumqttc clients (`clients`), chat requests (`chat`), the HTTP API (`http`), the
+//! mosquitto command-line clients (`mosquitto`) and the `natter` binary as a process
+//! (`process`).
 
 #![allow(dead_code)]
 
@@ -9,22 +12,28 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use bytes::BytesMut;
 use natter::config::Config;
 use natter::edge::Kind;
 use natter::server::{self, Listeners};
 use natter::store::Store;
-use rumqttc::v5::mqttbytes::v5::{
-    Connect, ConnectProperties, ConnectReturnCode, Login, Packet, Publish,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// How long a test waits for something that should happen promptly.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub mod chat;
+pub mod clients;
+pub mod http;
+pub mod mosquitto;
+pub mod process;
+pub mod raw;
+pub mod wait;
+
+// Each test binary uses some of these, none uses all.
+#[allow(unused_imports)]
+pub use process::ServerProcess;
+#[allow(unused_imports)]
+pub use raw::RawClient;
+#[allow(unused_imports)]
+pub use wait::{eventually, poll_until, WAIT};
 
 /// Password hashing in tests: cheap (production uses 600,000 iterations).
 const TEST_ITERATIONS: u32 = 1000;
@@ -162,6 +171,24 @@ impl TestServer {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Runs the `natter` command line on this server's data directory (as an operator would
+    /// while it runs); asserts it succeeds and returns its stdout.
+    pub fn natter(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .env("NATTER_AUTH_PBKDF2_ITERATIONS", TEST_ITERATIONS.to_string())
+            .output()
+            .expect("run natter");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
 }
 
 impl Drop for TestServer {
@@ -184,208 +211,4 @@ fn make_certificates() -> (String, String, String) {
         .push(SanType::IpAddress([127, 0, 0, 1].into()));
     let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
     (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
-/// A bare MQTT 5.0 client over TCP for packet-exact tests: it sends what it is told and returns
-/// what arrives, with no automatic acknowledgements, retries or reconnects.
-pub struct RawClient {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl RawClient {
-    pub async fn connect(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).await.expect("tcp connect");
-        RawClient {
-            stream,
-            buf: BytesMut::new(),
-        }
-    }
-
-    /// Connects and logs in (clean start, no CONNECT properties beyond the defaults); asserts
-    /// the CONNACK says Success.
-    pub async fn login(
-        addr: SocketAddr,
-        user: &str,
-        password: &str,
-        client_id: &str,
-        keep_alive: u16,
-    ) -> RawClient {
-        let mut c = RawClient::connect(addr).await;
-        c.send(Packet::Connect(
-            Connect {
-                keep_alive,
-                client_id: client_id.into(),
-                clean_start: true,
-                properties: Some(ConnectProperties::new()),
-            },
-            None,
-            Some(Login::new(user, password)),
-        ))
-        .await;
-        match c.recv().await {
-            Some(Packet::ConnAck(a)) => assert_eq!(
-                a.code,
-                ConnectReturnCode::Success,
-                "login of {client_id} as {user}: {a:?}"
-            ),
-            other => panic!("no CONNACK for {client_id}: {other:?}"),
-        }
-        c
-    }
-
-    pub async fn send(&mut self, packet: Packet) {
-        self.try_send(packet).await.expect("write");
-    }
-
-    /// Sends `packet`, reporting a write error (the server went away) instead of panicking.
-    pub async fn try_send(&mut self, packet: Packet) -> std::io::Result<()> {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, None).expect("encode");
-        self.stream.write_all(&out).await
-    }
-
-    pub async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-    }
-
-    /// The next packet, or `None` if the server closed the connection.
-    pub async fn recv(&mut self) -> Option<Packet> {
-        self.recv_within(WAIT)
-            .await
-            .expect("timed out waiting for a packet")
-    }
-
-    /// The next packet, `None` if the server closed the connection, or `Err` if nothing came
-    /// within `wait` (for callers to whom silence is an answer, not a failure).
-    pub async fn recv_within(
-        &mut self,
-        wait: Duration,
-    ) -> Result<Option<Packet>, tokio::time::error::Elapsed> {
-        tokio::time::timeout(wait, async {
-            loop {
-                match Packet::read(&mut self.buf, None) {
-                    Ok(p) => return Some(p),
-                    Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
-                    Err(e) => panic!("undecodable packet from server: {e}"),
-                }
-                let n = self.stream.read_buf(&mut self.buf).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-            }
-        })
-        .await
-    }
-
-    /// The next PUBLISH, skipping other packets and acknowledging nothing; panics if the
-    /// connection closes first.
-    pub async fn publish(&mut self) -> Publish {
-        loop {
-            match self.recv().await {
-                Some(Packet::Publish(p)) => return p,
-                Some(_) => continue,
-                None => panic!("the connection closed while waiting for a PUBLISH"),
-            }
-        }
-    }
-
-    /// Waits for the server to close the connection, skipping packets; returns the last one.
-    pub async fn closed(&mut self) -> Option<Packet> {
-        let mut last = None;
-        while let Some(p) = self.recv().await {
-            last = Some(p);
-        }
-        last
-    }
-
-    /// Drops the socket without DISCONNECT (an abrupt loss, as after `kill -9`).
-    pub fn vanish(self) {
-        drop(self.stream);
-    }
-}
-
-pub mod chat;
-pub mod clients;
-
-/// The real `natter serve` process, for tests that must kill it (`kill -9`) and start it again
-/// on the same data directory. Listens on ephemeral ports; the address comes from its log.
-pub struct ServerProcess {
-    child: std::process::Child,
-    pub mqtt: SocketAddr,
-}
-
-impl ServerProcess {
-    pub fn start(data_dir: &std::path::Path) -> ServerProcess {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
-            .args(["serve", "--mqtt", "127.0.0.1:0", "--ws", "", "--http", ""])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("NATTER_LOG_FORMAT", "json")
-            .env("NATTER_LOG_LEVEL", "info")
-            .env("NATTER_AUTH_PBKDF2_ITERATIONS", TEST_ITERATIONS.to_string())
-            .env("NATTER_LIMITS_PUBLISH_RATE", "0")
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start natter");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mqtt = loop {
-            let line = lines
-                .next()
-                .expect("natter exited before listening")
-                .expect("read log");
-            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let fields = &entry["fields"];
-            if fields["message"] == "listening" && fields["kind"] == "Tcp" {
-                break fields["addr"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .expect("listen address");
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        ServerProcess { child, mqtt }
-    }
-
-    /// SIGTERM, as an operator or a service manager stops it.
-    pub fn terminate(&self) {
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Waits (up to twice `WAIT`) for the process to exit on its own.
-    pub fn wait(mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + 2 * WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for natter") {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "natter did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: no shutdown, no flush, nothing.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod validate;
+
 /// The default configuration, compiled in.
-pub const DEFAULT_TOML: &str = include_str!("../config/natter.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/natter.toml");
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "NATTER_";
@@ -276,106 +278,6 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let m = &self.mqtt;
-        addr("mqtt.listen", &m.listen, false)?;
-        addr("mqtt.ws_listen", &m.ws_listen, true)?;
-        addr("mqtt.tls_listen", &m.tls_listen, true)?;
-        addr("mqtt.wss_listen", &m.wss_listen, true)?;
-        addr("http.listen", &self.http.listen, true)?;
-        if m.handshake_timeout_secs == 0 {
-            return Err(invalid("mqtt.handshake_timeout_secs", "must be at least 1"));
-        }
-        // 2 (fixed header) + the largest remaining length MQTT can encode.
-        if !(16..=268_435_460).contains(&m.max_packet_size) {
-            return Err(invalid(
-                "mqtt.max_packet_size",
-                "must be between 16 and 268435460 bytes",
-            ));
-        }
-        if m.receive_maximum == 0 {
-            return Err(invalid("mqtt.receive_maximum", "must be at least 1"));
-        }
-        if m.max_inflight == 0 {
-            return Err(invalid("mqtt.max_inflight", "must be at least 1"));
-        }
-        if m.max_client_id_len == 0 {
-            return Err(invalid("mqtt.max_client_id_len", "must be at least 1"));
-        }
-        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
-            return Err(invalid("tls", "set both cert and key, or neither"));
-        }
-        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
-            if !path.is_empty() && !Path::new(path).is_file() {
-                return Err(invalid(key, format!("{path} is not a readable file")));
-            }
-        }
-        if !self.auth.acl_file.is_empty() && !Path::new(&self.auth.acl_file).is_file() {
-            return Err(invalid(
-                "auth.acl_file",
-                format!("{} is not a readable file", self.auth.acl_file),
-            ));
-        }
-        if self.auth.pbkdf2_iterations == 0 {
-            return Err(invalid("auth.pbkdf2_iterations", "must be at least 1"));
-        }
-        if self.auth.max_concurrent_logins == 0 {
-            return Err(invalid("auth.max_concurrent_logins", "must be at least 1"));
-        }
-        if self.limits.publish_rate > 0 && self.limits.publish_burst == 0 {
-            return Err(invalid(
-                "limits.publish_burst",
-                "must be at least 1 when publish_rate is set",
-            ));
-        }
-        if self.http.access_token_secs == 0 {
-            return Err(invalid("http.access_token_secs", "must be at least 1"));
-        }
-        if self.http.login_attempts_per_minute == 0 {
-            return Err(invalid(
-                "http.login_attempts_per_minute",
-                "must be at least 1",
-            ));
-        }
-        if self.media.max_upload_bytes == 0 || self.media.thumbnail_px == 0 {
-            return Err(invalid(
-                "media",
-                "max_upload_bytes and thumbnail_px must be at least 1",
-            ));
-        }
-        if self.push.max_attempts == 0 {
-            return Err(invalid("push.max_attempts", "must be at least 1"));
-        }
-        if self.push.timeout_secs == 0 {
-            return Err(invalid("push.timeout_secs", "must be at least 1"));
-        }
-        if self.chat.receipt_interval_ms == 0 {
-            return Err(invalid("chat.receipt_interval_ms", "must be at least 1"));
-        }
-        if self.storage.retention_interval_secs == 0 {
-            return Err(invalid(
-                "storage.retention_interval_secs",
-                "must be at least 1",
-            ));
-        }
-        if !(1..=3600).contains(&self.storage.commit_retry_secs) {
-            return Err(invalid(
-                "storage.commit_retry_secs",
-                "must be between 1 and 3600",
-            ));
-        }
-        if self.storage.max_text_bytes == 0 {
-            return Err(invalid("storage.max_text_bytes", "must be at least 1"));
-        }
-        if self.storage.data_dir.as_os_str().is_empty() {
-            return Err(invalid("storage.data_dir", "must not be empty"));
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid("log.level", "not a valid tracing filter"));
-        }
-        Ok(())
-    }
-
     pub fn tls_enabled(&self) -> bool {
         !self.tls.cert.is_empty()
     }
@@ -408,23 +310,6 @@ fn one_line(message: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Parses a listen address; an empty string disables the listener where `optional`.
-fn addr(key: &str, value: &str, optional: bool) -> Result<Option<SocketAddr>, ConfigError> {
-    if value.is_empty() {
-        return if optional {
-            Ok(None)
-        } else {
-            Err(invalid(key, "must be set"))
-        };
-    }
-    value.parse().map(Some).map_err(|_| {
-        invalid(
-            key,
-            format!("`{value}` is not an address like 0.0.0.0:1883"),
-        )
-    })
 }
 
 /// Parses an already validated listen address (`None` when disabled).
