@@ -327,6 +327,7 @@ fn check_event_fields(kind: Kind, d: &Draft) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::refusal::Refusal;
 
     #[test]
     fn formats_are_recognised() {
@@ -373,7 +374,7 @@ mod tests {
         for (payload, message, code) in cases {
             let err = parse(payload, None, *message, 100).unwrap_err();
             assert_eq!(
-                err.code(),
+                Refusal::from(err.clone()).code(),
                 *code,
                 "{:?}: {err}",
                 String::from_utf8_lossy(payload)
