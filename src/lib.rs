@@ -54,6 +54,7 @@ pub mod http;
 pub mod ids;
 pub mod media;
 pub mod password;
+pub mod refusal;
 pub mod router;
 pub mod server;
 pub mod service;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Longest client message id.
 pub const MAX_CID_LEN: usize = 64;
 
+/// Why a client payload is not a valid envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
     #[error("empty message")]
@@ -22,18 +23,40 @@ pub enum EnvelopeError {
     #[error("the payload is neither UTF-8 text, JSON nor MessagePack")]
     Unreadable,
     #[error("{0}")]
-    Invalid(&'static str),
+    Invalid(#[from] Invalid),
 }
 
 impl EnvelopeError {
+    /// A stable machine-readable code; delegates to the table in `crate::refusal`.
     pub fn code(&self) -> &'static str {
-        match self {
-            EnvelopeError::Json(_) | EnvelopeError::MsgPack(_) | EnvelopeError::Unreadable => {
-                "bad_payload"
-            }
-            EnvelopeError::Empty | EnvelopeError::Invalid(_) => "invalid_message",
-        }
+        crate::refusal::Refusal::from(self.clone()).code()
     }
+}
+
+/// A readable draft that breaks a rule of its topic (a message on `c/{conv}/m`, an event on
+/// `c/{conv}/e`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("cid must be 1 to 64 bytes")]
+    CidLength,
+    #[error("text too long")]
+    TextTooLong,
+    #[error("op, target and emoji belong on c/{{conv}}/e")]
+    EventFieldsOnMessage,
+    #[error("at most 16 media ids")]
+    TooManyMedia,
+    #[error("a message needs text (t) or media")]
+    NothingToShow,
+    #[error("op must be edit, delete, react or unreact")]
+    UnknownOp,
+    #[error("target (a sequence number) is required")]
+    NoTarget,
+    #[error("an edit needs text (t)")]
+    EmptyEdit,
+    #[error("a reaction needs an emoji of 1 to 32 bytes")]
+    BadEmoji,
+    #[error("media belong on messages")]
+    MediaOnEvent,
 }
 
 /// An encoding of the envelope.
@@ -213,66 +236,13 @@ fn text(payload: &[u8]) -> Result<Draft, EnvelopeError> {
     })
 }
 
+/// Applies the rules of the draft's topic and turns it into content to store.
 fn validate(d: Draft, message: bool, max_text: usize) -> Result<Content, EnvelopeError> {
-    if d.cid
-        .as_ref()
-        .is_some_and(|c| c.is_empty() || c.len() > MAX_CID_LEN)
-    {
-        return Err(EnvelopeError::Invalid("cid must be 1 to 64 bytes"));
-    }
-    if d.t.as_ref().is_some_and(|t| t.len() > max_text) {
-        return Err(EnvelopeError::Invalid("text too long"));
-    }
+    check_common(&d, max_text)?;
     let kind = if message {
-        if d.op.is_some() || d.target.is_some() || d.emoji.is_some() {
-            return Err(EnvelopeError::Invalid(
-                "op, target and emoji belong on c/{conv}/e",
-            ));
-        }
-        let media = d.media.as_deref().unwrap_or_default();
-        if media.len() > MAX_MEDIA || media.iter().any(|m| m.is_empty() || m.len() > 64) {
-            return Err(EnvelopeError::Invalid("at most 16 media ids"));
-        }
-        if media.is_empty() && d.t.as_deref().is_none_or(|t| t.trim().is_empty()) {
-            return Err(EnvelopeError::Invalid("a message needs text (t) or media"));
-        }
-        Kind::Msg
+        check_message(&d)?
     } else {
-        let kind = match d.op.as_deref() {
-            Some("edit") => Kind::Edit,
-            Some("delete") => Kind::Delete,
-            Some("react") => Kind::React,
-            Some("unreact") => Kind::Unreact,
-            _ => {
-                return Err(EnvelopeError::Invalid(
-                    "op must be edit, delete, react or unreact",
-                ))
-            }
-        };
-        if d.target.is_none() {
-            return Err(EnvelopeError::Invalid(
-                "target (a sequence number) is required",
-            ));
-        }
-        match kind {
-            Kind::Edit if d.t.as_deref().is_none_or(|t| t.trim().is_empty()) => {
-                return Err(EnvelopeError::Invalid("an edit needs text (t)"))
-            }
-            Kind::React | Kind::Unreact
-                if d.emoji
-                    .as_deref()
-                    .is_none_or(|e| e.is_empty() || e.len() > 32) =>
-            {
-                return Err(EnvelopeError::Invalid(
-                    "a reaction needs an emoji of 1 to 32 bytes",
-                ))
-            }
-            _ => {}
-        }
-        if d.media.is_some() {
-            return Err(EnvelopeError::Invalid("media belong on messages"));
-        }
-        kind
+        check_event(&d)?
     };
     Ok(Content {
         kind,
@@ -286,9 +256,78 @@ fn validate(d: Draft, message: bool, max_text: usize) -> Result<Content, Envelop
     })
 }
 
+/// The rules for every draft: the client message id's length and the text's.
+fn check_common(d: &Draft, max_text: usize) -> Result<(), Invalid> {
+    if d.cid
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.len() > MAX_CID_LEN)
+    {
+        return Err(Invalid::CidLength);
+    }
+    if d.t.as_ref().is_some_and(|t| t.len() > max_text) {
+        return Err(Invalid::TextTooLong);
+    }
+    Ok(())
+}
+
+/// The rules for a message on `c/{conv}/m`: no event fields, a few media ids, something to show.
+fn check_message(d: &Draft) -> Result<Kind, Invalid> {
+    if d.op.is_some() || d.target.is_some() || d.emoji.is_some() {
+        return Err(Invalid::EventFieldsOnMessage);
+    }
+    let media = d.media.as_deref().unwrap_or_default();
+    if media.len() > MAX_MEDIA || media.iter().any(|m| m.is_empty() || m.len() > 64) {
+        return Err(Invalid::TooManyMedia);
+    }
+    if media.is_empty() && d.t.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        return Err(Invalid::NothingToShow);
+    }
+    Ok(Kind::Msg)
+}
+
+/// The rules for an event on `c/{conv}/e`: a known op, a target, what the op needs, no media.
+fn check_event(d: &Draft) -> Result<Kind, Invalid> {
+    let kind = event_kind(d.op.as_deref())?;
+    if d.target.is_none() {
+        return Err(Invalid::NoTarget);
+    }
+    check_event_fields(kind, d)?;
+    if d.media.is_some() {
+        return Err(Invalid::MediaOnEvent);
+    }
+    Ok(kind)
+}
+
+/// The kind an event's `op` names.
+fn event_kind(op: Option<&str>) -> Result<Kind, Invalid> {
+    match op {
+        Some("edit") => Ok(Kind::Edit),
+        Some("delete") => Ok(Kind::Delete),
+        Some("react") => Ok(Kind::React),
+        Some("unreact") => Ok(Kind::Unreact),
+        _ => Err(Invalid::UnknownOp),
+    }
+}
+
+/// What each op needs: an edit some text, a reaction an emoji of 1 to 32 bytes.
+fn check_event_fields(kind: Kind, d: &Draft) -> Result<(), Invalid> {
+    match kind {
+        Kind::Edit if d.t.as_deref().is_none_or(|t| t.trim().is_empty()) => Err(Invalid::EmptyEdit),
+        Kind::React | Kind::Unreact
+            if d.emoji
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e.len() > 32) =>
+        {
+            Err(Invalid::BadEmoji)
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::refusal::Refusal;
 
     #[test]
     fn formats_are_recognised() {
@@ -335,13 +374,62 @@ mod tests {
         for (payload, message, code) in cases {
             let err = parse(payload, None, *message, 100).unwrap_err();
             assert_eq!(
-                err.code(),
+                Refusal::from(err.clone()).code(),
                 *code,
                 "{:?}: {err}",
                 String::from_utf8_lossy(payload)
             );
         }
         assert!(parse(&[b'x'; 101], None, true, 100).is_err());
+    }
+
+    #[test]
+    fn rule_breaks_keep_their_messages() {
+        let cases: &[(&[u8], bool, &str)] = &[
+            (
+                b"{\"cid\":\"\",\"t\":\"x\"}",
+                true,
+                "cid must be 1 to 64 bytes",
+            ),
+            (&[b'x'; 101], true, "text too long"),
+            (
+                b"{\"t\":\"x\",\"target\":1}",
+                true,
+                "op, target and emoji belong on c/{conv}/e",
+            ),
+            (b"{\"media\":[\"\"]}", true, "at most 16 media ids"),
+            (b"{\"t\":\" \"}", true, "a message needs text (t) or media"),
+            (
+                b"{\"op\":\"zap\",\"target\":1}",
+                false,
+                "op must be edit, delete, react or unreact",
+            ),
+            (
+                b"{\"op\":\"delete\"}",
+                false,
+                "target (a sequence number) is required",
+            ),
+            (
+                b"{\"op\":\"edit\",\"target\":1}",
+                false,
+                "an edit needs text (t)",
+            ),
+            (
+                b"{\"op\":\"unreact\",\"target\":1,\"emoji\":\"\"}",
+                false,
+                "a reaction needs an emoji of 1 to 32 bytes",
+            ),
+            (
+                b"{\"op\":\"delete\",\"target\":1,\"media\":[]}",
+                false,
+                "media belong on messages",
+            ),
+        ];
+        for (payload, message, text) in cases {
+            let err = parse(payload, None, *message, 100).unwrap_err();
+            assert!(matches!(err, EnvelopeError::Invalid(_)), "{err:?}");
+            assert_eq!(err.to_string(), *text);
+        }
     }
 
     #[test]

@@ -69,19 +69,9 @@ pub enum Denied {
 }
 
 impl Denied {
-    /// A stable machine-readable code.
+    /// A stable machine-readable code; delegates to the table in `crate::refusal`.
     pub fn code(self) -> &'static str {
-        match self {
-            Denied::NotMember => "not_member",
-            Denied::Blocked => "blocked",
-            Denied::ServerOnly => "server_only",
-            Denied::NotYours => "not_yours",
-            Denied::Malformed => "malformed_topic",
-            Denied::Anonymous => "anonymous",
-            Denied::Role => "forbidden_by_role",
-            Denied::NoSuchUser => "no_such_user",
-            Denied::NoSuchConversation => "no_such_conversation",
-        }
+        crate::refusal::Refusal::from(self).code()
     }
 }
 

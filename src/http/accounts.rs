@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{blocking, now_secs, ApiError, AppState, AuthUser, Body};
+use crate::refusal::Refusal;
 use crate::router::Event;
 use crate::tokens::{self, Claims};
 use crate::{password, topics};
@@ -41,11 +42,7 @@ struct Credentials {
 /// of the server's own.
 fn hash_failed(e: password::PasswordError) -> ApiError {
     tracing::error!(error = %e, "password hashing failed in an HTTP request");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
+    ApiError::from(Refusal::Internal)
 }
 
 /// POST /api/v1/register — create an account (when registration is open).
@@ -54,11 +51,7 @@ async fn register(
     Body(c): Body<Credentials>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !state.settings.allow_registration {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "registration_closed",
-            "registration is closed; ask an admin",
-        ));
+        return Err(ApiError::from(Refusal::RegistrationClosed));
     }
     if !topics::valid_id(&c.user) {
         return Err(ApiError::bad_request(
@@ -99,11 +92,8 @@ async fn login(
     Body(c): Body<Credentials>,
 ) -> Result<Json<Value>, ApiError> {
     if !state.allow_login(&[format!("user:{}", c.user), format!("addr:{}", peer.ip())]) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many login attempts; wait a minute",
-        ));
+        return Err(ApiError::from(Refusal::RateLimited)
+            .with_message("too many login attempts; wait a minute"));
     }
     let device = c
         .device
@@ -121,11 +111,7 @@ async fn login(
     })
     .await?;
     if !ok {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-            "wrong user or password",
-        ));
+        return Err(ApiError::from(Refusal::BadCredentials));
     }
     let (u, d) = (c.user.clone(), device.clone());
     blocking(&state, move |s| s.upsert_device(&u, &d)).await?;
@@ -172,11 +158,7 @@ async fn refresh(
     let now = now_secs();
     let found = blocking(&state, move |s| s.take_refresh_token(&hash, now)).await?;
     let Some((user, device)) = found else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_refresh_token",
-            "unknown, used or expired refresh token",
-        ));
+        return Err(ApiError::from(Refusal::BadRefreshToken));
     };
     issue(&state, &user, &device).await.map(Json)
 }
@@ -228,11 +210,7 @@ async fn change_password(
     .await?
     .map_err(hash_failed)?;
     if !changed {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_credentials",
-            "the old password is wrong",
-        ));
+        return Err(ApiError::from(Refusal::WrongPassword));
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -262,11 +240,7 @@ async fn revoke_device(
 ) -> Result<StatusCode, ApiError> {
     let (u, d) = (me.user.clone(), device.clone());
     if !blocking(&state, move |s| s.revoke_device(&u, &d)).await? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such device",
-        ));
+        return Err(ApiError::from(Refusal::NotFound).with_message("no such device"));
     }
     let client = topics::device_client_id(&me.user, &device);
     let _ = state

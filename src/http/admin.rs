@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{blocking, AdminUser, ApiError, AppState};
+use crate::refusal::Refusal;
 use crate::router::Event;
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -46,13 +47,7 @@ async fn clients(
     _admin: AdminUser,
 ) -> Result<Json<Value>, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let unavailable = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is stopping",
-        )
-    };
+    let unavailable = || ApiError::from(Refusal::ShuttingDown);
     state
         .router
         .send(Event::ListClients(tx))
@@ -101,12 +96,6 @@ async fn kick(
             client: client.into(),
         })
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is stopping",
-            )
-        })?;
+        .map_err(|_| ApiError::from(Refusal::ShuttingDown))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -20,8 +20,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{blocking, now_secs, status_code_name, ApiError, AppState, AuthUser};
+use super::{blocking, now_secs, ApiError, AppState, AuthUser};
 use crate::media::{MediaError, Upload};
+use crate::refusal::Refusal;
 use crate::store::MediaRow;
 use crate::tokens::Signer;
 
@@ -48,28 +49,13 @@ pub fn routes() -> Router<Arc<AppState>> {
 impl From<MediaError> for ApiError {
     fn from(e: MediaError) -> ApiError {
         match e {
-            MediaError::TooLarge(max) => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("uploads are limited to {max} bytes"),
-            ),
-            MediaError::NotAnImage => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "not_an_image",
-                "no thumbnail: not an image this server reads",
-            ),
-            MediaError::TooManyPixels => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "image_too_large",
-                "the image has too many pixels to decode",
-            ),
+            MediaError::TooLarge(max) => ApiError::from(Refusal::TooLarge)
+                .with_message(format!("uploads are limited to {max} bytes")),
+            MediaError::NotAnImage => ApiError::from(Refusal::NotAnImage),
+            MediaError::TooManyPixels => ApiError::from(Refusal::ImageTooLarge),
             MediaError::Io(e) => {
                 tracing::error!(error = %e, "media storage failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                ApiError::from(Refusal::Internal)
             }
         }
     }
@@ -81,11 +67,7 @@ async fn limit_for(state: &Arc<AppState>, user: &str) -> Result<u64, ApiError> {
     let used = blocking(state, move |s| s.media_usage(&u)).await?;
     let left = state.settings.media_quota.saturating_sub(used);
     if left == 0 {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "quota_exceeded",
-            "your media quota is used up",
-        ));
+        return Err(ApiError::from(Refusal::QuotaExceeded));
     }
     Ok(left.min(state.settings.max_upload))
 }
@@ -134,16 +116,11 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Form {
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Form, ApiError> {
         match Multipart::from_request(req, state).await {
             Ok(form) => Ok(Form(form)),
-            Err(MultipartRejection::InvalidBoundary(e)) => Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!("{}; use PUT for a raw body", e.body_text()),
-            )),
-            Err(e) => Err(ApiError::new(
-                e.status(),
-                status_code_name(e.status()),
-                e.body_text(),
-            )),
+            Err(MultipartRejection::InvalidBoundary(e)) => {
+                Err(ApiError::from(Refusal::UnsupportedMediaType)
+                    .with_message(format!("{}; use PUT for a raw body", e.body_text())))
+            }
+            Err(e) => Err(ApiError::rejection(e.status(), e.body_text())),
         }
     }
 }
@@ -225,7 +202,7 @@ async fn may_see(state: &Arc<AppState>, user: &str, row: &MediaRow) -> Result<bo
 }
 
 fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such media")
+    ApiError::from(Refusal::NotFound).with_message("no such media")
 }
 
 async fn find(state: &Arc<AppState>, id: &str) -> Result<MediaRow, ApiError> {
@@ -294,7 +271,7 @@ impl Signed {
 
 /// Checks a signed link: signature, expiry, and that the user may still see the media.
 async fn check_link(state: &Arc<AppState>, id: &str, q: &Signed) -> Result<MediaRow, ApiError> {
-    let forbidden = || ApiError::new(StatusCode::FORBIDDEN, "bad_link", "invalid or expired link");
+    let forbidden = || ApiError::from(Refusal::BadLink);
     if !q.valid(&state.signer, id, now_secs()) {
         return Err(forbidden());
     }

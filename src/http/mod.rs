@@ -27,8 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::chat::{Denied, Directory};
+use crate::chat::Directory;
 use crate::media::MediaStore;
+use crate::refusal::Refusal;
 use crate::router::Event;
 use crate::service::requests::{ChatService, ServiceError};
 use crate::stats::Stats;
@@ -132,15 +133,11 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::from(Refusal::NotFound).with_message("no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
+    ApiError::from(Refusal::MethodNotAllowed)
 }
 
 /// The longest plain-text error body kept as a JSON message.
@@ -173,27 +170,15 @@ async fn json_errors(response: Response) -> Response {
     };
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts.headers.remove(axum::http::header::CONTENT_TYPE);
-    let mut out = ApiError::new(status, status_code_name(status), message).into_response();
+    let mut out = ApiError::rejection(status, message).into_response();
     out.headers_mut().extend(parts.headers);
     out
 }
 
-/// The stable error code for a status when a rejection carries none of its own.
+/// The stable error code for a status when a rejection carries none of its own: the code of
+/// the refusal the status stands for (see [`Refusal::for_status`]), else `error`.
 fn status_code_name(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::RANGE_NOT_SATISFIABLE => "range_not_satisfiable",
-        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-        s if s.is_server_error() => "internal",
-        _ => "error",
-    }
+    Refusal::for_status(status).map_or("error", |r| r.code())
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -207,7 +192,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: Cancella
     }
 }
 
-/// An API error: a status, a stable code and a message fit for clients.
+/// An API error: a status, a stable code and a message fit for clients. Built from a
+/// [`Refusal`], whose tables give the status and the code.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -215,29 +201,45 @@ pub struct ApiError {
     message: String,
 }
 
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        ApiError {
+            status: refusal.http_status(),
+            code: refusal.code(),
+            message: refusal.to_string(),
+        }
+    }
+}
+
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// The same error with a more precise message for the client.
+    pub fn with_message(self, message: impl Into<String>) -> ApiError {
+        ApiError {
+            message: message.into(),
+            ..self
+        }
+    }
+
+    /// An error for a bare status (axum's rejections): the status is kept as it is, the code is
+    /// looked up through the table.
+    fn rejection(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            code,
+            code: status_code_name(status),
             message: message.into(),
         }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        ApiError::from(Refusal::BadRequest).with_message(message)
     }
 
     pub fn unauthorized() -> ApiError {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid access token is required",
-        )
+        ApiError::from(Refusal::Unauthorized)
     }
 
     pub fn forbidden() -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "not allowed")
+        ApiError::from(Refusal::Forbidden)
     }
 }
 
@@ -254,40 +256,26 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         if let StoreError::Exists(what) = e {
-            return ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("{what} already exists"),
-            );
+            return ApiError::from(Refusal::Conflict)
+                .with_message(format!("{what} already exists"));
         }
         tracing::error!(error = %e, "storage failed in an HTTP request");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        ApiError::from(Refusal::Internal)
     }
 }
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
-        let status = match &e {
-            ServiceError::Denied(Denied::NoSuchUser | Denied::NoSuchConversation) => {
-                StatusCode::NOT_FOUND
-            }
-            ServiceError::Denied(_) => StatusCode::FORBIDDEN,
-            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+        let refusal = match &e {
+            ServiceError::Denied(d) => Refusal::Denied(*d),
+            ServiceError::BadRequest(_) => Refusal::BadRequest,
+            ServiceError::Conflict(_) => Refusal::Conflict,
             ServiceError::Store(_) | ServiceError::Join => {
                 tracing::error!(error = %e, "chat operation failed in an HTTP request");
-                return ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                );
+                return ApiError::from(Refusal::Internal);
             }
         };
-        ApiError::new(status, e.code(), e.to_string())
+        ApiError::from(refusal).with_message(e.to_string())
     }
 }
 
@@ -299,13 +287,7 @@ async fn blocking<T: Send + 'static>(
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || f(&store))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        })?
+        .map_err(|_| ApiError::from(Refusal::Internal))?
         .map_err(ApiError::from)
 }
 
@@ -381,11 +363,7 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(ApiError::new(
-                e.status(),
-                status_code_name(e.status()),
-                e.body_text(),
-            )),
+            Err(e) => Err(ApiError::rejection(e.status(), e.body_text())),
         }
     }
 }
