@@ -9,6 +9,7 @@ mod connection;
 mod rate;
 mod tls;
 mod transport;
+mod typing;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -96,7 +97,7 @@ pub struct Shared {
     pub signals: mpsc::UnboundedSender<Signal>,
     pub router: mpsc::Sender<Event>,
     pub stats: Arc<Stats>,
-    pub typing: rate::TypingGate,
+    pub typing: typing::TypingGate,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub next_conn_id: AtomicU64,
