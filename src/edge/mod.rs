@@ -4,9 +4,17 @@
 //! the CONNECT all happen inside that task under `handshake_timeout_secs`, so a slow or silent
 //! peer never delays anyone else's accept.
 
+mod aliases;
+mod chat_ingress;
 mod connect;
 mod connection;
+mod inbound;
+mod inflight;
+mod outbound;
+mod persist;
+mod publish;
 mod rate;
+mod refusals;
 mod tls;
 mod transport;
 mod typing;
