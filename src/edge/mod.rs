@@ -18,6 +18,7 @@ mod refusals;
 mod tls;
 mod transport;
 mod typing;
+mod will;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
