@@ -99,6 +99,16 @@ impl Listeners {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The MQTT listeners, by kind (`None` where one is not bound).
+    fn into_mqtt(self) -> [(Kind, Option<TcpListener>); 4] {
+        [
+            (Kind::Tcp, Some(self.mqtt)),
+            (Kind::Ws, self.ws),
+            (Kind::Tls, self.tls),
+            (Kind::Wss, self.wss),
+        ]
+    }
+
     /// The MQTT addresses actually bound, by kind.
     pub fn addrs(&self) -> Vec<(Kind, SocketAddr)> {
         let mut out = Vec::new();
@@ -140,7 +150,7 @@ async fn bind_one(what: &'static str, value: &str) -> Result<Option<TcpListener>
 /// Serves MQTT on `listeners` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
-    listeners: Listeners,
+    mut listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     // One TLS crypto provider for the process (ring); the push client uses the default.
@@ -182,34 +192,12 @@ pub async fn run(
     for (kind, addr) in listeners.addrs() {
         tracing::info!(%addr, ?kind, "listening");
     }
-    let Listeners {
-        mqtt,
-        ws,
-        tls: tls_l,
-        wss,
-        http,
-    } = listeners;
     let mut accepting = Vec::new();
-    if let Some(listener) = http {
-        let state = AppState::new(
-            http_settings(&config),
-            store,
-            directory,
-            shared.chat.clone(),
-            signer,
-            shared.router.clone(),
-            shared.stats.clone(),
-            media,
-        );
+    if let Some(listener) = listeners.http.take() {
+        let state = http_state(&config, store, directory, &shared, signer, media);
         accepting.push(start_http(listener, state, &shutdown));
     }
-    let mqtt_listeners = [
-        (Kind::Tcp, Some(mqtt)),
-        (Kind::Ws, ws),
-        (Kind::Tls, tls_l),
-        (Kind::Wss, wss),
-    ];
-    accepting.extend(start_mqtt(mqtt_listeners, tls, shared));
+    accepting.extend(start_mqtt(listeners.into_mqtt(), tls, shared));
     drain(shutdown, accepting, tasks, background).await;
     Ok(())
 }
@@ -329,6 +317,28 @@ fn start_services(
         media,
         background: vec![watcher, retention, signals_task],
     })
+}
+
+/// The HTTP API's state: it shares the store, the directory, the chat service, the router and
+/// the statistics with MQTT.
+fn http_state(
+    config: &Config,
+    store: Arc<Store>,
+    directory: Arc<RwLock<Directory>>,
+    shared: &Shared,
+    signer: Arc<Signer>,
+    media: Arc<MediaStore>,
+) -> AppState {
+    AppState::new(
+        http_settings(config),
+        store,
+        directory,
+        shared.chat.clone(),
+        signer,
+        shared.router.clone(),
+        shared.stats.clone(),
+        media,
+    )
 }
 
 /// Serves the HTTP API on its listener.

@@ -178,13 +178,9 @@ async fn admit(
         authenticated_at,
     };
     let session_present = attach(shared, request).await?;
-    let properties = (version == Version::V5).then(|| {
-        let mut p = connack_properties(limits, assigned, server_keep_alive);
-        if expiry != requested_expiry {
-            p.session_expiry_interval = Some(expiry);
-        }
-        p
-    });
+    let changed_expiry = (expiry != requested_expiry).then_some(expiry);
+    let properties = (version == Version::V5)
+        .then(|| connack_properties(limits, assigned, server_keep_alive, changed_expiry));
     Ok(Admitted {
         identity,
         conn_id,
@@ -336,12 +332,13 @@ async fn attach(shared: &Shared, request: ConnectRequest) -> Result<bool, Connec
         })
 }
 
-/// The CONNACK properties a 5.0 client is told: our limits, its assigned id and the Server
-/// Keep Alive.
+/// The CONNACK properties a 5.0 client is told: our limits, its assigned id, the Server Keep
+/// Alive, and the session expiry when it is not the one asked for.
 fn connack_properties(
     limits: &Limits,
     assigned: Option<String>,
     server_keep_alive: Option<u16>,
+    changed_expiry: Option<u32>,
 ) -> ConnAckProperties {
     let mut p = empty_connack_properties();
     p.assigned_client_identifier = assigned;
@@ -349,6 +346,7 @@ fn connack_properties(
     p.max_packet_size = Some(limits.max_packet_size);
     p.topic_alias_max = Some(limits.topic_alias_maximum);
     p.server_keep_alive = server_keep_alive;
+    p.session_expiry_interval = changed_expiry;
     p
 }
 
