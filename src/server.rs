@@ -8,6 +8,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,10 +20,10 @@ use crate::config::{listen_addr, Config};
 use crate::edge::{self, Kind, Limits, Shared, TlsError};
 use crate::http::{AppState, HttpSettings};
 use crate::media::MediaStore;
-use crate::router::{self, Router, Settings};
+use crate::router::{self, Event, Router, Settings};
 use crate::service::push::{PushSettings, Pusher};
 use crate::service::requests::ChatService;
-use crate::service::signals::{Settings as SignalSettings, Signals};
+use crate::service::signals::{Settings as SignalSettings, Signal, Signals};
 use crate::stats::Stats;
 use crate::store::messages::Writer;
 use crate::store::{Store, StoreError};
@@ -96,6 +99,16 @@ impl Listeners {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The MQTT listeners, by kind (`None` where one is not bound).
+    fn into_mqtt(self) -> [(Kind, Option<TcpListener>); 4] {
+        [
+            (Kind::Tcp, Some(self.mqtt)),
+            (Kind::Ws, self.ws),
+            (Kind::Tls, self.tls),
+            (Kind::Wss, self.wss),
+        ]
+    }
+
     /// The MQTT addresses actually bound, by kind.
     pub fn addrs(&self) -> Vec<(Kind, SocketAddr)> {
         let mut out = Vec::new();
@@ -137,13 +150,69 @@ async fn bind_one(what: &'static str, value: &str) -> Result<Option<TcpListener>
 /// Serves MQTT on `listeners` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
-    listeners: Listeners,
+    mut listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     // One TLS crypto provider for the process (ring); the push client uses the default.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let store = Arc::new(Store::open(&config.storage.data_dir)?);
     let stats = Arc::new(Stats::default());
+    let Storage {
+        store,
+        history,
+        directory,
+    } = open_storage(&config, &stats)?;
+    let (signer, access) = build_access(&config, &store, &directory)?;
+    let tls = match config.tls_enabled() {
+        true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),
+        false => None,
+    };
+    // Moved, not cloned, into `Shared`: `run` keeps no sender of its own to the router or the
+    // signals task while it waits for them at shutdown.
+    let Services {
+        router,
+        chat,
+        signals,
+        media,
+        background,
+    } = start_services(&config, &store, &directory, &access, &stats, &shutdown)?;
+    let tasks = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        limits: Limits::from_config(&config.mqtt, &config.limits, &config),
+        history,
+        signals,
+        access,
+        chat,
+        router,
+        stats,
+        typing: Default::default(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+        next_conn_id: AtomicU64::new(1),
+    });
+    for (kind, addr) in listeners.addrs() {
+        tracing::info!(%addr, ?kind, "listening");
+    }
+    let mut accepting = Vec::new();
+    if let Some(listener) = listeners.http.take() {
+        let state = http_state(&config, store, directory, &shared, signer, media);
+        accepting.push(start_http(listener, state, &shutdown));
+    }
+    accepting.extend(start_mqtt(listeners.into_mqtt(), tls, shared));
+    drain(shutdown, accepting, tasks, background).await;
+    Ok(())
+}
+
+/// The store, the history writer and the directory: what everything else is built on.
+struct Storage {
+    store: Arc<Store>,
+    history: Writer,
+    directory: Arc<RwLock<Directory>>,
+}
+
+/// Opens the store and starts the history writer; loads the directory of users and
+/// memberships.
+fn open_storage(config: &Config, stats: &Arc<Stats>) -> Result<Storage, ServerError> {
+    let store = Arc::new(Store::open(&config.storage.data_dir)?);
     let history = Writer::start(
         &config.storage.data_dir,
         config.storage.synchronous,
@@ -155,9 +224,21 @@ pub async fn run(
     if directory.users().next().is_none() && !config.auth.allow_anonymous {
         tracing::warn!("there are no accounts yet: create one with `natter user add NAME`");
     }
-    let directory = Arc::new(RwLock::new(directory));
+    Ok(Storage {
+        store,
+        history,
+        directory: Arc::new(RwLock::new(directory)),
+    })
+}
+
+/// The token signer and the access rules (accounts, tokens, chat rules, the ACL file).
+fn build_access(
+    config: &Config,
+    store: &Arc<Store>,
+    directory: &Arc<RwLock<Directory>>,
+) -> Result<(Arc<Signer>, Arc<Access>), ServerError> {
     let signer = Arc::new(Signer::new(&secret(
-        &config,
+        config,
         "token-secret",
         &config.http.token_secret,
     )?));
@@ -167,13 +248,31 @@ pub async fn run(
         directory.clone(),
         signer.clone(),
     )?);
-    let tls = match config.tls_enabled() {
-        true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),
-        false => None,
-    };
+    Ok((signer, access))
+}
 
-    let (signals_tx, signals_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
+/// What `start_services` started, for the listeners and for shutdown.
+struct Services {
+    router: mpsc::Sender<Event>,
+    chat: Arc<ChatService>,
+    signals: mpsc::UnboundedSender<Signal>,
+    media: Arc<MediaStore>,
+    /// The chat watcher, retention and signals tasks, awaited in that order at shutdown.
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Starts the router, the signals task (receipts, presence, push), the chat service and its
+/// watcher, and retention.
+fn start_services(
+    config: &Config,
+    store: &Arc<Store>,
+    directory: &Arc<RwLock<Directory>>,
+    access: &Arc<Access>,
+    stats: &Arc<Stats>,
+    shutdown: &CancellationToken,
+) -> Result<Services, ServerError> {
+    let (signals_tx, signals_rx) = mpsc::unbounded_channel();
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let router = Router::new(
         Settings::from_config(&config.mqtt, &config.limits, &config.chat),
         access.clone(),
@@ -181,9 +280,9 @@ pub async fn run(
         reports_tx,
     );
     let router = router::spawn(router);
-    let pusher = Arc::new(Pusher::new(push_settings(&config)?, store.clone()));
+    let pusher = Arc::new(Pusher::new(push_settings(config)?, store.clone()));
     let signals = Signals::new(
-        signal_settings(&config),
+        signal_settings(config),
         store.clone(),
         directory.clone(),
         router.clone(),
@@ -197,75 +296,75 @@ pub async fn run(
                 source,
             })?,
         );
-    let store_for_retention = store.clone();
-    let store_for_http = store.clone();
-    let directory_for_http = directory.clone();
     let chat = Arc::new(ChatService::new(
-        store,
-        directory,
+        store.clone(),
+        directory.clone(),
         router.clone(),
         signals_tx.clone(),
         pusher,
     ));
     let watcher = tokio::spawn(chat.clone().watch(shutdown.clone()));
     let retention = tokio::spawn(retain(
-        store_for_retention,
+        store.clone(),
         media.clone(),
         config.clone(),
         shutdown.clone(),
     ));
-    let tasks = TaskTracker::new();
-    let shared = Arc::new(Shared {
-        limits: Limits::from_config(&config.mqtt, &config.limits, &config),
-        history,
-        signals: signals_tx,
-        access,
-        chat,
+    Ok(Services {
         router,
-        stats,
-        typing: Default::default(),
-        shutdown: shutdown.clone(),
-        tasks: tasks.clone(),
-        next_conn_id: AtomicU64::new(1),
-    });
+        chat,
+        signals: signals_tx,
+        media,
+        background: vec![watcher, retention, signals_task],
+    })
+}
 
-    for (kind, addr) in listeners.addrs() {
-        tracing::info!(%addr, ?kind, "listening");
+/// The HTTP API's state: it shares the store, the directory, the chat service, the router and
+/// the statistics with MQTT.
+fn http_state(
+    config: &Config,
+    store: Arc<Store>,
+    directory: Arc<RwLock<Directory>>,
+    shared: &Shared,
+    signer: Arc<Signer>,
+    media: Arc<MediaStore>,
+) -> AppState {
+    AppState::new(
+        http_settings(config),
+        store,
+        directory,
+        shared.chat.clone(),
+        signer,
+        shared.router.clone(),
+        shared.stats.clone(),
+        media,
+    )
+}
+
+/// Serves the HTTP API on its listener.
+fn start_http(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP API listening");
     }
+    tokio::spawn(crate::http::run(
+        listener,
+        Arc::new(state),
+        shutdown.clone(),
+    ))
+}
+
+/// Accepts MQTT connections on each listener that is bound.
+fn start_mqtt(
+    listeners: [(Kind, Option<TcpListener>); 4],
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+) -> Vec<JoinHandle<()>> {
     let mut accepting = Vec::new();
-    let Listeners {
-        mqtt,
-        ws,
-        tls: tls_l,
-        wss,
-        http,
-    } = listeners;
-    if let Some(listener) = http {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "HTTP API listening");
-        }
-        let state = Arc::new(AppState::new(
-            http_settings(&config),
-            store_for_http,
-            directory_for_http,
-            shared.chat.clone(),
-            signer,
-            shared.router.clone(),
-            shared.stats.clone(),
-            media.clone(),
-        ));
-        accepting.push(tokio::spawn(crate::http::run(
-            listener,
-            state,
-            shutdown.clone(),
-        )));
-    }
-    for (kind, listener) in [
-        (Kind::Tcp, Some(mqtt)),
-        (Kind::Ws, ws),
-        (Kind::Tls, tls_l),
-        (Kind::Wss, wss),
-    ] {
+    for (kind, listener) in listeners {
         if let Some(listener) = listener {
             accepting.push(tokio::spawn(edge::accept_loop(
                 listener,
@@ -275,8 +374,17 @@ pub async fn run(
             )));
         }
     }
-    drop(shared);
+    accepting
+}
 
+/// Waits for shutdown, then for the listeners to stop, the connections to close (within
+/// `SHUTDOWN_GRACE`) and the background tasks to end.
+async fn drain(
+    shutdown: CancellationToken,
+    accepting: Vec<JoinHandle<()>>,
+    tasks: TaskTracker,
+    background: Vec<JoinHandle<()>>,
+) {
     shutdown.cancelled().await;
     tracing::info!("shutting down");
     for task in accepting {
@@ -289,10 +397,9 @@ pub async fn run(
     {
         tracing::warn!("some connections did not close in time");
     }
-    let _ = watcher.await;
-    let _ = retention.await;
-    let _ = signals_task.await;
-    Ok(())
+    for task in background {
+        let _ = task.await;
+    }
 }
 
 fn signal_settings(config: &Config) -> SignalSettings {

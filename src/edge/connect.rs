@@ -1,27 +1,28 @@
 //! The CONNECT handshake: the protocol level, the CONNECT packet, authentication, client id
-//! and will checks, registration with the router, and the CONNACK (or the refusal).
+//! and will checks, registration with the router, and the CONNACK (or the refusal). Each step
+//! of `admit` is a function below, in the order they run.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, Login, Packet,
-    PublishProperties,
+    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill, Login,
+    Packet,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::Connection;
 use super::transport::Transport;
-use super::Shared;
-use crate::access::{Identity, Refusal, Route};
+use super::will::will_message;
+use super::{Limits, Shared};
+use crate::access::{Authenticated, Identity, Refusal};
 use crate::chat::envelope::Format;
 use crate::codec::{self, CodecError, Version};
-use crate::router::{ConnectRefused, ConnectRequest, Event, Mailbox, Message, Will};
-use crate::topics;
+use crate::router::{ConnectRefused, ConnectRequest, Event, Mailbox};
 
 fn protocol_error(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
@@ -34,38 +35,13 @@ pub(super) async fn accept(
     peer: SocketAddr,
     shared: &Arc<Shared>,
 ) -> io::Result<Option<(Box<Connection>, ConnAck)>> {
-    let limits = &shared.limits;
     let mut buf = BytesMut::new();
-    let version = loop {
-        match codec::connect_version(&buf) {
-            Ok(Some(v)) => break v,
-            Ok(None) => {}
-            Err(CodecError::UnsupportedLevel(level)) => {
-                tracing::info!(%peer, level, "unsupported protocol level");
-                refuse(
-                    &mut io,
-                    Version::V4,
-                    ConnectReturnCode::UnsupportedProtocolVersion,
-                )
-                .await;
-                return Ok(None);
-            }
-            Err(e) => return Err(protocol_error(e.to_string())),
-        }
-        if io.read(&mut buf).await? == 0 {
-            return Ok(None);
-        }
+    let Some(version) = read_version(&mut io, &mut buf, peer).await? else {
+        return Ok(None);
     };
-    let packet = loop {
-        match codec::read(version, &mut buf, limits.max_packet_size) {
-            Ok(Some(p)) => break p,
-            Ok(None) => {
-                if io.read(&mut buf).await? == 0 {
-                    return Ok(None);
-                }
-            }
-            Err(e) => return Err(protocol_error(e.to_string())),
-        }
+    let max_packet_size = shared.limits.max_packet_size;
+    let Some(packet) = read_packet(&mut io, &mut buf, version, max_packet_size).await? else {
+        return Ok(None);
     };
     let Packet::Connect(connect, will, login) = packet else {
         return Err(protocol_error("first packet is not CONNECT"));
@@ -87,6 +63,56 @@ pub(super) async fn accept(
     }
 }
 
+/// Reads until the protocol level of the CONNECT is known; `None` when the peer left or its
+/// level is refused (and told so).
+async fn read_version(
+    io: &mut Transport,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+) -> io::Result<Option<Version>> {
+    loop {
+        match codec::connect_version(buf) {
+            Ok(Some(v)) => return Ok(Some(v)),
+            Ok(None) => {}
+            Err(CodecError::UnsupportedLevel(level)) => {
+                tracing::info!(%peer, level, "unsupported protocol level");
+                refuse(
+                    io,
+                    Version::V4,
+                    ConnectReturnCode::UnsupportedProtocolVersion,
+                )
+                .await;
+                return Ok(None);
+            }
+            Err(e) => return Err(protocol_error(e.to_string())),
+        }
+        if io.read(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads the first whole packet; `None` when the peer left first.
+async fn read_packet(
+    io: &mut Transport,
+    buf: &mut BytesMut,
+    version: Version,
+    max_packet_size: u32,
+) -> io::Result<Option<Packet>> {
+    loop {
+        match codec::read(version, buf, max_packet_size) {
+            Ok(Some(p)) => return Ok(Some(p)),
+            Ok(None) => {
+                if io.read(buf).await? == 0 {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(protocol_error(e.to_string())),
+        }
+    }
+}
+
+/// Answers a refused CONNECT with its return code and closes.
 async fn refuse(io: &mut Transport, version: Version, code: ConnectReturnCode) {
     let mut buf = BytesMut::new();
     let connack = Packet::ConnAck(ConnAck {
@@ -122,19 +148,74 @@ async fn admit(
     login: Option<Login>,
 ) -> Result<Admitted, ConnectReturnCode> {
     let limits = &shared.limits;
-    let props = connect.properties.unwrap_or_else(empty_connect_properties);
+    let Connect {
+        keep_alive,
+        client_id,
+        clean_start,
+        properties,
+    } = connect;
+    let props = properties.unwrap_or_else(empty_connect_properties);
+    check_properties(&props)?;
+    let authenticated_at = Instant::now();
+    let who = authenticate(shared, login.as_ref()).await?;
+    let (identity, assigned) = identify(shared, version, client_id, clean_start, who)?;
+    let will = match will {
+        Some(w) => Some(Box::new(will_message(shared, &identity, w)?)),
+        None => None,
+    };
+    let (keepalive, server_keep_alive) = keep_alive_in_force(version, limits, keep_alive);
+    let (requested_expiry, expiry) = session_expiry(version, limits, clean_start, &props);
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let mailbox = Arc::new(Mailbox::new(limits.max_queued_qos0));
+    let request = ConnectRequest {
+        identity: identity.clone(),
+        conn_id,
+        mailbox: mailbox.clone(),
+        clean_start,
+        expiry_secs: expiry,
+        receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+        will,
+        authenticated_at,
+    };
+    let session_present = attach(shared, request).await?;
+    let changed_expiry = (expiry != requested_expiry).then_some(expiry);
+    let properties = (version == Version::V5)
+        .then(|| connack_properties(limits, assigned, server_keep_alive, changed_expiry));
+    Ok(Admitted {
+        identity,
+        conn_id,
+        mailbox,
+        keepalive,
+        client_max_packet: props.max_packet_size,
+        client_alias_max: props.topic_alias_max.unwrap_or(0),
+        expiry_was_zero: expiry == 0,
+        format: device_format(&props),
+        connack: ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+            properties,
+        },
+    })
+}
+
+/// Refuses CONNECT properties we do not support or that break the protocol.
+fn check_properties(props: &ConnectProperties) -> Result<(), ConnectReturnCode> {
     if props.authentication_method.is_some() {
         return Err(ConnectReturnCode::BadAuthenticationMethod);
     }
     if props.receive_maximum == Some(0) || props.max_packet_size == Some(0) {
         return Err(ConnectReturnCode::ProtocolError);
     }
+    Ok(())
+}
 
-    let credentials = login
-        .as_ref()
-        .map(|l| (l.username.as_str(), l.password.as_str()));
-    let authenticated_at = std::time::Instant::now();
-    let who = shared
+/// Checks the CONNECT's user name and password (or token).
+async fn authenticate(
+    shared: &Shared,
+    login: Option<&Login>,
+) -> Result<Authenticated, ConnectReturnCode> {
+    let credentials = login.map(|l| (l.username.as_str(), l.password.as_str()));
+    shared
         .access
         .authenticate(credentials)
         .await
@@ -142,39 +223,53 @@ async fn admit(
             Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
             Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
             Refusal::Unavailable => ConnectReturnCode::ServerUnavailable,
-        })?;
+        })
+}
 
+/// Who the connection is: the user, and the client id it sent or one assigned to it (then
+/// also returned, for the CONNACK).
+fn identify(
+    shared: &Shared,
+    version: Version,
+    client_id: String,
+    clean_start: bool,
+    who: Authenticated,
+) -> Result<(Identity, Option<String>), ConnectReturnCode> {
     let mut assigned = None;
-    let client_id: Arc<str> = if connect.client_id.is_empty() {
+    let client_id: Arc<str> = if client_id.is_empty() {
         // 3.1.1 allows an empty id only with a clean session (§3.1.3-8).
-        if version == Version::V4 && !connect.clean_start {
+        if version == Version::V4 && !clean_start {
             return Err(ConnectReturnCode::ClientIdentifierNotValid);
         }
         // A user's device gets an id in the user's namespace.
         let id = shared.access.assign_client_id(&who);
         assigned = Some(id.clone());
         id.into()
-    } else if connect.client_id.len() > limits.max_client_id_len
-        || !shared.access.client_id_allowed(&who, &connect.client_id)
+    } else if client_id.len() > shared.limits.max_client_id_len
+        || !shared.access.client_id_allowed(&who, &client_id)
     {
         return Err(ConnectReturnCode::ClientIdentifierNotValid);
     } else {
-        connect.client_id.into()
+        client_id.into()
     };
     let identity = Identity {
         user: who.user,
         client_id,
     };
+    Ok((identity, assigned))
+}
 
-    let will = match will {
-        Some(w) => Some(Box::new(will_message(shared, &identity, w)?)),
-        None => None,
-    };
-
+/// The keep alive in force, as 1.5 × itself (`None` for 0), and the Server Keep Alive to
+/// announce when it differs from the client's.
+fn keep_alive_in_force(
+    version: Version,
+    limits: &Limits,
+    requested: u16,
+) -> (Option<Duration>, Option<u16>) {
     // Keep alive: 5.0 clients are told the server's cap; 3.1.1 clients cannot be, so theirs is
     // honoured as sent.
     let mut server_keep_alive = None;
-    let mut keep_alive = connect.keep_alive;
+    let mut keep_alive = requested;
     if version == Version::V5
         && limits.max_keepalive > 0
         && (keep_alive == 0 || keep_alive > limits.max_keepalive)
@@ -183,31 +278,35 @@ async fn admit(
         server_keep_alive = Some(keep_alive);
     }
     let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    (keepalive, server_keep_alive)
+}
 
+/// The session expiry the client asked for and the one granted (capped by the limit).
+fn session_expiry(
+    version: Version,
+    limits: &Limits,
+    clean_start: bool,
+    props: &ConnectProperties,
+) -> (u32, u32) {
     let requested_expiry = match version {
         Version::V5 => props.session_expiry_interval.unwrap_or(0),
-        Version::V4 if connect.clean_start => 0,
+        Version::V4 if clean_start => 0,
         Version::V4 => limits.max_session_expiry,
     };
-    let expiry = requested_expiry.min(limits.max_session_expiry);
+    (
+        requested_expiry,
+        requested_expiry.min(limits.max_session_expiry),
+    )
+}
 
-    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let mailbox = Arc::new(Mailbox::new(limits.max_queued_qos0));
+/// Registers the connection with the router and waits for its answer: whether a session was
+/// present, or why the router refused.
+async fn attach(shared: &Shared, request: ConnectRequest) -> Result<bool, ConnectReturnCode> {
     let (tx, rx) = oneshot::channel();
-    let request = ConnectRequest {
-        identity: identity.clone(),
-        conn_id,
-        mailbox: mailbox.clone(),
-        clean_start: connect.clean_start,
-        expiry_secs: expiry,
-        receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
-        will,
-        authenticated_at,
-    };
     let mut attached = Attached {
         router: &shared.router,
-        client: identity.client_id.clone(),
-        conn_id,
+        client: request.identity.client_id.clone(),
+        conn_id: request.conn_id,
         armed: true,
     };
     if shared
@@ -221,53 +320,48 @@ async fn admit(
     let reply = rx.await;
     // Answered: from here to the connection's run loop nothing awaits, so nothing can drop it.
     attached.armed = false;
-    let session_present = reply
+    reply
         .map_err(|_| ConnectReturnCode::ServerUnavailable)?
         .map_err(|refused| {
-            tracing::info!(client = %identity.client_id, %refused, "connection refused");
+            tracing::info!(client = %attached.client, %refused, "connection refused");
             match refused {
                 ConnectRefused::TooManyConnections => ConnectReturnCode::QuotaExceeded,
                 ConnectRefused::Revoked => ConnectReturnCode::NotAuthorized,
                 ConnectRefused::TooLate => ConnectReturnCode::ServerUnavailable,
             }
-        })?;
+        })
+}
 
-    let properties = (version == Version::V5).then(|| {
-        let mut p = empty_connack_properties();
-        p.assigned_client_identifier = assigned;
-        p.receive_max = Some(limits.receive_maximum);
-        p.max_packet_size = Some(limits.max_packet_size);
-        p.topic_alias_max = Some(limits.topic_alias_maximum);
-        p.server_keep_alive = server_keep_alive;
-        if expiry != requested_expiry {
-            p.session_expiry_interval = Some(expiry);
-        }
-        p
-    });
-    Ok(Admitted {
-        identity,
-        conn_id,
-        mailbox,
-        keepalive,
-        client_max_packet: props.max_packet_size,
-        client_alias_max: props.topic_alias_max.unwrap_or(0),
-        expiry_was_zero: expiry == 0,
-        // A 5.0 device may ask for MessagePack envelopes with the user property format=msgpack.
-        format: if props
-            .user_properties
-            .iter()
-            .any(|(k, v)| k == "format" && v == "msgpack")
-        {
-            Format::MsgPack
-        } else {
-            Format::Json
-        },
-        connack: ConnAck {
-            session_present,
-            code: ConnectReturnCode::Success,
-            properties,
-        },
-    })
+/// The CONNACK properties a 5.0 client is told: our limits, its assigned id, the Server Keep
+/// Alive, and the session expiry when it is not the one asked for.
+fn connack_properties(
+    limits: &Limits,
+    assigned: Option<String>,
+    server_keep_alive: Option<u16>,
+    changed_expiry: Option<u32>,
+) -> ConnAckProperties {
+    let mut p = empty_connack_properties();
+    p.assigned_client_identifier = assigned;
+    p.receive_max = Some(limits.receive_maximum);
+    p.max_packet_size = Some(limits.max_packet_size);
+    p.topic_alias_max = Some(limits.topic_alias_maximum);
+    p.server_keep_alive = server_keep_alive;
+    p.session_expiry_interval = changed_expiry;
+    p
+}
+
+/// How chat envelopes go to the device. A 5.0 device may ask for MessagePack envelopes with
+/// the user property format=msgpack.
+fn device_format(props: &ConnectProperties) -> Format {
+    if props
+        .user_properties
+        .iter()
+        .any(|(k, v)| k == "format" && v == "msgpack")
+    {
+        Format::MsgPack
+    } else {
+        Format::Json
+    }
 }
 
 /// While armed, dropping it tells the router that the connection it may have attached is gone:
@@ -302,60 +396,9 @@ impl Drop for Attached<'_> {
     }
 }
 
-/// Checks a will like a PUBLISH and turns it into a message.
-fn will_message(
-    shared: &Shared,
-    identity: &Identity,
-    w: LastWill,
-) -> Result<Will, ConnectReturnCode> {
-    let topic = std::str::from_utf8(&w.topic).map_err(|_| ConnectReturnCode::TopicNameInvalid)?;
-    topics::validate_name(topic).map_err(|_| ConnectReturnCode::TopicNameInvalid)?;
-    // Wills go to plain topics only: a chat message is never sent on a client's behalf.
-    match shared.access.authorize_publish(identity, topic) {
-        Ok(Route::Plain) => {}
-        Ok(_) | Err(_) => {
-            tracing::info!(client = %identity.client_id, topic, "will refused");
-            return Err(ConnectReturnCode::NotAuthorized);
-        }
-    }
-    let p = w.properties;
-    let delay_secs = p.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
-    let expiry = p.as_ref().and_then(|p| p.message_expiry_interval);
-    if p.as_ref().and_then(|p| p.payload_format_indicator) == Some(1)
-        && std::str::from_utf8(&w.message).is_err()
-    {
-        return Err(ConnectReturnCode::PayloadFormatInvalid);
-    }
-    let properties = p.map(|p| PublishProperties {
-        payload_format_indicator: p.payload_format_indicator,
-        message_expiry_interval: None,
-        topic_alias: None,
-        response_topic: p.response_topic,
-        correlation_data: p.correlation_data,
-        user_properties: p.user_properties,
-        subscription_identifiers: Vec::new(),
-        content_type: p.content_type,
-    });
-    Ok(Will {
-        delay_secs,
-        message: Message {
-            topic: w.topic,
-            payload: w.message,
-            qos: w.qos,
-            retain: w.retain,
-            properties: properties.map(Box::new),
-            // A will's expiry counts from its publication; the router stamps that moment.
-            expires_at: None,
-            origin: Some(identity.client_id.clone()),
-            msgpack: None,
-            chat: None,
-        },
-        expiry_secs: expiry,
-    })
-}
-
-fn empty_connect_properties() -> rumqttc::v5::mqttbytes::v5::ConnectProperties {
-    rumqttc::v5::mqttbytes::v5::ConnectProperties {
+/// CONNECT properties with nothing set, for a CONNECT that has none.
+fn empty_connect_properties() -> ConnectProperties {
+    ConnectProperties {
         session_expiry_interval: None,
         receive_maximum: None,
         max_packet_size: None,
@@ -368,6 +411,7 @@ fn empty_connect_properties() -> rumqttc::v5::mqttbytes::v5::ConnectProperties {
     }
 }
 
+/// CONNACK properties with nothing set.
 fn empty_connack_properties() -> ConnAckProperties {
     ConnAckProperties {
         session_expiry_interval: None,

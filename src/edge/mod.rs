@@ -3,12 +3,37 @@
 //! Each accepted socket gets its own task at once; the TLS handshake, the WebSocket upgrade and
 //! the CONNECT all happen inside that task under `handshake_timeout_secs`, so a slow or silent
 //! peer never delays anyone else's accept.
+//!
+//! # Layout
+//!
+//! - `transport`, `tls`: the byte streams (TCP, TLS, WebSocket) a connection speaks over.
+//! - `connect`, `will`: the CONNECT handshake, up to the CONNACK or the refusal.
+//! - `connection`: one connection's state and its socket loop; the rest of its work is in
+//!   `impl Connection` blocks, one file per job:
+//!   - `inbound`: reading, the publish rate, and one handler per packet type;
+//!   - `publish`: one PUBLISH — checks, the router's message, its route;
+//!   - `chat_ingress`: the chat routes (messages and events, read markers, typing, requests);
+//!   - `persist`: store before acknowledge, over the queue in `inflight`;
+//!   - `outbound`: from the mailbox to the socket;
+//!   - `refusals`: what a refused PUBLISH tells the client.
+//! - `aliases`: topic aliases both ways; `rate`: the publish token bucket; `typing`: the
+//!   typing indicators' gate.
 
+mod aliases;
+mod chat_ingress;
 mod connect;
 mod connection;
+mod inbound;
+mod inflight;
+mod outbound;
+mod persist;
+mod publish;
 mod rate;
+mod refusals;
 mod tls;
 mod transport;
+mod typing;
+mod will;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -96,7 +121,7 @@ pub struct Shared {
     pub signals: mpsc::UnboundedSender<Signal>,
     pub router: mpsc::Sender<Event>,
     pub stats: Arc<Stats>,
-    pub typing: rate::TypingGate,
+    pub typing: typing::TypingGate,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub next_conn_id: AtomicU64,

@@ -1,52 +1,8 @@
-//! A token bucket per connection for PUBLISH packets, and the typing indicators' gate per user
-//! and conversation.
+//! A token bucket per connection for PUBLISH packets.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// When each user's typing indicator was last forwarded, per conversation: at most one per
-/// interval however many devices the user types on.
-#[derive(Debug, Default)]
-pub struct TypingGate {
-    state: Mutex<Gate>,
-}
-
-#[derive(Debug, Default)]
-struct Gate {
-    last: HashMap<(Arc<str>, String), Instant>,
-    /// The size at which entries older than the interval are swept out next: twice what a
-    /// sweep left, so that sweeps stay rare however many are typing at once.
-    sweep_at: usize,
-}
-
-/// The smallest map that is ever swept.
-const TYPING_SWEEP: usize = 4096;
-
-impl TypingGate {
-    /// Whether `user`'s indicator for `conv` goes out now (and if so, remembers it).
-    pub fn allow(&self, user: &Arc<str>, conv: &str, interval: Duration, now: Instant) -> bool {
-        let mut gate = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Gate { last, sweep_at } = &mut *gate;
-        if last.len() >= (*sweep_at).max(TYPING_SWEEP) {
-            last.retain(|_, t| now.saturating_duration_since(*t) < interval);
-            *sweep_at = 2 * last.len();
-        }
-        match last.entry((user.clone(), conv.to_string())) {
-            Entry::Occupied(e) if now.saturating_duration_since(*e.get()) < interval => false,
-            Entry::Occupied(mut e) => {
-                e.insert(now);
-                true
-            }
-            Entry::Vacant(e) => {
-                e.insert(now);
-                true
-            }
-        }
-    }
-}
-
+/// A token bucket: `rate` tokens a second, holding at most `burst`.
 #[derive(Debug)]
 pub struct RateLimit {
     /// Tokens per second; 0 disables the limit.
@@ -91,18 +47,6 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn typing_goes_out_once_per_user_conversation_and_interval() {
-        let gate = TypingGate::default();
-        let (alice, bob): (Arc<str>, Arc<str>) = ("alice".into(), "bob".into());
-        let (t0, second) = (Instant::now(), Duration::from_secs(1));
-        assert!(gate.allow(&alice, "d.alice.bob", second, t0));
-        assert!(!gate.allow(&alice, "d.alice.bob", second, t0 + second / 2));
-        assert!(gate.allow(&alice, "g.team", second, t0));
-        assert!(gate.allow(&bob, "d.alice.bob", second, t0));
-        assert!(gate.allow(&alice, "d.alice.bob", second, t0 + second));
-    }
 
     #[test]
     fn bursts_then_refills_at_the_rate() {

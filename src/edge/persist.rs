@@ -1,0 +1,142 @@
+//! Store before acknowledge: chat messages go to the history writer, and only once committed
+//! are they routed and acknowledged, in the order they came.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::QoS;
+
+use super::connection::{Close, Connection};
+use super::inflight::{Pending, Persist};
+use crate::chat::envelope::{Envelope, Format, Kind};
+use crate::codec::Version;
+use crate::router::{ChatRef, Event, Message};
+use crate::service::signals::Signal;
+use crate::store::messages::{AppendError, Appended};
+
+impl Connection {
+    /// Acknowledges an inbound PUBLISH behind any that still wait for the store: MQTT requires
+    /// acknowledgements in the order the messages came.
+    pub(super) fn ack_in_order(&mut self, ack: Packet) {
+        if self.inflight.is_empty() {
+            self.queue(&ack);
+        } else {
+            self.inflight.push(Pending::Ready(Box::new(ack)));
+        }
+    }
+
+    /// Hands pending chat messages to the history writer, then, in arrival order, routes each
+    /// committed one and acknowledges it. Nothing is acknowledged before its commit. A 3.1.1
+    /// client whose message could not be stored is then disconnected (see `settle_one`).
+    pub(super) async fn settle(&mut self) -> Option<Close> {
+        for p in self.inflight.persisting() {
+            if let Some(new) = p.new.take() {
+                p.reply = Some(self.shared.history.submit(new).await);
+            }
+        }
+        let mut close = None;
+        while let Some(p) = self.inflight.pop() {
+            let mut p = match p {
+                Pending::Ready(ack) => {
+                    self.queue(&ack);
+                    continue;
+                }
+                Pending::Persist(p) => p,
+            };
+            let result = match p.reply.take() {
+                Some(rx) => rx.await.unwrap_or(Err(AppendError::Stopped)),
+                None => Err(AppendError::Stopped),
+            };
+            if let Some(c) = self.settle_one(p, result) {
+                close = Some(c);
+            }
+        }
+        close
+    }
+
+    /// Routes and acknowledges one message the writer answered for, or refuses it.
+    fn settle_one(
+        &mut self,
+        p: Box<Persist>,
+        result: Result<Appended, AppendError>,
+    ) -> Option<Close> {
+        match result {
+            Ok(appended) => {
+                let waited = p.arrived.elapsed().as_secs_f64() * 1000.0;
+                self.shared.stats.puback_ms.observe(waited);
+                if !appended.duplicate {
+                    self.route_stored(&appended.envelope, p.topic, p.qos, p.pkid, p.copies);
+                }
+                if let Some(ack) = p.ack {
+                    self.queue(&ack);
+                }
+                None
+            }
+            Err(AppendError::Refused(reason)) => {
+                self.forget_refused(&p.topic, p.pkid, "refused", &reason.to_string());
+                self.refuse_publish(p.qos, p.pkid, PubAckReason::ImplementationSpecificError)
+            }
+            Err(e) => {
+                // Not stored (the writer retried up to its bound): the sender must not think
+                // it was. 5.0 learns it from the reason code and resends; 3.1.1 has no
+                // negative acknowledgement, so it is disconnected and resends the message,
+                // still unacknowledged, after reconnecting.
+                tracing::error!(client = %self.identity.client_id, error = %e, "message not stored");
+                self.forget_refused(
+                    &p.topic,
+                    p.pkid,
+                    "storage_failed",
+                    "the message was not stored; send it again",
+                );
+                if self.version == Version::V5 {
+                    self.refuse_publish(p.qos, p.pkid, PubAckReason::UnspecifiedError)
+                } else {
+                    Some(Close::Server(DisconnectReasonCode::UnspecifiedError))
+                }
+            }
+        }
+    }
+
+    /// Publishes a stored message: the envelope replaces what the client sent.
+    fn route_stored(
+        &mut self,
+        envelope: &Envelope,
+        topic: Bytes,
+        qos: QoS,
+        pkid: u16,
+        copies: Vec<Bytes>,
+    ) {
+        let message = Message {
+            topic,
+            payload: Bytes::from(envelope.encode(Format::Json)),
+            qos,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: Some(self.identity.client_id.clone()),
+            msgpack: Some(Bytes::from(envelope.encode(Format::MsgPack))),
+            chat: (envelope.k == Kind::Msg).then(|| {
+                Arc::new(ChatRef {
+                    conv: envelope.conv.clone(),
+                    seq: envelope.seq,
+                    from: envelope.from.clone(),
+                })
+            }),
+        };
+        if envelope.k == Kind::Msg {
+            let _ = self.shared.signals.send(Signal::Stored {
+                conv: envelope.conv.clone(),
+                from: envelope.from.clone(),
+            });
+        }
+        self.events.push_back(Event::Publish {
+            client: self.identity.client_id.clone(),
+            message,
+            // A QoS 2 resend is caught by the store; the router holds the id only so that a
+            // PUBREL after a reconnect finds it.
+            qos2_pkid: (qos == QoS::ExactlyOnce).then_some(pkid),
+            copies,
+        });
+    }
+}

@@ -1,0 +1,205 @@
+//! One inbound PUBLISH: its topic alias, topic name, payload format and authorization, the
+//! Receive Maximum, the router's `Message` built from it, then one function per route (the
+//! chat routes in `chat_ingress`).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{
+    DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, Publish, PublishProperties,
+};
+use rumqttc::v5::mqttbytes::QoS;
+
+use super::connection::{Close, Connection};
+use crate::access::Route;
+use crate::codec::Version;
+use crate::router::{Event, Message};
+use crate::stats::Stats;
+use crate::topics::{self, ConvKind};
+
+/// What answering one accepted PUBLISH needs.
+pub(super) struct Received {
+    pub(super) qos: QoS,
+    pub(super) pkid: u16,
+    pub(super) dup: bool,
+    /// The acknowledgement it gets once handled (none for QoS 0).
+    pub(super) ack: Option<Packet>,
+}
+
+impl Connection {
+    /// Handles one PUBLISH from the client.
+    pub(super) fn on_publish(&mut self, p: Publish) -> Option<Close> {
+        let (qos, pkid) = (p.qos, p.pkid);
+        let mut properties = p.properties;
+        let (topic, route) =
+            match self.check_publish(p.topic, &p.payload, qos, pkid, &mut properties) {
+                Ok(checked) => checked,
+                Err(answer) => return answer,
+            };
+        let max = self.shared.limits.receive_maximum;
+        if self
+            .inflight
+            .over_receive_maximum(qos, pkid, self.version, max)
+        {
+            return Some(Close::Server(DisconnectReasonCode::ReceiveMaximumExceeded));
+        }
+        let message = self.inbound_message(topic, p.payload, qos, p.retain, properties);
+        Stats::add(&self.shared.stats.messages_received, 1);
+        let ack = self.first_ack(qos, pkid);
+        let received = Received {
+            qos,
+            pkid,
+            dup: p.dup,
+            ack,
+        };
+        self.route_publish(route, message, received)
+    }
+
+    /// Resolves the topic alias, then checks the topic name, the payload format and the
+    /// publisher's right to the topic. `Err` carries the answer to a PUBLISH that goes no
+    /// further.
+    fn check_publish(
+        &mut self,
+        topic: Bytes,
+        payload: &Bytes,
+        qos: QoS,
+        pkid: u16,
+        properties: &mut Option<PublishProperties>,
+    ) -> Result<(Bytes, Route), Option<Close>> {
+        let alias_max = self.shared.limits.topic_alias_maximum;
+        let topic = match self.aliases.resolve(topic, properties.as_mut(), alias_max) {
+            Ok(topic) => topic,
+            Err(reason) => return Err(Some(Close::Server(reason))),
+        };
+        let Ok(topic_str) = std::str::from_utf8(&topic) else {
+            return Err(Some(Close::Server(DisconnectReasonCode::MalformedPacket)));
+        };
+        if let Err(e) = topics::validate_name(topic_str) {
+            tracing::info!(client = %self.identity.client_id, topic = topic_str, error = %e, "invalid topic name");
+            // 3.1.1 has no way to refuse one message: a wildcard in a topic name is a protocol
+            // violation there, and the connection ends.
+            if self.version == Version::V4 || qos == QoS::AtMostOnce {
+                return Err(Some(Close::Server(DisconnectReasonCode::TopicNameInvalid)));
+            }
+            return Err(self.refuse_publish(qos, pkid, PubAckReason::TopicNameInvalid));
+        }
+        let utf8_promised = properties.as_ref().and_then(|p| p.payload_format_indicator) == Some(1);
+        if utf8_promised && std::str::from_utf8(payload).is_err() {
+            return Err(self.refuse_publish(qos, pkid, PubAckReason::PayloadFormatInvalid));
+        }
+        match self
+            .shared
+            .access
+            .authorize_publish(&self.identity, topic_str)
+        {
+            Ok(route) => Ok((topic, route)),
+            Err(refused) => {
+                tracing::info!(client = %self.identity.client_id, topic = topic_str, %refused, "publish refused");
+                self.report_refusal(topic_str, refused.code(), &refused.to_string());
+                Err(self.refuse_publish(qos, pkid, PubAckReason::NotAuthorized))
+            }
+        }
+    }
+
+    /// The router's message for an accepted PUBLISH: its Message Expiry Interval becomes a
+    /// deadline, and what is the server's to set is cleared.
+    fn inbound_message(
+        &self,
+        topic: Bytes,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        mut properties: Option<PublishProperties>,
+    ) -> Message {
+        let expires_at = properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+        if let Some(p) = properties.as_mut() {
+            // Subscription identifiers are the server's to set (§3.3.4).
+            p.subscription_identifiers.clear();
+            p.message_expiry_interval = None;
+        }
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: properties.map(Box::new),
+            expires_at,
+            origin: Some(self.identity.client_id.clone()),
+            msgpack: None,
+            chat: None,
+        }
+    }
+
+    /// The acknowledgement an accepted PUBLISH gets; a QoS 2 id is held from here to its PUBREL.
+    fn first_ack(&mut self, qos: QoS, pkid: u16) -> Option<Packet> {
+        match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(pkid, None))),
+            QoS::ExactlyOnce => {
+                self.inflight.hold_qos2(pkid);
+                Some(Packet::PubRec(PubRec::new(pkid, None)))
+            }
+        }
+    }
+
+    /// Hands an accepted PUBLISH to its route, then acknowledges it, unless the route answered
+    /// it itself (refused it, or keeps the acknowledgement until the store commits).
+    fn route_publish(
+        &mut self,
+        route: Route,
+        message: Message,
+        received: Received,
+    ) -> Option<Close> {
+        let refused = match route {
+            Route::Request { op } => {
+                self.on_request(op, message);
+                false
+            }
+            Route::Conversation {
+                conv,
+                kind: kind @ (ConvKind::Messages | ConvKind::Events),
+                copies,
+                moderator,
+            } => {
+                // History: stamped, stored, and only then routed and acknowledged (`settle`).
+                return self.on_history(conv, kind, moderator, copies, message, received);
+            }
+            Route::Conversation {
+                conv,
+                kind: ConvKind::Receipts,
+                ..
+            } => self.on_read_marker(conv, &message, &received),
+            Route::Conversation {
+                conv,
+                kind: ConvKind::Typing,
+                copies,
+                ..
+            } => {
+                self.on_typing(conv, copies, message);
+                false
+            }
+            Route::Plain => {
+                self.on_plain(message, &received);
+                false
+            }
+        };
+        if let (false, Some(ack)) = (refused, received.ack) {
+            self.ack_in_order(ack);
+        }
+        None
+    }
+
+    /// A plain MQTT message: straight to the router.
+    fn on_plain(&mut self, message: Message, received: &Received) {
+        let qos2_pkid = (received.qos == QoS::ExactlyOnce).then_some(received.pkid);
+        self.events.push_back(Event::Publish {
+            client: self.identity.client_id.clone(),
+            message,
+            qos2_pkid,
+            copies: Vec::new(),
+        });
+    }
+}
