@@ -69,12 +69,14 @@ pub enum Refused {
     Sys,
 }
 
-impl Refused {
-    pub fn code(self) -> &'static str {
-        match self {
-            Refused::Chat(d) => d.code(),
-            Refused::Acl => "acl",
-            Refused::Sys => "server_only",
+/// Its place in the table of refusals (`crate::refusal`), which gives its code.
+impl From<Refused> for crate::refusal::Refusal {
+    fn from(r: Refused) -> crate::refusal::Refusal {
+        use crate::refusal::Refusal as R;
+        match r {
+            Refused::Chat(d) => R::Denied(d),
+            Refused::Acl => R::Acl,
+            Refused::Sys => R::SysTopic,
         }
     }
 }

@@ -2,41 +2,52 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the one typed configuration (embedded `config/natter.toml`, env, flags).
-//! - [`server`]: binds the listeners and runs everything until shutdown.
-//! - [`edge`]: listeners (TCP, TLS, WebSocket, WSS), handshakes, and one task per connection
-//!   that speaks MQTT 3.1.1 or 5.0 through [`codec`].
-//! - [`codec`]: rumqttc's `mqttbytes` for both versions behind one (5.0) packet type.
-//! - [`access`]: who may connect, publish, subscribe and receive — the chat rules of [`chat`]
-//!   for the chat namespaces, the mosquitto-style ACL file of [`acl`] for plain topics;
-//!   [`password`] hashes and checks passwords.
-//! - [`chat`]: the domain rules (no I/O): the directory of users and memberships, the message
-//!   [`chat::envelope`]; [`chat::service`] applies requests (`q/{user}/{op}`) and picks up other
-//!   processes' changes; [`chat::signals`] turns acknowledgements and connections into
-//!   receipts and presence.
-//! - [`store`]: all SQL — accounts and conversations ([`store::Store`]), and the history with
-//!   its group-commit writer thread ([`store::messages`]).
-//! - [`router`]: sessions, subscriptions ([`topics`] filters in a trie), retained messages,
-//!   wills, QoS 1/2 flows, `$SYS` statistics ([`stats`]).
+//! Modules form layers; each uses only those above it in this list (data flows one way).
+//!
 //! - [`topics`]: the only code that parses or builds topic strings (see `topics.md`).
-//! - [`tokens`]: access tokens (JWT HS256) and refresh tokens, for the HTTP API and CONNECT.
-//! - [`http`]: the HTTP sidecar (axum): accounts and tokens, conversations, admin, health,
-//!   metrics.
-//! - [`media`]: uploaded files, content-addressed on disk, and their thumbnails.
-//! - [`ids`]: random identifiers.
+//! - [`codec`]: rumqttc's `mqttbytes` for both versions behind one (5.0) packet type
+//!   ([`codec::convert`] turns 3.1.1 packets into 5.0 ones and back).
+//! - [`ids`], [`password`], [`tokens`], [`stats`]: random ids, password hashes, access tokens
+//!   (JWT HS256) and refresh tokens, counters.
+//! - [`config`]: the one typed configuration (embedded `config/natter.toml`, env, flags),
+//!   checked section by section in [`config::validate`] before anything starts.
+//! - [`chat`]: the domain rules, no I/O: the [`chat::Directory`] of users and memberships and
+//!   who may publish or subscribe where, the message [`chat::envelope`], who may edit or delete
+//!   an entry ([`chat::edits`]), and the typed requests of `q/{user}/{op}`
+//!   ([`chat::requests`]).
+//! - [`refusal`]: every reason a client's action is refused, and the three tables that turn one
+//!   into a JSON code, MQTT reason codes and an HTTP status.
+//! - [`store`]: all SQL — accounts, devices, conversations, media, push endpoints, the schema —
+//!   and the history ([`store::messages`]): its group-commit writer thread, appends, paging,
+//!   search, receipts and retention.
+//! - [`access`], [`acl`]: who may connect, publish, subscribe and receive — the chat rules for
+//!   the chat namespaces, the mosquitto-style ACL file for plain topics.
+//! - [`router`]: one task with no I/O — sessions ([`router::Router`]'s lifecycle, kicks,
+//!   wills), the subscription trie, fan-out, retained messages, acks, `$SYS`. It reports
+//!   deliveries and connections as [`router::Report`]s and never calls the layers below.
+//! - [`service`]: the chat rules applied with I/O — requests and the reload watcher
+//!   ([`service::requests`], `groups`, `queries`, `account`, `watch`), receipts and presence
+//!   ([`service::signals`]), push ([`service::push`]).
+//! - [`edge`]: listeners, handshakes ([`edge`]'s `connect`), and one task per connection:
+//!   `inbound` (read, decode), `publish` (check, authorize), `chat_ingress` (chat routes),
+//!   `persist` (store before ack), `outbound` (mailbox to socket), `refusals`.
+//! - [`http`]: the HTTP sidecar (axum): accounts and tokens, conversations, media, admin,
+//!   health, metrics; [`media`] keeps uploaded files, content-addressed, and thumbnails.
+//! - [`server`]: binds the listeners and runs everything until shutdown.
 //!
 //! # The flow of one chat message
 //!
 //! ```text
-//! socket ─► edge::connection: decode, topic alias, validate, authorize (access), parse the
-//!           envelope (chat::envelope)
-//!        ─► store::messages writer thread: next seq, INSERT, COMMIT (a batch at a time)
-//!        ─► edge: PUBACK to the sender ("sent" = on disk), then the stamped envelope to …
-//!        ─► router (one task): match subscriptions on c/{conv}/m and each member's
-//!           u/{member}/c/{conv}/m, per-session in-flight window and queue
-//!        ─► each subscriber's mailbox ─► its connection encodes (JSON or MessagePack, 3.1.1 or
+//! socket ─► edge::inbound: decode ─► edge::publish: topic alias, validate, authorize (access)
+//!        ─► edge::chat_ingress: parse the envelope (chat::envelope)
+//!        ─► edge::persist ─► store::messages writer thread: next seq, INSERT, COMMIT (a batch
+//!           at a time; chat::edits decides edits and deletes)
+//!        ─► edge::persist: PUBACK to the sender ("sent" = on disk), then the stamped envelope …
+//!        ─► router (one task, router::fanout): match subscriptions on c/{conv}/m and each
+//!           member's u/{member}/c/{conv}/m, per-session in-flight window and queue
+//!        ─► each subscriber's mailbox ─► edge::outbound encodes (JSON or MessagePack, 3.1.1 or
 //!           5.0) ─► socket
-//! recipient PUBACK ─► router frees the slot and reports it ─► chat::signals: batched
+//! recipient PUBACK ─► router::acks frees the slot and reports it ─► service::signals: batched
 //!           "delivered" receipt, stored, published on c/{conv}/r
 //! ```
 //!

@@ -26,13 +26,6 @@ pub enum EnvelopeError {
     Invalid(#[from] Invalid),
 }
 
-impl EnvelopeError {
-    /// A stable machine-readable code; delegates to the table in `crate::refusal`.
-    pub fn code(&self) -> &'static str {
-        crate::refusal::Refusal::from(self.clone()).code()
-    }
-}
-
 /// A readable draft that breaks a rule of its topic (a message on `c/{conv}/m`, an event on
 /// `c/{conv}/e`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

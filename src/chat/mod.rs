@@ -68,13 +68,6 @@ pub enum Denied {
     NoSuchConversation,
 }
 
-impl Denied {
-    /// A stable machine-readable code; delegates to the table in `crate::refusal`.
-    pub fn code(self) -> &'static str {
-        crate::refusal::Refusal::from(self).code()
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Group {
     pub name: String,

@@ -12,6 +12,7 @@ use super::connection::{Close, Connection};
 use super::inflight::{Pending, Persist};
 use super::publish::Received;
 use crate::chat::envelope;
+use crate::refusal::Refusal;
 use crate::router::{Event, Message};
 use crate::service::requests::Request;
 use crate::service::signals::Signal;
@@ -72,7 +73,8 @@ impl Connection {
         ) {
             Ok(content) => content,
             Err(e) => {
-                self.forget_refused(&message.topic, pkid, e.code(), &e.to_string());
+                let refusal = Refusal::from(e);
+                self.forget_refused(&message.topic, pkid, refusal.code(), &refusal.to_string());
                 return self.refuse_publish(qos, pkid, PubAckReason::PayloadFormatInvalid);
             }
         };

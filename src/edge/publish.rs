@@ -13,6 +13,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use super::connection::{Close, Connection};
 use crate::access::Route;
 use crate::codec::Version;
+use crate::refusal::Refusal;
 use crate::router::{Event, Message};
 use crate::stats::Stats;
 use crate::topics::{self, ConvKind};
@@ -95,7 +96,11 @@ impl Connection {
             Ok(route) => Ok((topic, route)),
             Err(refused) => {
                 tracing::info!(client = %self.identity.client_id, topic = topic_str, %refused, "publish refused");
-                self.report_refusal(topic_str, refused.code(), &refused.to_string());
+                self.report_refusal(
+                    topic_str,
+                    Refusal::from(refused).code(),
+                    &refused.to_string(),
+                );
                 Err(self.refuse_publish(qos, pkid, PubAckReason::NotAuthorized))
             }
         }

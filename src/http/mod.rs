@@ -1,5 +1,5 @@
 //! The HTTP sidecar (axum): accounts and tokens, conversations for apps that prefer HTTP (the
-//! same operations as the MQTT requests, through [`ChatService::call`]), media, admin, `/healthz`,
+//! same operations as the MQTT requests, through [`ChatService::dispatch`]), media, admin, `/healthz`,
 //! Prometheus `/metrics` and the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! [`app`] builds the router from its state, so tests drive it in-process; [`run`] serves it on

@@ -2,6 +2,7 @@
 
 use crate::chat::requests::RequestError;
 use crate::chat::Denied;
+use crate::refusal::Refusal;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,7 @@ pub enum ServiceError {
 impl ServiceError {
     pub fn code(&self) -> &'static str {
         match self {
-            ServiceError::Denied(d) => d.code(),
+            ServiceError::Denied(d) => Refusal::from(*d).code(),
             ServiceError::BadRequest(_) => "bad_request",
             ServiceError::Conflict(_) => "conflict",
             ServiceError::Store(_) | ServiceError::Join => "internal",
