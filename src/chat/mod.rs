@@ -9,11 +9,12 @@
 pub mod edits;
 pub mod envelope;
 pub mod requests;
+pub mod snapshot;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::store::Snapshot;
 use crate::topics::{self, ChatTopic, ConvId, FilterScope};
+pub use snapshot::{ConversationRow, Snapshot, UserRow};
 
 /// A member's role in a group.
 #[derive(
@@ -346,7 +347,6 @@ pub struct MembershipChanges {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ConversationRow, UserRow};
 
     fn directory() -> Directory {
         let user = |id: &str, admin| UserRow {

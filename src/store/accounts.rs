@@ -4,15 +4,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::clock::now;
 use super::conversations::direct_conversations_of;
-use super::{Store, StoreError};
-
-/// A user as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRow {
-    pub id: String,
-    pub admin: bool,
-    pub created_at: i64,
-}
+use super::{Store, StoreError, UserRow};
 
 impl Store {
     pub fn add_user(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {

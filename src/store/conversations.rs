@@ -5,14 +5,6 @@ use rusqlite::{params, Connection};
 use super::clock::now;
 use super::{Store, StoreError};
 
-/// A conversation as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConversationRow {
-    pub id: String,
-    pub name: String,
-    pub topic: String,
-}
-
 /// Every direct conversation of `user` that left a trace: a conversation row (the history
 /// writer adds one with the first message) or a receipt. Direct conversations have no member
 /// rows, so they are found by id: LIKE only narrows the search (`_` in a user id is a LIKE

@@ -1,20 +1,7 @@
 //! What the in-memory chat directory is built from: a consistent snapshot of users,
 //! conversations, members and blocks, and the version number that says when to read it again.
 
-use super::accounts::UserRow;
-use super::conversations::ConversationRow;
-use super::{Store, StoreError};
-
-/// Everything the authorization rules need, read in one transaction.
-#[derive(Debug, Default, Clone)]
-pub struct Snapshot {
-    pub users: Vec<UserRow>,
-    pub conversations: Vec<ConversationRow>,
-    /// (conversation, user, role)
-    pub members: Vec<(String, String, String)>,
-    /// (user, blocked user)
-    pub blocks: Vec<(String, String)>,
-}
+use super::{ConversationRow, Snapshot, Store, StoreError, UserRow};
 
 impl Store {
     /// Increases with every change to accounts, conversations, members or blocks, by any

@@ -32,9 +32,7 @@ pub mod messages;
 mod push;
 mod schema;
 
-pub use accounts::UserRow;
-pub use conversations::ConversationRow;
-pub use directory::Snapshot;
+pub use crate::chat::snapshot::{ConversationRow, Snapshot, UserRow};
 pub use media::MediaRow;
 
 /// Why a store call failed.
