@@ -266,15 +266,11 @@ impl From<StoreError> for ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
-        let refusal = match &e {
-            ServiceError::Denied(d) => Refusal::Denied(*d),
-            ServiceError::BadRequest(_) => Refusal::BadRequest,
-            ServiceError::Conflict(_) => Refusal::Conflict,
-            ServiceError::Store(_) | ServiceError::Join => {
-                tracing::error!(error = %e, "chat operation failed in an HTTP request");
-                return ApiError::from(Refusal::Internal);
-            }
-        };
+        let refusal = e.refusal();
+        if refusal == Refusal::Internal {
+            tracing::error!(error = %e, "chat operation failed in an HTTP request");
+            return ApiError::from(refusal);
+        }
         ApiError::from(refusal).with_message(e.to_string())
     }
 }

@@ -20,13 +20,19 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    pub fn code(&self) -> &'static str {
+    /// Its place in the table of refusals, which gives its code and HTTP status.
+    pub fn refusal(&self) -> Refusal {
         match self {
-            ServiceError::Denied(d) => Refusal::from(*d).code(),
-            ServiceError::BadRequest(_) => "bad_request",
-            ServiceError::Conflict(_) => "conflict",
-            ServiceError::Store(_) | ServiceError::Join => "internal",
+            ServiceError::Denied(d) => Refusal::Denied(*d),
+            ServiceError::BadRequest(_) => Refusal::BadRequest,
+            ServiceError::Conflict(_) => Refusal::Conflict,
+            ServiceError::Store(_) | ServiceError::Join => Refusal::Internal,
         }
+    }
+
+    /// The stable code request replies carry.
+    pub fn code(&self) -> &'static str {
+        self.refusal().code()
     }
 }
 
