@@ -10,6 +10,7 @@
 use axum::http::StatusCode;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 
+use crate::chat::edits::EditRefused;
 use crate::chat::envelope::EnvelopeError;
 use crate::chat::Denied;
 
@@ -33,8 +34,8 @@ pub enum Refusal {
     #[error("expected {{\"read\": SEQ}}: {0}")]
     BadPayload(String),
     /// The history refuses an edit, delete or reaction (unknown target, not the author, …).
-    #[error("{0}")]
-    Refused(&'static str),
+    #[error(transparent)]
+    Refused(#[from] EditRefused),
     /// The message was not stored (the writer gave up); the client should send it again.
     #[error("the message was not stored; send it again")]
     StorageFailed,
@@ -280,7 +281,7 @@ mod tests {
             (R::Acl, "acl", NotAuth, Ack, 403),
             (R::SysTopic, "server_only", NotAuth, Ack, 403),
             (R::BadPayload("x".into()), "bad_payload", Format, Ack, 400),
-            (R::Refused("no such message"), "refused", Impl, Ack, 422),
+            (R::Refused(EditRefused::NoSuchMessage), "refused", Impl, Ack, 422),
             (R::StorageFailed, "storage_failed", Unspec, Disconnect, 500),
             (R::BadRequest, "bad_request", Format, Ack, 400),
             (R::Unauthorized, "unauthorized", NotAuth, Ack, 401),

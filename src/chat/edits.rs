@@ -7,7 +7,7 @@
 use crate::chat::envelope::Kind;
 
 /// Why an entry was refused: it names something it may not. Every reason reaches the client
-/// under one code, [`EditRefused::code`], with the text as its message.
+/// under one code (`refused`, in `crate::refusal`'s table), with the text as its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EditRefused {
     /// A media id that is neither the sender's upload nor already seen in the conversation.
@@ -21,13 +21,6 @@ pub enum EditRefused {
     NotAuthor,
     #[error("only the author (or a group admin) may delete")]
     NotAuthorOrModerator,
-}
-
-impl EditRefused {
-    /// The machine-readable code: the same for every reason.
-    pub fn code(self) -> &'static str {
-        "refused"
-    }
 }
 
 /// The stored entry an edit, delete or reaction names.
@@ -151,7 +144,7 @@ mod tests {
         ];
         for (refused, text) in cases {
             assert_eq!(refused.to_string(), text);
-            assert_eq!(refused.code(), "refused");
+            assert_eq!(crate::refusal::Refusal::from(refused).code(), "refused");
         }
     }
 }

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::connection::{Close, Connection};
@@ -73,9 +72,7 @@ impl Connection {
         ) {
             Ok(content) => content,
             Err(e) => {
-                let refusal = Refusal::from(e);
-                self.forget_refused(&message.topic, pkid, refusal.code(), &refusal.to_string());
-                return self.refuse_publish(qos, pkid, PubAckReason::PayloadFormatInvalid);
+                return self.refuse(&message.topic, qos, pkid, &Refusal::from(e));
             }
         };
         let new = NewMessage {
@@ -126,10 +123,8 @@ impl Connection {
                 false
             }
             Err(e) => {
-                let reason = format!("expected {{\"read\": SEQ}}: {e}");
-                self.forget_refused(&message.topic, received.pkid, "bad_payload", &reason);
-                let reason = PubAckReason::PayloadFormatInvalid;
-                self.refuse_publish(received.qos, received.pkid, reason);
+                let refusal = Refusal::BadPayload(e.to_string());
+                self.refuse(&message.topic, received.qos, received.pkid, &refusal);
                 true
             }
         }

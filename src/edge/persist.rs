@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::connection::{Close, Connection};
 use super::inflight::{Pending, Persist};
 use crate::chat::envelope::{Envelope, Format, Kind};
-use crate::codec::Version;
+use crate::refusal::Refusal;
 use crate::router::{ChatRef, Event, Message};
 use crate::service::signals::Signal;
 use crate::store::messages::{AppendError, Appended};
@@ -74,8 +74,7 @@ impl Connection {
                 None
             }
             Err(AppendError::Refused(reason)) => {
-                self.forget_refused(&p.topic, p.pkid, "refused", &reason.to_string());
-                self.refuse_publish(p.qos, p.pkid, PubAckReason::ImplementationSpecificError)
+                self.refuse(&p.topic, p.qos, p.pkid, &Refusal::Refused(reason))
             }
             Err(e) => {
                 // Not stored (the writer retried up to its bound): the sender must not think
@@ -83,17 +82,7 @@ impl Connection {
                 // negative acknowledgement, so it is disconnected and resends the message,
                 // still unacknowledged, after reconnecting.
                 tracing::error!(client = %self.identity.client_id, error = %e, "message not stored");
-                self.forget_refused(
-                    &p.topic,
-                    p.pkid,
-                    "storage_failed",
-                    "the message was not stored; send it again",
-                );
-                if self.version == Version::V5 {
-                    self.refuse_publish(p.qos, p.pkid, PubAckReason::UnspecifiedError)
-                } else {
-                    Some(Close::Server(DisconnectReasonCode::UnspecifiedError))
-                }
+                self.refuse(&p.topic, p.qos, p.pkid, &Refusal::StorageFailed)
             }
         }
     }

@@ -96,12 +96,9 @@ impl Connection {
             Ok(route) => Ok((topic, route)),
             Err(refused) => {
                 tracing::info!(client = %self.identity.client_id, topic = topic_str, %refused, "publish refused");
-                self.report_refusal(
-                    topic_str,
-                    Refusal::from(refused).code(),
-                    &refused.to_string(),
-                );
-                Err(self.refuse_publish(qos, pkid, PubAckReason::NotAuthorized))
+                let refusal = Refusal::from(refused);
+                self.report_refusal(topic_str, refusal.code(), &refusal.to_string());
+                Err(self.refuse_publish(qos, pkid, refusal.mqtt().0))
             }
         }
     }

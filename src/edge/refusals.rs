@@ -3,11 +3,14 @@
 //! a refusal into what the client sees.
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason, PubRec, PubRecReason};
+use rumqttc::v5::mqttbytes::v5::{
+    DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, PubRecReason,
+};
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::connection::{Close, Connection};
 use crate::codec::Version;
+use crate::refusal::{Refusal, V311};
 use crate::router::{Event, Message};
 use crate::topics;
 
@@ -36,6 +39,25 @@ impl Connection {
         self.inflight.release_qos2(pkid);
         let topic = String::from_utf8_lossy(topic).into_owned();
         self.report_refusal(&topic, code, message);
+    }
+
+    /// Refuses an accepted PUBLISH after all (see `forget_refused`), as the refusal table says:
+    /// its code and text on `u/{user}/errors`, its reason code for 5.0, and for 3.1.1 either a
+    /// normal acknowledgement or, when the message could not be stored, a disconnect.
+    pub(super) fn refuse(
+        &mut self,
+        topic: &Bytes,
+        qos: QoS,
+        pkid: u16,
+        refusal: &Refusal,
+    ) -> Option<Close> {
+        self.forget_refused(topic, pkid, refusal.code(), &refusal.to_string());
+        match refusal.mqtt() {
+            (_, V311::Disconnect) if self.version == Version::V4 => {
+                Some(Close::Server(DisconnectReasonCode::UnspecifiedError))
+            }
+            (reason, _) => self.refuse_publish(qos, pkid, reason),
+        }
     }
 
     /// Refuses one PUBLISH: 5.0 learns why from the acknowledgement's reason code; 3.1.1 has no
