@@ -1,7 +1,7 @@
 //! Garbage in, no panic out: the deterministic, in-tree half of `fuzz/` (which needs cargo fuzz).
 //!
 //! Feeds `natter::codec::read` (both versions, whole and in chunks, the way
-//! `edge::inbound and edge::publish` reads: append bytes, read until `Ok(None)` or an error) with
+//! `edge::inbound` reads: append bytes, read until `Ok(None)` or an error) with
 //! (a) every prefix of valid packets of every type, (b) a few thousand seeded pseudo-random and
 //! mutated byte strings, (c) the inputs the fuzzer has turned up. Every packet that decodes is
 //! written back with `codec::write` for both versions.
