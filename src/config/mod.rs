@@ -73,10 +73,14 @@ pub struct MqttConfig {
     pub receive_maximum: u16,
     pub max_inflight: u16,
     pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
     pub queue_overflow: QueueOverflow,
     pub topic_alias_maximum: u16,
     pub max_session_expiry_secs: u32,
     pub max_retained: usize,
+    pub max_retained_bytes: usize,
+    pub max_topic_len: usize,
+    pub max_topic_levels: usize,
     pub max_client_id_len: usize,
     pub sys_interval_secs: u64,
 }
@@ -105,6 +109,7 @@ pub struct HttpConfig {
     pub access_token_secs: u64,
     pub refresh_token_days: u64,
     pub login_attempts_per_minute: u32,
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +161,7 @@ pub struct MediaConfig {
     pub link_ttl_secs: u64,
     pub thumbnail_px: u32,
     pub max_image_pixels: u64,
+    pub max_concurrent_decodes: usize,
     pub unreferenced_grace_secs: u64,
 }
 

@@ -55,6 +55,15 @@ fn mqtt(m: &MqttConfig) -> Result<(), ConfigError> {
     if m.max_inflight == 0 {
         return Err(invalid("mqtt.max_inflight", "must be at least 1"));
     }
+    if m.max_queued_bytes == 0 {
+        return Err(invalid("mqtt.max_queued_bytes", "must be at least 1"));
+    }
+    if !(1..=65535).contains(&m.max_topic_len) {
+        return Err(invalid("mqtt.max_topic_len", "must be between 1 and 65535"));
+    }
+    if m.max_topic_levels == 0 {
+        return Err(invalid("mqtt.max_topic_levels", "must be at least 1"));
+    }
     if m.max_client_id_len == 0 {
         return Err(invalid("mqtt.max_client_id_len", "must be at least 1"));
     }
@@ -113,6 +122,9 @@ fn http(h: &HttpConfig) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    if h.max_body_bytes < 1024 {
+        return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+    }
     Ok(())
 }
 
@@ -123,6 +135,9 @@ fn media(m: &MediaConfig) -> Result<(), ConfigError> {
             "media",
             "max_upload_bytes and thumbnail_px must be at least 1",
         ));
+    }
+    if m.max_concurrent_decodes == 0 {
+        return Err(invalid("media.max_concurrent_decodes", "must be at least 1"));
     }
     Ok(())
 }
