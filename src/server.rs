@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::access::{Access, AccessError};
 use crate::chat::Directory;
 use crate::config::{listen_addr, Config};
-use crate::edge::{self, Kind, Limits, Shared, TlsError};
+use crate::edge::{self, Admission, Kind, Limits, Shared, TlsError};
 use crate::http::{AppState, HttpSettings};
 use crate::media::MediaStore;
 use crate::router::{self, Event, Router, Settings};
@@ -188,6 +188,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         next_conn_id: AtomicU64::new(1),
+        admission: Admission::new(config.limits.max_connections),
     });
     for (kind, addr) in listeners.addrs() {
         tracing::info!(%addr, ?kind, "listening");

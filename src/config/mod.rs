@@ -124,6 +124,7 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub max_subscriptions_per_connection: usize,
     pub publish_rate: u32,

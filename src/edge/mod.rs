@@ -16,9 +16,11 @@
 //!   - `persist`: store before acknowledge, over the queue in `inflight`;
 //!   - `outbound`: from the mailbox to the socket;
 //!   - `refusals`: what a refused PUBLISH tells the client.
+//! - `admission`: the global connection bound, checked at accept.
 //! - `aliases`: topic aliases both ways; `rate`: the publish token bucket; `typing`: the
 //!   typing indicators' gate.
 
+mod admission;
 mod aliases;
 mod chat_ingress;
 mod connect;
@@ -46,6 +48,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use admission::Admission;
 pub use tls::{acceptor as tls_acceptor, TlsError};
 use transport::{Io, Transport};
 
@@ -125,6 +128,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub next_conn_id: AtomicU64,
+    /// Live sockets against `limits.max_connections`.
+    pub admission: Arc<Admission>,
 }
 
 /// Accepts connections on `listener` until shutdown; each runs in its own tracked task.
@@ -141,11 +146,16 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Past the bound the socket is dropped (closed) here, before any work.
+                let Some(ticket) = shared.admission.admit() else {
+                    continue;
+                };
                 let shared2 = shared.clone();
                 let tls = tls.clone();
-                shared
-                    .tasks
-                    .spawn(async move { handle(stream, peer, kind, tls, shared2).await });
+                shared.tasks.spawn(async move {
+                    handle(stream, peer, kind, tls, shared2).await;
+                    drop(ticket);
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
