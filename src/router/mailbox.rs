@@ -249,3 +249,110 @@ impl Mailbox {
         self.notify.notified().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::router::Message;
+
+    /// A delivery of 100 bytes (`Message::size`: a one-byte topic and 99 bytes of payload).
+    fn hundred(qos: QoS, tag: u8) -> Outbound {
+        let message = Message {
+            qos,
+            ..Message::server("t".into(), vec![tag; 99])
+        };
+        Outbound::Publish(Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+            dup: false,
+            pkid: 0,
+            subscription_ids: Vec::new(),
+        })
+    }
+
+    fn mailbox(bytes: usize, overflow: QueueOverflow) -> Arc<Mailbox> {
+        Arc::new(Mailbox::new(QueueBounds {
+            messages: 1000,
+            bytes,
+            overflow,
+        }))
+    }
+
+    /// The tags of the messages waiting, taken out of the mailbox.
+    fn tags(m: &Mailbox) -> Vec<u8> {
+        let mut out = VecDeque::new();
+        m.take(&mut out, usize::MAX);
+        out.iter()
+            .map(|item| match item {
+                Outbound::Publish(d) => d.message.payload[0],
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn qos0_messages_are_bounded_in_bytes_under_either_policy() {
+        let newest = mailbox(250, QueueOverflow::DropNewest);
+        let oldest = mailbox(250, QueueOverflow::DropOldest);
+        for m in [&newest, &oldest] {
+            assert_eq!(m.push(hundred(QoS::AtMostOnce, 1)), 0);
+            assert_eq!(m.push(hundred(QoS::AtMostOnce, 2)), 0);
+            assert_eq!(m.push(hundred(QoS::AtMostOnce, 3)), 1, "300 bytes > 250");
+        }
+        assert_eq!(tags(&newest), [1, 2]);
+        assert_eq!(tags(&oldest), [2, 3]);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_budget_waits_alone() {
+        let m = mailbox(50, QueueOverflow::DropOldest);
+        assert_eq!(
+            m.push(hundred(QoS::AtMostOnce, 1)),
+            0,
+            "an empty mailbox takes it"
+        );
+        assert_eq!(m.push(hundred(QoS::AtMostOnce, 2)), 1);
+        assert_eq!(tags(&m), [2]);
+    }
+
+    #[test]
+    fn messages_in_flight_are_never_dropped_nor_counted_against_qos0() {
+        let m = mailbox(150, QueueOverflow::DropNewest);
+        for tag in 1..=3 {
+            assert_eq!(m.push(hundred(QoS::AtLeastOnce, tag)), 0);
+        }
+        assert_eq!(m.push(hundred(QoS::AtMostOnce, 4)), 0);
+        assert_eq!(m.push(hundred(QoS::AtMostOnce, 5)), 1);
+        assert_eq!(tags(&m), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn what_a_batch_leaves_behind_still_counts_and_is_announced() {
+        let m = mailbox(500, QueueOverflow::DropNewest);
+        for tag in 1..=5 {
+            assert_eq!(m.push(hundred(QoS::AtMostOnce, tag)), 0);
+        }
+        assert!(m.ready().now_or_never().is_some());
+        let mut batch = VecDeque::new();
+        m.take(&mut batch, 250);
+        assert_eq!(batch.len(), 3, "taken until 250 bytes are reached");
+        assert!(
+            m.ready().now_or_never().is_some(),
+            "the rest is due without another push"
+        );
+        // Two left (200 bytes) and 500 allowed: three more fit, a fourth does not.
+        for tag in 6..=8 {
+            assert_eq!(m.push(hundred(QoS::AtMostOnce, tag)), 0);
+        }
+        assert_eq!(m.push(hundred(QoS::AtMostOnce, 9)), 1);
+        assert_eq!(tags(&m), [4, 5, 6, 7, 8]);
+        assert_eq!(
+            m.push(hundred(QoS::AtMostOnce, 10)),
+            0,
+            "all taken: empty again"
+        );
+    }
+}

@@ -66,7 +66,11 @@ impl Message {
     pub fn size(&self) -> usize {
         let properties = self.properties.as_deref().map_or(0, |p| {
             let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-            let users: usize = p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let users: usize = p
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
             text(&p.response_topic)
                 + text(&p.content_type)
                 + p.correlation_data.as_ref().map_or(0, Bytes::len)

@@ -90,7 +90,13 @@ impl Retained {
         };
         self.by_topic
             .range::<str, _>((Bound::Included(start), Bound::Unbounded))
-            .take_while(move |(t, _)| if wild { t.starts_with(start) } else { *t == filter })
+            .take_while(move |(t, _)| {
+                if wild {
+                    t.starts_with(start)
+                } else {
+                    *t == filter
+                }
+            })
             .filter(move |(t, _)| !wild || topics::matches(filter, t))
     }
 }
@@ -168,5 +174,61 @@ impl Router {
     /// Forgets retained messages whose Message Expiry Interval has passed.
     pub(super) fn drop_expired_retained(&mut self, now: Instant) {
         self.retained.drop_expired(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message of `size` bytes on a one-byte topic.
+    fn sized(size: usize) -> Arc<Message> {
+        Arc::new(Message::server("t".into(), vec![1; size - 1]))
+    }
+
+    #[test]
+    fn the_store_counts_bytes_and_replacements_count_the_difference() {
+        let mut r = Retained::default();
+        r.insert("a", sized(100));
+        r.insert("b", sized(100));
+        assert_eq!(r.bytes, 200);
+        assert!(!r.fits("c", 100, 10, 250), "a new topic beyond the bytes");
+        assert!(r.fits("c", 50, 10, 250));
+        assert!(!r.fits("c", 50, 2, 250), "a new topic beyond the count");
+        assert!(
+            r.fits("a", 150, 2, 250),
+            "a replacement counts the difference"
+        );
+        assert!(!r.fits("a", 151, 2, 250));
+        r.insert("a", sized(150));
+        assert_eq!(r.bytes, 250);
+        r.remove("b");
+        assert_eq!((r.len(), r.bytes), (1, 150));
+    }
+
+    #[test]
+    fn expired_messages_give_their_bytes_back() {
+        let now = Instant::now();
+        let mut r = Retained::default();
+        let mut expiring = Message::server("t".into(), vec![1; 99]);
+        expiring.expires_at = Some(now);
+        r.insert("a", Arc::new(expiring));
+        r.insert("b", sized(30));
+        r.drop_expired(now);
+        assert_eq!((r.len(), r.bytes), (1, 30));
+    }
+
+    #[test]
+    fn matching_reads_the_filters_range_only() {
+        let mut r = Retained::default();
+        for topic in ["a/1", "a/2/x", "ab", "b/1"] {
+            r.insert(topic, sized(10));
+        }
+        let topics =
+            |filter| -> Vec<String> { r.matching(filter).map(|(t, _)| t.clone()).collect() };
+        assert_eq!(topics("a/+"), ["a/1"]);
+        assert_eq!(topics("a/#"), ["a/1", "a/2/x"]);
+        assert_eq!(topics("ab"), ["ab"]);
+        assert!(topics("a").is_empty());
     }
 }

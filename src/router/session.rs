@@ -267,3 +267,120 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::Message;
+
+    /// A QoS 1 delivery of 100 bytes (`Message::size`: a one-byte topic, 99 bytes of payload).
+    fn hundred(tag: u8) -> Delivery {
+        Delivery {
+            message: Arc::new(Message::server("t".into(), vec![tag; 99])),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            dup: false,
+            pkid: 0,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn bounds(bytes: usize, overflow: QueueOverflow) -> QueueBounds {
+        QueueBounds {
+            messages: 1000,
+            bytes,
+            overflow,
+        }
+    }
+
+    /// A connected session with a window of `window` messages and `bytes` of budget.
+    fn session(window: usize, bytes: usize) -> Session {
+        let identity = Identity {
+            user: None,
+            client_id: "c".into(),
+        };
+        let mut s = Session::new(identity, 0);
+        s.link = Some(Link {
+            conn_id: 1,
+            mailbox: Arc::new(Mailbox::new(bounds(bytes, QueueOverflow::DropOldest))),
+            window,
+        });
+        s
+    }
+
+    /// The tags of the messages written to the connection since the last call.
+    fn written(s: &Session) -> Vec<u8> {
+        let mut out = std::collections::VecDeque::new();
+        s.link.as_ref().unwrap().mailbox.take(&mut out, usize::MAX);
+        out.iter()
+            .map(|item| match item {
+                Outbound::Publish(d) => d.message.payload[0],
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_under_either_policy() {
+        for (overflow, kept) in [
+            (QueueOverflow::DropOldest, [4, 5]),
+            (QueueOverflow::DropNewest, [2, 3]),
+        ] {
+            let mut s = session(1, 10_000);
+            let b = bounds(250, overflow);
+            let dropped: Vec<usize> = (1..=5).map(|tag| s.deliver(hundred(tag), &b)).collect();
+            assert_eq!(dropped, [0, 0, 0, 1, 1], "{overflow:?}");
+            assert_eq!(written(&s), [1]);
+            for pkid in 1..=3 {
+                s.on_puback(pkid);
+                s.pump(Instant::now());
+            }
+            assert_eq!(written(&s), kept, "{overflow:?}");
+        }
+    }
+
+    #[test]
+    fn the_window_is_bounded_by_the_mailbox_budget_too() {
+        let mut s = session(10, 250);
+        let b = bounds(10_000, QueueOverflow::DropOldest);
+        for tag in 1..=4 {
+            assert_eq!(s.deliver(hundred(tag), &b), 0);
+        }
+        assert_eq!(written(&s), [1, 2], "a third would put 300 bytes in flight");
+        s.on_puback(1);
+        s.pump(Instant::now());
+        assert_eq!(written(&s), [3]);
+        s.discard(2);
+        s.pump(Instant::now());
+        assert_eq!(written(&s), [4]);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_budget_goes_alone() {
+        let mut s = session(10, 50);
+        let b = bounds(50, QueueOverflow::DropOldest);
+        assert_eq!(s.deliver(hundred(1), &b), 0, "an empty window takes it");
+        assert_eq!(s.deliver(hundred(2), &b), 0, "an empty queue takes it");
+        assert_eq!(s.deliver(hundred(3), &b), 1, "it takes the place of 2");
+        assert_eq!(written(&s), [1]);
+        s.on_puback(1);
+        s.pump(Instant::now());
+        assert_eq!(written(&s), [3]);
+    }
+
+    #[test]
+    fn an_offline_session_drops_qos0_and_queues_the_rest_within_bytes() {
+        let mut s = session(1, 10_000);
+        s.link = None;
+        let qos0 = Delivery {
+            qos: QoS::AtMostOnce,
+            ..hundred(0)
+        };
+        let b = bounds(150, QueueOverflow::DropOldest);
+        assert_eq!(s.deliver(qos0, &b), 1);
+        assert_eq!(s.deliver(hundred(1), &b), 0);
+        assert_eq!(s.deliver(hundred(2), &b), 1);
+        assert_eq!(s.queue.len(), 1);
+        assert_eq!(s.queued_bytes, 100);
+    }
+}
