@@ -178,15 +178,16 @@ async fn a_stalled_readers_qos0_messages_are_bounded_in_bytes() {
     writer.send(numbered("sync", 0, QoS::AtMostOnce)).await;
     writer.publish().await;
     let got = read_until(&mut reader, COUNT - 1).await;
-    // What waited in the mailbox: the newest 10. Before it, what the socket's buffers and the
-    // connection's write batch held when the reader stopped (a few MB at most on loopback);
-    // with nothing bounding the mailbox's bytes, all 400 (40 MB) arrive.
-    assert!(
-        got.ends_with(&(COUNT - 10..COUNT).collect::<Vec<_>>()),
-        "{got:?}"
-    );
+    // What waited in the mailbox: the newest 10, and not one more (those between were dropped).
+    // Before it, what the socket's buffers and the connection's write batch held when the
+    // reader stopped: about 50 here (4 MB of send buffer on loopback), depending on the
+    // kernel's settings. With nothing bounding the mailbox's bytes, all 400 (40 MB) arrive.
+    let newest: Vec<usize> = (COUNT - 10..COUNT).collect();
+    let (before, last_ten) = got.split_at(got.len().saturating_sub(10));
+    assert_eq!(last_ten, newest, "{got:?}");
+    assert!(before.last() < Some(&(COUNT - 11)), "{got:?}");
     assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
-    assert!(got.len() <= 80, "{} of {COUNT} arrived: {got:?}", got.len());
+    assert!(got.len() <= COUNT / 2, "{} of {COUNT} arrived", got.len());
     let dropped = metric(&server, "messages_dropped_total").await;
     assert_eq!(dropped, (COUNT - got.len()) as u64);
 }
