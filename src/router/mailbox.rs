@@ -149,7 +149,7 @@ impl Inner {
         let oldest = self
             .items
             .iter()
-            .position(|item| matches!(measure(item), Some((_, true))));
+            .position(|item| matches!(item, Outbound::Publish(d) if d.qos == QoS::AtMostOnce));
         match oldest.and_then(|i| self.items.remove(i)) {
             Some(item) => {
                 self.forget(&item);
@@ -193,8 +193,9 @@ impl Mailbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave the queue half-updated (push/pop only),
-        // so a poisoned lock is still safe to use.
+        // A panic while holding this lock cannot leave the queue half-updated (push/pop and
+        // their counts, with nothing that can panic in between), so a poisoned lock is still
+        // safe to use.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
