@@ -14,7 +14,11 @@ pub struct Stats {
     pub clients_connected: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
+    /// Messages dropped: by a full queue or mailbox (in messages or bytes), expired, or too
+    /// large for the client.
     pub messages_dropped: AtomicU64,
+    /// Retained messages not kept: the retained store had no room for them.
+    pub retained_refused: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
 }
@@ -38,6 +42,7 @@ impl Stats {
             messages_received: Stats::get(&self.messages_received),
             messages_sent: Stats::get(&self.messages_sent),
             messages_dropped: Stats::get(&self.messages_dropped),
+            retained_refused: Stats::get(&self.retained_refused),
             bytes_received: Stats::get(&self.bytes_received),
             bytes_sent: Stats::get(&self.bytes_sent),
             media_bytes_uploaded: Stats::get(&self.media_bytes_uploaded),
@@ -113,6 +118,7 @@ pub struct Snapshot {
     pub messages_received: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
+    pub retained_refused: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub media_bytes_uploaded: u64,
@@ -120,7 +126,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Each counter with its Prometheus name, type and help text.
-    pub fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 7] {
+    pub fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 8] {
         [
             (
                 "clients_connected",
@@ -143,8 +149,14 @@ impl Snapshot {
             (
                 "messages_dropped_total",
                 "counter",
-                "Messages dropped (queues, expiry, size).",
+                "Messages dropped (full queues, by count or bytes; expiry; size).",
                 self.messages_dropped,
+            ),
+            (
+                "retained_refused_total",
+                "counter",
+                "Retained messages not kept: the retained store was full (count or bytes).",
+                self.retained_refused,
             ),
             (
                 "bytes_received_total",

@@ -166,7 +166,7 @@ async fn admit(
     let (keepalive, server_keep_alive) = keep_alive_in_force(version, limits, keep_alive);
     let (requested_expiry, expiry) = session_expiry(version, limits, clean_start, &props);
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let mailbox = Arc::new(Mailbox::new(limits.max_queued_qos0));
+    let mailbox = Arc::new(Mailbox::new(limits.mailbox));
     let request = ConnectRequest {
         identity: identity.clone(),
         conn_id,

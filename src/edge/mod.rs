@@ -54,7 +54,7 @@ use transport::{Io, Transport};
 
 use crate::access::Access;
 use crate::config::{Config, LimitsConfig, MqttConfig, RateAction};
-use crate::router::Event;
+use crate::router::{Event, QueueBounds};
 use crate::service::requests::ChatService;
 use crate::service::signals::Signal;
 use crate::stats::Stats;
@@ -79,8 +79,9 @@ pub struct Limits {
     pub topic_alias_maximum: u16,
     pub max_client_id_len: usize,
     pub max_session_expiry: u32,
-    /// QoS 0 messages a connection's mailbox may hold before dropping.
-    pub max_queued_qos0: usize,
+    /// What a connection's mailbox may hold (QoS 0 messages) before dropping, and the byte
+    /// budget of its in-flight window.
+    pub mailbox: QueueBounds,
     /// PUBLISH packets per second per connection (0: unlimited) and the burst allowed.
     pub publish_rate: u32,
     pub publish_burst: u32,
@@ -108,7 +109,7 @@ impl Limits {
             topic_alias_maximum: m.topic_alias_maximum,
             max_client_id_len: m.max_client_id_len,
             max_session_expiry: m.max_session_expiry_secs,
-            max_queued_qos0: m.max_queued_messages.max(1),
+            mailbox: QueueBounds::from_config(m),
         }
     }
 }

@@ -21,14 +21,16 @@ const WRITE_BATCH: usize = 64 * 1024;
 impl Connection {
     /// Encodes what the mailbox holds. Drains until the mailbox stays empty (the router keeps
     /// pushing meanwhile), so one write carries many messages; bounded so a firehose still
-    /// flushes.
+    /// flushes, and so the write buffer holds about a batch: what waits beyond it stays in the
+    /// mailbox, where it counts against the mailbox's bounds (a client that stops reading
+    /// leaves this connection blocked in a write, with one batch encoded).
     pub(super) fn drain_mailbox(
         &mut self,
         mailbox: &Mailbox,
         outbox: &mut VecDeque<Outbound>,
     ) -> Option<Close> {
         loop {
-            mailbox.swap(outbox);
+            mailbox.take(outbox, WRITE_BATCH.saturating_sub(self.wbuf.len()));
             if outbox.is_empty() {
                 break;
             }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 
-use super::session::{Outcome, Session};
+use super::session::Session;
 use super::{Delivery, Message, Router};
 use crate::codec::{max_qos, min_qos};
 use crate::stats::Stats;
@@ -134,9 +134,7 @@ impl Router {
             Stats::add(&self.stats.messages_dropped, 1);
             return;
         }
-        let outcome = session.deliver(delivery, self.settings.max_queued, self.settings.overflow);
-        if outcome == Outcome::Dropped {
-            Stats::add(&self.stats.messages_dropped, 1);
-        }
+        let dropped = session.deliver(delivery, &self.settings.queue);
+        Stats::add(&self.stats.messages_dropped, dropped as u64);
     }
 }

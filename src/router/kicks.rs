@@ -86,7 +86,7 @@ mod tests {
     use crate::access::{Access, Identity};
     use crate::chat::Directory;
     use crate::config::Config;
-    use crate::router::{ConnectRefused, Event, Mailbox, Settings};
+    use crate::router::{ConnectRefused, Event, Mailbox, QueueBounds, Settings};
     use crate::store::Store;
     use crate::tokens::Signer;
 
@@ -113,7 +113,9 @@ mod tests {
                 client_id: client.into(),
             },
             conn_id: 1,
-            mailbox: Arc::new(Mailbox::new(16)),
+            mailbox: Arc::new(Mailbox::new(QueueBounds::from_config(
+                &Config::default_config().mqtt,
+            ))),
             clean_start: true,
             expiry_secs: 0,
             receive_maximum: 10,

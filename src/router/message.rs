@@ -60,6 +60,25 @@ impl Message {
     pub fn is_expired(&self, now: Instant) -> bool {
         matches!(self.expires_at, Some(at) if now >= at)
     }
+
+    /// The bytes it holds that a sender chooses (topic, payloads, properties), the measure of
+    /// the queues' and the retained store's byte budgets; its fixed-size fields are left out.
+    pub fn size(&self) -> usize {
+        let properties = self.properties.as_deref().map_or(0, |p| {
+            let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+            let users: usize = p
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            text(&p.response_topic)
+                + text(&p.content_type)
+                + p.correlation_data.as_ref().map_or(0, Bytes::len)
+                + users
+        });
+        let packed = self.msgpack.as_ref().map_or(0, Bytes::len);
+        self.topic.len() + self.payload.len() + packed + properties
+    }
 }
 
 /// One message on its way to one client.

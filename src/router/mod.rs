@@ -51,14 +51,14 @@ mod sys;
 mod task;
 mod wills;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 pub use event::{Ack, ClientInfo, ConnectRefused, ConnectRequest, Event};
-pub use mailbox::{Mailbox, Outbound};
+pub use mailbox::{Mailbox, Outbound, QueueBounds};
 pub use message::{ChatRef, Delivery, Message};
 pub use report::Report;
 pub use settings::Settings;
@@ -83,10 +83,7 @@ pub struct Router {
     /// When a full retained store may next be swept for expired messages.
     next_retained_sweep: Instant,
     subscriptions: Subscriptions,
-    /// Ordered, so that a subscription reads only the topics under its filter's literal prefix
-    /// (a scan of every retained topic per SUBSCRIBE made connecting quadratic: each connected
-    /// user has a retained presence topic).
-    retained: BTreeMap<String, Arc<Message>>,
+    retained: retained::Retained,
     started: Instant,
     next_sys: Option<Instant>,
     /// Recent kicks (revoked devices, removed users), for `handshake_timeout`: a CONNECT that
@@ -117,7 +114,7 @@ impl Router {
             by_user: HashMap::new(),
             next_retained_sweep: Instant::now(),
             subscriptions: Subscriptions::default(),
-            retained: BTreeMap::new(),
+            retained: retained::Retained::default(),
             started: now,
             kicked_users: HashMap::new(),
             kicked_clients: HashMap::new(),

@@ -3,7 +3,12 @@
 //!
 //! A session outlives its connection when the client asked for that (3.1.1 clean session = 0,
 //! 5.0 session expiry > 0); while it has no connection, messages queue here up to the configured
-//! bound, and on reconnect what was in flight is resent with DUP before the queue drains.
+//! bounds, and on reconnect what was in flight is resent with DUP before the queue drains.
+//!
+//! What a session holds is bounded in bytes as well as in messages, so a client that stops
+//! reading (or reconnecting) pins at most that much however much is published to it: the queue
+//! by `mqtt.max_queued_bytes`, and the in-flight window by the same budget (its connection's
+//! [`Mailbox::bounds`]), each but for one message larger than the budget, which goes alone.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -12,7 +17,7 @@ use std::time::Instant;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubRel};
 use rumqttc::v5::mqttbytes::QoS;
 
-use super::mailbox::{Mailbox, Outbound};
+use super::mailbox::{Mailbox, Outbound, QueueBounds};
 use super::{Delivery, Will};
 use crate::access::Identity;
 use crate::config::QueueOverflow;
@@ -55,7 +60,10 @@ pub struct Session {
     /// Keyed by the raw SUBSCRIBE filter (with any `$share/{group}/` prefix).
     pub subscriptions: HashMap<Arc<str>, Subscribed>,
     inflight: VecDeque<InFlight>,
+    /// The bytes of the messages in flight and queued ([`super::Message::size`]).
+    inflight_bytes: usize,
     queue: VecDeque<Delivery>,
+    queued_bytes: usize,
     next_pkid: u16,
     /// QoS 2 packet ids received and not yet released by PUBREL (exactly-once dedup).
     pub incoming_qos2: HashSet<u16>,
@@ -69,14 +77,6 @@ pub struct Session {
     pub will_at: Option<Instant>,
 }
 
-/// What happened to a message handed to a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Sent,
-    Queued,
-    Dropped,
-}
-
 impl Session {
     pub fn new(identity: Identity, expiry_secs: u32) -> Session {
         Session {
@@ -84,7 +84,9 @@ impl Session {
             link: None,
             subscriptions: HashMap::new(),
             inflight: VecDeque::new(),
+            inflight_bytes: 0,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             next_pkid: 0,
             incoming_qos2: HashSet::new(),
             expiry_secs,
@@ -105,34 +107,46 @@ impl Session {
     }
 
     /// Hands a message to the session: sent now if connected and the window allows, else queued
-    /// (QoS 1/2 only; QoS 0 is never queued), else dropped under the overflow policy.
-    pub fn deliver(&mut self, d: Delivery, max_queue: usize, overflow: QueueOverflow) -> Outcome {
+    /// (QoS 1/2; QoS 0 waits in the mailbox alone), dropping what `bounds` cannot hold under
+    /// the overflow policy. Returns how many messages were dropped: this one, or older ones.
+    pub fn deliver(&mut self, d: Delivery, bounds: &QueueBounds) -> usize {
         if d.qos == QoS::AtMostOnce {
             return match &self.link {
-                Some(link) if link.mailbox.push(Outbound::Publish(d)) => Outcome::Sent,
-                _ => Outcome::Dropped,
+                Some(link) => link.mailbox.push(Outbound::Publish(d)),
+                None => 1,
             };
         }
-        if self.queue.is_empty() && self.has_room() {
+        let size = d.message.size();
+        if self.queue.is_empty() && self.has_room(size) {
             self.send(d);
-            return Outcome::Sent;
+            return 0;
         }
-        if self.queue.len() >= max_queue {
-            match overflow {
-                QueueOverflow::DropNewest => return Outcome::Dropped,
-                QueueOverflow::DropOldest => {
-                    self.queue.pop_front();
-                    self.queue.push_back(d);
-                    return Outcome::Dropped;
-                }
+        let mut dropped = 0;
+        while !bounds.fits(self.queue.len(), self.queued_bytes, size) {
+            if bounds.overflow == QueueOverflow::DropNewest {
+                return 1;
             }
+            let Some(oldest) = self.queue.pop_front() else {
+                // A queue of no messages (`max_queued_messages = 0`) takes none.
+                return 1;
+            };
+            self.queued_bytes -= oldest.message.size();
+            dropped += 1;
         }
+        self.queued_bytes += size;
         self.queue.push_back(d);
-        Outcome::Queued
+        dropped
     }
 
-    fn has_room(&self) -> bool {
-        matches!(&self.link, Some(link) if self.inflight.len() < link.window)
+    /// Whether a message of `size` bytes may enter the window: fewer than `window` messages in
+    /// flight and, unless none is, no more than the mailbox's byte budget with it.
+    fn has_room(&self, size: usize) -> bool {
+        let Some(link) = &self.link else {
+            return false;
+        };
+        self.inflight.len() < link.window
+            && (self.inflight.is_empty()
+                || self.inflight_bytes + size <= link.mailbox.bounds().bytes)
     }
 
     /// Assigns a packet id and writes the message to the connection.
@@ -142,11 +156,19 @@ impl Session {
         if let Some(link) = &self.link {
             link.mailbox.push(Outbound::Publish(d.clone()));
         }
+        self.inflight_bytes += d.message.size();
         self.inflight.push_back(InFlight {
             pkid,
             delivery: d,
             stage: Stage::Sent,
         });
+    }
+
+    /// Takes the message at `idx` out of the window.
+    fn leave_window(&mut self, idx: usize) -> Option<Delivery> {
+        let f = self.inflight.remove(idx)?;
+        self.inflight_bytes -= f.delivery.message.size();
+        Some(f.delivery)
     }
 
     fn take_pkid(&mut self) -> u16 {
@@ -163,10 +185,14 @@ impl Session {
     /// dropped for expiry.
     pub fn pump(&mut self, now: Instant) -> usize {
         let mut expired = 0;
-        while self.has_room() {
+        while let Some(size) = self.queue.front().map(|d| d.message.size()) {
+            if !self.has_room(size) {
+                break;
+            }
             let Some(d) = self.queue.pop_front() else {
                 break;
             };
+            self.queued_bytes -= size;
             if d.message.is_expired(now) {
                 expired += 1;
                 continue;
@@ -189,7 +215,7 @@ impl Session {
             .position(|f| f.pkid == pkid && f.delivery.qos == QoS::ExactlyOnce)?;
         if !accepted {
             // A PUBREC with an error reason ends the exchange (MQTT 5.0 §4.3.3).
-            return self.inflight.remove(idx).map(|f| f.delivery);
+            return self.leave_window(idx);
         }
         self.inflight[idx].stage = Stage::Released;
         if let Some(link) = &self.link {
@@ -204,7 +230,7 @@ impl Session {
     /// A message the connection could not send: forget it.
     pub fn discard(&mut self, pkid: u16) {
         if let Some(idx) = self.inflight.iter().position(|f| f.pkid == pkid) {
-            self.inflight.remove(idx);
+            self.leave_window(idx);
         }
     }
 
@@ -218,7 +244,7 @@ impl Session {
             .inflight
             .iter()
             .position(|f| f.pkid == pkid && f.stage == stage && f.delivery.qos == qos)?;
-        self.inflight.remove(idx).map(|f| f.delivery)
+        self.leave_window(idx)
     }
 
     /// After a reconnect: resends what was in flight (PUBLISH with DUP, or PUBREL), in order.
@@ -239,5 +265,122 @@ impl Session {
             };
             link.mailbox.push(item);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::Message;
+
+    /// A QoS 1 delivery of 100 bytes (`Message::size`: a one-byte topic, 99 bytes of payload).
+    fn hundred(tag: u8) -> Delivery {
+        Delivery {
+            message: Arc::new(Message::server("t".into(), vec![tag; 99])),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            dup: false,
+            pkid: 0,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn bounds(bytes: usize, overflow: QueueOverflow) -> QueueBounds {
+        QueueBounds {
+            messages: 1000,
+            bytes,
+            overflow,
+        }
+    }
+
+    /// A connected session with a window of `window` messages and `bytes` of budget.
+    fn session(window: usize, bytes: usize) -> Session {
+        let identity = Identity {
+            user: None,
+            client_id: "c".into(),
+        };
+        let mut s = Session::new(identity, 0);
+        s.link = Some(Link {
+            conn_id: 1,
+            mailbox: Arc::new(Mailbox::new(bounds(bytes, QueueOverflow::DropOldest))),
+            window,
+        });
+        s
+    }
+
+    /// The tags of the messages written to the connection since the last call.
+    fn written(s: &Session) -> Vec<u8> {
+        let mut out = std::collections::VecDeque::new();
+        s.link.as_ref().unwrap().mailbox.take(&mut out, usize::MAX);
+        out.iter()
+            .map(|item| match item {
+                Outbound::Publish(d) => d.message.payload[0],
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_under_either_policy() {
+        for (overflow, kept) in [
+            (QueueOverflow::DropOldest, [4, 5]),
+            (QueueOverflow::DropNewest, [2, 3]),
+        ] {
+            let mut s = session(1, 10_000);
+            let b = bounds(250, overflow);
+            let dropped: Vec<usize> = (1..=5).map(|tag| s.deliver(hundred(tag), &b)).collect();
+            assert_eq!(dropped, [0, 0, 0, 1, 1], "{overflow:?}");
+            assert_eq!(written(&s), [1]);
+            for pkid in 1..=3 {
+                s.on_puback(pkid);
+                s.pump(Instant::now());
+            }
+            assert_eq!(written(&s), kept, "{overflow:?}");
+        }
+    }
+
+    #[test]
+    fn the_window_is_bounded_by_the_mailbox_budget_too() {
+        let mut s = session(10, 250);
+        let b = bounds(10_000, QueueOverflow::DropOldest);
+        for tag in 1..=4 {
+            assert_eq!(s.deliver(hundred(tag), &b), 0);
+        }
+        assert_eq!(written(&s), [1, 2], "a third would put 300 bytes in flight");
+        s.on_puback(1);
+        s.pump(Instant::now());
+        assert_eq!(written(&s), [3]);
+        s.discard(2);
+        s.pump(Instant::now());
+        assert_eq!(written(&s), [4]);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_budget_goes_alone() {
+        let mut s = session(10, 50);
+        let b = bounds(50, QueueOverflow::DropOldest);
+        assert_eq!(s.deliver(hundred(1), &b), 0, "an empty window takes it");
+        assert_eq!(s.deliver(hundred(2), &b), 0, "an empty queue takes it");
+        assert_eq!(s.deliver(hundred(3), &b), 1, "it takes the place of 2");
+        assert_eq!(written(&s), [1]);
+        s.on_puback(1);
+        s.pump(Instant::now());
+        assert_eq!(written(&s), [3]);
+    }
+
+    #[test]
+    fn an_offline_session_drops_qos0_and_queues_the_rest_within_bytes() {
+        let mut s = session(1, 10_000);
+        s.link = None;
+        let qos0 = Delivery {
+            qos: QoS::AtMostOnce,
+            ..hundred(0)
+        };
+        let b = bounds(150, QueueOverflow::DropOldest);
+        assert_eq!(s.deliver(qos0, &b), 1);
+        assert_eq!(s.deliver(hundred(1), &b), 0);
+        assert_eq!(s.deliver(hundred(2), &b), 1);
+        assert_eq!(s.queue.len(), 1);
+        assert_eq!(s.queued_bytes, 100);
     }
 }

@@ -2,15 +2,18 @@
 
 use std::time::Duration;
 
-use crate::config::{ChatConfig, LimitsConfig, MqttConfig, QueueOverflow};
+use super::mailbox::QueueBounds;
+use crate::config::{ChatConfig, LimitsConfig, MqttConfig};
 
 /// The router's limits, from `[mqtt]`.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_inflight: u16,
-    pub max_queued: usize,
-    pub overflow: QueueOverflow,
+    /// A session's queue beyond its in-flight window.
+    pub queue: QueueBounds,
+    /// The retained store: most messages, and most bytes ([`super::Message::size`]).
     pub max_retained: usize,
+    pub max_retained_bytes: usize,
     pub max_session_expiry: u32,
     pub sys_interval: Option<Duration>,
     /// Live connections one user may have (0: no limit).
@@ -31,9 +34,9 @@ impl Settings {
             max_connections_per_user: limits.max_connections_per_user,
             max_subscriptions: limits.max_subscriptions_per_connection,
             max_inflight: m.max_inflight,
-            max_queued: m.max_queued_messages,
-            overflow: m.queue_overflow,
+            queue: QueueBounds::from_config(m),
             max_retained: m.max_retained,
+            max_retained_bytes: m.max_retained_bytes,
             max_session_expiry: m.max_session_expiry_secs,
             sys_interval: (m.sys_interval_secs > 0)
                 .then(|| Duration::from_secs(m.sys_interval_secs)),
