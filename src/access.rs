@@ -305,6 +305,9 @@ impl Access {
                 // Spans plain topics too: the ACL decides those.
                 self.acl_allows(who, Action::Subscribe(filter))
             }
+            // `q/#`, `q/+/…`: requests are for the server alone (topics.md), whatever the
+            // wildcard; narrowing would deliver nothing, so the filter is refused outright.
+            FilterScope::Wide if topics::is_request_filter(filter) => false,
             FilterScope::Wide => true,
             FilterScope::Plain if filter.starts_with("$SYS") => {
                 self.is_admin(who) || self.acl_grants(who, Action::Subscribe(filter))
@@ -503,6 +506,10 @@ mod tests {
             (&anon, "public/#", true),
             (&bob, "$SYS/#", false),
             (&root, "$SYS/#", true),
+            // Requests are the server's alone, whatever the wildcard (topics.md).
+            (&bob, "q/#", false),
+            (&bob, "q/+/sync", false),
+            (&bob, "q/bob/sync", false),
         ];
         for (w, filter, want) in cases {
             assert_eq!(
