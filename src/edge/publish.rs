@@ -79,9 +79,7 @@ impl Connection {
             tracing::info!(client = %self.identity.client_id, error = %e, "invalid topic name");
             return Err(self.refuse_topic_name(qos, pkid));
         }
-        if let Err(answer) = self.check_response_topic(topic_str, qos, pkid, properties.as_ref()) {
-            return Err(answer);
-        }
+        self.check_response_topic(topic_str, qos, pkid, properties.as_ref())?;
         let utf8_promised = properties.as_ref().and_then(|p| p.payload_format_indicator) == Some(1);
         if utf8_promised && std::str::from_utf8(payload).is_err() {
             return Err(self.refuse_publish(qos, pkid, PubAckReason::PayloadFormatInvalid));
