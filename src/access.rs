@@ -18,7 +18,7 @@ use crate::config::AuthConfig;
 use crate::password;
 use crate::store::Store;
 use crate::tokens::{self, Signer};
-use crate::topics::{self, ChatTopic, ConvKind, FilterScope};
+use crate::topics::{self, ChatTopic, ConvId, ConvKind, FilterScope};
 
 /// A connected client as the access rules see it.
 #[derive(Debug, Clone)]
@@ -305,6 +305,9 @@ impl Access {
                 // Spans plain topics too: the ACL decides those.
                 self.acl_allows(who, Action::Subscribe(filter))
             }
+            // `q/#`, `q/+/…`: requests are for the server alone (topics.md), whatever the
+            // wildcard; narrowing would deliver nothing, so the filter is refused outright.
+            FilterScope::Wide if topics::is_request_filter(filter) => false,
             FilterScope::Wide => true,
             FilterScope::Plain if filter.starts_with("$SYS") => {
                 self.is_admin(who) || self.acl_grants(who, Action::Subscribe(filter))
@@ -321,6 +324,23 @@ impl Access {
             }
             None => self.acl_allows(who, Action::Read(topic)),
         }
+    }
+
+    /// An entry of conversation `conv` was committed. The first one in a direct conversation
+    /// makes its two users share a conversation (presence, `p/{user}` subscriptions) from this
+    /// moment, not from the directory's next reload: the permission follows the data.
+    pub fn entry_committed(&self, conv: &str) {
+        let Some(ConvId::Direct(a, b)) = topics::parse_conv(conv) else {
+            return;
+        };
+        // Read first: every later message of the conversation finds the pair already there.
+        if self.dir().has_direct_history(a, b) {
+            return;
+        }
+        self.directory
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .note_direct_history(a, b);
     }
 
     /// Whether deliveries through `filter` must be checked message by message: anything that
@@ -503,6 +523,10 @@ mod tests {
             (&anon, "public/#", true),
             (&bob, "$SYS/#", false),
             (&root, "$SYS/#", true),
+            // Requests are the server's alone, whatever the wildcard (topics.md).
+            (&bob, "q/#", false),
+            (&bob, "q/+/sync", false),
+            (&bob, "q/bob/sync", false),
         ];
         for (w, filter, want) in cases {
             assert_eq!(

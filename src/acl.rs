@@ -168,7 +168,8 @@ fn parse_rule(rest: &str) -> Result<Rule, String> {
     };
     // `%u`/`%c` are substituted before matching, so validate with placeholders filled in.
     let probe = topic.replace("%u", "u").replace("%c", "c");
-    topics::validate_filter(&probe).map_err(|e| format!("bad topic `{topic}`: {e}"))?;
+    topics::validate_filter(&probe, &topics::TopicLimits::PROTOCOL)
+        .map_err(|e| format!("bad topic `{topic}`: {e}"))?;
     Ok(Rule {
         grant,
         topic: topic.to_string(),

@@ -7,19 +7,51 @@
 
 use std::fmt;
 
-/// Longest topic or filter accepted, in bytes (the MQTT string limit).
+/// Longest topic or filter the protocol allows, in bytes (the MQTT string limit).
 pub const MAX_TOPIC_LEN: usize = 65_535;
 
 /// The prefix of shared subscriptions (`$share/{group}/{filter}`, MQTT 5.0 §4.8.2).
 const SHARE_PREFIX: &str = "$share/";
+
+/// The server's caps on topic names and filters, below the protocol's (`mqtt.max_topic_len`,
+/// `mqtt.max_topic_levels`): every level costs the server work when a topic is matched or a
+/// filter indexed, and a 32 KB filter of `+` levels serves no client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    /// Longest topic or filter, in bytes.
+    pub max_len: usize,
+    /// Most levels (`/`-separated parts).
+    pub max_levels: usize,
+}
+
+impl TopicLimits {
+    /// Only the protocol's limit: for the operator's own rules (the ACL file).
+    pub const PROTOCOL: TopicLimits = TopicLimits {
+        max_len: MAX_TOPIC_LEN,
+        max_levels: usize::MAX,
+    };
+
+    fn check(&self, s: &str) -> Result<(), TopicError> {
+        if s.len() > self.max_len.min(MAX_TOPIC_LEN) {
+            return Err(TopicError::TooLong);
+        }
+        // Counted on bytes, and only once the length is known to be bounded.
+        if s.bytes().filter(|&b| b == b'/').count() >= self.max_levels {
+            return Err(TopicError::TooDeep);
+        }
+        Ok(())
+    }
+}
 
 /// Why a topic name or filter was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
     #[error("topic is empty")]
     Empty,
-    #[error("topic is longer than 65535 bytes")]
+    #[error("topic is longer than the server allows")]
     TooLong,
+    #[error("topic has more levels than the server allows")]
+    TooDeep,
     #[error("topic contains a NUL character")]
     Nul,
     #[error("topic name contains a wildcard")]
@@ -32,9 +64,9 @@ pub enum TopicError {
     BadShare,
 }
 
-/// Checks a topic name as used in PUBLISH (no wildcards).
-pub fn validate_name(topic: &str) -> Result<(), TopicError> {
-    check_common(topic)?;
+/// Checks a topic name as used in PUBLISH, wills and response topics (no wildcards).
+pub fn validate_name(topic: &str, limits: &TopicLimits) -> Result<(), TopicError> {
+    check_common(topic, limits)?;
     if topic.contains(['+', '#']) {
         return Err(TopicError::WildcardInName);
     }
@@ -42,8 +74,8 @@ pub fn validate_name(topic: &str) -> Result<(), TopicError> {
 }
 
 /// Checks a topic filter as used in SUBSCRIBE (wildcards allowed in whole levels).
-pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
-    check_common(filter)?;
+pub fn validate_filter(filter: &str, limits: &TopicLimits) -> Result<(), TopicError> {
+    check_common(filter, limits)?;
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
         if level.contains('#') && (level != "#" || levels.peek().is_some()) {
@@ -56,13 +88,11 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
-fn check_common(s: &str) -> Result<(), TopicError> {
+fn check_common(s: &str, limits: &TopicLimits) -> Result<(), TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);
     }
-    if s.len() > MAX_TOPIC_LEN {
-        return Err(TopicError::TooLong);
-    }
+    limits.check(s)?;
     if s.contains('\0') {
         return Err(TopicError::Nul);
     }
@@ -114,7 +144,13 @@ pub struct Subscription<'a> {
 }
 
 /// Parses and validates a SUBSCRIBE/UNSUBSCRIBE filter, recognising `$share/{group}/{filter}`.
-pub fn parse_subscription(raw: &str) -> Result<Subscription<'_>, TopicError> {
+pub fn parse_subscription<'a>(
+    raw: &'a str,
+    limits: &TopicLimits,
+) -> Result<Subscription<'a>, TopicError> {
+    if raw.len() > limits.max_len {
+        return Err(TopicError::TooLong);
+    }
     let parsed = match raw.strip_prefix(SHARE_PREFIX) {
         Some(rest) => {
             let (group, filter) = rest.split_once('/').ok_or(TopicError::BadShare)?;
@@ -131,7 +167,7 @@ pub fn parse_subscription(raw: &str) -> Result<Subscription<'_>, TopicError> {
             filter: raw,
         },
     };
-    validate_filter(parsed.filter)?;
+    validate_filter(parsed.filter, limits)?;
     Ok(parsed)
 }
 
@@ -296,6 +332,12 @@ pub fn filter_scope(filter: &str) -> FilterScope<'_> {
     }
 }
 
+/// Whether a filter can match only requests (`q/…`): its first level is `q`. Requests are for
+/// the server alone, so such a filter is refused whatever its wildcards.
+pub fn is_request_filter(filter: &str) -> bool {
+    filter.split('/').next() == Some("q")
+}
+
 /// A conversation topic: `c/{conv}/{kind}`.
 pub fn conv_topic(conv: &str, kind: ConvKind) -> String {
     format!("c/{conv}/{}", kind.as_str())
@@ -389,6 +431,8 @@ pub fn is_sys(topic: &str) -> bool {
 mod tests {
     use super::*;
 
+    const P: TopicLimits = TopicLimits::PROTOCOL;
+
     #[test]
     fn filter_matching_table() {
         let cases: &[(&str, &str, bool)] = &[
@@ -456,30 +500,84 @@ mod tests {
             ("a\0b", Err(TopicError::Nul)),
         ];
         for (filter, want) in cases {
-            assert_eq!(validate_filter(filter), *want, "{filter:?}");
+            assert_eq!(validate_filter(filter, &P), *want, "{filter:?}");
         }
     }
 
     #[test]
     fn name_validation_table() {
-        assert_eq!(validate_name("a/b"), Ok(()));
-        assert_eq!(validate_name("a/+"), Err(TopicError::WildcardInName));
-        assert_eq!(validate_name("#"), Err(TopicError::WildcardInName));
-        assert_eq!(validate_name(""), Err(TopicError::Empty));
-        assert_eq!(validate_name(&"x".repeat(70_000)), Err(TopicError::TooLong));
+        assert_eq!(validate_name("a/b", &P), Ok(()));
+        assert_eq!(validate_name("a/+", &P), Err(TopicError::WildcardInName));
+        assert_eq!(validate_name("#", &P), Err(TopicError::WildcardInName));
+        assert_eq!(validate_name("", &P), Err(TopicError::Empty));
+        assert_eq!(
+            validate_name(&"x".repeat(70_000), &P),
+            Err(TopicError::TooLong)
+        );
+    }
+
+    #[test]
+    fn caps_on_length_and_levels() {
+        let caps = TopicLimits {
+            max_len: 16,
+            max_levels: 3,
+        };
+        assert_eq!(validate_name("a/b/c", &caps), Ok(()));
+        assert_eq!(validate_name("a/b/c/d", &caps), Err(TopicError::TooDeep));
+        assert_eq!(validate_name("///", &caps), Err(TopicError::TooDeep));
+        assert_eq!(validate_filter("+/+/#", &caps), Ok(()));
+        assert_eq!(validate_filter("+/+/+/+", &caps), Err(TopicError::TooDeep));
+        assert_eq!(validate_name(&"x".repeat(16), &caps), Ok(()));
+        assert_eq!(
+            validate_name(&"x".repeat(17), &caps),
+            Err(TopicError::TooLong)
+        );
+        assert_eq!(
+            parse_subscription("$share/g/a/b/c", &caps).map(|s| s.filter),
+            Ok("a/b/c")
+        );
+        assert_eq!(
+            parse_subscription("$share/group/a/bc", &caps),
+            Err(TopicError::TooLong)
+        );
+        let deep = vec!["+"; 16_000].join("/");
+        assert_eq!(
+            parse_subscription(
+                &deep,
+                &TopicLimits {
+                    max_len: 4096,
+                    max_levels: 128
+                }
+            ),
+            Err(TopicError::TooLong)
+        );
+        assert_eq!(
+            validate_filter(&deep, &P),
+            Ok(()),
+            "the protocol alone allows it"
+        );
     }
 
     #[test]
     fn shared_subscriptions_parse() {
-        let s = parse_subscription("$share/g1/a/+").unwrap();
+        let s = parse_subscription("$share/g1/a/+", &P).unwrap();
         assert_eq!(s.group, Some("g1"));
         assert_eq!(s.filter, "a/+");
-        assert_eq!(parse_subscription("a/b").unwrap().group, None);
-        assert_eq!(parse_subscription("$share/g1"), Err(TopicError::BadShare));
-        assert_eq!(parse_subscription("$share//a"), Err(TopicError::BadShare));
-        assert_eq!(parse_subscription("$share/g+/a"), Err(TopicError::BadShare));
+        assert_eq!(parse_subscription("a/b", &P).unwrap().group, None);
         assert_eq!(
-            parse_subscription("$share/g/a#"),
+            parse_subscription("$share/g1", &P),
+            Err(TopicError::BadShare)
+        );
+        assert_eq!(
+            parse_subscription("$share//a", &P),
+            Err(TopicError::BadShare)
+        );
+        assert_eq!(
+            parse_subscription("$share/g+/a", &P),
+            Err(TopicError::BadShare)
+        );
+        assert_eq!(
+            parse_subscription("$share/g/a#", &P),
             Err(TopicError::BadMultiLevel)
         );
     }
@@ -608,13 +706,23 @@ mod tests {
         for (filter, want) in cases {
             assert_eq!(filter_scope(filter), *want, "{filter}");
         }
+        for (filter, want) in [
+            ("q/#", true),
+            ("q/+/x", true),
+            ("q", true),
+            ("#", false),
+            ("+/alice/x", false),
+            ("qq/#", false),
+        ] {
+            assert_eq!(is_request_filter(filter), want, "{filter}");
+        }
     }
 
     #[test]
     fn sys_topics_are_sys() {
         for t in SysTopic::ALL {
             assert!(is_sys(t.as_str()));
-            assert_eq!(validate_name(t.as_str()), Ok(()));
+            assert_eq!(validate_name(t.as_str(), &P), Ok(()));
         }
         assert!(!is_sys("$SYSX/a"));
     }

@@ -469,6 +469,9 @@ async fn a_user_created_again_under_a_removed_id_inherits_nothing() {
     // noticed the new conversation).
     let reply = request(&mut bob, "bob", "history", json!({"conv": "d.alice.bob"})).await;
     assert_eq!(reply["messages"].as_array().unwrap().len(), 1, "{reply}");
+    // And bob's delivered receipt (batched): the old account's data is all in place before it
+    // is removed.
+    publish_on(&mut bob, "u/bob/c/d.alice.bob/r").await;
     eventually(common::WAIT, "a presence contact", async || {
         let code = subscribe(&mut bob, "p/alice").await;
         (code == SubscribeReasonCode::Success(QoS::AtLeastOnce)).then_some(())

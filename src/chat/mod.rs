@@ -190,6 +190,17 @@ impl Directory {
         ga.intersection(gb).next().is_some()
     }
 
+    /// Whether the direct conversation of `a` and `b` (sorted) has history.
+    pub fn has_direct_history(&self, a: &str, b: &str) -> bool {
+        self.contacts.contains(&(a.to_string(), b.to_string()))
+    }
+
+    /// Records that the direct conversation of `a` and `b` (sorted) has history (an entry was
+    /// committed), so the two share a conversation.
+    pub fn note_direct_history(&mut self, a: &str, b: &str) {
+        self.contacts.insert((a.to_string(), b.to_string()));
+    }
+
     pub fn has_blocked(&self, user: &str, other: &str) -> bool {
         self.blocks.contains(&(user.to_string(), other.to_string()))
     }

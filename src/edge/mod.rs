@@ -59,6 +59,7 @@ use crate::service::requests::ChatService;
 use crate::service::signals::Signal;
 use crate::stats::Stats;
 use crate::store::messages::Writer;
+use crate::topics::TopicLimits;
 
 /// What kind of listener a socket arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,8 @@ pub struct Limits {
     /// Typing indicators: one per conversation per interval, expiring after `typing_expiry`.
     pub typing_interval: Duration,
     pub typing_expiry: u32,
+    /// Caps on topic names and filters (`mqtt.max_topic_len`, `mqtt.max_topic_levels`).
+    pub topics: TopicLimits,
 }
 
 impl Limits {
@@ -110,6 +113,10 @@ impl Limits {
             max_client_id_len: m.max_client_id_len,
             max_session_expiry: m.max_session_expiry_secs,
             mailbox: QueueBounds::from_config(m),
+            topics: TopicLimits {
+                max_len: m.max_topic_len,
+                max_levels: m.max_topic_levels,
+            },
         }
     }
 }

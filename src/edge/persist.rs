@@ -63,6 +63,9 @@ impl Connection {
     ) -> Option<Close> {
         match result {
             Ok(appended) => {
+                // Committed: what the entry grants (presence between two users who now have a
+                // direct conversation) holds before the sender hears "sent".
+                self.shared.access.entry_committed(&appended.envelope.conv);
                 let waited = p.arrived.elapsed().as_secs_f64() * 1000.0;
                 self.shared.stats.puback_ms.observe(waited);
                 if !appended.duplicate {

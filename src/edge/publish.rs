@@ -75,15 +75,11 @@ impl Connection {
         let Ok(topic_str) = std::str::from_utf8(&topic) else {
             return Err(Some(Close::Server(DisconnectReasonCode::MalformedPacket)));
         };
-        if let Err(e) = topics::validate_name(topic_str) {
-            tracing::info!(client = %self.identity.client_id, topic = topic_str, error = %e, "invalid topic name");
-            // 3.1.1 has no way to refuse one message: a wildcard in a topic name is a protocol
-            // violation there, and the connection ends.
-            if self.version == Version::V4 || qos == QoS::AtMostOnce {
-                return Err(Some(Close::Server(DisconnectReasonCode::TopicNameInvalid)));
-            }
-            return Err(self.refuse_publish(qos, pkid, PubAckReason::TopicNameInvalid));
+        if let Err(e) = topics::validate_name(topic_str, &self.shared.limits.topics) {
+            tracing::info!(client = %self.identity.client_id, error = %e, "invalid topic name");
+            return Err(self.refuse_topic_name(qos, pkid));
         }
+        self.check_response_topic(topic_str, qos, pkid, properties.as_ref())?;
         let utf8_promised = properties.as_ref().and_then(|p| p.payload_format_indicator) == Some(1);
         if utf8_promised && std::str::from_utf8(payload).is_err() {
             return Err(self.refuse_publish(qos, pkid, PubAckReason::PayloadFormatInvalid));
@@ -101,6 +97,39 @@ impl Connection {
                 Err(self.refuse_publish(qos, pkid, refusal.mqtt().0))
             }
         }
+    }
+
+    /// Refuses a PUBLISH whose topic name is invalid or beyond the caps. 3.1.1 has no way to
+    /// refuse one message: a wildcard in a topic name is a protocol violation there, and the
+    /// connection ends; so does a 5.0 QoS 0 PUBLISH, which has no acknowledgement to carry it.
+    fn refuse_topic_name(&mut self, qos: QoS, pkid: u16) -> Option<Close> {
+        if self.version == Version::V4 || qos == QoS::AtMostOnce {
+            return Some(Close::Server(DisconnectReasonCode::TopicNameInvalid));
+        }
+        self.refuse_publish(qos, pkid, PubAckReason::TopicNameInvalid)
+    }
+
+    /// A 5.0 Response Topic must be a topic name (no wildcards, MQTT 5.0 §3.3.2.3.5) within the
+    /// caps: the server publishes replies to it, and subscribers answer on it. An invalid one
+    /// refuses the PUBLISH as an invalid topic name would, with a `bad_request` event on
+    /// `u/{user}/errors` saying which topic was wrong.
+    fn check_response_topic(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        pkid: u16,
+        properties: Option<&PublishProperties>,
+    ) -> Result<(), Option<Close>> {
+        let Some(response) = properties.and_then(|p| p.response_topic.as_deref()) else {
+            return Ok(());
+        };
+        let Err(e) = topics::validate_name(response, &self.shared.limits.topics) else {
+            return Ok(());
+        };
+        tracing::info!(client = %self.identity.client_id, error = %e, "invalid response topic");
+        let message = format!("invalid response topic: {e}");
+        self.report_refusal(topic, Refusal::BadRequest.code(), &message);
+        Err(self.refuse_topic_name(qos, pkid))
     }
 
     /// The router's message for an accepted PUBLISH: its Message Expiry Interval becomes a

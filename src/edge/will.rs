@@ -15,7 +15,8 @@ pub(super) fn will_message(
     w: LastWill,
 ) -> Result<Will, ConnectReturnCode> {
     let topic = std::str::from_utf8(&w.topic).map_err(|_| ConnectReturnCode::TopicNameInvalid)?;
-    topics::validate_name(topic).map_err(|_| ConnectReturnCode::TopicNameInvalid)?;
+    topics::validate_name(topic, &shared.limits.topics)
+        .map_err(|_| ConnectReturnCode::TopicNameInvalid)?;
     // Wills go to plain topics only: a chat message is never sent on a client's behalf.
     match shared.access.authorize_publish(identity, topic) {
         Ok(Route::Plain) => {}

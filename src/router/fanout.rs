@@ -12,6 +12,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::session::Session;
+use super::subscriptions::SubOptions;
 use super::{Delivery, Message, Router};
 use crate::codec::{max_qos, min_qos};
 use crate::stats::Stats;
@@ -65,29 +66,25 @@ impl Router {
 
     /// Collects (client, QoS, retain-as-published, subscription id) per matching filter that
     /// lets the message through (No Local, per-message read checks); they merge per client next.
-    fn hits(&mut self, topic: &str, origin: Option<&str>) -> Vec<Hit> {
+    /// A shared group's member is chosen among those the read check lets through, so a member
+    /// who may not read the topic never takes (and so drops) a message meant for the others.
+    fn hits(&self, topic: &str, origin: Option<&str>) -> Vec<Hit> {
         let mut hits: Vec<Hit> = Vec::new();
-        let sessions = &self.sessions;
-        let access = &self.access;
-        self.subscriptions.for_each_match(
-            topic,
-            &|client| sessions.get(client).is_some_and(Session::is_connected),
-            &mut |hit| {
+        let receives = |client: &Arc<str>, o: &SubOptions| {
+            let session = self.sessions.get(client)?;
+            let no_local = o.no_local && origin == Some(&**client);
+            let refused = o.check_read && !self.access.can_read(&session.identity, topic);
+            (!no_local && !refused).then(|| session.is_connected())
+        };
+        self.subscriptions
+            .for_each_match(topic, &receives, &mut |hit| {
                 let o = hit.options;
-                if o.no_local && origin == Some(&**hit.client) {
+                // Most subscriptions need neither check: no session lookup for them.
+                if (o.no_local || o.check_read) && receives(hit.client, o).is_none() {
                     return;
                 }
-                if o.check_read {
-                    let Some(s) = sessions.get(hit.client) else {
-                        return;
-                    };
-                    if !access.can_read(&s.identity, topic) {
-                        return;
-                    }
-                }
                 hits.push((hit.client.clone(), o.qos, o.retain_as_published, o.id));
-            },
-        );
+            });
         hits
     }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::mailbox::QueueBounds;
 use crate::config::{ChatConfig, LimitsConfig, MqttConfig};
+use crate::topics::TopicLimits;
 
 /// The router's limits, from `[mqtt]`.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Settings {
     /// How long a CONNECT may take (`mqtt.handshake_timeout_secs`), and so how long a kick is
     /// remembered for the CONNECTs whose credentials were checked before it.
     pub handshake_timeout: Duration,
+    /// Caps on topic filters (`mqtt.max_topic_len`, `mqtt.max_topic_levels`).
+    pub topics: TopicLimits,
 }
 
 impl Settings {
@@ -41,6 +44,10 @@ impl Settings {
             sys_interval: (m.sys_interval_secs > 0)
                 .then(|| Duration::from_secs(m.sys_interval_secs)),
             handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
+            topics: TopicLimits {
+                max_len: m.max_topic_len,
+                max_levels: m.max_topic_levels,
+            },
         }
     }
 }

@@ -12,7 +12,7 @@ use rumqttc::v5::mqttbytes::QoS;
 
 use super::session::{Session, Subscribed};
 use super::subscriptions::SubOptions;
-use super::{Outbound, Router};
+use super::{Outbound, Router, Settings};
 use crate::access::Access;
 use crate::topics::{self, Subscription};
 
@@ -37,8 +37,7 @@ impl Router {
         let mut codes = Vec::with_capacity(packet.filters.len());
         let mut retained_for: Vec<(String, QoS)> = Vec::new();
         for f in &packet.filters {
-            let limit = self.settings.max_subscriptions;
-            let sub = match admit_filter(&self.access, limit, session, client, f) {
+            let sub = match admit_filter(&self.access, &self.settings, session, client, f) {
                 Ok(sub) => sub,
                 Err(code) => {
                     codes.push(code);
@@ -80,11 +79,12 @@ impl Router {
             return;
         };
         let mailbox = link.mailbox.clone();
+        let limits = self.settings.topics;
         let reasons = packet
             .filters
             .iter()
             .map(|raw| {
-                if topics::parse_subscription(raw).is_err() {
+                if topics::parse_subscription(raw, &limits).is_err() {
                     return UnsubAckReason::TopicFilterInvalid;
                 }
                 match session.subscriptions.remove(raw.as_str()) {
@@ -105,18 +105,23 @@ impl Router {
     }
 }
 
-/// Parses one filter of a SUBSCRIBE, or says why it is refused: invalid, not authorized, or a
-/// new subscription beyond the session's `limit` (0: none).
+/// Parses one filter of a SUBSCRIBE, or says why it is refused: invalid (or beyond the topic
+/// caps), not authorized, or a new subscription beyond the session's limit (0: none).
 fn admit_filter<'f>(
     access: &Access,
-    limit: usize,
+    settings: &Settings,
     session: &Session,
     client: &str,
     f: &'f Filter,
 ) -> Result<Subscription<'f>, SubscribeReasonCode> {
-    let Ok(sub) = topics::parse_subscription(&f.path) else {
-        return Err(SubscribeReasonCode::TopicFilterInvalid);
+    let sub = match topics::parse_subscription(&f.path, &settings.topics) {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::info!(client = %client, error = %e, "invalid topic filter");
+            return Err(SubscribeReasonCode::TopicFilterInvalid);
+        }
     };
+    let limit = settings.max_subscriptions;
     if !access.can_subscribe(&session.identity, sub.filter) {
         tracing::info!(client = %client, filter = %f.path, "subscription refused");
         return Err(SubscribeReasonCode::NotAuthorized);

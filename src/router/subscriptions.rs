@@ -4,7 +4,11 @@
 //! Each node keeps the subscribers whose filter ends there and those whose filter ends there with
 //! `/#`; `+` is an ordinary child named `+`. Shared subscriptions (`$share/{group}/{filter}`) live
 //! in groups beside the plain entries and deliver each message to one member, round-robin.
+//!
+//! Nothing here recurses per level (insert, remove, match, drop): a filter's depth is capped at
+//! the edge (`mqtt.max_topic_levels`), but the trie must not depend on that for its stack.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -38,7 +42,8 @@ struct Entries {
 struct Group {
     name: Arc<str>,
     members: Vec<(Arc<str>, SubOptions)>,
-    next: usize,
+    /// Where the round-robin resumes. A `Cell`: matching only reads the trie otherwise.
+    next: Cell<usize>,
 }
 
 impl Entries {
@@ -58,8 +63,20 @@ struct Node {
 }
 
 impl Node {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.here.is_none() && self.below.is_none()
+    }
+}
+
+impl Drop for Node {
+    /// Frees the subtree with a stack of its own: the default drop recurses once per level,
+    /// and a deep chain of levels would overflow the thread's stack.
+    fn drop(&mut self) {
+        let mut stack: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.children.drain().map(|(_, n)| n));
+        }
     }
 }
 
@@ -94,7 +111,7 @@ impl Subscriptions {
                         entries.shared.push(Group {
                             name: name.into(),
                             members: Vec::new(),
-                            next: 0,
+                            next: Cell::new(0),
                         });
                         entries.shared.len() - 1
                     }
@@ -119,51 +136,52 @@ impl Subscriptions {
 
     /// Removes a subscription; returns whether it existed.
     pub fn remove(&mut self, group: Option<&str>, filter: &str, client: &str) -> bool {
-        let removed = Self::remove_in(&mut self.root, filter.split('/'), group, client);
+        let (path, below) = split_filter(filter);
+        let Some(node) = self.node_mut(&path) else {
+            return false;
+        };
+        let slot = if below {
+            &mut node.below
+        } else {
+            &mut node.here
+        };
+        let removed = remove_from(slot, group, client);
         if removed {
             self.count -= 1;
+            self.prune(&path);
         }
         removed
     }
 
-    fn remove_in<'f>(
-        node: &mut Node,
-        mut levels: impl Iterator<Item = &'f str>,
-        group: Option<&str>,
-        client: &str,
-    ) -> bool {
-        let entries_remove = |slot: &mut Option<Box<Entries>>| -> bool {
-            let Some(entries) = slot.as_mut() else {
-                return false;
+    /// The node at the end of `path`, if it exists.
+    fn node_mut(&mut self, path: &[&str]) -> Option<&mut Node> {
+        let mut node = &mut self.root;
+        for level in path {
+            node = node.children.get_mut(*level)?;
+        }
+        Some(node)
+    }
+
+    /// Drops the nodes at the end of `path` left holding nothing but the path itself: one pass
+    /// down finds where that empty tail starts, and its parent lets go of it.
+    fn prune(&mut self, path: &[&str]) {
+        let mut cut = None;
+        let mut node = &self.root;
+        for (i, level) in path.iter().enumerate() {
+            let Some(child) = node.children.get(*level) else {
+                return;
             };
-            let list = match group {
-                None => &mut entries.plain,
-                Some(name) => match entries.shared.iter_mut().find(|g| &*g.name == name) {
-                    Some(g) => &mut g.members,
-                    None => return false,
-                },
-            };
-            let before = list.len();
-            list.retain(|(c, _)| &**c != client);
-            let removed = list.len() != before;
-            entries.shared.retain(|g| !g.members.is_empty());
-            if entries.is_empty() {
-                *slot = None;
+            let others = if i + 1 == path.len() { 0 } else { 1 };
+            if child.here.is_none() && child.below.is_none() && child.children.len() == others {
+                cut.get_or_insert(i);
+            } else {
+                cut = None;
             }
-            removed
-        };
-        match levels.next() {
-            None => entries_remove(&mut node.here),
-            Some("#") => entries_remove(&mut node.below),
-            Some(level) => {
-                let Some(child) = node.children.get_mut(level) else {
-                    return false;
-                };
-                let removed = Self::remove_in(child, levels, group, client);
-                if child.is_empty() {
-                    node.children.remove(level);
-                }
-                removed
+            node = child;
+        }
+        if let Some(cut) = cut {
+            if let Some(parent) = self.node_mut(&path[..cut]) {
+                parent.children.remove(path[cut]);
             }
         }
     }
@@ -179,70 +197,115 @@ impl Subscriptions {
         node.here.get_or_insert_with(Box::default)
     }
 
-    /// Calls `hit` for every subscription matching `topic`; for each shared group it picks one
-    /// member, the next in turn for which `eligible` holds (a connected one, say), else the next.
+    /// Calls `hit` for every subscription matching `topic`. For each shared group it picks one
+    /// member, the next in turn that `receives` (`None`: may not receive this message; else
+    /// whether it is connected) says is connected, else the next that may receive it; a group
+    /// none of whose members may receive it is skipped.
     pub fn for_each_match(
-        &mut self,
+        &self,
         topic: &str,
-        eligible: &dyn Fn(&Arc<str>) -> bool,
+        receives: &dyn Fn(&Arc<str>, &SubOptions) -> Option<bool>,
         hit: &mut dyn FnMut(Hit<'_>),
     ) {
         // `$` topics are not matched by wildcards at the first level (MQTT 5.0 §4.7.2).
         let dollar = topic.starts_with('$');
         let levels: Vec<&str> = topic.split('/').collect();
-        Self::walk(&mut self.root, &levels, 0, dollar, eligible, hit);
-    }
-
-    fn walk(
-        node: &mut Node,
-        levels: &[&str],
-        depth: usize,
-        dollar: bool,
-        eligible: &dyn Fn(&Arc<str>) -> bool,
-        hit: &mut dyn FnMut(Hit<'_>),
-    ) {
-        let wild_ok = !(dollar && depth == 0);
-        if wild_ok {
-            // `a/#` matches `a` itself as well as everything below it.
-            if let Some(below) = node.below.as_mut() {
-                Self::emit(below, eligible, hit);
+        // Depth first with a stack of its own, not recursion: a topic's depth must not be the
+        // depth of the thread's stack.
+        let mut stack: Vec<(&Node, usize)> = vec![(&self.root, 0)];
+        while let Some((node, depth)) = stack.pop() {
+            let wild_ok = !(dollar && depth == 0);
+            if wild_ok {
+                // `a/#` matches `a` itself as well as everything below it.
+                if let Some(below) = &node.below {
+                    emit(below, receives, hit);
+                }
             }
-        }
-        let Some((level, rest)) = levels.split_first() else {
-            if let Some(here) = node.here.as_mut() {
-                Self::emit(here, eligible, hit);
+            let Some(level) = levels.get(depth) else {
+                if let Some(here) = &node.here {
+                    emit(here, receives, hit);
+                }
+                continue;
+            };
+            if let Some(child) = node.children.get(*level) {
+                stack.push((child, depth + 1));
             }
-            return;
-        };
-        if let Some(child) = node.children.get_mut(*level) {
-            Self::walk(child, rest, depth + 1, dollar, eligible, hit);
-        }
-        if wild_ok && *level != "+" {
-            if let Some(child) = node.children.get_mut("+") {
-                Self::walk(child, rest, depth + 1, dollar, eligible, hit);
+            if wild_ok && *level != "+" {
+                if let Some(child) = node.children.get("+") {
+                    stack.push((child, depth + 1));
+                }
             }
         }
     }
+}
 
-    fn emit(
-        entries: &mut Entries,
-        eligible: &dyn Fn(&Arc<str>) -> bool,
-        hit: &mut dyn FnMut(Hit<'_>),
-    ) {
-        for (client, options) in &entries.plain {
-            hit(Hit { client, options });
-        }
-        for group in &mut entries.shared {
-            let n = group.members.len();
-            let start = group.next % n;
-            let pick = (0..n)
-                .map(|i| (start + i) % n)
-                .find(|&i| eligible(&group.members[i].0))
-                .unwrap_or(start);
-            group.next = pick + 1;
+/// A valid filter's levels up to a trailing `#`, and whether it had one.
+fn split_filter(filter: &str) -> (Vec<&str>, bool) {
+    let mut path: Vec<&str> = filter.split('/').collect();
+    let below = path.last() == Some(&"#");
+    if below {
+        path.pop();
+    }
+    (path, below)
+}
+
+/// Removes `client` from the entries in `slot` (its group's, if shared); empties are dropped.
+fn remove_from(slot: &mut Option<Box<Entries>>, group: Option<&str>, client: &str) -> bool {
+    let Some(entries) = slot.as_mut() else {
+        return false;
+    };
+    let list = match group {
+        None => &mut entries.plain,
+        Some(name) => match entries.shared.iter_mut().find(|g| &*g.name == name) {
+            Some(g) => &mut g.members,
+            None => return false,
+        },
+    };
+    let before = list.len();
+    list.retain(|(c, _)| &**c != client);
+    let removed = list.len() != before;
+    entries.shared.retain(|g| !g.members.is_empty());
+    if entries.is_empty() {
+        *slot = None;
+    }
+    removed
+}
+
+fn emit(
+    entries: &Entries,
+    receives: &dyn Fn(&Arc<str>, &SubOptions) -> Option<bool>,
+    hit: &mut dyn FnMut(Hit<'_>),
+) {
+    for (client, options) in &entries.plain {
+        hit(Hit { client, options });
+    }
+    for group in &entries.shared {
+        if let Some(pick) = group.pick(receives) {
+            group.next.set(pick + 1);
             let (client, options) = &group.members[pick];
             hit(Hit { client, options });
         }
+    }
+}
+
+impl Group {
+    /// The member that takes the next message: in turn from `next`, the first connected one
+    /// that may receive it, else the first that may (its session queues it).
+    fn pick(&self, receives: &dyn Fn(&Arc<str>, &SubOptions) -> Option<bool>) -> Option<usize> {
+        let n = self.members.len();
+        let start = self.next.get() % n;
+        let mut fallback = None;
+        for i in (0..n).map(|i| (start + i) % n) {
+            let (client, options) = &self.members[i];
+            match receives(client, options) {
+                Some(true) => return Some(i),
+                Some(false) => {
+                    fallback.get_or_insert(i);
+                }
+                None => {}
+            }
+        }
+        fallback
     }
 }
 
@@ -262,7 +325,9 @@ mod tests {
 
     fn matches(subs: &mut Subscriptions, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
-        subs.for_each_match(topic, &|_| true, &mut |h| out.push(h.client.to_string()));
+        subs.for_each_match(topic, &|_, _| Some(true), &mut |h| {
+            out.push(h.client.to_string())
+        });
         out.sort();
         out
     }
@@ -314,7 +379,7 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..6 {
             let mut hits = Vec::new();
-            subs.for_each_match("job/1", &|c| &**c != "s2", &mut |h| {
+            subs.for_each_match("job/1", &|c, _| Some(&**c != "s2"), &mut |h| {
                 hits.push(h.client.to_string())
             });
             assert_eq!(hits.len(), 2);
@@ -324,5 +389,55 @@ mod tests {
         assert_eq!(seen, ["s1", "s3", "s1", "s3", "s1", "s3"]);
         assert!(subs.remove(Some("g"), "job/+", "s1"));
         assert_eq!(subs.len(), 3);
+    }
+
+    #[test]
+    fn shared_groups_skip_members_who_may_not_receive() {
+        let mut subs = Subscriptions::default();
+        for name in ["bob", "eve"] {
+            subs.insert(Some("g"), "job/+", &Arc::from(name), opts(QoS::AtLeastOnce));
+        }
+        let pick = |subs: &Subscriptions, eve_connected: bool| {
+            let mut hits = Vec::new();
+            let receives = |c: &Arc<str>, _: &SubOptions| match &**c {
+                "eve" => None,
+                _ => Some(!eve_connected),
+            };
+            subs.for_each_match("job/1", &receives, &mut |h| hits.push(h.client.to_string()));
+            hits
+        };
+        for _ in 0..4 {
+            assert_eq!(pick(&subs, false), ["bob"]);
+            // Bob away: he still takes it (his session queues it), never eve.
+            assert_eq!(pick(&subs, true), ["bob"]);
+        }
+        let mut only_eve = Subscriptions::default();
+        only_eve.insert(
+            Some("g"),
+            "job/+",
+            &Arc::from("eve"),
+            opts(QoS::AtLeastOnce),
+        );
+        assert!(pick(&only_eve, false).is_empty());
+    }
+
+    /// With the level cap raised far beyond its default, a filter of 100,000 levels is
+    /// inserted, matched, removed and dropped without recursion (which overflowed the stack).
+    #[test]
+    fn deep_filters_need_no_recursion() {
+        let depth = 100_000;
+        let filter = vec!["+"; depth].join("/");
+        let topic = vec!["a"; depth].join("/");
+        let mut subs = Subscriptions::default();
+        let c: Arc<str> = "c".into();
+        subs.insert(None, &filter, &c, opts(QoS::AtMostOnce));
+        subs.insert(None, &format!("{filter}/#"), &c, opts(QoS::AtMostOnce));
+        assert_eq!(matches(&mut subs, &topic), ["c", "c"]);
+        assert!(subs.remove(None, &filter, "c"));
+        assert_eq!(matches(&mut subs, &topic), ["c"]);
+        assert!(subs.remove(None, &format!("{filter}/#"), "c"));
+        assert!(subs.root.is_empty());
+        subs.insert(None, &filter, &c, opts(QoS::AtMostOnce));
+        drop(subs);
     }
 }
