@@ -71,7 +71,7 @@ async fn list(State(state): State<Arc<AppState>>, me: AuthUser) -> Result<Json<V
     Ok(Json(dispatch(&state, &me, Request::Conversations).await?))
 }
 
-/// GET /api/v1/conversations/{conv}/messages?after=SEQ | ?before=SEQ | ?since=ID, &limit=N —
+/// GET /api/v1/conversations/{conv}/messages?after=SEQ | ?before=SEQ, &limit=N —
 /// `after` (default) pages forward like `sync`, `before` pages back like `history`.
 async fn messages(
     State(state): State<Arc<AppState>>,
