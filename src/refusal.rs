@@ -129,6 +129,7 @@ impl Refusal {
             Refusal::Denied(Denied::Malformed) => "malformed_topic",
             Refusal::Denied(Denied::Anonymous) => "anonymous",
             Refusal::Denied(Denied::Role) => "forbidden_by_role",
+            Refusal::Denied(Denied::LastOwner) => "last_owner",
             Refusal::Denied(Denied::NoSuchUser) => "no_such_user",
             Refusal::Denied(Denied::NoSuchConversation) => "no_such_conversation",
             Refusal::Envelope(
@@ -271,6 +272,7 @@ mod tests {
             (R::Denied(Denied::Malformed), "malformed_topic", NotAuth, Ack, 403),
             (R::Denied(Denied::Anonymous), "anonymous", NotAuth, Ack, 403),
             (R::Denied(Denied::Role), "forbidden_by_role", NotAuth, Ack, 403),
+            (R::Denied(Denied::LastOwner), "last_owner", NotAuth, Ack, 403),
             (R::Denied(Denied::NoSuchUser), "no_such_user", NotAuth, Ack, 404),
             (R::Denied(Denied::NoSuchConversation), "no_such_conversation", NotAuth, Ack, 404),
             (R::Envelope(EnvelopeError::Empty), "invalid_message", Format, Ack, 400),

@@ -682,7 +682,7 @@ async fn members_leave_but_an_owner_leaves_last() {
     .await;
     let leave = json!({"conv": "g.club"});
     let reply = request(&mut alice, "alice", "group.leave", leave.clone()).await;
-    assert_eq!(reply["error"], "forbidden_by_role", "{reply}");
+    assert_eq!(reply["error"], "last_owner", "{reply}");
 
     request_ok(&mut bob, "bob", "group.leave", leave.clone()).await;
     let event = event_of(&mut alice, "alice", "member_removed").await;

@@ -21,6 +21,9 @@ pub enum EditRefused {
     NotAuthor,
     #[error("only the author (or a group admin) may delete")]
     NotAuthorOrModerator,
+    /// A deleted message is final: no edit brings its text back, no reaction lands on it.
+    #[error("the message was deleted")]
+    Deleted,
 }
 
 /// The stored entry an edit, delete or reaction names.
@@ -30,6 +33,8 @@ pub struct Target<'a> {
     pub sender: &'a str,
     /// What it is; `None` for a kind this build does not know.
     pub kind: Option<Kind>,
+    /// Whether it was deleted (a tombstone).
+    pub deleted: bool,
 }
 
 /// May `actor` (a group owner or admin when `moderator`) store an entry of kind `requested`
@@ -45,6 +50,9 @@ pub fn check(
     };
     if target.kind != Some(Kind::Msg) {
         return Err(EditRefused::NotAMessage);
+    }
+    if target.deleted {
+        return Err(EditRefused::Deleted);
     }
     let own = target.sender == actor;
     match requested {
@@ -68,7 +76,19 @@ mod tests {
     );
 
     fn by(sender: &str, kind: Option<Kind>) -> Option<Target<'_>> {
-        Some(Target { sender, kind })
+        Some(Target {
+            sender,
+            kind,
+            deleted: false,
+        })
+    }
+
+    fn deleted(sender: &str) -> Option<Target<'_>> {
+        Some(Target {
+            sender,
+            kind: Some(Kind::Msg),
+            deleted: true,
+        })
     }
 
     #[test]
@@ -117,6 +137,11 @@ mod tests {
             (by("alice", msg), "bob", false, React, Ok(())),
             (by("alice", msg), "bob", false, Unreact, Ok(())),
             (by("alice", msg), "alice", false, React, Ok(())),
+            (deleted("alice"), "alice", false, Edit, Err(Deleted)),
+            (deleted("alice"), "bob", false, React, Err(Deleted)),
+            (deleted("alice"), "alice", false, Unreact, Err(Deleted)),
+            (deleted("alice"), "alice", true, Delete, Err(Deleted)),
+            (deleted("alice"), "bob", false, Edit, Err(Deleted)),
         ];
         for (target, actor, moderator, requested, want) in cases {
             assert_eq!(
@@ -141,6 +166,7 @@ mod tests {
                 EditRefused::NotAuthorOrModerator,
                 "only the author (or a group admin) may delete",
             ),
+            (EditRefused::Deleted, "the message was deleted"),
         ];
         for (refused, text) in cases {
             assert_eq!(refused.to_string(), text);

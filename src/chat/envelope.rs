@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::seq;
+
 /// Longest client message id.
 pub const MAX_CID_LEN: usize = 64;
 
@@ -59,7 +61,8 @@ pub enum Format {
     MsgPack,
 }
 
-/// What a client may send. Unknown fields — a forged `seq` or `from` among them — are refused.
+/// What a client may send. Unknown fields — a forged `seq` or `from` among them — are refused,
+/// and so are sequence numbers the store cannot hold ([`seq::MAX`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Draft {
@@ -70,16 +73,16 @@ pub struct Draft {
     #[serde(default)]
     pub t: Option<String>,
     /// Reply to this sequence number.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seq::optional")]
     pub re: Option<u64>,
     /// Thread root sequence number.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seq::optional")]
     pub th: Option<u64>,
     /// On `c/{conv}/e`: `edit`, `delete`, `react` or `unreact`.
     #[serde(default)]
     pub op: Option<String>,
     /// On `c/{conv}/e`: the sequence number of the message acted on.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seq::optional")]
     pub target: Option<u64>,
     /// For `react`/`unreact`.
     #[serde(default)]
@@ -363,6 +366,21 @@ mod tests {
             (b"{\"op\":\"react\",\"target\":1}", false, "invalid_message"),
             (b"{\"op\":\"zap\",\"target\":1}", false, "invalid_message"),
             (b"{\"op\":\"delete\"}", false, "invalid_message"),
+            (
+                b"{\"t\":\"x\",\"re\":9223372036854775808}",
+                true,
+                "bad_payload",
+            ),
+            (
+                b"{\"t\":\"x\",\"th\":18446744073709551615}",
+                true,
+                "bad_payload",
+            ),
+            (
+                b"{\"op\":\"delete\",\"target\":9223372036854775808}",
+                false,
+                "bad_payload",
+            ),
         ];
         for (payload, message, code) in cases {
             let err = parse(payload, None, *message, 100).unwrap_err();
@@ -374,6 +392,26 @@ mod tests {
             );
         }
         assert!(parse(&[b'x'; 101], None, true, 100).is_err());
+    }
+
+    /// The store holds signed 64-bit integers: a larger number is refused in every format.
+    #[test]
+    fn sequence_numbers_above_the_store_range_are_refused() {
+        #[derive(Serialize)]
+        struct M {
+            t: &'static str,
+            re: u64,
+        }
+        let packed = |re| rmp_serde::to_vec_named(&M { t: "x", re }).unwrap();
+        let max = parse(&packed(seq::MAX), None, true, 100).unwrap();
+        assert_eq!(max.reply_to, Some(seq::MAX));
+        let err = parse(&packed(seq::MAX + 1), None, true, 100).unwrap_err();
+        assert_eq!(Refusal::from(err).code(), "bad_payload");
+        let json = br#"{"op":"react","target":9223372036854775807,"emoji":"+1"}"#;
+        assert_eq!(
+            parse(json, None, false, 100).unwrap().target,
+            Some(seq::MAX)
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod edits;
 pub mod envelope;
 pub mod requests;
+pub mod seq;
 pub mod snapshot;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -63,6 +64,10 @@ pub enum Denied {
     Anonymous,
     #[error("your role in this group does not allow that")]
     Role,
+    /// A group keeps an owner: the last one hands it over (`group.transfer`) before stepping
+    /// down or leaving while others remain.
+    #[error("the last owner must hand the group over (group.transfer) first")]
+    LastOwner,
     #[error("no such user")]
     NoSuchUser,
     #[error("no such conversation")]

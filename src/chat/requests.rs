@@ -8,7 +8,7 @@
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::Role;
+use super::{seq, Role};
 
 /// Page size bounds for history replies.
 const DEFAULT_PAGE: usize = 50;
@@ -42,6 +42,8 @@ pub enum Request {
     },
     /// `group.remove`: removes a member.
     RemoveMember { conv: String, user: String },
+    /// `group.transfer`: the owner hands the group to another member and becomes an admin.
+    TransferOwnership { conv: String, user: String },
     /// `group.leave`: the requester leaves a group.
     Leave { conv: String },
     /// `group.update`: changes a group's name or topic (absent ones stay).
@@ -139,19 +141,24 @@ impl Request {
         }
     }
 
-    /// `sync` of one conversation after sequence number `after`.
+    /// `sync` of one conversation after sequence number `after` (nothing lies past the
+    /// largest sequence number, so a larger one asks for nothing and reads as it).
     pub fn sync_conversation(conv: String, after: u64, limit: Option<usize>) -> Request {
         Request::SyncConversation {
             conv,
-            after,
+            after: after.min(seq::MAX),
             limit: page_size(limit),
         }
     }
 
-    /// `search` for `q`, which must not be blank.
+    /// `search` for `q`, which must not be blank nor hold control characters (a NUL would end
+    /// the query early inside SQLite's full-text parser; none of them is ever searched for).
     pub fn search(q: String, limit: Option<usize>) -> Result<Request, RequestError> {
         if q.trim().is_empty() {
             return Err(RequestError::new("q must not be empty"));
+        }
+        if q.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+            return Err(RequestError::new("q must not contain control characters"));
         }
         let limit = page_size(limit);
         Ok(Request::Search { q, limit })
@@ -164,6 +171,7 @@ impl Request {
             "group.add" => fields.decode::<MemberOp>().map(MemberOp::add),
             "group.role" => fields.decode::<MemberOp>().and_then(MemberOp::set_role),
             "group.remove" => fields.decode::<MemberOp>().map(MemberOp::remove),
+            "group.transfer" => fields.decode::<TransferOp>().map(Request::from),
             "group.leave" => fields.decode::<ConvOp>().map(ConvOp::leave),
             "group.update" => fields.decode::<ConvOp>().map(ConvOp::update),
             "block" => fields
@@ -255,6 +263,22 @@ impl MemberOp {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TransferOp {
+    conv: String,
+    user: String,
+}
+
+impl From<TransferOp> for Request {
+    fn from(r: TransferOp) -> Request {
+        Request::TransferOwnership {
+            conv: r.conv,
+            user: r.user,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ConvOp {
     conv: String,
     #[serde(default)]
@@ -296,7 +320,7 @@ struct SyncOp {
     /// One conversation, after this sequence number…
     #[serde(default)]
     conv: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seq::required")]
     after: u64,
     /// …or all of the user's conversations after this stream position (message id).
     #[serde(default)]
@@ -437,6 +461,14 @@ mod tests {
                 },
             ),
             (
+                "group.transfer",
+                r#"{"conv":"g.c","user":"bob"}"#,
+                Request::TransferOwnership {
+                    conv: s("g.c"),
+                    user: s("bob"),
+                },
+            ),
+            (
                 "group.leave",
                 r#"{"conv":"g.c","name":"ignored"}"#,
                 Request::Leave { conv: s("g.c") },
@@ -568,6 +600,16 @@ mod tests {
             ("presence", r#"{"status":"busy"}"#, "status is online or away"),
             ("search", r#"{"q":"  "}"#, "q must not be empty"),
             (
+                "search",
+                r#"{"q":"a\u0000b"}"#,
+                "q must not contain control characters",
+            ),
+            (
+                "sync",
+                r#"{"conv":"g.c","after":9223372036854775808}"#,
+                "a sequence number is at most 9223372036854775807 at line 1 column 42",
+            ),
+            (
                 "group.add",
                 r#"{"conv":"g.c"}"#,
                 "missing field `user` at line 1 column 14",
@@ -584,6 +626,11 @@ mod tests {
                 "unknown variant `king`, expected one of `member`, `admin`, `owner` at line 1 column 38",
             ),
             ("members", "[", "EOF while parsing a list at line 1 column 1"),
+            (
+                "group.transfer",
+                r#"{"conv":"g.c","user":"b","role":"owner"}"#,
+                "unknown field `role`, expected `conv` or `user` at line 1 column 31",
+            ),
         ];
         for (op, payload, message) in cases {
             let err = Request::parse(op, payload.as_bytes()).unwrap_err();

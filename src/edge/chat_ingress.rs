@@ -18,10 +18,12 @@ use crate::service::signals::Signal;
 use crate::store::messages::NewMessage;
 use crate::topics::ConvKind;
 
-/// A read marker: the last sequence number read, and whether to keep it from the others.
+/// A read marker: the last sequence number read (one the store can hold), and whether to keep
+/// it from the others.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReadMarker {
+    #[serde(deserialize_with = "crate::chat::seq::required")]
     read: u64,
     #[serde(default)]
     private: bool,

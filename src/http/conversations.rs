@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState, AuthUser, Body};
 use crate::chat::requests::Request;
+use crate::chat::seq;
 use crate::service::ServiceError;
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -26,6 +27,7 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/api/v1/groups/{conv}/members/{user}",
             delete(remove_member),
         )
+        .route("/api/v1/groups/{conv}/owner", post(transfer_ownership))
         .route("/api/v1/search", get(search))
 }
 
@@ -44,6 +46,21 @@ fn number(q: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiErro
         .transpose()
 }
 
+/// Reads the query parameter `key` as a sequence number (at most [`seq::MAX`]: the store
+/// cannot compare a larger one), if present.
+fn seq_number(q: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
+    q.get(key)
+        .map(|v| {
+            seq::parse(v).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{key} must be a sequence number from 0 to {}",
+                    seq::MAX
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// A `limit` as a page size to ask for (page sizes are bounded far below either type's range).
 fn page(limit: Option<u64>) -> Option<usize> {
     limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX))
@@ -54,7 +71,7 @@ async fn list(State(state): State<Arc<AppState>>, me: AuthUser) -> Result<Json<V
     Ok(Json(dispatch(&state, &me, Request::Conversations).await?))
 }
 
-/// GET /api/v1/conversations/{conv}/messages?after=SEQ | ?before=SEQ | ?since=ID, &limit=N —
+/// GET /api/v1/conversations/{conv}/messages?after=SEQ | ?before=SEQ, &limit=N —
 /// `after` (default) pages forward like `sync`, `before` pages back like `history`.
 async fn messages(
     State(state): State<Arc<AppState>>,
@@ -63,9 +80,9 @@ async fn messages(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = page(number(&q, "limit")?);
-    let request = match number(&q, "before")? {
+    let request = match seq_number(&q, "before")? {
         Some(before) => Request::history(conv, Some(before), limit),
-        None => Request::sync_conversation(conv, number(&q, "after")?.unwrap_or(0), limit),
+        None => Request::sync_conversation(conv, seq_number(&q, "after")?.unwrap_or(0), limit),
     };
     Ok(Json(dispatch(&state, &me, request).await?))
 }
@@ -115,6 +132,24 @@ async fn remove_member(
     Path((conv, user)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     dispatch(&state, &me, Request::RemoveMember { conv, user }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /api/v1/groups/{conv}/owner — `{"user"}`: hand the group to another member (the
+/// owner stays on as an admin).
+async fn transfer_ownership(
+    State(state): State<Arc<AppState>>,
+    me: AuthUser,
+    Path(conv): Path<String>,
+    Body(mut body): Body<Value>,
+) -> Result<StatusCode, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request("expected a JSON object"));
+    }
+    // The path names the group, whatever the body says.
+    body["conv"] = json!(conv);
+    let request = Request::from_json("group.transfer", body).map_err(ServiceError::from)?;
+    dispatch(&state, &me, request).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,4 +1,5 @@
-//! Group changes: creating a group, adding, removing and promoting members, renaming — each
+//! Group changes: creating a group, adding, removing and promoting members, handing ownership
+//! over, renaming — each
 //! committed to the store first, then applied to the shared directory, then announced on the
 //! members' `u/{user}/events`.
 
@@ -6,7 +7,7 @@ use serde_json::json;
 
 use super::chat_service::ChatService;
 use super::error::ServiceError;
-use crate::chat::{Denied, Role};
+use crate::chat::{Denied, Directory, Role};
 use crate::router::Message;
 use crate::store::StoreError;
 use crate::topics;
@@ -20,6 +21,13 @@ fn group_id(id: Option<String>) -> Result<String, ServiceError> {
         ))),
         None => Ok(crate::ids::random_hex(6)),
     }
+}
+
+/// How many owners `conv` has.
+fn owners(d: &Directory, conv: &str) -> usize {
+    d.group(conv).map_or(0, |g| {
+        g.members.values().filter(|r| **r == Role::Owner).count()
+    })
 }
 
 impl ChatService {
@@ -88,24 +96,7 @@ impl ChatService {
         role: Role,
     ) -> Result<(), ServiceError> {
         let _guard = self.changes.lock().await;
-        let existing = {
-            let d = self.read();
-            let actor_role = d.role(conv, actor).ok_or_else(|| self.missing(&d, conv))?;
-            let existing = d.role(conv, user);
-            if existing.is_none() {
-                d.can_add_member(actor, user)?;
-            }
-            // Owners manage everything; admins add members and nothing above that.
-            let allowed = match actor_role {
-                Role::Owner => role != Role::Owner,
-                Role::Admin => role == Role::Member && existing.is_none(),
-                Role::Member => false,
-            };
-            if !allowed {
-                return Err(Denied::Role.into());
-            }
-            existing
-        };
+        let existing = self.check_set_member(actor, conv, user, role)?;
         let (c, u) = (conv.to_string(), user.to_string());
         self.blocking(move |s| s.set_member(&c, &u, role.as_str()))
             .await?;
@@ -116,6 +107,76 @@ impl ChatService {
             "member_added"
         };
         self.announce_member(conv, user, what, Some(role), actor)
+            .await;
+        Ok(())
+    }
+
+    /// May `actor` give `user` `role` in `conv`? Returns `user`'s role before. Owners manage
+    /// everything but ownership itself ([`ChatService::transfer_ownership`]), and never demote
+    /// the last owner; admins add members and nothing above that.
+    fn check_set_member(
+        &self,
+        actor: &str,
+        conv: &str,
+        user: &str,
+        role: Role,
+    ) -> Result<Option<Role>, ServiceError> {
+        let d = self.read();
+        let actor_role = d.role(conv, actor).ok_or_else(|| self.missing(&d, conv))?;
+        let existing = d.role(conv, user);
+        if existing.is_none() {
+            d.can_add_member(actor, user)?;
+        }
+        let allowed = match actor_role {
+            Role::Owner => role != Role::Owner,
+            Role::Admin => role == Role::Member && existing.is_none(),
+            Role::Member => false,
+        };
+        if !allowed {
+            return Err(Denied::Role.into());
+        }
+        if existing == Some(Role::Owner) && owners(&d, conv) == 1 {
+            return Err(Denied::LastOwner.into());
+        }
+        Ok(existing)
+    }
+
+    /// Hands `conv` from its owner `actor` to `user`, another member; `actor` stays on as an
+    /// admin. One store transaction makes both changes, so the group is never without an owner.
+    pub async fn transfer_ownership(
+        &self,
+        actor: &str,
+        conv: &str,
+        user: &str,
+    ) -> Result<(), ServiceError> {
+        let _guard = self.changes.lock().await;
+        {
+            let d = self.read();
+            let actor_role = d.role(conv, actor).ok_or_else(|| self.missing(&d, conv))?;
+            if actor_role != Role::Owner {
+                return Err(Denied::Role.into());
+            }
+            match d.role(conv, user) {
+                None => return Err(Denied::NotMember.into()),
+                Some(Role::Owner) => {
+                    return Err(ServiceError::BadRequest(format!(
+                        "{user} already owns {conv}"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let (c, from, to) = (conv.to_string(), actor.to_string(), user.to_string());
+        self.blocking(move |s| s.transfer_ownership(&c, &from, &to))
+            .await?;
+        {
+            let mut d = self.write();
+            d.set_member(conv, user, Role::Owner);
+            d.set_member(conv, actor, Role::Admin);
+        }
+        self.announce_member(conv, user, "role_changed", Some(Role::Owner), actor)
+            .await;
+        self.announce_member(conv, actor, "role_changed", Some(Role::Admin), actor)
             .await;
         Ok(())
     }
@@ -132,9 +193,17 @@ impl ChatService {
             let d = self.read();
             let actor_role = d.role(conv, actor).ok_or_else(|| self.missing(&d, conv))?;
             let target = d.role(conv, user).ok_or(Denied::NotMember)?;
+            // The last owner hands the group over before leaving it, unless alone in it: an
+            // ownerless group could never again be managed.
+            if actor == user
+                && target == Role::Owner
+                && owners(&d, conv) == 1
+                && d.members(conv).len() > 1
+            {
+                return Err(Denied::LastOwner.into());
+            }
             let allowed = if actor == user {
-                // An owner hands the group over before leaving it.
-                target != Role::Owner || d.members(conv).len() == 1
+                true
             } else {
                 actor_role > target && actor_role >= Role::Admin
             };

@@ -87,6 +87,9 @@ impl ChatService {
             ChatRequest::RemoveMember { conv, user } => {
                 self.remove_member(me, conv, user).await.map(done)
             }
+            ChatRequest::TransferOwnership { conv, user } => {
+                self.transfer_ownership(me, conv, user).await.map(done)
+            }
             ChatRequest::Leave { conv } => self.remove_member(me, conv, me).await.map(done),
             ChatRequest::UpdateGroup { conv, name, topic } => self
                 .update_group(me, conv, name.clone(), topic.clone())

@@ -75,6 +75,20 @@ impl Store {
         Ok(())
     }
 
+    /// Makes `to` the owner of `conv` and `from` an admin, together.
+    pub fn transfer_ownership(&self, conv: &str, from: &str, to: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for (user, role) in [(to, "owner"), (from, "admin")] {
+            tx.execute(
+                "UPDATE members SET role = ?3 WHERE conv = ?1 AND user = ?2",
+                params![conv, user, role],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn remove_member(&self, conv: &str, user: &str) -> Result<bool, StoreError> {
         let conn = self.lock();
         let n = conn.execute(

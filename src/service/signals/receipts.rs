@@ -24,16 +24,17 @@ impl Signals {
         let (u, c) = (user.to_string(), conv.clone());
         let stored =
             tokio::task::spawn_blocking(move || store.mark_read(&c, &u, seq, private)).await;
-        match stored {
-            Ok(Ok(true)) => {}
+        // The store clamps a marker to the conversation's end: announce what it kept.
+        let seq = match stored {
+            Ok(Ok(Some(kept))) => kept,
             // Not newer than what is stored: markers never go backwards.
-            Ok(Ok(false)) => return,
+            Ok(Ok(None)) => return,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot store a read marker");
                 return;
             }
             Err(_) => return,
-        }
+        };
         let body = json!({"type": "read", "conv": conv, "user": &*user, "seq": seq});
         if private {
             // Only the reader's own devices, so unread counts agree across them.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::history::{row_to_envelope, SELECT};
 use super::index::has_cjk;
@@ -17,10 +17,11 @@ use crate::store::StoreError;
 /// How far back a DUP resend without a client message id is matched against what was stored.
 const DUP_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
-/// Appends `m`, or finds it stored before; the inner error is a refusal, which fails only this
-/// message, the outer one fails the whole batch.
+/// Appends `m` (inside the batch's transaction, in the message's own savepoint), or finds it
+/// stored before; the inner error is a refusal, which fails only this message, the outer one a
+/// database error (which [`super::batch`] decides about).
 pub(super) fn append(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     m: &NewMessage,
     last_seq: &mut HashMap<String, u64>,
 ) -> Result<Result<Appended, AppendError>, StoreError> {
@@ -49,7 +50,7 @@ pub(super) fn append(
 }
 
 /// The stored entry `m` repeats, if it is a resend: by client message id, or by packet id.
-fn find_duplicate(tx: &Transaction<'_>, m: &NewMessage) -> Result<Option<Envelope>, StoreError> {
+fn find_duplicate(tx: &Connection, m: &NewMessage) -> Result<Option<Envelope>, StoreError> {
     let c = &m.content;
     // Idempotency: the same (sender, conversation, cid) is the same message. Per conversation,
     // so that a client numbering its messages per conversation loses none.
@@ -79,10 +80,7 @@ fn find_duplicate(tx: &Transaction<'_>, m: &NewMessage) -> Result<Option<Envelop
 }
 
 /// Whether `m` may carry each of its media ids.
-fn check_media(
-    tx: &Transaction<'_>,
-    m: &NewMessage,
-) -> Result<Result<(), EditRefused>, StoreError> {
+fn check_media(tx: &Connection, m: &NewMessage) -> Result<Result<(), EditRefused>, StoreError> {
     for id in &m.content.media {
         // Media travel only with their uploader's messages, or within a conversation that has
         // seen them already.
@@ -101,30 +99,28 @@ fn check_media(
 
 /// Whether `m`'s sender may do what `m` does to its target, if it has one ([`edits::check`]
 /// over the target as stored).
-fn check_target(
-    tx: &Transaction<'_>,
-    m: &NewMessage,
-) -> Result<Result<(), EditRefused>, StoreError> {
+fn check_target(tx: &Connection, m: &NewMessage) -> Result<Result<(), EditRefused>, StoreError> {
     let Some(target) = m.content.target else {
         return Ok(Ok(()));
     };
-    let author: Option<(String, String)> = tx
+    let author: Option<(String, String, bool)> = tx
         .query_row(
-            "SELECT sender, kind FROM messages WHERE conv = ?1 AND seq = ?2",
+            "SELECT sender, kind, deleted FROM messages WHERE conv = ?1 AND seq = ?2",
             params![m.conv, target],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let target = author.as_ref().map(|(sender, kind)| Target {
+    let target = author.as_ref().map(|(sender, kind, deleted)| Target {
         sender,
         kind: Kind::parse(kind),
+        deleted: *deleted,
     });
     Ok(edits::check(target, &m.sender, m.moderator, m.content.kind))
 }
 
 /// The sequence number `m` gets: one past its conversation's last.
 fn next_seq(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     m: &NewMessage,
     last_seq: &HashMap<String, u64>,
 ) -> Result<u64, StoreError> {
@@ -143,7 +139,7 @@ fn next_seq(
 }
 
 /// Stores `m` as entry `seq` at `ts`; returns its row id.
-fn insert(tx: &Transaction<'_>, m: &NewMessage, seq: u64, ts: i64) -> Result<i64, StoreError> {
+fn insert(tx: &Connection, m: &NewMessage, seq: u64, ts: i64) -> Result<i64, StoreError> {
     let c = &m.content;
     tx.prepare_cached(
         "INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body, reply_to,
@@ -171,7 +167,7 @@ fn insert(tx: &Transaction<'_>, m: &NewMessage, seq: u64, ts: i64) -> Result<i64
 }
 
 /// Records that entry `id` references each of `m`'s media.
-fn link_media(tx: &Transaction<'_>, m: &NewMessage, id: i64) -> Result<(), StoreError> {
+fn link_media(tx: &Connection, m: &NewMessage, id: i64) -> Result<(), StoreError> {
     for media in &m.content.media {
         tx.prepare_cached(
             "INSERT INTO media_refs (media, message, conv) VALUES (?1, ?2, ?3)
@@ -183,7 +179,7 @@ fn link_media(tx: &Transaction<'_>, m: &NewMessage, id: i64) -> Result<(), Store
 }
 
 /// Applies an edit (new text) or a delete (a tombstone) to the entry it targets.
-fn apply_to_target(tx: &Transaction<'_>, m: &NewMessage) -> Result<(), StoreError> {
+fn apply_to_target(tx: &Connection, m: &NewMessage) -> Result<(), StoreError> {
     let c = &m.content;
     match (c.kind, c.target) {
         (Kind::Edit, Some(target)) => {

@@ -7,12 +7,13 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 
 use super::append::append;
 use super::index::index_new;
-use super::writer::Job;
-use super::{AppendError, Appended};
+use super::writer::{is_transient, Job};
+use super::{AppendError, Appended, NewMessage};
 use crate::store::clock::now_ms;
 use crate::store::StoreError;
 
-/// Appends a batch in one transaction; a refused message does not fail the others.
+/// Appends a batch in one transaction; a refused message does not fail the others, nor does
+/// one the database refuses (see [`append_isolated`]).
 pub(super) fn commit(
     conn: &mut Connection,
     batch: &[Job],
@@ -20,7 +21,7 @@ pub(super) fn commit(
 ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
     // IMMEDIATE: the write lock is taken (waiting out the busy timeout) before anything is
     // read, so a commit by another connection in between cannot void this one's snapshot.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
     // Per conversation with new entries: the last seq, and who wrote the first.
     let mut top: HashMap<&str, (u64, &str)> = HashMap::new();
@@ -31,7 +32,7 @@ pub(super) fn commit(
             // find the target indexed.
             index_new(&tx, &mut unindexed)?;
         }
-        let result = append(&tx, &job.message, last_seq)?;
+        let result = append_isolated(&mut tx, &job.message, last_seq)?;
         if let Ok(Appended {
             envelope,
             duplicate: false,
@@ -48,6 +49,31 @@ pub(super) fn commit(
     record_conversations(&tx, top)?;
     tx.commit()?;
     Ok(results)
+}
+
+/// Appends one message in its own savepoint. An error that concerns this message alone (a
+/// value the database cannot hold, a broken constraint) undoes just its changes and fails just
+/// it: other senders' messages in the batch still commit. An error that may pass, or one that
+/// ended the transaction (the savepoint is then gone), fails the batch, which is retried whole.
+fn append_isolated(
+    tx: &mut Transaction<'_>,
+    m: &NewMessage,
+    last_seq: &mut HashMap<String, u64>,
+) -> Result<Result<Appended, AppendError>, StoreError> {
+    let savepoint = tx.savepoint()?;
+    match append(&savepoint, m, last_seq) {
+        Ok(result) => {
+            savepoint.commit()?;
+            Ok(result)
+        }
+        Err(e) if is_transient(&e) => Err(e),
+        Err(e) => {
+            // Dropping rolls back to the savepoint and releases it; finish() reports failure.
+            savepoint.finish()?;
+            tracing::error!(error = %e, conv = %m.conv, sender = %m.sender, "message not stored");
+            Ok(Err(AppendError::Store(e)))
+        }
+    }
 }
 
 /// Records, per conversation with new entries, its last sequence number and (for a direct

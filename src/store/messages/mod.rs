@@ -13,6 +13,9 @@
 //! The last sequence number of each conversation is kept in `conv_seq`, so sequences never go
 //! back, even after retention removed every entry of a conversation.
 //!
+//! Within a batch each message has its own savepoint: an error that concerns one message (a
+//! value the database refuses) fails that message alone, and the rest of the batch commits.
+//!
 //! The files: `writer.rs` (the thread, batching, commit and retry), `batch.rs` (one batch's
 //! transaction), `append.rs` (one message inside it; who may edit, delete or react is
 //! [`crate::chat::edits`]), `index.rs` (the full-text indexes), and the readers `history.rs`,

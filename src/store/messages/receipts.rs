@@ -24,16 +24,33 @@ impl Store {
         Ok(advanced)
     }
 
-    /// Raises a user's read mark (public, or private: seen only by the user's own devices);
-    /// whether it went up.
+    /// Raises a user's read mark (public, or private: seen only by the user's own devices) to
+    /// `seq`, clamped to the conversation's last sequence number; the mark stored, if it went
+    /// up.
+    ///
+    /// Clamped rather than refused, as chat apps do: a client may mark read up to what it
+    /// believes is the end, and a race with a delete or retention is no error. Stored as sent,
+    /// a mark past the end would count every later message as read, so unread stayed 0.
     pub fn mark_read(
         &self,
         conv: &str,
         user: &str,
         seq: u64,
         private: bool,
-    ) -> Result<bool, StoreError> {
-        let conn = self.lock();
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let last: u64 = tx.query_row(
+            "SELECT MAX(COALESCE((SELECT last FROM conv_seq WHERE conv = ?1), 0),
+                        COALESCE((SELECT MAX(seq) FROM messages WHERE conv = ?1), 0))",
+            params![conv],
+            |r| r.get(0),
+        )?;
+        let seq = seq.min(last);
+        if seq == 0 {
+            // Nothing to have read (an empty conversation): no receipt row either.
+            return Ok(None);
+        }
         let sql = if private {
             "INSERT INTO receipts (conv, user, read_private) VALUES (?1, ?2, ?3)
              ON CONFLICT (conv, user) DO UPDATE SET read_private = excluded.read_private
@@ -43,7 +60,9 @@ impl Store {
              ON CONFLICT (conv, user) DO UPDATE SET read = excluded.read
              WHERE excluded.read > receipts.read"
         };
-        Ok(conn.execute(sql, params![conv, user, seq])? > 0)
+        let raised = tx.execute(sql, params![conv, user, seq])? > 0;
+        tx.commit()?;
+        Ok(raised.then_some(seq))
     }
 
     /// Everyone's public receipts in a conversation: (user, delivered, read).

@@ -1,11 +1,14 @@
 //! The history writer and its readers together: retention, batched indexing, idempotency,
 //! direct conversation rows and media references.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{NewMessage, Writer};
+use super::batch::commit;
+use super::writer::Job;
+use super::{AppendError, NewMessage, Writer};
 use crate::chat::envelope::{Content, Envelope, Kind};
 use crate::config::Synchronous;
 use crate::stats::Stats;
@@ -232,4 +235,80 @@ async fn a_deleted_message_releases_its_media() {
     );
     assert_eq!(count(&store, "SELECT COUNT(*) FROM media"), 1);
     assert_eq!(kept.seq, 1);
+}
+
+/// A message the database refuses (here a reply-to number SQLite's signed integers cannot
+/// hold, which the envelope parser refuses before it gets here) fails alone: the rest of its
+/// group-commit batch commits, with dense sequence numbers.
+#[test]
+fn a_failing_insert_fails_only_its_own_message_in_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut conn = rusqlite::Connection::open(dir.path().join("natter.db")).unwrap();
+    let bad = Content {
+        reply_to: Some(u64::MAX),
+        ..content(Kind::Msg, Some("bad"), None, &[])
+    };
+    let batch = [
+        Job::detached(from_alice(
+            "g.team",
+            content(Kind::Msg, Some("one"), None, &[]),
+        )),
+        Job::detached(from_alice("g.team", bad)),
+        Job::detached(NewMessage {
+            sender: "bob".into(),
+            device: "bob.phone".into(),
+            ..from_alice("g.team", content(Kind::Msg, Some("two"), None, &[]))
+        }),
+    ];
+    let results = commit(&mut conn, &batch, &mut HashMap::new()).unwrap();
+    assert!(
+        matches!(results[1], Err(AppendError::Store(_))),
+        "{:?}",
+        results[1]
+    );
+    let seqs: Vec<u64> = [&results[0], &results[2]]
+        .iter()
+        .map(|r| r.as_ref().unwrap().envelope.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+    let stored: Vec<_> = store.after("g.team", 0, 10).unwrap().items;
+    let texts: Vec<_> = stored.iter().map(|i| i.envelope.t.as_deref()).collect();
+    assert_eq!(texts, [Some("one"), Some("two")]);
+    assert_eq!(
+        store.after("g.team", 0, 10).unwrap().items[1].envelope.from,
+        "bob"
+    );
+}
+
+/// A read marker past the end is kept at the end, so later messages count as unread.
+#[tokio::test]
+async fn a_read_marker_past_the_end_is_clamped_to_the_last_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let writer = start(dir.path());
+    let conv = "d.alice.bob";
+    text(&writer, conv, "one").await;
+    text(&writer, conv, "two").await;
+    assert_eq!(
+        store.mark_read(conv, "bob", 1_000_000, false).unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store.mark_read(conv, "bob", 7, false).unwrap(),
+        None,
+        "already at the end"
+    );
+    assert_eq!(store.unread(conv, "bob").unwrap(), 0);
+    text(&writer, conv, "three").await;
+    assert_eq!(store.unread(conv, "bob").unwrap(), 1);
+    assert_eq!(
+        store.mark_read(conv, "bob", u64::MAX, true).unwrap(),
+        Some(3)
+    );
+    assert_eq!(store.unread(conv, "bob").unwrap(), 0);
+    assert_eq!(
+        store.mark_read("d.alice.carol", "carol", 5, false).unwrap(),
+        None
+    );
 }

@@ -38,6 +38,19 @@ pub(super) struct Job {
     deadline: Instant,
 }
 
+#[cfg(test)]
+impl Job {
+    /// A job as [`Writer::submit`] makes it, for tests that commit a batch by hand; its
+    /// answer goes nowhere.
+    pub(super) fn detached(message: NewMessage) -> Job {
+        Job {
+            message,
+            reply: oneshot::channel().0,
+            deadline: Instant::now() + RETRY_MAX,
+        }
+    }
+}
+
 /// The handle of the writer thread.
 #[derive(Clone)]
 pub struct Writer {
@@ -199,7 +212,7 @@ fn answer_failed(batch: &mut Vec<Job>, e: &StoreError, now: Instant, attempts: u
 
 /// Whether a failed commit may succeed later: another connection holds the lock, the disk is
 /// full, or the file system failed for a moment.
-fn is_transient(e: &StoreError) -> bool {
+pub(super) fn is_transient(e: &StoreError) -> bool {
     let StoreError::Sqlite(e) = e else {
         return false;
     };
