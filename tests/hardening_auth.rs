@@ -153,12 +153,15 @@ async fn an_attacker_cannot_lock_a_user_out_of_her_usual_address() {
     let (home, attacker) = (addr(4), addr(5));
     let alice = Some(("alice", PASSWORD));
     assert_eq!(connack(&server, home, true, "", alice).await, V5_SUCCESS);
-    for _ in 0..5 {
+    for _ in 0..3 {
         let (s, _) = login(&api_from(&server, attacker), "alice", "guess", "x").await;
-        assert_ne!(s, StatusCode::OK);
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
-    let (s, _) = login(&api_from(&server, attacker), "alice", PASSWORD, "x").await;
-    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "limited after 3 failures");
+    assert_eq!(
+        connack(&server, attacker, true, "", alice).await,
+        V5_RATE_EXCEEDED,
+        "alice is held everywhere else, even with her password"
+    );
     assert_eq!(
         connack(&server, home, true, "", alice).await,
         V5_SUCCESS,
@@ -240,13 +243,17 @@ async fn registering_a_taken_name_hashes_nothing() {
         Duration::from_secs(5),
         api.post("/api/v1/register", None, body),
     )
-    .await
-    .expect("refused without hashing a password");
+    .await;
+    let Ok((status, error)) = answer else {
+        // Stopping the server would wait for the hash in flight: leave it, and fail now.
+        std::mem::forget(server);
+        panic!("a taken name was not refused within 5 s: its password was being hashed");
+    };
     assert_eq!(
-        (answer.0, answer.1["error"].as_str()),
+        (status, error["error"].as_str()),
         (StatusCode::CONFLICT, Some("conflict"))
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    println!("taken name refused in {:?}", started.elapsed());
 }
 
 async fn register(api: &Api, user: &str) -> StatusCode {
