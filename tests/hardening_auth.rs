@@ -49,6 +49,17 @@ async fn connack(
     client_id: &str,
     login: Option<(&str, &str)>,
 ) -> u8 {
+    connect(server, from, v5, client_id, login).await.0
+}
+
+/// [`connack`], also returning the connection.
+async fn connect(
+    server: &TestServer,
+    from: IpAddr,
+    v5: bool,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> (u8, TcpStream) {
     let mut out = BytesMut::new();
     if v5 {
         let connect = Connect {
@@ -77,7 +88,7 @@ async fn connack(
         .expect("a CONNACK in time")
         .expect("a CONNACK, not a closed connection");
     assert_eq!(head[0], 0x20, "{head:?}");
-    head[3]
+    (head[3], stream)
 }
 
 /// The HTTP API as seen from `from`.
@@ -216,6 +227,10 @@ async fn a_password_change_ends_every_token_of_the_user() {
     let api = Api::new(&server);
     let phone = api.account("alice", "phone").await;
     let tablet = api.login("alice", "tablet").await;
+    let token = tablet["access_token"].as_str().unwrap();
+    let creds = Some(("alice", token));
+    let (code, mut live) = connect(&server, addr(1), true, "alice.tablet", creds).await;
+    assert_eq!(code, V5_SUCCESS);
     let (s, _) = api
         .post(
             "/api/v1/password",
@@ -224,6 +239,11 @@ async fn a_password_change_ends_every_token_of_the_user() {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, live.read_to_end(&mut rest))
+        .await
+        .expect("the tablet's live connection is closed")
+        .expect("read");
     assert_eq!(still_open(&server, &api, &phone).await, DEAD);
     assert_eq!(still_open(&server, &api, &tablet).await, DEAD);
     let (s, _) = login(&api, "alice", "battery staple", "phone").await;

@@ -228,7 +228,8 @@ struct PasswordBody {
 }
 
 /// POST /api/v1/password — change one's password. Every token of the user, this one too,
-/// stops working: the client logs in again with the new password. A wrong old password counts
+/// stops working, and the devices' MQTT connections are closed: the client logs in again with
+/// the new password. A wrong old password counts
 /// as a failed login (a stolen access token must not buy unlimited guesses).
 async fn change_password(
     State(state): State<Arc<AppState>>,
@@ -262,6 +263,11 @@ async fn change_password(
         state.limiter.failed(&me.user, peer.ip());
         return Err(ApiError::from(Refusal::WrongPassword));
     }
+    let user = me.user.clone();
+    let devices = blocking(&state, move |s| s.devices(&user)).await?;
+    for (device, _, _) in devices {
+        kick(&state, &me.user, &device).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -292,12 +298,18 @@ async fn revoke_device(
     if !blocking(&state, move |s| s.revoke_device(&u, &d)).await? {
         return Err(ApiError::from(Refusal::NotFound).with_message("no such device"));
     }
-    let client = topics::device_client_id(&me.user, &device);
+    kick(&state, &me.user, &device).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Closes the MQTT connection of a device whose tokens just died (client id
+/// `{user}.{device}`); the router also refuses a CONNECT authenticated before this.
+async fn kick(state: &Arc<AppState>, user: &str, device: &str) {
+    let client = topics::device_client_id(user, device);
     let _ = state
         .router
         .send(Event::KickClient {
             client: client.into(),
         })
         .await;
-    Ok(StatusCode::NO_CONTENT)
 }

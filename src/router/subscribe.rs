@@ -118,7 +118,7 @@ fn admit_filter<'f>(
         return Err(SubscribeReasonCode::TopicFilterInvalid);
     };
     if !access.can_subscribe(&session.identity, sub.filter) {
-        tracing::info!(client = %client, filter = %f.path, "subscription refused");
+        tracing::info!(client = %client, filter = ?f.path, "subscription refused");
         return Err(SubscribeReasonCode::NotAuthorized);
     }
     if limit > 0
