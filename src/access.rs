@@ -7,6 +7,7 @@
 //! in [`crate::chat`]; other topics follow the ACL file; `$SYS` is for admins (and whoever the
 //! ACL file grants it to) and is never writable by clients.
 
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use tokio::sync::Semaphore;
 use crate::acl::{Acl, Action, Client};
 use crate::chat::{Denied, Directory};
 use crate::config::AuthConfig;
+use crate::limiter::LoginLimiter;
 use crate::password;
 use crate::store::Store;
 use crate::tokens::{self, Signer};
@@ -56,6 +58,9 @@ pub enum Refusal {
     NotAuthorized,
     #[error("the account store is unavailable")]
     Unavailable,
+    /// Too many failed password logins for the user or from the address (the login limiter).
+    #[error("too many failed logins")]
+    RateLimited,
 }
 
 /// Why a PUBLISH (or will) was refused.
@@ -113,6 +118,8 @@ pub struct Access {
     signer: Arc<Signer>,
     /// Bounds password verifications in flight (each holds a blocking thread).
     logins: Semaphore,
+    /// Failed password logins, shared with the HTTP API.
+    limiter: Arc<LoginLimiter>,
 }
 
 impl Access {
@@ -121,6 +128,7 @@ impl Access {
         store: Arc<Store>,
         directory: Arc<RwLock<Directory>>,
         signer: Arc<Signer>,
+        limiter: Arc<LoginLimiter>,
     ) -> Result<Access, AccessError> {
         let acl = if auth.acl_file.is_empty() {
             None
@@ -134,18 +142,26 @@ impl Access {
             directory,
             signer,
             logins: Semaphore::new(auth.max_concurrent_logins),
+            limiter,
         })
+    }
+
+    /// The login limiter, for the HTTP API to share.
+    pub fn limiter(&self) -> Arc<LoginLimiter> {
+        self.limiter.clone()
     }
 
     fn dir(&self) -> RwLockReadGuard<'_, Directory> {
         self.directory.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Checks CONNECT credentials (user id and password, or an access token) and returns who
-    /// they prove; no credentials means anonymous, if allowed.
+    /// Checks CONNECT credentials (user id and password, or an access token) from `addr` and
+    /// returns who they prove; no credentials means anonymous, if allowed. Passwords go through
+    /// the login limiter (tokens need not: they are cheap to check and cannot be guessed).
     pub async fn authenticate(
         &self,
         login: Option<(&str, &str)>,
+        addr: IpAddr,
     ) -> Result<Authenticated, Refusal> {
         let Some((user, password)) = login else {
             return match self.allow_anonymous {
@@ -153,12 +169,35 @@ impl Access {
                 false => Err(Refusal::NotAuthorized),
             };
         };
-        if !topics::valid_id(user) {
+        // MQTT strings may not carry U+0000; a user id never can.
+        if !topics::valid_id(user) || password.contains('\0') {
             return Err(Refusal::BadCredentials);
         }
         if tokens::looks_like_jwt(password) {
             return self.authenticate_token(user, password).await;
         }
+        if !self.limiter.allow_login(user, addr) {
+            tracing::info!(user = ?user, %addr, "MQTT login refused: too many failures");
+            return Err(Refusal::RateLimited);
+        }
+        let verified = self.verify_password(user, password).await;
+        match verified {
+            Ok(Some(admin)) => {
+                self.limiter.succeeded(user, addr);
+                self.remember(user, admin);
+                Ok(Authenticated::password(user))
+            }
+            Ok(None) => {
+                self.limiter.failed(user, addr);
+                Err(Refusal::BadCredentials)
+            }
+            Err(refusal) => Err(refusal),
+        }
+    }
+
+    /// Checks a password against the store on a blocking thread, a bounded number at a time:
+    /// `Some(admin)` when it is right.
+    async fn verify_password(&self, user: &str, password: &str) -> Result<Option<bool>, Refusal> {
         let _permit = self
             .logins
             .acquire()
@@ -166,30 +205,23 @@ impl Access {
             .map_err(|_| Refusal::Unavailable)?;
         let store = self.store.clone();
         let (id, password) = (user.to_string(), password.to_string());
-        let verified = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             store.login_info(&id).map(|info| match info {
                 Some((hash, admin)) if password::verify(&password, &hash) => Some(admin),
                 _ => None,
             })
         })
-        .await;
-        match verified {
-            Ok(Ok(Some(admin))) => {
-                self.remember(user, admin);
-                Ok(Authenticated::password(user))
-            }
-            Ok(Ok(None)) => Err(Refusal::BadCredentials),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read accounts");
-                Err(Refusal::Unavailable)
-            }
-            Err(_) => Err(Refusal::Unavailable),
-        }
+        .await
+        .map_err(|_| Refusal::Unavailable)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read accounts");
+            Refusal::Unavailable
+        })
     }
 
     /// An access token as password: valid signature, not expired, issued to this user, for a
-    /// device that has not been revoked. The device comes back so the client id can be tied
-    /// to it.
+    /// device that has not been revoked, of the device's current token generation (no revoke
+    /// or password change since). The device comes back so the client id can be tied to it.
     async fn authenticate_token(&self, user: &str, token: &str) -> Result<Authenticated, Refusal> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -207,12 +239,12 @@ impl Access {
             return Err(Refusal::BadCredentials);
         }
         let store = self.store.clone();
-        let (sub, dev) = (claims.sub.clone(), claims.dev.clone());
-        let active = tokio::task::spawn_blocking(move || store.device_active(&sub, &dev))
+        let (sub, dev, gen) = (claims.sub.clone(), claims.dev.clone(), claims.gen);
+        let current = tokio::task::spawn_blocking(move || store.token_current(&sub, &dev, &gen))
             .await
             .map_err(|_| Refusal::Unavailable)?
             .map_err(|_| Refusal::Unavailable)?;
-        if !active {
+        if !current {
             return Err(Refusal::BadCredentials);
         }
         self.remember(user, false);
@@ -417,6 +449,7 @@ mod tests {
             directory: Arc::new(RwLock::new(directory)),
             signer: Arc::new(Signer::new(b"test")),
             logins: Semaphore::new(1),
+            limiter: Arc::new(LoginLimiter::new(3)),
         };
         (a, dir)
     }
@@ -545,49 +578,107 @@ mod tests {
         assert!(!a.needs_read_check("public/x"));
     }
 
+    const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const AWAY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
     #[tokio::test]
     async fn credentials_are_checked_against_the_store() {
         let (a, _d) = access(None);
         a.store
             .add_user("carol", &password::hash("pw", 1000).unwrap())
             .unwrap();
+        let auth = |login| a.authenticate(login, HOME);
         assert_eq!(
-            a.authenticate(Some(("carol", "pw"))).await,
+            auth(Some(("carol", "pw"))).await,
             Ok(Authenticated::password("carol"))
         );
         assert_eq!(
-            a.authenticate(Some(("carol", "no"))).await,
+            auth(Some(("carol", "no"))).await,
             Err(Refusal::BadCredentials)
         );
         assert_eq!(
-            a.authenticate(Some(("nobody", "pw"))).await,
+            auth(Some(("nobody", "pw"))).await,
             Err(Refusal::BadCredentials)
         );
         assert_eq!(
-            a.authenticate(Some(("Bad Id", "pw"))).await,
+            auth(Some(("Bad Id", "pw"))).await,
             Err(Refusal::BadCredentials)
         );
-        assert_eq!(a.authenticate(None).await, Ok(Authenticated::default()));
+        assert_eq!(
+            auth(Some(("carol", "pw\0"))).await,
+            Err(Refusal::BadCredentials)
+        );
+        assert_eq!(auth(None).await, Ok(Authenticated::default()));
+    }
 
-        // A token proves its device too; a revoked device's token proves nothing.
+    /// A token for carol's phone at the device's current generation.
+    fn phone_token(a: &Access) -> String {
         a.store.upsert_device("carol", "phone").unwrap();
-        let token = a.signer.issue(&tokens::Claims {
+        let gen = a
+            .store
+            .add_refresh_token("r", "carol", "phone", i64::MAX)
+            .unwrap()
+            .expect("an active device");
+        a.signer.issue(&tokens::Claims {
             sub: "carol".into(),
             dev: "phone".into(),
+            gen,
             iat: 0,
             exp: i64::MAX / 2,
+        })
+    }
+
+    #[tokio::test]
+    async fn tokens_die_with_a_revoke_or_a_password_change() {
+        let (a, _d) = access(None);
+        a.store.add_user("carol", "h").unwrap();
+        let token = phone_token(&a);
+        let phone = Ok(Authenticated {
+            user: Some("carol".into()),
+            device: Some("phone".into()),
         });
-        assert_eq!(
-            a.authenticate(Some(("carol", &token))).await,
-            Ok(Authenticated {
-                user: Some("carol".into()),
-                device: Some("phone".into()),
-            })
-        );
+        assert_eq!(a.authenticate(Some(("carol", &token)), HOME).await, phone);
         a.store.revoke_device("carol", "phone").unwrap();
+        let dead = Err(Refusal::BadCredentials);
+        assert_eq!(a.authenticate(Some(("carol", &token)), HOME).await, dead);
+        a.store.upsert_device("carol", "phone").unwrap();
         assert_eq!(
-            a.authenticate(Some(("carol", &token))).await,
-            Err(Refusal::BadCredentials)
+            a.authenticate(Some(("carol", &token)), HOME).await,
+            dead,
+            "logging in again under the revoked name does not revive its tokens"
+        );
+        let token = phone_token(&a);
+        assert_eq!(a.authenticate(Some(("carol", &token)), HOME).await, phone);
+        a.store.set_password("carol", "h2").unwrap();
+        assert_eq!(a.authenticate(Some(("carol", &token)), HOME).await, dead);
+    }
+
+    #[tokio::test]
+    async fn failed_passwords_are_limited_before_hashing() {
+        let (a, _d) = access(None);
+        for user in ["carol", "dave"] {
+            a.store
+                .add_user(user, &password::hash("pw", 1000).unwrap())
+                .unwrap();
+        }
+        a.authenticate(Some(("carol", "pw")), HOME).await.unwrap();
+        for _ in 0..3 {
+            let r = a.authenticate(Some(("carol", "guess")), AWAY).await;
+            assert_eq!(r, Err(Refusal::BadCredentials));
+        }
+        let limited = Err(Refusal::RateLimited);
+        assert_eq!(a.authenticate(Some(("carol", "pw")), AWAY).await, limited);
+        assert_eq!(a.authenticate(Some(("dave", "pw")), AWAY).await, limited);
+        assert!(
+            a.authenticate(Some(("carol", "pw")), HOME).await.is_ok(),
+            "carol's known address is not locked out by failures elsewhere"
+        );
+        assert!(a.authenticate(Some(("dave", "pw")), HOME).await.is_ok());
+        assert!(
+            a.authenticate(Some(("carol", &phone_token(&a))), AWAY)
+                .await
+                .is_ok(),
+            "tokens skip the limiter"
         );
     }
 }

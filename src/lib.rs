@@ -9,6 +9,8 @@
 //!   ([`codec::convert`] turns 3.1.1 packets into 5.0 ones and back).
 //! - [`ids`], [`password`], [`tokens`], [`stats`]: random ids, password hashes, access tokens
 //!   (JWT HS256) and refresh tokens, counters.
+//! - [`limiter`]: failed logins and registrations per user and per address, shared by HTTP
+//!   and MQTT, checked before a password is hashed.
 //! - [`config`]: the one typed configuration (embedded `config/natter.toml`, env, flags),
 //!   checked section by section in [`config::validate`] before anything starts.
 //! - [`chat`]: the domain rules, no I/O: the [`chat::Directory`] of users and memberships and
@@ -63,6 +65,7 @@ pub mod config;
 pub mod edge;
 pub mod http;
 pub mod ids;
+pub mod limiter;
 pub mod media;
 pub mod password;
 pub mod refusal;

@@ -19,6 +19,7 @@ use crate::chat::Directory;
 use crate::config::{listen_addr, Config};
 use crate::edge::{self, Admission, Kind, Limits, Shared, TlsError};
 use crate::http::{AppState, HttpSettings};
+use crate::limiter::LoginLimiter;
 use crate::media::MediaStore;
 use crate::router::{self, Event, Router, Settings};
 use crate::service::push::{PushSettings, Pusher};
@@ -243,11 +244,13 @@ fn build_access(
         "token-secret",
         &config.http.token_secret,
     )?));
+    let limiter = Arc::new(LoginLimiter::new(config.http.login_attempts_per_minute));
     let access = Arc::new(Access::new(
         &config.auth,
         store.clone(),
         directory.clone(),
         signer.clone(),
+        limiter,
     )?);
     Ok((signer, access))
 }
@@ -340,6 +343,7 @@ fn http_state(
         shared.stats.clone(),
         media,
     )
+    .with_limiter(shared.access.limiter())
 }
 
 /// Serves the HTTP API on its listener.

@@ -1,5 +1,7 @@
 //! Access tokens: JWT with HS256 (so other MQTT tooling understands them), signed with ring's
-//! HMAC-SHA256, carrying the user (`sub`), the device (`dev`) and an expiry (`exp`). A token
+//! HMAC-SHA256, carrying the user (`sub`), the device (`dev`), the device's token generation
+//! (`gen`, see `store::devices`: a token whose generation is no longer the device's is dead)
+//! and an expiry (`exp`). A token
 //! works as the MQTT CONNECT password with the user id as user name. Refresh tokens are random
 //! strings stored only as SHA-256 hashes (see `store`).
 
@@ -13,6 +15,10 @@ use serde::{Deserialize, Serialize};
 pub struct Claims {
     pub sub: String,
     pub dev: String,
+    /// The device's token generation when the token was issued. Tokens issued before
+    /// generations existed have none: read as '', the generation those devices start with.
+    #[serde(default)]
+    pub gen: String,
     pub iat: i64,
     pub exp: i64,
 }
@@ -42,7 +48,7 @@ impl Signer {
 
     pub fn issue(&self, claims: &Claims) -> String {
         let header = URL_SAFE_NO_PAD.encode(HEADER);
-        // Serialising four plain fields cannot fail.
+        // Serialising five plain fields cannot fail.
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
         let signing_input = format!("{header}.{payload}");
         let tag = hmac::sign(&self.key, signing_input.as_bytes());
@@ -123,6 +129,7 @@ mod tests {
         Claims {
             sub: "alice".into(),
             dev: "phone".into(),
+            gen: "g1".into(),
             iat: 0,
             exp,
         }
@@ -157,6 +164,16 @@ mod tests {
         assert_eq!(s.verify(&none, 50), Err(TokenError::Malformed));
         assert_eq!(s.verify("a.b", 50), Err(TokenError::Malformed));
         assert!(!looks_like_jwt("hunter2"));
+    }
+
+    #[test]
+    fn tokens_from_before_generations_read_as_the_empty_generation() {
+        let s = Signer::new(b"k1");
+        let header = URL_SAFE_NO_PAD.encode(HEADER);
+        let payload = URL_SAFE_NO_PAD.encode(r#"{"sub":"alice","dev":"phone","iat":0,"exp":100}"#);
+        let signed = format!("{header}.{payload}");
+        let token = format!("{signed}.{}", s.mac(&signed));
+        assert_eq!(s.verify(&token, 50).map(|c| c.gen), Ok(String::new()));
     }
 
     /// `token` with the first character of its signature changed (still base64url).

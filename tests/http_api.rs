@@ -94,16 +94,19 @@ async fn bad_tokens_are_refused_on_http_and_at_connect() {
     let api = Api::new(&server);
     let alice = api.account("alice", "phone").await;
     let good = alice["access_token"].as_str().unwrap().to_string();
+    let real_key = natter::tokens::Signer::new(SECRET.as_bytes());
+    // The device's token generation, as the server put it in the token.
+    let gen = real_key.verify(&good, 0).unwrap().gen;
     let claims = |exp| natter::tokens::Claims {
         sub: "alice".into(),
         dev: "phone".into(),
+        gen: gen.clone(),
         iat: 0,
         exp,
     };
     let forged = natter::tokens::Signer::new(b"another key").issue(&claims(i64::MAX / 2));
     // Signed with the server's real key, so only the expiry can refuse it: the same key with
     // a future `exp` is accepted.
-    let real_key = natter::tokens::Signer::new(SECRET.as_bytes());
     let (s, _) = api
         .get("/api/v1/devices", &real_key.issue(&claims(i64::MAX / 2)))
         .await;

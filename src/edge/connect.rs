@@ -46,9 +46,11 @@ pub(super) async fn accept(
     let Packet::Connect(connect, will, login) = packet else {
         return Err(protocol_error("first packet is not CONNECT"));
     };
-    match admit(shared, version, connect, will, login).await {
+    match admit(shared, version, peer, connect, will, login).await {
         Ok(admitted) => {
-            tracing::debug!(%peer, client = %admitted.identity.client_id, ?version, "connected");
+            // Client ids are the client's own text: Debug-formatted, so a newline or an escape
+            // sequence in one cannot forge log lines.
+            tracing::debug!(%peer, client = ?admitted.identity.client_id, ?version, "connected");
             let connack = admitted.connack.clone();
             Ok(Some((
                 Connection::new(shared, io, version, peer, buf, admitted),
@@ -143,6 +145,7 @@ pub(super) struct Admitted {
 async fn admit(
     shared: &Arc<Shared>,
     version: Version,
+    peer: SocketAddr,
     connect: Connect,
     will: Option<LastWill>,
     login: Option<Login>,
@@ -157,7 +160,7 @@ async fn admit(
     let props = properties.unwrap_or_else(empty_connect_properties);
     check_properties(&props)?;
     let authenticated_at = Instant::now();
-    let who = authenticate(shared, login.as_ref()).await?;
+    let who = authenticate(shared, peer, login.as_ref()).await?;
     let (identity, assigned) = identify(shared, version, client_id, clean_start, who)?;
     let will = match will {
         Some(w) => Some(Box::new(will_message(shared, &identity, w)?)),
@@ -209,21 +212,31 @@ fn check_properties(props: &ConnectProperties) -> Result<(), ConnectReturnCode> 
     Ok(())
 }
 
-/// Checks the CONNECT's user name and password (or token).
+/// Checks the CONNECT's user name and password (or token). Too many failed passwords answer
+/// 0x9F connection rate exceeded (3.1.1: 0x03 server unavailable, its nearest).
 async fn authenticate(
     shared: &Shared,
+    peer: SocketAddr,
     login: Option<&Login>,
 ) -> Result<Authenticated, ConnectReturnCode> {
     let credentials = login.map(|l| (l.username.as_str(), l.password.as_str()));
     shared
         .access
-        .authenticate(credentials)
+        .authenticate(credentials, peer.ip())
         .await
         .map_err(|r| match r {
             Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
             Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
             Refusal::Unavailable => ConnectReturnCode::ServerUnavailable,
+            Refusal::RateLimited => ConnectReturnCode::ConnectionRateExceeded,
         })
+}
+
+/// Whether a client id may be used at all: MQTT strings may not carry U+0000, and control
+/// characters (newlines, escape sequences) in an id have no use but to forge log lines or
+/// terminal output.
+fn printable_client_id(client_id: &str) -> bool {
+    !client_id.chars().any(char::is_control)
 }
 
 /// Who the connection is: the user, and the client id it sent or one assigned to it (then
@@ -246,6 +259,7 @@ fn identify(
         assigned = Some(id.clone());
         id.into()
     } else if client_id.len() > shared.limits.max_client_id_len
+        || !printable_client_id(&client_id)
         || !shared.access.client_id_allowed(&who, &client_id)
     {
         return Err(ConnectReturnCode::ClientIdentifierNotValid);
@@ -323,7 +337,7 @@ async fn attach(shared: &Shared, request: ConnectRequest) -> Result<bool, Connec
     reply
         .map_err(|_| ConnectReturnCode::ServerUnavailable)?
         .map_err(|refused| {
-            tracing::info!(client = %attached.client, %refused, "connection refused");
+            tracing::info!(client = ?attached.client, %refused, "connection refused");
             match refused {
                 ConnectRefused::TooManyConnections => ConnectReturnCode::QuotaExceeded,
                 ConnectRefused::Revoked => ConnectReturnCode::NotAuthorized,

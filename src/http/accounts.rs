@@ -45,56 +45,90 @@ fn hash_failed(e: password::PasswordError) -> ApiError {
     ApiError::from(Refusal::Internal)
 }
 
-/// POST /api/v1/register — create an account (when registration is open).
+/// POST /api/v1/register — create an account (when registration is open). Counted per
+/// address by the login limiter; a taken name is refused before its password is hashed.
 async fn register(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(c): Body<Credentials>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !state.settings.allow_registration {
         return Err(ApiError::from(Refusal::RegistrationClosed));
     }
-    if !topics::valid_id(&c.user) {
-        return Err(ApiError::bad_request(
-            "user ids are 1-32 of a-z, 0-9, _ and -",
-        ));
+    check_new_account(&c)?;
+    if !state.limiter.allow_registration(peer.ip()) {
+        tracing::info!(addr = %peer.ip(), "registration refused: too many from this address");
+        return Err(ApiError::from(Refusal::RateLimited)
+            .with_message("too many registrations; wait a minute"));
     }
-    if c.password.len() < 8 {
-        return Err(ApiError::bad_request(
-            "passwords have at least 8 characters",
-        ));
+    let u = c.user.clone();
+    if blocking(&state, move |s| s.user_exists(&u)).await? {
+        return Err(taken(&c.user));
     }
     let iterations = state.settings.pbkdf2_iterations;
     let user = c.user.clone();
     let hash = blocking(&state, move |_| Ok(password::hash(&c.password, iterations)))
         .await?
         .map_err(hash_failed)?;
+    add_account(&state, &user, hash).await?;
+    Ok((StatusCode::CREATED, Json(json!({"user": user}))))
+}
+
+/// A new account's id and password, checked before anything is counted or hashed.
+fn check_new_account(c: &Credentials) -> Result<(), ApiError> {
+    if !topics::valid_id(&c.user) {
+        return Err(ApiError::bad_request(
+            "user ids are 1-32 of a-z, 0-9, _ and -",
+        ));
+    }
+    check_new_password(&c.password)
+}
+
+/// A password to be set: long enough, and usable as an MQTT password (no U+0000, which MQTT
+/// strings may not carry).
+fn check_new_password(password: &str) -> Result<(), ApiError> {
+    if password.len() < 8 {
+        return Err(ApiError::bad_request(
+            "passwords have at least 8 characters",
+        ));
+    }
+    if password.contains('\0') {
+        return Err(ApiError::bad_request("passwords may not contain U+0000"));
+    }
+    Ok(())
+}
+
+/// The refusal of a user id that is already taken (the same the store gives in a race).
+fn taken(user: &str) -> ApiError {
+    ApiError::from(crate::store::StoreError::Exists(format!("user {user}")))
+}
+
+/// Stores a new account and makes it usable at once.
+async fn add_account(state: &Arc<AppState>, user: &str, hash: String) -> Result<(), ApiError> {
     state
         .chat
         .serialised(async {
-            let u = user.clone();
-            blocking(&state, move |s| s.add_user(&u, &hash)).await?;
+            let u = user.to_string();
+            blocking(state, move |s| s.add_user(&u, &hash)).await?;
             // Usable at once (the periodic reload would bring it within a second).
             state
                 .directory
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .set_user(&user, false);
+                .set_user(user, false);
             Ok::<_, ApiError>(())
         })
-        .await?;
-    Ok((StatusCode::CREATED, Json(json!({"user": user}))))
+        .await
 }
 
 /// POST /api/v1/login — password → access token (also an MQTT password) + refresh token.
+/// Failed passwords count in the login limiter, per user and per address; over its limit the
+/// password is not even checked.
 async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(c): Body<Credentials>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.allow_login(&[format!("user:{}", c.user), format!("addr:{}", peer.ip())]) {
-        return Err(ApiError::from(Refusal::RateLimited)
-            .with_message("too many login attempts; wait a minute"));
-    }
     let device = c
         .device
         .clone()
@@ -104,6 +138,11 @@ async fn login(
             "device ids are 1-32 of a-z, 0-9, _ and -",
         ));
     }
+    if !state.limiter.allow_login(&c.user, peer.ip()) {
+        tracing::info!(user = ?c.user, addr = %peer.ip(), "HTTP login refused: too many failures");
+        return Err(ApiError::from(Refusal::RateLimited)
+            .with_message("too many failed logins; wait a minute"));
+    }
     let (user, pw) = (c.user.clone(), c.password.clone());
     let ok = blocking(&state, move |s| {
         Ok(s.login_info(&user)?
@@ -111,27 +150,34 @@ async fn login(
     })
     .await?;
     if !ok {
+        state.limiter.failed(&c.user, peer.ip());
         return Err(ApiError::from(Refusal::BadCredentials));
     }
+    state.limiter.succeeded(&c.user, peer.ip());
     let (u, d) = (c.user.clone(), device.clone());
     blocking(&state, move |s| s.upsert_device(&u, &d)).await?;
     issue(&state, &c.user, &device).await.map(Json)
 }
 
-/// Issues an access token and a new refresh token for a device.
+/// Issues a new refresh token and an access token for a device, both of its current token
+/// generation; refused if the device was revoked meanwhile.
 async fn issue(state: &Arc<AppState>, user: &str, device: &str) -> Result<Value, ApiError> {
     let now = now_secs();
-    let access = state.signer.issue(&Claims {
-        sub: user.to_string(),
-        dev: device.to_string(),
-        iat: now,
-        exp: now + state.settings.access_token.as_secs() as i64,
-    });
     let refresh = tokens::new_refresh_token();
     let hash = tokens::hash_refresh_token(&refresh);
     let expires = now + state.settings.refresh_token.as_secs() as i64;
     let (u, d) = (user.to_string(), device.to_string());
-    blocking(state, move |s| s.add_refresh_token(&hash, &u, &d, expires)).await?;
+    let Some(gen) = blocking(state, move |s| s.add_refresh_token(&hash, &u, &d, expires)).await?
+    else {
+        return Err(ApiError::unauthorized());
+    };
+    let access = state.signer.issue(&Claims {
+        sub: user.to_string(),
+        dev: device.to_string(),
+        gen,
+        iat: now,
+        exp: now + state.settings.access_token.as_secs() as i64,
+    });
     Ok(json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -181,16 +227,20 @@ struct PasswordBody {
     new: String,
 }
 
-/// POST /api/v1/password — change one's password.
+/// POST /api/v1/password — change one's password. Every token of the user, this one too,
+/// stops working, and the devices' MQTT connections are closed: the client logs in again with
+/// the new password. A wrong old password counts
+/// as a failed login (a stolen access token must not buy unlimited guesses).
 async fn change_password(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     me: AuthUser,
     Body(b): Body<PasswordBody>,
 ) -> Result<StatusCode, ApiError> {
-    if b.new.len() < 8 {
-        return Err(ApiError::bad_request(
-            "passwords have at least 8 characters",
-        ));
+    check_new_password(&b.new)?;
+    if !state.limiter.allow_login(&me.user, peer.ip()) {
+        return Err(ApiError::from(Refusal::RateLimited)
+            .with_message("too many failed logins; wait a minute"));
     }
     let iterations = state.settings.pbkdf2_iterations;
     let user = me.user.clone();
@@ -210,7 +260,13 @@ async fn change_password(
     .await?
     .map_err(hash_failed)?;
     if !changed {
+        state.limiter.failed(&me.user, peer.ip());
         return Err(ApiError::from(Refusal::WrongPassword));
+    }
+    let user = me.user.clone();
+    let devices = blocking(&state, move |s| s.devices(&user)).await?;
+    for (device, _, _) in devices {
+        kick(&state, &me.user, &device).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -242,12 +298,18 @@ async fn revoke_device(
     if !blocking(&state, move |s| s.revoke_device(&u, &d)).await? {
         return Err(ApiError::from(Refusal::NotFound).with_message("no such device"));
     }
-    let client = topics::device_client_id(&me.user, &device);
+    kick(&state, &me.user, &device).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Closes the MQTT connection of a device whose tokens just died (client id
+/// `{user}.{device}`); the router also refuses a CONNECT authenticated before this.
+async fn kick(state: &Arc<AppState>, user: &str, device: &str) {
+    let client = topics::device_client_id(user, device);
     let _ = state
         .router
         .send(Event::KickClient {
             client: client.into(),
         })
         .await;
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -12,9 +12,8 @@ mod conversations;
 mod media;
 mod ops;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, State};
@@ -28,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::Directory;
+use crate::limiter::LoginLimiter;
 use crate::media::MediaStore;
 use crate::refusal::Refusal;
 use crate::router::Event;
@@ -62,8 +62,8 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     pub media: Arc<MediaStore>,
     pub started: Instant,
-    /// Login attempts per key ("user:…" or "addr:…") in the current minute.
-    logins: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Failed logins and registrations, shared with MQTT (see [`AppState::with_limiter`]).
+    limiter: Arc<LoginLimiter>,
 }
 
 impl AppState {
@@ -79,7 +79,6 @@ impl AppState {
         media: Arc<MediaStore>,
     ) -> AppState {
         AppState {
-            settings,
             store,
             directory,
             chat,
@@ -88,23 +87,15 @@ impl AppState {
             stats,
             media,
             started: Instant::now(),
-            logins: Mutex::new(HashMap::new()),
+            limiter: Arc::new(LoginLimiter::new(settings.login_attempts_per_minute)),
+            settings,
         }
     }
 
-    /// Counts a login attempt for each key; `false` once any is over the limit this minute.
-    fn allow_login(&self, keys: &[String]) -> bool {
-        let mut map = self.logins.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        map.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
-        let limit = self.settings.login_attempts_per_minute;
-        let mut allowed = true;
-        for key in keys {
-            let entry = map.entry(key.clone()).or_insert((now, 0));
-            entry.1 += 1;
-            allowed &= entry.1 <= limit;
-        }
-        allowed
+    /// The same state counting logins in `limiter`: the server passes the one MQTT uses, so a
+    /// guesser cannot double their attempts by switching protocols.
+    pub fn with_limiter(self, limiter: Arc<LoginLimiter>) -> AppState {
+        AppState { limiter, ..self }
     }
 
     fn is_admin(&self, user: &str) -> bool {
@@ -317,8 +308,8 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
             .signer
             .verify(token.trim(), now_secs())
             .map_err(|_| ApiError::unauthorized())?;
-        let (u, d) = (claims.sub.clone(), claims.dev.clone());
-        if !blocking(state, move |s| s.device_active(&u, &d)).await? {
+        let (u, d, g) = (claims.sub.clone(), claims.dev.clone(), claims.gen);
+        if !blocking(state, move |s| s.token_current(&u, &d, &g)).await? {
             return Err(ApiError::unauthorized());
         }
         Ok(AuthUser {

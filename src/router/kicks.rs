@@ -98,6 +98,7 @@ mod tests {
             Arc::new(Store::open(dir.path()).unwrap()),
             Arc::new(RwLock::new(Directory::default())),
             Arc::new(Signer::new(b"test")),
+            Arc::new(crate::limiter::LoginLimiter::new(10)),
         )
         .unwrap();
         let settings = Settings::from_config(&config.mqtt, &config.limits, &config.chat);

@@ -123,7 +123,7 @@ fn admit_filter<'f>(
     };
     let limit = settings.max_subscriptions;
     if !access.can_subscribe(&session.identity, sub.filter) {
-        tracing::info!(client = %client, filter = %f.path, "subscription refused");
+        tracing::info!(client = %client, filter = ?f.path, "subscription refused");
         return Err(SubscribeReasonCode::NotAuthorized);
     }
     if limit > 0

@@ -4,6 +4,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::clock::now;
 use super::conversations::direct_conversations_of;
+use super::devices::renew_all_generations;
 use super::{Store, StoreError, UserRow};
 
 impl Store {
@@ -63,13 +64,27 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Sets a user's password; every access and refresh token they hold stops working (a
+    /// changed password must shut out whoever had the old one). Whether the user exists.
     pub fn set_password(&self, id: &str, password_hash: &str) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        let n = conn.execute(
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
             "UPDATE users SET password = ?2 WHERE id = ?1",
             params![id, password_hash],
         )?;
+        renew_all_generations(&tx, id)?;
+        tx.commit()?;
         Ok(n > 0)
+    }
+
+    /// Whether a user id is taken (checked before hashing a new account's password).
+    pub fn user_exists(&self, id: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row("SELECT 1 FROM users WHERE id = ?1", params![id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     pub fn set_admin(&self, id: &str, admin: bool) -> Result<bool, StoreError> {

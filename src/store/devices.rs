@@ -1,28 +1,44 @@
 //! A user's devices and their refresh tokens: logging in registers a device, revoking it ends
 //! its tokens.
+//!
+//! Each device has a token generation (`gen`): a random value that every access and refresh
+//! token of the device carries, and that revoking the device or changing the user's password
+//! replaces. A token is good only while its generation is the device's, so no later login
+//! under the same device name, and no account later made under the same user id, brings an
+//! old token back.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::clock::now;
 use super::{Store, StoreError};
 
+/// A fresh generation, in SQL: 64 random bits, hex. Only distinctness matters (the value is
+/// in every token the device holds, not a secret).
+const NEW_GEN: &str = "lower(hex(randomblob(8)))";
+
 impl Store {
-    /// Registers a device for a user (a login); a revoked device logging in again is restored.
+    /// Registers a device for a user (a login); a revoked device logging in again is restored,
+    /// with the generation its revocation gave it (its old tokens stay dead).
     pub fn upsert_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
         self.lock().execute(
-            "INSERT INTO devices (user, device, created_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (user, device) DO UPDATE SET revoked = 0",
+            &format!(
+                "INSERT INTO devices (user, device, created_at, gen) VALUES (?1, ?2, ?3, {NEW_GEN})
+                 ON CONFLICT (user, device) DO UPDATE SET revoked = 0"
+            ),
             params![user, device, now()],
         )?;
         Ok(())
     }
 
-    /// Revokes a device and its refresh tokens; whether it existed.
+    /// Revokes a device and its refresh tokens (a new generation ends its access tokens);
+    /// whether it existed.
     pub fn revoke_device(&self, user: &str, device: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let n = tx.execute(
-            "UPDATE devices SET revoked = 1 WHERE user = ?1 AND device = ?2",
+            &format!(
+                "UPDATE devices SET revoked = 1, gen = {NEW_GEN} WHERE user = ?1 AND device = ?2"
+            ),
             params![user, device],
         )?;
         tx.execute(
@@ -43,35 +59,47 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Whether a device may use its tokens (known and not revoked).
-    pub fn device_active(&self, user: &str, device: &str) -> Result<bool, StoreError> {
+    /// Whether a token of this device and generation is good: the device is known, not
+    /// revoked, and still at that generation.
+    pub fn token_current(&self, user: &str, device: &str, gen: &str) -> Result<bool, StoreError> {
         Ok(self
             .lock()
             .query_row(
-                "SELECT revoked FROM devices WHERE user = ?1 AND device = ?2",
+                "SELECT revoked, gen FROM devices WHERE user = ?1 AND device = ?2",
                 params![user, device],
-                |r| r.get::<_, bool>(0),
+                |r| Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?)),
             )
             .optional()?
-            .is_some_and(|revoked| !revoked))
+            .is_some_and(|(revoked, current)| !revoked && current == gen))
     }
 
+    /// Stores a refresh token for an active device, with the device's current generation,
+    /// which it returns for the access token issued with it (one transaction, so a revocation
+    /// cannot fall between the two). `None`: the device is gone or revoked.
     pub fn add_refresh_token(
         &self,
         hash: &str,
         user: &str,
         device: &str,
         expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO refresh_tokens (hash, user, device, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, user, device, expires_at],
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let Some(gen) = active_gen(&tx, user, device)? else {
+            return Ok(None);
+        };
+        tx.execute(
+            "INSERT INTO refresh_tokens (hash, user, device, expires_at, gen)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, user, device, expires_at, gen],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(Some(gen))
     }
 
-    /// Removes a refresh token and returns its (user, device) if it was valid at `now`: each
-    /// token is used once (rotation).
+    /// Removes a refresh token and returns its (user, device) if it was valid at `now`: not
+    /// expired, and of its device's current generation (not revoked since, no password change
+    /// since). Each token is used once (rotation).
     pub fn take_refresh_token(
         &self,
         hash: &str,
@@ -79,17 +107,45 @@ impl Store {
     ) -> Result<Option<(String, String)>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let found: Option<(String, String, i64)> = tx
+        let found: Option<(String, String, i64, String)> = tx
             .query_row(
-                "SELECT user, device, expires_at FROM refresh_tokens WHERE hash = ?1",
+                "SELECT user, device, expires_at, gen FROM refresh_tokens WHERE hash = ?1",
                 params![hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
         tx.execute("DELETE FROM refresh_tokens WHERE hash = ?1", params![hash])?;
+        let Some((user, device, expires_at, gen)) = found else {
+            return Ok(None);
+        };
+        let current = active_gen(&tx, &user, &device)?.is_some_and(|g| g == gen);
         tx.commit()?;
-        Ok(found
-            .filter(|(_, _, exp)| *exp > now)
-            .map(|(u, d, _)| (u, d)))
+        Ok((current && expires_at > now).then_some((user, device)))
     }
+}
+
+/// Gives every device of `user` a new generation and drops their refresh tokens: every token
+/// the user holds stops working (a password change).
+pub(super) fn renew_all_generations(tx: &Transaction<'_>, user: &str) -> Result<(), StoreError> {
+    tx.execute(
+        &format!("UPDATE devices SET gen = {NEW_GEN} WHERE user = ?1"),
+        params![user],
+    )?;
+    tx.execute("DELETE FROM refresh_tokens WHERE user = ?1", params![user])?;
+    Ok(())
+}
+
+/// The generation of a device that is known and not revoked.
+fn active_gen(
+    tx: &Transaction<'_>,
+    user: &str,
+    device: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT gen FROM devices WHERE user = ?1 AND device = ?2 AND NOT revoked",
+            params![user, device],
+            |r| r.get(0),
+        )
+        .optional()?)
 }

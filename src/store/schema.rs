@@ -238,6 +238,16 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX messages_by_cid;
     CREATE UNIQUE INDEX messages_by_cid ON messages(sender, conv, cid) WHERE cid IS NOT NULL;
 ",
+    // Token generations (see `devices.rs`): every token carries its device's, and revoking the
+    // device or changing the password replaces it. Active devices start at '' so the tokens
+    // issued before this version (which carry none, read as '') keep working until then; a
+    // device revoked before it gets a random one at once, or logging in again under its name
+    // would bring its old tokens back.
+    "
+    ALTER TABLE devices ADD COLUMN gen TEXT NOT NULL DEFAULT '';
+    UPDATE devices SET gen = lower(hex(randomblob(8))) WHERE revoked;
+    ALTER TABLE refresh_tokens ADD COLUMN gen TEXT NOT NULL DEFAULT '';
+",
 ];
 
 impl Store {
@@ -257,5 +267,52 @@ impl Store {
             tx.commit()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{params, Connection};
+
+    use super::*;
+
+    /// A database made by the version before token generations, with an active and a revoked
+    /// device and a refresh token: after the upgrade the active device's tokens (which carry no
+    /// generation) still work, and the revoked device logging in again gets none of its old
+    /// ones back.
+    #[test]
+    fn token_generations_migrate_an_existing_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = MIGRATIONS.len() - 1;
+        {
+            let conn = Connection::open(dir.path().join("natter.db")).unwrap();
+            for sql in &MIGRATIONS[..before] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before as i64)
+                .unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (id, password, created_at) VALUES ('alice', 'h', 0);
+                 INSERT INTO devices (user, device, created_at) VALUES ('alice', 'phone', 0);
+                 INSERT INTO devices (user, device, created_at, revoked)
+                     VALUES ('alice', 'old', 0, 1);
+                 INSERT INTO refresh_tokens (hash, user, device, expires_at)
+                     VALUES ('r1', 'alice', 'phone', 100);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.token_current("alice", "phone", "").unwrap());
+        assert_eq!(
+            store.take_refresh_token("r1", 50).unwrap(),
+            Some(("alice".into(), "phone".into()))
+        );
+        store.upsert_device("alice", "old").unwrap();
+        assert!(!store.token_current("alice", "old", "").unwrap());
+        let version: i64 = store
+            .lock()
+            .query_row("PRAGMA user_version", params![], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
     }
 }
