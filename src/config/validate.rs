@@ -137,7 +137,10 @@ fn media(m: &MediaConfig) -> Result<(), ConfigError> {
         ));
     }
     if m.max_concurrent_decodes == 0 {
-        return Err(invalid("media.max_concurrent_decodes", "must be at least 1"));
+        return Err(invalid(
+            "media.max_concurrent_decodes",
+            "must be at least 1",
+        ));
     }
     Ok(())
 }
