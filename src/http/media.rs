@@ -510,7 +510,9 @@ mod tests {
     /// Reads a query string back as the download route's `Query` extractor does.
     fn parse_query(query: &str) -> Signed {
         let uri: axum::http::Uri = format!("/media/m1?{query}").parse().unwrap();
-        axum::extract::Query::<Signed>::try_from_uri(&uri).unwrap().0
+        axum::extract::Query::<Signed>::try_from_uri(&uri)
+            .unwrap()
+            .0
     }
 
     #[test]

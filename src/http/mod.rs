@@ -5,6 +5,11 @@
 //! [`app`] builds the router from its state, so tests drive it in-process; [`run`] serves it on
 //! a bound listener until shutdown. Every error is JSON `{"error", "message"}` with the right
 //! status; internal details go to the log, never to the client.
+//!
+//! Request bodies are bounded per route: JSON routes by `http.max_body_bytes` (a declared
+//! `Content-Length` over it is refused before anything is read, a chunked body is cut where it
+//! passes it); uploads stream to disk under the size limit and the quota (`quota` reserves
+//! the bytes of uploads in progress).
 
 mod accounts;
 mod admin;

@@ -104,7 +104,14 @@ mod tests {
     use super::*;
 
     /// (case, quota, max upload, used, cap, allowance)
-    type Case = (&'static str, u64, u64, u64, Option<u64>, Option<(u64, bool)>);
+    type Case = (
+        &'static str,
+        u64,
+        u64,
+        u64,
+        Option<u64>,
+        Option<(u64, bool)>,
+    );
 
     #[test]
     fn allowance_table() {
