@@ -167,6 +167,34 @@ async fn parallel_uploads_cannot_pass_the_quota_together() {
     assert_eq!(body["error"], "quota_exceeded", "{status} {body}");
 }
 
+#[tokio::test]
+async fn a_form_upload_over_the_quota_gets_its_413_not_a_reset() {
+    let server = TestServer::start_with_users(USERS, |c| c.media.quota_bytes_per_user = 100_000);
+    let http = Api::new(&server);
+    let alice = http.token("alice", password("alice")).await;
+    let (status, body) = http.upload(&alice, vec![1; 100_000]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut form =
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n".to_vec();
+    form.extend(vec![2u8; 8 * 1024 * 1024]);
+    form.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let resp = http
+        .client
+        .post(format!("{}/api/v1/media", http.base))
+        .bearer_auth(&alice)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(form)
+        .send()
+        .await
+        .expect("the 413 arrives, not a reset");
+    let (status, body) = status_and_json(resp).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("quota_exceeded")),
+        "{body}"
+    );
+}
+
 fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, seed])

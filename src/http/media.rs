@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::body::Body as RawBody;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -114,23 +114,15 @@ fn over_or(e: MediaError, held: &Reservation, max_upload: u64) -> ApiError {
     }
 }
 
-/// A `multipart/form-data` body and its declared length; any other content type is 415, not
-/// axum's plain-text 400.
-struct Form(Multipart, Option<u64>);
-
-impl<S: Send + Sync> axum::extract::FromRequest<S> for Form {
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Form, ApiError> {
-        let declared = declared_length(req.headers());
-        match Multipart::from_request(req, state).await {
-            Ok(form) => Ok(Form(form, declared)),
-            Err(MultipartRejection::InvalidBoundary(e)) => {
-                Err(ApiError::from(Refusal::UnsupportedMediaType)
-                    .with_message(format!("{}; use PUT for a raw body", e.body_text())))
-            }
-            Err(e) => Err(ApiError::rejection(e.status(), e.body_text())),
+/// The body as `multipart/form-data`; any other content type is 415, not axum's plain-text 400.
+async fn multipart(request: Request, state: &Arc<AppState>) -> Result<Multipart, ApiError> {
+    match Multipart::from_request(request, state).await {
+        Ok(form) => Ok(form),
+        Err(MultipartRejection::InvalidBoundary(e)) => {
+            Err(ApiError::from(Refusal::UnsupportedMediaType)
+                .with_message(format!("{}; use PUT for a raw body", e.body_text())))
         }
+        Err(e) => Err(ApiError::rejection(e.status(), e.body_text())),
     }
 }
 
@@ -138,10 +130,18 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Form {
 async fn upload_multipart(
     State(state): State<Arc<AppState>>,
     me: AuthUser,
-    Form(mut form, declared): Form,
+    request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     // The form is at most its declared length: the reservation need not be larger.
-    let held = reserve(&state, &me.user, declared).await?;
+    let declared = declared_length(request.headers());
+    let held = match reserve(&state, &me.user, declared).await {
+        Ok(held) => held,
+        Err(e) => {
+            discard_body(request.into_body().into_data_stream());
+            return Err(e);
+        }
+    };
+    let mut form = multipart(request, &state).await?;
     loop {
         let field = form
             .next_field()
