@@ -167,13 +167,8 @@ async fn parallel_uploads_cannot_pass_the_quota_together() {
     assert_eq!(body["error"], "quota_exceeded", "{status} {body}");
 }
 
-#[tokio::test]
-async fn a_form_upload_over_the_quota_gets_its_413_not_a_reset() {
-    let server = TestServer::start_with_users(USERS, |c| c.media.quota_bytes_per_user = 100_000);
-    let http = Api::new(&server);
-    let alice = http.token("alice", password("alice")).await;
-    let (status, body) = http.upload(&alice, vec![1; 100_000]).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+/// Uploads a form with an 8 MiB file part; returns the answer's status and error code.
+async fn upload_big_form(http: &Api, token: &str) -> (StatusCode, Option<String>) {
     let mut form =
         b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n".to_vec();
     form.extend(vec![2u8; 8 * 1024 * 1024]);
@@ -181,18 +176,37 @@ async fn a_form_upload_over_the_quota_gets_its_413_not_a_reset() {
     let resp = http
         .client
         .post(format!("{}/api/v1/media", http.base))
-        .bearer_auth(&alice)
+        .bearer_auth(token)
         .header("content-type", "multipart/form-data; boundary=XyZ")
         .body(form)
         .send()
         .await
         .expect("the 413 arrives, not a reset");
     let (status, body) = status_and_json(resp).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (StatusCode::PAYLOAD_TOO_LARGE, Some("quota_exceeded")),
-        "{body}"
+    (status, body["error"].as_str().map(String::from))
+}
+
+#[tokio::test]
+async fn form_uploads_over_the_quota_or_the_size_limit_get_their_413_not_a_reset() {
+    let server = TestServer::start_with_users(USERS, |c| {
+        c.media.quota_bytes_per_user = 200_000;
+        c.media.max_upload_bytes = 100_000;
+    });
+    let http = Api::new(&server);
+    let alice = http.token("alice", password("alice")).await;
+    // Refused mid-stream, past the size limit.
+    let too_large = (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large".to_string()));
+    assert_eq!(upload_big_form(&http, &alice).await, too_large);
+    for fill in [1, 2] {
+        let (status, body) = http.upload(&alice, vec![fill; 100_000]).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    // Refused before the form is read: nothing is left of the quota.
+    let over_quota = (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Some("quota_exceeded".to_string()),
     );
+    assert_eq!(upload_big_form(&http, &alice).await, over_quota);
 }
 
 fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
