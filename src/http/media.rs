@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::body::Body as RawBody;
-use axum::extract::multipart::MultipartRejection;
+use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::quota::{reserve, Reservation};
-use super::{blocking, declared_length, discard_body, now_secs, ApiError, AppState, AuthUser};
+use super::{
+    blocking, declared_length, discard_body, now_secs, ApiError, AppState, AuthUser, DISCARD_TIME,
+};
 use crate::media::{MediaError, Upload};
 use crate::refusal::Refusal;
 use crate::store::MediaRow;
@@ -158,18 +160,46 @@ async fn upload_multipart(
             .begin(held.limit())
             .await
             .map_err(MediaError::from)?;
-        loop {
-            match field.chunk().await {
-                Ok(Some(bytes)) => {
-                    let written = upload.write(&bytes).await;
-                    written.map_err(|e| over_or(e, &held, state.settings.max_upload))?;
-                }
-                Ok(None) => break,
-                Err(e) => return Err(ApiError::bad_request(e.body_text())),
+        let copied = copy_field(&mut field, &mut upload).await;
+        drop(field);
+        return match copied {
+            Ok(()) => finish(&state, &me, upload, held).await,
+            Err(PartError::Read(e)) => Err(e),
+            Err(PartError::Write(e)) => {
+                drop(upload);
+                discard_form(form);
+                Err(over_or(e, &held, state.settings.max_upload))
             }
-        }
-        return finish(&state, &me, upload, held).await;
+        };
     }
+}
+
+/// Why a form's file part was not stored whole.
+enum PartError {
+    /// The form is malformed or the client went away.
+    Read(ApiError),
+    /// The upload refused the bytes (over its limit) or storage failed.
+    Write(MediaError),
+}
+
+/// Streams a form part into an upload.
+async fn copy_field(field: &mut Field<'_>, upload: &mut Upload) -> Result<(), PartError> {
+    loop {
+        match field.chunk().await {
+            Ok(Some(bytes)) => upload.write(&bytes).await.map_err(PartError::Write)?,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(PartError::Read(ApiError::bad_request(e.body_text()))),
+        }
+    }
+}
+
+/// Reads (and drops) the rest of a refused form in the background, for a bounded time, so
+/// the client still sending it gets the refusal rather than a reset (see `discard_body`).
+fn discard_form(mut form: Multipart) {
+    tokio::spawn(async move {
+        let drain = async { while let Ok(Some(_)) = form.next_field().await {} };
+        let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    });
 }
 
 async fn finish(
