@@ -4,13 +4,16 @@
 //! table maps them to hashes), never the hash.
 //!
 //! Thumbnails are made on first request in a blocking thread, with decoder limits so an image
-//! that claims enormous dimensions (a decompression bomb) fails cleanly.
+//! that claims enormous dimensions (a decompression bomb) fails cleanly, and a few decodes at a
+//! time (see [`Thumbnails`]): memory for decoding stays under decodes x pixels x 4 bytes.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ring::digest;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 
 /// Bytes kept from the start of an upload to sniff its type.
 const SNIFF: usize = 8192;
@@ -29,6 +32,25 @@ pub enum MediaError {
 
 pub struct MediaStore {
     root: PathBuf,
+}
+
+/// How thumbnails are made: at most `px` on the longer side, only of images of at most
+/// `max_pixels` (read from the header, before decoding), and at most so many decodes at once.
+/// Decodes beyond that wait their turn: a waiting request holds no image memory.
+pub struct Thumbnails {
+    px: u32,
+    max_pixels: u64,
+    decodes: Arc<Semaphore>,
+}
+
+impl Thumbnails {
+    pub fn new(px: u32, max_pixels: u64, max_concurrent_decodes: usize) -> Thumbnails {
+        Thumbnails {
+            px,
+            max_pixels,
+            decodes: Arc::new(Semaphore::new(max_concurrent_decodes.max(1))),
+        }
+    }
 }
 
 /// An upload in progress. Dropped before [`MediaStore::finish`] completes (an error, a client
@@ -133,22 +155,32 @@ impl MediaStore {
             .with_extension(format!("thumb{px}.png"))
     }
 
-    /// The thumbnail of an image (PNG, at most `px` on its longer side), made once and kept.
-    pub async fn thumbnail(
-        &self,
-        hash: &str,
-        px: u32,
-        max_pixels: u64,
-    ) -> Result<PathBuf, MediaError> {
-        let thumb = self.thumb_path(hash, px);
+    /// The thumbnail of an image (PNG), made once and kept.
+    pub async fn thumbnail(&self, hash: &str, how: &Thumbnails) -> Result<PathBuf, MediaError> {
+        let thumb = self.thumb_path(hash, how.px);
         if tokio::fs::try_exists(&thumb).await? {
             return Ok(thumb);
         }
-        let source = self.blob_path(hash);
-        let out = thumb.clone();
-        tokio::task::spawn_blocking(move || make_thumbnail(&source, &out, px, max_pixels))
+        let permit = how
+            .decodes
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|_| MediaError::NotAnImage)??;
+            .map_err(|_| MediaError::NotAnImage)?;
+        // Another request may have made it while this one waited.
+        if tokio::fs::try_exists(&thumb).await? {
+            return Ok(thumb);
+        }
+        let (source, out, px, max_pixels) =
+            (self.blob_path(hash), thumb.clone(), how.px, how.max_pixels);
+        tokio::task::spawn_blocking(move || {
+            // Held by the decode itself, so a request that goes away does not free its slot
+            // while the decode still runs.
+            let _permit = permit;
+            make_thumbnail(&source, &out, px, max_pixels)
+        })
+        .await
+        .map_err(|_| MediaError::NotAnImage)??;
         Ok(thumb)
     }
 
@@ -218,11 +250,15 @@ fn make_thumbnail(source: &Path, out: &Path, px: u32, max_pixels: u64) -> Result
         image::ImageError::Limits(_) => MediaError::TooManyPixels,
         _ => MediaError::NotAnImage,
     })?;
-    let tmp = out.with_extension("tmp");
-    image
+    // Its own temporary name: two decodes of the same image may run at once.
+    let tmp = out.with_extension(format!("{}.tmp", crate::ids::random_hex(8)));
+    let saved = image
         .thumbnail(px, px)
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|_| MediaError::NotAnImage)?;
+        .save_with_format(&tmp, image::ImageFormat::Png);
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(MediaError::NotAnImage);
+    }
     std::fs::rename(tmp, out)?;
     Ok(())
 }
@@ -233,6 +269,38 @@ mod tests {
 
     fn tmp_files(root: &Path) -> usize {
         std::fs::read_dir(root.join("tmp")).unwrap().count()
+    }
+
+    /// A PNG of `w`×`h` pixels in the store; returns its hash.
+    async fn stored_png(store: &MediaStore, w: u32, h: u32) -> String {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        image::RgbImage::new(w, h)
+            .write_to(&mut bytes, image::ImageFormat::Png)
+            .unwrap();
+        let mut upload = store.begin(u64::MAX).await.unwrap();
+        upload.write(bytes.get_ref()).await.unwrap();
+        store.finish(upload).await.unwrap().hash
+    }
+
+    #[tokio::test]
+    async fn a_decode_waits_for_a_free_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MediaStore::new(dir.path()).unwrap();
+        let hash = stored_png(&store, 64, 48).await;
+        let how = Thumbnails::new(16, 10_000, 1);
+        let busy = how.decodes.clone().acquire_owned().await.unwrap();
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            store.thumbnail(&hash, &how),
+        );
+        assert!(
+            waiting.await.is_err(),
+            "no decode while the only slot is taken"
+        );
+        drop(busy);
+        let thumb = store.thumbnail(&hash, &how).await.unwrap();
+        assert_eq!(image::image_dimensions(thumb).unwrap(), (16, 12));
+        assert_eq!(how.decodes.available_permits(), 1, "the slot is free again");
     }
 
     #[tokio::test]

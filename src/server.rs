@@ -447,6 +447,8 @@ fn http_settings(config: &Config) -> HttpSettings {
         media_link_ttl: config.media.link_ttl_secs,
         thumbnail_px: config.media.thumbnail_px,
         max_image_pixels: config.media.max_image_pixels,
+        max_concurrent_decodes: config.media.max_concurrent_decodes,
+        max_body_bytes: config.http.max_body_bytes,
     }
 }
 

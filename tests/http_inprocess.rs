@@ -63,6 +63,8 @@ fn build() -> App {
             media_link_ttl: 60,
             thumbnail_px: 32,
             max_image_pixels: 1_000_000,
+            max_concurrent_decodes: 1,
+            max_body_bytes: 65_536,
         },
         store,
         directory,

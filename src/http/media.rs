@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use axum::body::Body as RawBody;
-use axum::extract::multipart::MultipartRejection;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,7 +20,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{blocking, now_secs, ApiError, AppState, AuthUser};
+use super::quota::{reserve, Reservation};
+use super::{
+    blocking, declared_length, discard_body, now_secs, ApiError, AppState, AuthUser, DISCARD_TIME,
+};
 use crate::media::{MediaError, Upload};
 use crate::refusal::Refusal;
 use crate::store::MediaRow;
@@ -61,67 +64,67 @@ impl From<MediaError> for ApiError {
     }
 }
 
-/// The upload limit for this user right now: the size limit, or what is left of the quota.
-async fn limit_for(state: &Arc<AppState>, user: &str) -> Result<u64, ApiError> {
-    let u = user.to_string();
-    let used = blocking(state, move |s| s.media_usage(&u)).await?;
-    let left = state.settings.media_quota.saturating_sub(used);
-    if left == 0 {
-        return Err(ApiError::from(Refusal::QuotaExceeded));
-    }
-    Ok(left.min(state.settings.max_upload))
-}
-
 /// PUT /api/v1/media — the request body is the file.
 async fn upload_raw(
     State(state): State<Arc<AppState>>,
     me: AuthUser,
+    headers: HeaderMap,
     body: RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let limit = limit_for(&state, &me.user).await?;
-    let mut upload = state.media.begin(limit).await.map_err(MediaError::from)?;
+    let max_upload = state.settings.max_upload;
     let mut stream = body.into_data_stream();
+    let declared = declared_length(&headers);
+    // Refused before a byte is stored when the declared length is over what is allowed; the
+    // rest of the body is dropped in the background (see `discard_body`).
+    let held = match reserve(&state, &me.user, declared).await {
+        Ok(held) if declared.is_some_and(|n| n > held.limit()) => Err(held.over(max_upload)),
+        other => other,
+    };
+    let held = match held {
+        Ok(held) => held,
+        Err(e) => {
+            discard_body(stream);
+            return Err(e);
+        }
+    };
+    let mut upload = state
+        .media
+        .begin(held.limit())
+        .await
+        .map_err(MediaError::from)?;
     while let Some(chunk) = stream.next().await {
-        let written = match chunk {
-            Ok(bytes) => upload.write(&bytes).await,
-            Err(_) => {
-                // The client went away mid-upload: dropping the upload removes its file.
-                return Err(ApiError::bad_request("the upload was interrupted"));
-            }
+        let Ok(bytes) = chunk else {
+            // The client went away mid-upload: dropping the upload removes its file.
+            return Err(ApiError::bad_request("the upload was interrupted"));
         };
-        if let Err(e) = written {
+        if let Err(e) = upload.write(&bytes).await {
             // The partial file goes now, not after the rest of the body is drained.
             drop(upload);
-            // Read (and drop) a bounded rest of the body, so the client is still listening
-            // when the 413 arrives instead of finding the connection reset mid-send.
-            let mut rest = 0u64;
-            while let Some(Ok(bytes)) = stream.next().await {
-                rest += bytes.len() as u64;
-                if rest > state.settings.max_upload {
-                    break;
-                }
-            }
-            return Err(e.into());
+            discard_body(stream);
+            return Err(over_or(e, &held, max_upload));
         }
     }
-    finish(&state, &me, upload).await
+    finish(&state, &me, upload, held).await
 }
 
-/// A `multipart/form-data` body; any other content type is 415, not axum's plain-text 400.
-struct Form(Multipart);
+/// An upload's write error as the client sees it: past the reservation, the quota or size
+/// refusal it stands for.
+fn over_or(e: MediaError, held: &Reservation, max_upload: u64) -> ApiError {
+    match e {
+        MediaError::TooLarge(_) => held.over(max_upload),
+        e => e.into(),
+    }
+}
 
-impl<S: Send + Sync> axum::extract::FromRequest<S> for Form {
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Form, ApiError> {
-        match Multipart::from_request(req, state).await {
-            Ok(form) => Ok(Form(form)),
-            Err(MultipartRejection::InvalidBoundary(e)) => {
-                Err(ApiError::from(Refusal::UnsupportedMediaType)
-                    .with_message(format!("{}; use PUT for a raw body", e.body_text())))
-            }
-            Err(e) => Err(ApiError::rejection(e.status(), e.body_text())),
+/// The body as `multipart/form-data`; any other content type is 415, not axum's plain-text 400.
+async fn multipart(request: Request, state: &Arc<AppState>) -> Result<Multipart, ApiError> {
+    match Multipart::from_request(request, state).await {
+        Ok(form) => Ok(form),
+        Err(MultipartRejection::InvalidBoundary(e)) => {
+            Err(ApiError::from(Refusal::UnsupportedMediaType)
+                .with_message(format!("{}; use PUT for a raw body", e.body_text())))
         }
+        Err(e) => Err(ApiError::rejection(e.status(), e.body_text())),
     }
 }
 
@@ -129,9 +132,18 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Form {
 async fn upload_multipart(
     State(state): State<Arc<AppState>>,
     me: AuthUser,
-    Form(mut form): Form,
+    request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let limit = limit_for(&state, &me.user).await?;
+    // The form is at most its declared length: the reservation need not be larger.
+    let declared = declared_length(request.headers());
+    let held = match reserve(&state, &me.user, declared).await {
+        Ok(held) => held,
+        Err(e) => {
+            discard_body(request.into_body().into_data_stream());
+            return Err(e);
+        }
+    };
+    let mut form = multipart(request, &state).await?;
     loop {
         let field = form
             .next_field()
@@ -143,24 +155,58 @@ async fn upload_multipart(
         if field.name() != Some("file") {
             continue;
         }
-        let mut upload = state.media.begin(limit).await.map_err(MediaError::from)?;
-        loop {
-            match field.chunk().await {
-                Ok(Some(bytes)) => {
-                    upload.write(&bytes).await?;
-                }
-                Ok(None) => break,
-                Err(e) => return Err(ApiError::bad_request(e.body_text())),
+        let mut upload = state
+            .media
+            .begin(held.limit())
+            .await
+            .map_err(MediaError::from)?;
+        let copied = copy_field(&mut field, &mut upload).await;
+        drop(field);
+        return match copied {
+            Ok(()) => finish(&state, &me, upload, held).await,
+            Err(PartError::Read(e)) => Err(e),
+            Err(PartError::Write(e)) => {
+                drop(upload);
+                discard_form(form);
+                Err(over_or(e, &held, state.settings.max_upload))
             }
-        }
-        return finish(&state, &me, upload).await;
+        };
     }
+}
+
+/// Why a form's file part was not stored whole.
+enum PartError {
+    /// The form is malformed or the client went away.
+    Read(ApiError),
+    /// The upload refused the bytes (over its limit) or storage failed.
+    Write(MediaError),
+}
+
+/// Streams a form part into an upload.
+async fn copy_field(field: &mut Field<'_>, upload: &mut Upload) -> Result<(), PartError> {
+    loop {
+        match field.chunk().await {
+            Ok(Some(bytes)) => upload.write(&bytes).await.map_err(PartError::Write)?,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(PartError::Read(ApiError::bad_request(e.body_text()))),
+        }
+    }
+}
+
+/// Reads (and drops) the rest of a refused form in the background, for a bounded time, so
+/// the client still sending it gets the refusal rather than a reset (see `discard_body`).
+fn discard_form(mut form: Multipart) {
+    tokio::spawn(async move {
+        let drain = async { while let Ok(Some(_)) = form.next_field().await {} };
+        let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    });
 }
 
 async fn finish(
     state: &Arc<AppState>,
     me: &AuthUser,
     upload: Upload,
+    held: Reservation,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let stored = state.media.finish(upload).await?;
     let row = MediaRow {
@@ -185,6 +231,8 @@ async fn finish(
         }
         return Err(e);
     }
+    // Recorded: the row counts against the quota from now on, the reservation no more.
+    drop(held);
     crate::stats::Stats::add(&state.stats.media_bytes_uploaded, size);
     Ok((StatusCode::CREATED, Json(reply)))
 }
@@ -257,9 +305,14 @@ impl Signed {
         }
     }
 
-    /// The link's query string.
+    /// The link's query string, each value percent-encoded.
     fn query(&self) -> String {
-        format!("u={}&exp={}&sig={}", self.u, self.exp, self.sig)
+        format!(
+            "u={}&exp={}&sig={}",
+            encode(&self.u),
+            self.exp,
+            encode(&self.sig)
+        )
     }
 
     /// Whether the signature is good for media `id` and the link is still valid at `now`
@@ -267,6 +320,19 @@ impl Signed {
     fn valid(&self, signer: &Signer, id: &str, now: i64) -> bool {
         signer.verify_mac(&signing_input(id, &self.u, self.exp), &self.sig) && self.exp > now
     }
+}
+
+/// `value` for a query string: every byte but RFC 3986's unreserved characters as `%XX`.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Checks a signed link: signature, expiry, and that the user may still see the media.
@@ -305,14 +371,7 @@ async fn thumbnail(
     if !row.mime.starts_with("image/") {
         return Err(MediaError::NotAnImage.into());
     }
-    let path = state
-        .media
-        .thumbnail(
-            &row.hash,
-            state.settings.thumbnail_px,
-            state.settings.max_image_pixels,
-        )
-        .await?;
+    let path = state.media.thumbnail(&row.hash, &state.thumbnails).await?;
     let size = tokio::fs::metadata(&path)
         .await
         .map_err(MediaError::from)?
@@ -462,6 +521,28 @@ mod tests {
         let link = Signed::new(&signer, "m1", "alice", 100);
         assert_eq!(link.query(), format!("u=alice&exp=100&sig={}", link.sig));
         assert_eq!(link.sig, signer.mac("media|m1|alice|100"));
+    }
+
+    #[test]
+    fn link_query_encodes_what_a_query_cannot_carry() {
+        let signer = Signer::new(b"media key");
+        let link = Signed::new(&signer, "m1", "a&u=b c+%/é", 100);
+        let query = link.query();
+        assert!(
+            query.starts_with("u=a%26u%3Db%20c%2B%25%2F%C3%A9&exp=100&sig="),
+            "{query}"
+        );
+        let back: Signed = parse_query(&query);
+        assert_eq!(back.u, "a&u=b c+%/é");
+        assert!(back.valid(&signer, "m1", 50));
+    }
+
+    /// Reads a query string back as the download route's `Query` extractor does.
+    fn parse_query(query: &str) -> Signed {
+        let uri: axum::http::Uri = format!("/media/m1?{query}").parse().unwrap();
+        axum::extract::Query::<Signed>::try_from_uri(&uri)
+            .unwrap()
+            .0
     }
 
     #[test]

@@ -5,22 +5,31 @@
 //! [`app`] builds the router from its state, so tests drive it in-process; [`run`] serves it on
 //! a bound listener until shutdown. Every error is JSON `{"error", "message"}` with the right
 //! status; internal details go to the log, never to the client.
+//!
+//! Request bodies are bounded per route: JSON routes by `http.max_body_bytes` (a declared
+//! `Content-Length` over it is refused before anything is read, a chunked body is cut where it
+//! passes it); uploads stream to disk under the size limit and the quota (`quota` reserves
+//! the bytes of uploads in progress).
 
 mod accounts;
 mod admin;
 mod conversations;
 mod media;
 mod ops;
+mod quota;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, State};
+use axum::body::BodyDataStream;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -28,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chat::Directory;
 use crate::limiter::LoginLimiter;
-use crate::media::MediaStore;
+use crate::media::{MediaStore, Thumbnails};
 use crate::refusal::Refusal;
 use crate::router::Event;
 use crate::service::requests::{ChatService, ServiceError};
@@ -49,6 +58,10 @@ pub struct HttpSettings {
     pub media_link_ttl: u64,
     pub thumbnail_px: u32,
     pub max_image_pixels: u64,
+    /// Thumbnail decodes running at once; each holds up to 4 bytes per pixel.
+    pub max_concurrent_decodes: usize,
+    /// The largest JSON request body; uploads have their own limit (`max_upload`).
+    pub max_body_bytes: usize,
 }
 
 /// What every handler shares.
@@ -61,6 +74,10 @@ pub struct AppState {
     pub router: mpsc::Sender<Event>,
     pub stats: Arc<Stats>,
     pub media: Arc<MediaStore>,
+    /// How thumbnails are made: their size, the pixel limit and the decodes running at once.
+    pub thumbnails: Thumbnails,
+    /// Quota bytes held by uploads in progress.
+    uploads: quota::Reservations,
     pub started: Instant,
     /// Failed logins and registrations, shared with MQTT (see [`AppState::with_limiter`]).
     limiter: Arc<LoginLimiter>,
@@ -78,7 +95,14 @@ impl AppState {
         stats: Arc<Stats>,
         media: Arc<MediaStore>,
     ) -> AppState {
+        let thumbnails = Thumbnails::new(
+            settings.thumbnail_px,
+            settings.max_image_pixels,
+            settings.max_concurrent_decodes,
+        );
         AppState {
+            thumbnails,
+            uploads: quota::Reservations::default(),
             store,
             directory,
             chat,
@@ -108,20 +132,83 @@ impl AppState {
 
 /// The HTTP API as a router (tests call it without a socket).
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new()
+    let max_body = state.settings.max_body_bytes;
+    let json = axum::Router::new()
         .merge(ops::routes())
         .merge(accounts::routes())
         .merge(conversations::routes())
         .merge(admin::routes())
-        .merge(media::routes())
+        // Caps bodies sent without a length (chunked) as they are read: `Body` (axum's `Json`
+        // underneath) stops at the limit and answers 413.
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            refuse_long_body,
+        ));
+    axum::Router::new()
+        .merge(json)
+        // Uploads stream to disk under their own limit (size and quota), checked as they go.
+        .merge(media::routes().layer(DefaultBodyLimit::disable()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Uploads stream to disk with their own limit; the default body limit is for JSON.
-        .layer(axum::extract::DefaultBodyLimit::disable())
         // Outermost, so it also sees axum's own rejections (Path, Query, Multipart...).
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
+
+/// Refuses a body that declares a `Content-Length` over `max` before reading any of it.
+async fn refuse_long_body(
+    State(max): State<usize>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    match declared_length(request.headers()) {
+        Some(len) if len > max as u64 => {
+            discard_body(request.into_body().into_data_stream());
+            body_too_large(max as u64).into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The 413 for a request body over `max` bytes.
+fn body_too_large(max: u64) -> ApiError {
+    ApiError::from(Refusal::TooLarge)
+        .with_message(format!("request bodies are limited to {max} bytes"))
+}
+
+/// Reads and drops the rest of a refused body in the background, up to [`DISCARD_BYTES`] or
+/// [`DISCARD_TIME`], whichever comes first. The refusal goes out at once; without this the
+/// server would close the connection on unread bytes and a client still sending would see a
+/// reset instead of the answer. Nothing is kept: the cost is bounded bandwidth, not memory.
+fn discard_body(mut stream: BodyDataStream) {
+    tokio::spawn(async move {
+        let mut read = 0u64;
+        let drain = async {
+            while let Some(Ok(bytes)) = stream.next().await {
+                read += bytes.len() as u64;
+                if read > DISCARD_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    });
+}
+
+/// How much of a refused body is read (and dropped) at most, and for how long.
+const DISCARD_BYTES: u64 = 32 * 1024 * 1024;
+const DISCARD_TIME: Duration = Duration::from_secs(5);
 
 async fn not_found() -> ApiError {
     ApiError::from(Refusal::NotFound).with_message("no such route")
@@ -350,6 +437,9 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::from(Refusal::TooLarge).with_message("the request body is too large"))
+            }
             Err(e) => Err(ApiError::rejection(e.status(), e.body_text())),
         }
     }
