@@ -72,16 +72,28 @@ fn http_corpus() {
     assert!(replay("http", false, |data| harness.check(data)) > 0);
 }
 
-/// The findings kept as `crash-*` inputs: each fails until its bug is fixed; then run this,
-/// and rename the input (drop `crash-`) so the corpus tests keep it.
+/// The findings kept as `crash-*` inputs: each fails until its bug is fixed (all failures are
+/// listed, not only the first); once one passes, rename it (drop `crash-`) so the corpus tests
+/// keep it.
 #[test]
 #[ignore = "known findings, listed in fuzz/README.md"]
 fn known_crashes() {
-    replay("envelope", true, checks::envelope::check);
-    replay("requests", true, checks::requests::check);
-    replay("topics", true, checks::topics::check);
-    replay("acl", true, checks::acl::check);
-    replay("config", true, checks::config::check);
+    let mut failing = Vec::new();
+    let mut run = |target: &str, check: &mut dyn FnMut(&[u8])| {
+        for path in corpus(target, true) {
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&data)));
+            if outcome.is_err() {
+                failing.push(path.display().to_string());
+            }
+        }
+    };
+    run("envelope", &mut checks::envelope::check);
+    run("requests", &mut checks::requests::check);
+    run("topics", &mut checks::topics::check);
+    run("acl", &mut checks::acl::check);
+    run("config", &mut checks::config::check);
     let mut harness = checks::http::Harness::new();
-    replay("http", true, |data| harness.check(data));
+    run("http", &mut |data| harness.check(data));
+    assert!(failing.is_empty(), "still failing: {failing:#?}");
 }
