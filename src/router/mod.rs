@@ -62,11 +62,12 @@ pub use mailbox::{Mailbox, Outbound, QueueBounds};
 pub use message::{ChatRef, Delivery, Message};
 pub use report::Report;
 pub use settings::Settings;
+// Public for the fuzz target that checks the trie against `topics::matches` (fuzz/src/topics.rs).
+pub use subscriptions::{SubOptions, Subscriptions};
 pub use task::spawn;
 pub use wills::Will;
 
 use session::Session;
-use subscriptions::Subscriptions;
 
 use crate::access::Access;
 use crate::stats::Stats;

@@ -92,6 +92,10 @@ impl Subscriptions {
         self.count
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// Adds or replaces `client`'s subscription to `filter` (in `group` if shared). Returns
     /// whether it already existed.
     pub fn insert(
