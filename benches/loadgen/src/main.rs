@@ -2,6 +2,9 @@
 //!
 //! - `loadgen run --scenario S --broker NAME --addr ADDR --pid PID ...`: runs one scenario against
 //!   one broker and appends its figures to a CSV file.
+//! - `loadgen soak --addr ADDR --http ADDR --pid PID --csv FILE ...`: holds many chat
+//!   connections to natter with a trickle of messages and samples its memory and descriptors
+//!   (`benches/soak.sh`).
 //! - `loadgen forward --listen ADDR`: the raw TCP forwarder (the machine's baseline).
 //! - `loadgen report --dir DIR`: turns a run's CSV files into Markdown, a CSV table and a PNG.
 //! - `loadgen free-port`, `loadgen wait-port ADDR`: helpers for the script.
@@ -13,6 +16,7 @@ mod report;
 mod results;
 mod rumqttc_client;
 mod scenarios;
+mod soak;
 mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -42,6 +46,8 @@ struct Cli {
 enum Command {
     /// Run one scenario against one broker.
     Run(Box<RunArgs>),
+    /// Hold many chat connections to natter for a long time and sample its RSS and fds.
+    Soak(Box<SoakArgs>),
     /// Serve the raw TCP forwarder (the baseline "broker").
     Forward {
         #[arg(long)]
@@ -171,6 +177,41 @@ struct RunArgs {
     storm_timeout: Option<f64>,
 }
 
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// natter's MQTT listener.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// natter's HTTP API, where the accounts are registered.
+    #[arg(long)]
+    http: SocketAddr,
+    /// PID of the natter process (memory and descriptors are read from /proc/PID).
+    #[arg(long)]
+    pid: u32,
+    /// The CSV file the samples are written to.
+    #[arg(long)]
+    csv: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+    /// Seconds the connections are held once all are up.
+    #[arg(long, default_value_t = 1800.0)]
+    duration: f64,
+    /// Seconds between two samples.
+    #[arg(long, default_value_t = 60.0)]
+    sample_every: f64,
+    /// Messages per second, all clients together.
+    #[arg(long, default_value_t = 3.0)]
+    rate: f64,
+    /// Connections set up at the same time.
+    #[arg(long, default_value_t = 100)]
+    connect_concurrency: usize,
+    /// Keep alive each client asks for (seconds); it pings at half of it.
+    #[arg(long, default_value_t = 60)]
+    keep_alive: u16,
+    #[arg(long, default_value_t = 200)]
+    payload: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ProtoArg {
     Mqtt,
@@ -181,6 +222,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(*args),
+        Command::Soak(args) => run_soak(*args),
         Command::Forward { listen } => forward::serve(listen),
         Command::Report { dir, header } => report::write(&dir, header.as_deref()),
         Command::FreePort { count } => free_ports(count),
@@ -217,6 +259,28 @@ fn wait_port(addr: SocketAddr, timeout: f64) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn run_soak(a: SoakArgs) -> anyhow::Result<()> {
+    let target = Target {
+        proto: Proto::Mqtt,
+        addr: a.addr,
+        http: Some(a.http),
+        broker: Proc { pid: a.pid },
+    };
+    anyhow::ensure!(target.broker.alive(), "no process {} (natter)", a.pid);
+    let spec = soak::SoakSpec {
+        clients: a.clients,
+        concurrency: a.connect_concurrency,
+        duration: Duration::from_secs_f64(a.duration),
+        sample_every: Duration::from_secs_f64(a.sample_every),
+        rate: a.rate,
+        keep_alive: a.keep_alive,
+        payload: a.payload.max(wire::STAMP_LEN),
+    };
+    let run_id = format!("{:x}", std::process::id());
+    let names = Names::new(TopicScheme::Chat, &run_id, "soak");
+    tokio::runtime::Runtime::new()?.block_on(soak::run(&target, spec, names, &a.csv))
 }
 
 fn secs(v: Option<f64>, quick: f64, full: f64, is_quick: bool) -> Duration {

@@ -118,7 +118,8 @@ impl Names {
         Some((user, token))
     }
 
-    fn direct(&self, a: Role, b: Role) -> String {
+    /// The direct conversation of `a` and `b` (chat scheme).
+    pub(crate) fn direct(&self, a: Role, b: Role) -> String {
         let (a, b) = (self.user(a), self.user(b));
         let (a, b) = if a <= b { (a, b) } else { (b, a) };
         format!("c/d.{a}.{b}/m")
