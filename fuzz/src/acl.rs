@@ -9,7 +9,7 @@
 //! every valid filter covers itself.
 
 use natter::acl::{self, Acl, Action, Client};
-use natter::topics;
+use natter::topics::{self, TopicLimits};
 
 /// At most this many filters enter the pairwise `covers` checks (they are cubic).
 const MAX_FILTERS: usize = 24;
@@ -33,7 +33,7 @@ pub fn check(data: &[u8]) {
         }
         Err(e) => panic!("parse does no I/O: {e}"),
     }
-    filters.retain(|f| topics::validate_filter(f).is_ok());
+    filters.retain(|f| topics::validate_filter(f, &TopicLimits::PROTOCOL).is_ok());
     filters.truncate(MAX_FILTERS);
     check_covers(&filters);
 }
@@ -58,7 +58,7 @@ fn decide<'q>(acl: &Acl, line: &'q str) -> Option<&'q str> {
     acl.allows(client, Action::Publish(filter));
     let read = acl.allows(client, Action::Read(filter));
     let subscribe = acl.allows(client, Action::Subscribe(filter));
-    if topics::validate_name(filter).is_ok() {
+    if topics::validate_name(filter, &TopicLimits::PROTOCOL).is_ok() {
         assert_eq!(subscribe, read, "{line:?}");
     }
     Some(filter)

@@ -226,5 +226,7 @@ fn settings() -> HttpSettings {
         media_link_ttl: 60,
         thumbnail_px: 32,
         max_image_pixels: 1_000_000,
+        max_body_bytes: 65_536,
+        max_concurrent_decodes: 2,
     }
 }

@@ -13,8 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use natter::router::{SubOptions, Subscriptions};
-use natter::topics;
+use natter::topics::{self, TopicLimits};
 use rumqttc::v5::mqttbytes::QoS;
+
+/// The server's default caps (`mqtt.max_topic_len`, `mqtt.max_topic_levels`).
+const LIMITS: TopicLimits = TopicLimits {
+    max_len: 4096,
+    max_levels: 128,
+};
 
 const CLIENTS: [&str; 4] = ["a", "b", "c", "d"];
 
@@ -51,11 +57,11 @@ pub fn check(data: &[u8]) {
 
 /// What the pure checks promise about one raw filter.
 fn check_filter(raw: &str) {
-    if let Ok(sub) = topics::parse_subscription(raw) {
-        assert!(topics::validate_filter(sub.filter).is_ok());
+    if let Ok(sub) = topics::parse_subscription(raw, &LIMITS) {
+        assert!(topics::validate_filter(sub.filter, &LIMITS).is_ok());
         assert_eq!(sub.group.is_some(), raw.starts_with("$share/"));
     }
-    if topics::validate_filter(raw).is_ok() {
+    if topics::validate_filter(raw, &LIMITS).is_ok() {
         let prefix = topics::literal_prefix(raw);
         assert!(raw.starts_with(prefix) && !topics::has_wildcard(prefix));
         assert_eq!(
@@ -64,8 +70,8 @@ fn check_filter(raw: &str) {
             "{raw:?}"
         );
     }
-    if topics::validate_name(raw).is_ok() {
-        assert!(topics::validate_filter(raw).is_ok() && !topics::has_wildcard(raw));
+    if topics::validate_name(raw, &LIMITS).is_ok() {
+        assert!(topics::validate_filter(raw, &LIMITS).is_ok() && !topics::has_wildcard(raw));
         assert!(topics::matches(raw, raw));
     }
 }
@@ -73,7 +79,7 @@ fn check_filter(raw: &str) {
 impl Model {
     fn subscribe(&mut self, raw: &str, client: &'static str) {
         check_filter(raw);
-        let Ok(sub) = topics::parse_subscription(raw) else {
+        let Ok(sub) = topics::parse_subscription(raw, &LIMITS) else {
             return;
         };
         let key = (
@@ -96,7 +102,7 @@ impl Model {
     }
 
     fn unsubscribe(&mut self, raw: &str, client: &'static str) {
-        let Ok(sub) = topics::parse_subscription(raw) else {
+        let Ok(sub) = topics::parse_subscription(raw, &LIMITS) else {
             return;
         };
         let key = (
@@ -110,10 +116,12 @@ impl Model {
 
     fn publish(&mut self, topic: &str) {
         check_filter(topic);
-        if topics::validate_name(topic).is_err() {
+        if topics::validate_name(topic, &LIMITS).is_err() {
             return;
         }
-        let eligible = |c: &Arc<str>| &**c != "d";
+        // Everyone may receive; "d" stands for a disconnected member, picked only when its
+        // group has no connected one.
+        let eligible = |c: &Arc<str>, _: &SubOptions| Some(&**c != "d");
         let mut hits = Vec::new();
         self.trie.for_each_match(topic, &eligible, &mut |hit| {
             hits.push(hit.options.id.expect("every subscription is tagged"));

@@ -11,7 +11,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 
-use super::session::Session;
 use super::subscriptions::SubOptions;
 use super::{Delivery, Message, Router};
 use crate::codec::{max_qos, min_qos};
