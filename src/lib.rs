@@ -15,8 +15,9 @@
 //!   checked section by section in [`config::validate`] before anything starts.
 //! - [`chat`]: the domain rules, no I/O: the [`chat::Directory`] of users and memberships and
 //!   who may publish or subscribe where, the message [`chat::envelope`], who may edit or delete
-//!   an entry ([`chat::edits`]), and the typed requests of `q/{user}/{op}`
-//!   ([`chat::requests`]).
+//!   an entry ([`chat::edits`]), the typed requests of `q/{user}/{op}`
+//!   ([`chat::requests`]), and the one bound on sequence numbers a client may send
+//!   ([`chat::seq`]).
 //! - [`refusal`]: every reason a client's action is refused, and the three tables that turn one
 //!   into a JSON code, MQTT reason codes and an HTTP status.
 //! - [`store`]: all SQL — accounts, devices, conversations, media, push endpoints, the schema —
@@ -30,11 +31,13 @@
 //! - [`service`]: the chat rules applied with I/O — requests and the reload watcher
 //!   ([`service::requests`], `groups`, `queries`, `account`, `watch`), receipts and presence
 //!   ([`service::signals`]), push ([`service::push`]).
-//! - [`edge`]: listeners, handshakes ([`edge`]'s `connect`), and one task per connection:
+//! - [`edge`]: listeners, the global connection bound (`admission`), handshakes (`connect`),
+//!   and one task per connection:
 //!   `inbound` (read, decode), `publish` (check, authorize), `chat_ingress` (chat routes),
 //!   `persist` (store before ack), `outbound` (mailbox to socket), `refusals`.
 //! - [`http`]: the HTTP sidecar (axum): accounts and tokens, conversations, media, admin,
-//!   health, metrics; [`media`] keeps uploaded files, content-addressed, and thumbnails.
+//!   health, metrics, with body limits per route and upload quota reservations (`quota`);
+//!   [`media`] keeps uploaded files, content-addressed, and thumbnails.
 //! - [`server`]: binds the listeners and runs everything until shutdown.
 //!
 //! # The flow of one chat message

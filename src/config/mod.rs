@@ -40,9 +40,23 @@ pub enum ConfigError {
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key: key.to_string(),
-        reason: reason.into(),
+        key: printable(key),
+        reason: printable(&reason.into()),
     }
+}
+
+/// Control characters escaped: keys and values echoed from a file or the environment must not
+/// break a config error's one line (or forge lines in a log).
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
