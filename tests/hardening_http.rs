@@ -245,41 +245,6 @@ async fn parallel_thumbnails_with_one_decode_at_a_time_all_succeed() {
     }
 }
 
-/// A PNG whose header claims `w`×`h` pixels with an empty image stream (as in tests/media.rs).
-fn png_header_only(w: u32, h: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-            }
-        }
-        !crc
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend(kind);
-        out.extend(data);
-        let crc = crc32(&out[start..]);
-        out.extend(crc.to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend(w.to_be_bytes());
-    ihdr.extend(h.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(
-        &mut out,
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    );
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
 #[tokio::test]
 async fn an_image_claiming_more_pixels_than_allowed_is_refused_from_its_header() {
     let server = TestServer::start_with_users(USERS, |c| c.media.max_image_pixels = 10_000);
@@ -288,7 +253,7 @@ async fn an_image_claiming_more_pixels_than_allowed_is_refused_from_its_header()
     // One pixel row over the limit: small enough that the decoder's own memory limit would let
     // a decode start (and fail on the empty stream as "not an image"); the header check says
     // why it is refused.
-    let url = thumbnail_url(&http, &alice, png_header_only(100, 101)).await;
+    let url = thumbnail_url(&http, &alice, common::http::png_header_only(100, 101)).await;
     let (status, body) = status_and_json(http.fetch(&url, None).await).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -296,7 +261,7 @@ async fn an_image_claiming_more_pixels_than_allowed_is_refused_from_its_header()
         "{body}"
     );
     // At the limit, it is decoded (and this one has no pixels to decode).
-    let url = thumbnail_url(&http, &alice, png_header_only(100, 100)).await;
+    let url = thumbnail_url(&http, &alice, common::http::png_header_only(100, 100)).await;
     let (status, body) = status_and_json(http.fetch(&url, None).await).await;
     assert_eq!(body["error"], "not_an_image", "{status} {body}");
 }
