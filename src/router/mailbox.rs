@@ -252,7 +252,7 @@ impl Mailbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use futures_util::FutureExt;
 
     use super::*;
@@ -282,8 +282,9 @@ mod tests {
         }))
     }
 
-    /// The tags of the messages waiting, taken out of the mailbox.
-    fn tags(m: &Mailbox) -> Vec<u8> {
+    /// The tags (first payload byte) of the messages waiting, taken out of the mailbox; the
+    /// session's tests read what it wrote with it too.
+    pub(in crate::router) fn tags(m: &Mailbox) -> Vec<u8> {
         let mut out = VecDeque::new();
         m.take(&mut out, usize::MAX);
         out.iter()

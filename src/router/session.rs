@@ -310,14 +310,7 @@ mod tests {
 
     /// The tags of the messages written to the connection since the last call.
     fn written(s: &Session) -> Vec<u8> {
-        let mut out = std::collections::VecDeque::new();
-        s.link.as_ref().unwrap().mailbox.take(&mut out, usize::MAX);
-        out.iter()
-            .map(|item| match item {
-                Outbound::Publish(d) => d.message.payload[0],
-                other => panic!("{other:?}"),
-            })
-            .collect()
+        crate::router::mailbox::tests::tags(&s.link.as_ref().unwrap().mailbox)
     }
 
     #[test]
