@@ -78,8 +78,10 @@ impl Router {
         self.subscriptions
             .for_each_match(topic, &receives, &mut |hit| {
                 let o = hit.options;
-                // Most subscriptions need neither check: no session lookup for them.
-                if (o.no_local || o.check_read) && receives(hit.client, o).is_none() {
+                // Most subscriptions need neither check: no session lookup for them; a shared
+                // group's pick has had both.
+                let unchecked = !hit.received && (o.no_local || o.check_read);
+                if unchecked && receives(hit.client, o).is_none() {
                     return;
                 }
                 hits.push((hit.client.clone(), o.qos, o.retain_as_published, o.id));

@@ -30,6 +30,8 @@ pub struct SubOptions {
 pub struct Hit<'a> {
     pub client: &'a Arc<str>,
     pub options: &'a SubOptions,
+    /// `receives` already let this one through (a shared group's pick): no need to ask again.
+    pub received: bool,
 }
 
 #[derive(Debug, Default)]
@@ -281,13 +283,21 @@ fn emit(
     hit: &mut dyn FnMut(Hit<'_>),
 ) {
     for (client, options) in &entries.plain {
-        hit(Hit { client, options });
+        hit(Hit {
+            client,
+            options,
+            received: false,
+        });
     }
     for group in &entries.shared {
         if let Some(pick) = group.pick(receives) {
             group.next.set(pick + 1);
             let (client, options) = &group.members[pick];
-            hit(Hit { client, options });
+            hit(Hit {
+                client,
+                options,
+                received: true,
+            });
         }
     }
 }
