@@ -112,7 +112,7 @@ pub enum AccessError {
 pub struct Access {
     allow_anonymous: bool,
     acl: Option<Acl>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     directory: Arc<RwLock<Directory>>,
     /// Access tokens from the HTTP API work as passwords.
     signer: Arc<Signer>,
@@ -125,7 +125,7 @@ pub struct Access {
 impl Access {
     pub fn new(
         auth: &AuthConfig,
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         directory: Arc<RwLock<Directory>>,
         signer: Arc<Signer>,
         limiter: Arc<LoginLimiter>,
@@ -422,7 +422,9 @@ mod tests {
 
     fn access(acl: Option<&str>) -> (Access, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = crate::store::sqlite::Sqlite::open(dir.path())
+            .map(Arc::new)
+            .unwrap();
         let user = |id: &str, admin| UserRow {
             id: id.into(),
             admin,

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use natter::chat::Role;
 use natter::config::{Config, LogFormat, Overrides, DEFAULT_TOML};
 use natter::server::{self, Listeners};
-use natter::store::Store;
+use natter::store::{self, Store};
 use natter::{password, topics};
 use tokio_util::sync::CancellationToken;
 
@@ -192,7 +192,10 @@ fn main() -> ExitCode {
 }
 
 /// Runs an account or conversation command against the store.
-fn run_admin(common: &Common, f: impl FnOnce(&Store, &Config) -> anyhow::Result<()>) -> ExitCode {
+fn run_admin(
+    common: &Common,
+    f: impl FnOnce(&dyn Store, &Config) -> anyhow::Result<()>,
+) -> ExitCode {
     let overrides = Overrides {
         data_dir: common.data_dir.clone(),
         ..Overrides::default()
@@ -204,9 +207,9 @@ fn run_admin(common: &Common, f: impl FnOnce(&Store, &Config) -> anyhow::Result<
             return ExitCode::from(2);
         }
     };
-    let result = Store::open(&config.storage.data_dir)
+    let result = store::open(&config.storage)
         .context("cannot open the store")
-        .and_then(|store| f(&store, &config));
+        .and_then(|store| f(store.as_ref(), &config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -216,7 +219,7 @@ fn run_admin(common: &Common, f: impl FnOnce(&Store, &Config) -> anyhow::Result<
     }
 }
 
-fn user_command(store: &Store, config: &Config, command: UserCommand) -> anyhow::Result<()> {
+fn user_command(store: &dyn Store, config: &Config, command: UserCommand) -> anyhow::Result<()> {
     let iterations = config.auth.pbkdf2_iterations;
     let password_or_generated = |given: Option<String>| -> anyhow::Result<(String, bool)> {
         match given {
@@ -273,7 +276,7 @@ fn user_command(store: &Store, config: &Config, command: UserCommand) -> anyhow:
     Ok(())
 }
 
-fn conv_command(store: &Store, command: ConvCommand) -> anyhow::Result<()> {
+fn conv_command(store: &dyn Store, command: ConvCommand) -> anyhow::Result<()> {
     match command {
         ConvCommand::Create {
             owner,

@@ -26,8 +26,7 @@ use crate::service::push::{PushSettings, Pusher};
 use crate::service::requests::ChatService;
 use crate::service::signals::{Settings as SignalSettings, Signal, Signals};
 use crate::stats::Stats;
-use crate::store::messages::Writer;
-use crate::store::{Store, StoreError};
+use crate::store::{self, Store, StoreError, Writer};
 use crate::tokens::Signer;
 
 /// Pending connections the kernel may queue per listener (capped by `net.core.somaxconn`).
@@ -206,7 +205,7 @@ pub async fn run(
 
 /// The store, the history writer and the directory: what everything else is built on.
 struct Storage {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     history: Writer,
     directory: Arc<RwLock<Directory>>,
 }
@@ -214,10 +213,9 @@ struct Storage {
 /// Opens the store and starts the history writer; loads the directory of users and
 /// memberships.
 fn open_storage(config: &Config, stats: &Arc<Stats>) -> Result<Storage, ServerError> {
-    let store = Arc::new(Store::open(&config.storage.data_dir)?);
+    let store = store::open(&config.storage)?;
     let history = Writer::start(
-        &config.storage.data_dir,
-        config.storage.synchronous,
+        store.log(config.storage.synchronous)?,
         config.storage.group_commit,
         Duration::from_secs(config.storage.commit_retry_secs),
         stats.clone(),
@@ -236,7 +234,7 @@ fn open_storage(config: &Config, stats: &Arc<Stats>) -> Result<Storage, ServerEr
 /// The token signer and the access rules (accounts, tokens, chat rules, the ACL file).
 fn build_access(
     config: &Config,
-    store: &Arc<Store>,
+    store: &Arc<dyn Store>,
     directory: &Arc<RwLock<Directory>>,
 ) -> Result<(Arc<Signer>, Arc<Access>), ServerError> {
     let signer = Arc::new(Signer::new(&secret(
@@ -269,7 +267,7 @@ struct Services {
 /// watcher, and retention.
 fn start_services(
     config: &Config,
-    store: &Arc<Store>,
+    store: &Arc<dyn Store>,
     directory: &Arc<RwLock<Directory>>,
     access: &Arc<Access>,
     stats: &Arc<Stats>,
@@ -327,7 +325,7 @@ fn start_services(
 /// the statistics with MQTT.
 fn http_state(
     config: &Config,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     directory: Arc<RwLock<Directory>>,
     shared: &Shared,
     signer: Arc<Signer>,
@@ -468,7 +466,7 @@ fn push_settings(config: &Config) -> Result<PushSettings, ServerError> {
 /// Deletes history beyond the configured retention and media no message references, at start
 /// and then periodically.
 async fn retain(
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     media: Arc<MediaStore>,
     config: Config,
     shutdown: CancellationToken,

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{poll_until, RawClient, ServerProcess};
-use natter::store::Store;
+use natter::store::sqlite::Sqlite;
+use natter::store::Accounts;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -63,7 +64,7 @@ async fn publish_until_killed(
 async fn acknowledged_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = Sqlite::open(dir.path()).unwrap();
         for (user, pw) in [("alice", "pw-a"), ("bob", "pw-b")] {
             store
                 .add_user(user, &natter::password::hash(pw, 1000).unwrap())

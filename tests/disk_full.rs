@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::{eventually, RawClient, TestServer};
+use natter::store::sqlite::Sqlite;
 use natter::store::Store;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish};
@@ -324,7 +325,7 @@ fn start(data: &Path) -> TestServer {
 }
 
 /// Every cid stored in `conv`, in sequence order; asserts the sequence numbers are dense.
-fn stored_cids(store: &Store, conv: &str) -> Vec<String> {
+fn stored_cids(store: &dyn Store, conv: &str) -> Vec<String> {
     let mut cids = Vec::new();
     let mut after = 0;
     loop {
@@ -343,10 +344,10 @@ fn stored_cids(store: &Store, conv: &str) -> Vec<String> {
 
 /// Asserts every acknowledged cid is in the history of `convs`, and no cid is there twice.
 fn assert_nothing_acknowledged_lost(data: &Path, convs: &[&str], acked: &[String]) -> usize {
-    let store = Store::open(data).expect("open store");
+    let store: Arc<dyn Store> = Arc::new(Sqlite::open(data).expect("open store"));
     let mut stored = HashSet::new();
     for conv in convs {
-        for cid in stored_cids(&store, conv) {
+        for cid in stored_cids(store.as_ref(), conv) {
             assert!(stored.insert(cid.clone()), "{cid} stored twice");
         }
     }
@@ -434,7 +435,7 @@ impl Traffic {
 /// Makes the accounts in a fresh data directory on the small file system.
 fn prepare(fs: &Tmpfs) -> PathBuf {
     let data = fs.path().join("data");
-    let store = Store::open(&data).expect("store");
+    let store: Arc<dyn Store> = Arc::new(Sqlite::open(&data).expect("store"));
     for (user, pw) in USERS {
         store
             .add_user(user, &natter::password::hash(pw, 1000).unwrap())

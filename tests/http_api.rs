@@ -3,6 +3,9 @@
 
 mod common;
 
+use natter::store::sqlite::Sqlite;
+use natter::store::Store;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::clients::v5;
@@ -149,7 +152,7 @@ async fn bad_tokens_are_refused_on_http_and_at_connect() {
 #[test]
 fn refresh_tokens_expire_at_their_second_with_an_injected_clock() {
     let dir = tempfile::tempdir().unwrap();
-    let store = natter::store::Store::open(dir.path()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(Sqlite::open(dir.path()).unwrap());
     let hash = natter::password::hash("pw", 1000).unwrap();
     store.add_user("alice", &hash).unwrap();
     store.upsert_device("alice", "phone").unwrap();

@@ -14,6 +14,7 @@ use natter::media::MediaStore;
 use natter::service::push::{PushSettings, Pusher};
 use natter::service::requests::ChatService;
 use natter::stats::Stats;
+use natter::store::sqlite::Sqlite;
 use natter::store::Store;
 use natter::tokens::Signer;
 use serde_json::{json, Value};
@@ -28,7 +29,7 @@ struct App {
 
 fn build() -> App {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(Sqlite::open(dir.path()).unwrap());
     let directory = Arc::new(RwLock::new(Directory::from_snapshot(
         store.snapshot().unwrap(),
     )));

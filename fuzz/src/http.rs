@@ -21,6 +21,7 @@ use natter::media::MediaStore;
 use natter::service::push::{PushSettings, Pusher};
 use natter::service::requests::ChatService;
 use natter::stats::Stats;
+use natter::store::sqlite::Sqlite;
 use natter::store::Store;
 use natter::tokens::Signer;
 use serde_json::Value;
@@ -178,7 +179,7 @@ impl<'a> Call<'a> {
 /// The app over a fresh store, as `tests/http_inprocess.rs` builds it; events to the router
 /// are drained and dropped so the channel never fills.
 fn build(dir: &tempfile::TempDir) -> axum::Router {
-    let store = Arc::new(Store::open(dir.path()).expect("a store"));
+    let store: Arc<dyn Store> = Arc::new(Sqlite::open(dir.path()).expect("a store"));
     let snapshot = store.snapshot().expect("a snapshot");
     let directory = Arc::new(RwLock::new(Directory::from_snapshot(snapshot)));
     let (router_tx, mut events) = tokio::sync::mpsc::channel(1024);

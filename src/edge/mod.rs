@@ -58,7 +58,7 @@ use crate::router::{Event, QueueBounds};
 use crate::service::requests::ChatService;
 use crate::service::signals::Signal;
 use crate::stats::Stats;
-use crate::store::messages::Writer;
+use crate::store::Writer;
 use crate::topics::TopicLimits;
 
 /// What kind of listener a socket arrived on.

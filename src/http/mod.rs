@@ -67,7 +67,7 @@ pub struct HttpSettings {
 /// What every handler shares.
 pub struct AppState {
     pub settings: HttpSettings,
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     pub directory: Arc<RwLock<Directory>>,
     pub chat: Arc<ChatService>,
     pub signer: Arc<Signer>,
@@ -87,7 +87,7 @@ impl AppState {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: HttpSettings,
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         directory: Arc<RwLock<Directory>>,
         chat: Arc<ChatService>,
         signer: Arc<Signer>,
@@ -356,10 +356,10 @@ impl From<ServiceError> for ApiError {
 /// Runs a store call on a blocking thread.
 async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
         .await
         .map_err(|_| ApiError::from(Refusal::Internal))?
         .map_err(ApiError::from)

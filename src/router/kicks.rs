@@ -87,7 +87,6 @@ mod tests {
     use crate::chat::Directory;
     use crate::config::Config;
     use crate::router::{ConnectRefused, Event, Mailbox, QueueBounds, Settings};
-    use crate::store::Store;
     use crate::tokens::Signer;
 
     fn router() -> (Router, tempfile::TempDir) {
@@ -95,7 +94,9 @@ mod tests {
         let config = Config::default_config();
         let access = Access::new(
             &config.auth,
-            Arc::new(Store::open(dir.path()).unwrap()),
+            crate::store::sqlite::Sqlite::open(dir.path())
+                .map(Arc::new)
+                .unwrap(),
             Arc::new(RwLock::new(Directory::default())),
             Arc::new(Signer::new(b"test")),
             Arc::new(crate::limiter::LoginLimiter::new(10)),

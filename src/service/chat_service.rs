@@ -18,7 +18,7 @@ use crate::router::{Event, Message};
 use crate::store::{Store, StoreError};
 
 pub struct ChatService {
-    pub(super) store: Arc<Store>,
+    pub(super) store: Arc<dyn Store>,
     pub(super) directory: Arc<RwLock<Directory>>,
     pub(super) router: mpsc::Sender<Event>,
     pub(super) signals: mpsc::UnboundedSender<Signal>,
@@ -29,7 +29,7 @@ pub struct ChatService {
 
 impl ChatService {
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         directory: Arc<RwLock<Directory>>,
         router: mpsc::Sender<Event>,
         signals: mpsc::UnboundedSender<Signal>,
@@ -58,10 +58,10 @@ impl ChatService {
     /// Runs a store call on a blocking thread.
     pub(super) async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
             .map_err(|_| ServiceError::Join)?
             .map_err(ServiceError::from)

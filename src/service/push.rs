@@ -40,14 +40,14 @@ pub struct PushSettings {
 pub struct Pusher {
     settings: PushSettings,
     key: hmac::Key,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
 }
 
 /// The signature header: `sha256=` and the hex HMAC of the body.
 pub const SIGNATURE_HEADER: &str = "x-natter-signature";
 
 impl Pusher {
-    pub fn new(settings: PushSettings, store: Arc<Store>) -> Pusher {
+    pub fn new(settings: PushSettings, store: Arc<dyn Store>) -> Pusher {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &settings.secret);
         Pusher {
             settings,

@@ -1,39 +1,32 @@
-//! All SQL: accounts, conversations, members, blocks, media, push endpoints, and (in
-//! [`messages`]) the history.
+//! Everything the server persists, behind one interface ([`Store`], made of the narrow traits
+//! in `interface.rs`): accounts, devices and tokens, conversations, members and blocks, the
+//! history with its receipts and search, media rows, push endpoints. No SQL lives outside this
+//! module.
 //!
-//! One file, `{data_dir}/natter.db`, in WAL mode, so the server and the `natter user …` /
-//! `natter conv …` commands can use it at the same time (the server notices other processes'
-//! changes through [`Store::directory_version`]). Readers share the one connection of
-//! [`Store`]; history entries are written by a single writer thread on its own connection
-//! ([`messages::Writer`]), a batch per transaction. The schema is versioned with
-//! `PRAGMA user_version` in `schema.rs`.
-//!
-//! Each file holds the queries of one kind of record, as `impl Store` blocks: `accounts.rs`
-//! (users), `devices.rs` (devices and refresh tokens), `conversations.rs` (conversations,
-//! members, blocks), `directory.rs` (the snapshot the chat directory is built from),
-//! `media.rs`, `push.rs`. The rest of the server sees only these narrow methods and row types,
-//! so that a PostgreSQL implementation can follow behind the same interfaces.
-//!
-//! Calls block: async callers run them with `spawn_blocking`.
+//! - `interface.rs`: the traits. `messages.rs`: the history's records (a message to append,
+//!   its result, entries read back).
+//! - `writer.rs`: the history writer thread (group commit, retries), the same for every
+//!   backend, over a backend's [`Log`].
+//! - `sqlite/`: the embedded default, one file in the data directory.
+//! - `clock.rs`: timestamps as stored.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use rusqlite::Connection;
-
-mod accounts;
 mod clock;
-mod conversations;
-mod devices;
-mod directory;
-mod media;
+mod interface;
 pub mod messages;
-mod push;
-mod schema;
+pub mod sqlite;
+mod writer;
 
 pub use crate::chat::snapshot::{ConversationRow, Snapshot, UserRow};
-pub use media::MediaRow;
+pub use interface::{
+    Accounts, Conversations, Devices, Directory, History, Media, Push, Receipts, Retention, Search,
+    Store,
+};
+pub use writer::{Log, Writer};
+
+use crate::config::StorageConfig;
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,35 +45,21 @@ pub enum StoreError {
     Commit(String),
     #[error("the database is at schema version {found}, newer than this natter ({known})")]
     TooNew { found: i64, known: usize },
+    #[error("cannot start the history writer: {0}")]
+    Thread(std::io::Error),
 }
 
-/// The database, through one connection that every reader and every write outside the
-/// history share.
-pub struct Store {
-    conn: Mutex<Connection>,
+/// An uploaded file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRow {
+    pub id: String,
+    pub hash: String,
+    pub owner: String,
+    pub size: u64,
+    pub mime: String,
 }
 
-impl Store {
-    /// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Dir {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
-        let conn = Connection::open(data_dir.join("natter.db"))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let store = Store {
-            conn: Mutex::new(conn),
-        };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // rusqlite leaves the connection usable after a panic elsewhere; keep going.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// Opens the configured backend and brings its schema up to date.
+pub fn open(config: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(sqlite::Sqlite::open(&config.data_dir)?))
 }

@@ -10,13 +10,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use natter::config::Config;
+use natter::config::{Config, StorageConfig};
 use natter::edge::Kind;
 use natter::server::{self, Listeners};
-use natter::store::Store;
+use natter::store::{self, Store};
 use tokio_util::sync::CancellationToken;
 
 pub mod chat;
@@ -48,6 +48,8 @@ pub struct TestServer {
     /// PEM of the CA that signed the server certificate (TLS servers only).
     pub ca_pem: Option<String>,
     pub dir: tempfile::TempDir,
+    /// Where the server keeps its data.
+    pub storage: StorageConfig,
     shutdown: CancellationToken,
     thread: Option<JoinHandle<()>>,
 }
@@ -74,8 +76,8 @@ impl TestServer {
     }
 
     /// Opens the server's store from outside, as the `natter user …` commands do.
-    pub fn store(&self) -> Store {
-        Store::open(&self.dir.path().join("data")).expect("open store")
+    pub fn store(&self) -> Arc<dyn Store> {
+        store::open(&self.storage).expect("open store")
     }
 
     /// Adds an account while the server runs (as `natter user add` would).
@@ -101,7 +103,7 @@ impl TestServer {
         config.auth.pbkdf2_iterations = TEST_ITERATIONS;
         config.storage.data_dir = dir.path().join("data");
         {
-            let store = Store::open(&config.storage.data_dir).expect("store");
+            let store = store::open(&config.storage).expect("store");
             for (name, password) in users {
                 let hash = natter::password::hash(password, TEST_ITERATIONS).unwrap();
                 store.add_user(name, &hash).expect("add user");
@@ -119,6 +121,7 @@ impl TestServer {
             ca_pem = Some(ca);
         }
         edit(&mut config);
+        let storage = config.storage.clone();
 
         // The server installs the process-wide TLS provider when it runs; installing it here too
         // means an HTTP client built right after start never races the server thread for it.
@@ -151,6 +154,7 @@ impl TestServer {
             http: http.expect("http listener"),
             ca_pem,
             dir,
+            storage,
             shutdown,
             thread: Some(thread),
         }

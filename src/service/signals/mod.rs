@@ -68,7 +68,7 @@ pub struct Settings {
 
 pub struct Signals {
     settings: Settings,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     directory: Arc<RwLock<Directory>>,
     router: mpsc::Sender<Event>,
     /// (conv, user) → highest delivered seq not yet announced.
@@ -82,7 +82,7 @@ pub struct Signals {
 impl Signals {
     pub fn new(
         settings: Settings,
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         directory: Arc<RwLock<Directory>>,
         router: mpsc::Sender<Event>,
         pusher: Arc<Pusher>,

@@ -25,7 +25,9 @@ struct Harness {
 
 fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = crate::store::sqlite::Sqlite::open(dir.path())
+        .map(Arc::new)
+        .unwrap();
     for user in ["alice", "bob", "carol"] {
         store.add_user(user, "x").unwrap();
     }

@@ -7,16 +7,16 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 
 use super::append::append;
 use super::index::index_new;
-use super::writer::{is_transient, Job};
-use super::{AppendError, Appended, NewMessage};
+use super::is_transient;
 use crate::store::clock::now_ms;
+use crate::store::messages::{AppendError, Appended, NewMessage};
 use crate::store::StoreError;
 
 /// Appends a batch in one transaction; a refused message does not fail the others, nor does
 /// one the database refuses (see [`append_isolated`]).
 pub(super) fn commit(
     conn: &mut Connection,
-    batch: &[Job],
+    batch: &[&NewMessage],
     last_seq: &mut HashMap<String, u64>,
 ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
     // IMMEDIATE: the write lock is taken (waiting out the busy timeout) before anything is
@@ -26,21 +26,21 @@ pub(super) fn commit(
     // Per conversation with new entries: the last seq, and who wrote the first.
     let mut top: HashMap<&str, (u64, &str)> = HashMap::new();
     let mut unindexed = None;
-    for job in batch {
-        if job.message.content.target.is_some() {
+    for m in batch {
+        if m.content.target.is_some() {
             // An edit or delete updates its target through the index triggers, which must
             // find the target indexed.
             index_new(&tx, &mut unindexed)?;
         }
-        let result = append_isolated(&mut tx, &job.message, last_seq)?;
+        let result = append_isolated(&mut tx, m, last_seq)?;
         if let Ok(Appended {
             envelope,
             duplicate: false,
         }) = &result
         {
-            top.entry(&job.message.conv)
+            top.entry(&m.conv)
                 .and_modify(|(seq, _)| *seq = envelope.seq)
-                .or_insert((envelope.seq, &job.message.sender));
+                .or_insert((envelope.seq, &m.sender));
             unindexed.get_or_insert(envelope.id);
         }
         results.push(result);

@@ -5,20 +5,23 @@ use std::time::Duration;
 use rusqlite::params;
 
 use crate::store::clock::now_ms;
-use crate::store::{Store, StoreError};
+use crate::store::sqlite::Sqlite;
+use crate::store::{Retention, StoreError};
 
-impl Store {
+impl Retention for Sqlite {
     /// Deletes entries older than `max_age` and beyond the newest `max_per_conv` of each
     /// conversation (0 disables either rule); returns how many went.
-    pub fn enforce_retention(
+    fn enforce_retention(
         &self,
         max_age: Option<Duration>,
         max_per_conv: u64,
     ) -> Result<usize, StoreError> {
         self.retain_at(now_ms(), max_age, max_per_conv)
     }
+}
 
-    /// [`Store::enforce_retention`] as if the time were `now_ms`.
+impl Sqlite {
+    /// [`Retention::enforce_retention`] as if the time were `now_ms`.
     pub(super) fn retain_at(
         &self,
         now_ms: i64,

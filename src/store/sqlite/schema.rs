@@ -1,7 +1,8 @@
 //! The schema, versioned with `PRAGMA user_version`: `MIGRATIONS` lists every step in order,
 //! and [`Store::migrate`] applies the ones a database lacks.
 
-use super::{Store, StoreError};
+use super::Sqlite;
+use crate::store::StoreError;
 
 /// Schema steps; entry `i` takes the database from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -250,7 +251,7 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
-impl Store {
+impl Sqlite {
     pub(super) fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -275,6 +276,7 @@ mod tests {
     use rusqlite::{params, Connection};
 
     use super::*;
+    use crate::store::*;
 
     /// A database made by the version before token generations, with an active and a revoked
     /// device and a refresh token: after the upgrade the active device's tokens (which carry no
@@ -301,7 +303,7 @@ mod tests {
             )
             .unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Sqlite::open(dir.path()).unwrap();
         assert!(store.token_current("alice", "phone", "").unwrap());
         assert_eq!(
             store.take_refresh_token("r1", 50).unwrap(),

@@ -3,22 +3,13 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::clock::now;
-use super::{Store, StoreError};
+use super::Sqlite;
+use crate::store::clock::now;
+use crate::store::{Media, MediaRow, StoreError};
 
-/// An uploaded file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MediaRow {
-    pub id: String,
-    pub hash: String,
-    pub owner: String,
-    pub size: u64,
-    pub mime: String,
-}
-
-impl Store {
+impl Media for Sqlite {
     /// Records an upload; fails with `Exists` never (ids are random).
-    pub fn add_media(&self, m: &MediaRow) -> Result<(), StoreError> {
+    fn add_media(&self, m: &MediaRow) -> Result<(), StoreError> {
         self.lock().execute(
             "INSERT INTO media (id, hash, owner, size, mime, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -28,7 +19,7 @@ impl Store {
     }
 
     /// Whether any upload's row names the blob `hash`.
-    pub fn media_hash_in_use(&self, hash: &str) -> Result<bool, StoreError> {
+    fn media_hash_in_use(&self, hash: &str) -> Result<bool, StoreError> {
         Ok(self.lock().query_row(
             "SELECT EXISTS (SELECT 1 FROM media WHERE hash = ?1)",
             params![hash],
@@ -36,7 +27,7 @@ impl Store {
         )?)
     }
 
-    pub fn media(&self, id: &str) -> Result<Option<MediaRow>, StoreError> {
+    fn media(&self, id: &str) -> Result<Option<MediaRow>, StoreError> {
         Ok(self
             .lock()
             .query_row(
@@ -56,7 +47,7 @@ impl Store {
     }
 
     /// Bytes a user has uploaded (for the quota).
-    pub fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
+    fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
         Ok(self.lock().query_row(
             "SELECT COALESCE(SUM(size), 0) FROM media WHERE owner = ?1",
             params![owner],
@@ -65,7 +56,7 @@ impl Store {
     }
 
     /// The conversations whose messages reference a media id.
-    pub fn media_conversations(&self, id: &str) -> Result<Vec<String>, StoreError> {
+    fn media_conversations(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.lock();
         let mut stmt =
             conn.prepare_cached("SELECT DISTINCT conv FROM media_refs WHERE media = ?1")?;
@@ -75,7 +66,7 @@ impl Store {
 
     /// Deletes uploads no message references (any more) and older than `min_age_secs`; returns
     /// the hashes no upload uses any more (their files can go).
-    pub fn release_unreferenced_media(&self, min_age_secs: i64) -> Result<Vec<String>, StoreError> {
+    fn release_unreferenced_media(&self, min_age_secs: i64) -> Result<Vec<String>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let cutoff = now() - min_age_secs;

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use rusqlite::params;
 
 use crate::chat::envelope::{Envelope, Kind};
-use crate::store::{Store, StoreError};
+use crate::store::messages::{Item, Page};
+use crate::store::sqlite::Sqlite;
+use crate::store::{History, StoreError};
 
 /// The columns of an entry, in the order [`row_to_envelope`] reads them.
 pub(super) const SELECT: &str =
@@ -37,31 +39,9 @@ pub(super) fn row_to_envelope(r: &rusqlite::Row<'_>) -> rusqlite::Result<Envelop
     })
 }
 
-/// A history entry with what later events did to it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Item {
-    #[serde(flatten)]
-    pub envelope: Envelope,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub edited: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub deleted: bool,
-    /// Emoji → number of reactions with it (messages only).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub reactions: BTreeMap<String, u64>,
-}
-
-/// One page of history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
-    pub items: Vec<Item>,
-    /// More entries exist beyond this page in the direction read.
-    pub more: bool,
-}
-
-impl Store {
+impl History for Sqlite {
     /// Entries of `conv` with `seq > after`, oldest first.
-    pub fn after(&self, conv: &str, after: u64, limit: usize) -> Result<Page, StoreError> {
+    fn after(&self, conv: &str, after: u64, limit: usize) -> Result<Page, StoreError> {
         self.page(
             &format!("{SELECT} WHERE conv = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"),
             params![conv, after, limit as i64 + 1],
@@ -70,7 +50,7 @@ impl Store {
     }
 
     /// Entries of `conv` with `seq < before`, newest first (scrolling up).
-    pub fn before(&self, conv: &str, before: u64, limit: usize) -> Result<Page, StoreError> {
+    fn before(&self, conv: &str, before: u64, limit: usize) -> Result<Page, StoreError> {
         self.page(
             &format!("{SELECT} WHERE conv = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"),
             params![conv, before, limit as i64 + 1],
@@ -79,7 +59,7 @@ impl Store {
     }
 
     /// Entries of the given conversations with `id > since`, in id order (a user's stream).
-    pub fn since(&self, convs: &[String], since: i64, limit: usize) -> Result<Page, StoreError> {
+    fn since(&self, convs: &[String], since: i64, limit: usize) -> Result<Page, StoreError> {
         if convs.is_empty() {
             return Ok(Page {
                 items: Vec::new(),
@@ -94,6 +74,18 @@ impl Store {
         self.page(&sql, rusqlite::params_from_iter(values), limit)
     }
 
+    /// The lowest sequence number still stored in `conv` (after retention), if any.
+    fn first_seq(&self, conv: &str) -> Result<Option<u64>, StoreError> {
+        let conn = self.lock();
+        Ok(conn.query_row(
+            "SELECT MIN(seq) FROM messages WHERE conv = ?1",
+            params![conv],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+impl Sqlite {
     pub(super) fn page(
         &self,
         sql: &str,
@@ -138,15 +130,5 @@ impl Store {
             });
         }
         Ok(Page { items, more })
-    }
-
-    /// The lowest sequence number still stored in `conv` (after retention), if any.
-    pub fn first_seq(&self, conv: &str) -> Result<Option<u64>, StoreError> {
-        let conn = self.lock();
-        Ok(conn.query_row(
-            "SELECT MIN(seq) FROM messages WHERE conv = ?1",
-            params![conv],
-            |r| r.get(0),
-        )?)
     }
 }

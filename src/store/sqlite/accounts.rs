@@ -2,13 +2,14 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::clock::now;
 use super::conversations::direct_conversations_of;
 use super::devices::renew_all_generations;
-use super::{Store, StoreError, UserRow};
+use super::Sqlite;
+use crate::store::clock::now;
+use crate::store::{Accounts, StoreError, UserRow};
 
-impl Store {
-    pub fn add_user(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {
+impl Accounts for Sqlite {
+    fn add_user(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {
         let conn = self.lock();
         let inserted = conn.execute(
             "INSERT INTO users (id, password, created_at) VALUES (?1, ?2, ?3)
@@ -26,7 +27,7 @@ impl Store {
     /// Their direct conversations go too, with every message, receipt and media reference in
     /// them, so that an account created later under the same id inherits nothing. Groups stay
     /// for the other members.
-    pub fn remove_user(&self, id: &str) -> Result<bool, StoreError> {
+    fn remove_user(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         for conv in direct_conversations_of(&tx, id)? {
@@ -51,7 +52,7 @@ impl Store {
         Ok(removed > 0)
     }
 
-    pub fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
+    fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT id, admin, created_at FROM users ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
@@ -66,7 +67,7 @@ impl Store {
 
     /// Sets a user's password; every access and refresh token they hold stops working (a
     /// changed password must shut out whoever had the old one). Whether the user exists.
-    pub fn set_password(&self, id: &str, password_hash: &str) -> Result<bool, StoreError> {
+    fn set_password(&self, id: &str, password_hash: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let n = tx.execute(
@@ -79,7 +80,7 @@ impl Store {
     }
 
     /// Whether a user id is taken (checked before hashing a new account's password).
-    pub fn user_exists(&self, id: &str) -> Result<bool, StoreError> {
+    fn user_exists(&self, id: &str) -> Result<bool, StoreError> {
         let conn = self.lock();
         Ok(conn
             .query_row("SELECT 1 FROM users WHERE id = ?1", params![id], |_| Ok(()))
@@ -87,7 +88,7 @@ impl Store {
             .is_some())
     }
 
-    pub fn set_admin(&self, id: &str, admin: bool) -> Result<bool, StoreError> {
+    fn set_admin(&self, id: &str, admin: bool) -> Result<bool, StoreError> {
         let conn = self.lock();
         let n = conn.execute(
             "UPDATE users SET admin = ?2 WHERE id = ?1",
@@ -97,7 +98,7 @@ impl Store {
     }
 
     /// A user's password hash and admin flag.
-    pub fn login_info(&self, id: &str) -> Result<Option<(String, bool)>, StoreError> {
+    fn login_info(&self, id: &str) -> Result<Option<(String, bool)>, StoreError> {
         let conn = self.lock();
         Ok(conn
             .query_row(
@@ -112,11 +113,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::*;
 
     #[test]
     fn users_conversations_and_cascades() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::sqlite::Sqlite::open(dir.path()).unwrap();
         store.add_user("alice", "h1").unwrap();
         store.add_user("bob", "h2").unwrap();
         assert!(matches!(
@@ -233,7 +235,7 @@ mod tests {
         assert!(snap.blocks.is_empty());
         // Reopening keeps everything and does not migrate twice.
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::sqlite::Sqlite::open(dir.path()).unwrap();
         assert_eq!(store.list_users().unwrap()[0].id, "alice");
     }
 }

@@ -1,24 +1,21 @@
 //! The history writer and its readers together: retention, batched indexing, idempotency,
 //! direct conversation rows and media references.
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::batch::commit;
-use super::writer::Job;
-use super::{AppendError, NewMessage, Writer};
+use super::SqliteLog;
 use crate::chat::envelope::{Content, Envelope, Kind};
 use crate::config::Synchronous;
 use crate::stats::Stats;
 use crate::store::clock::now_ms;
-use crate::store::{MediaRow, Store};
+use crate::store::messages::{AppendError, NewMessage};
+use crate::store::sqlite::Sqlite;
+use crate::store::*;
 
-fn start(dir: &Path) -> Writer {
+fn start(store: &Sqlite) -> Writer {
     Writer::start(
-        dir,
-        Synchronous::Normal,
+        store.log(Synchronous::Normal).unwrap(),
         true,
         Duration::from_secs(1),
         Arc::new(Stats::default()),
@@ -67,15 +64,15 @@ async fn text(writer: &Writer, conv: &str, t: &str) -> u64 {
         .seq
 }
 
-fn count(store: &Store, sql: &str) -> i64 {
+fn count(store: &Sqlite, sql: &str) -> i64 {
     store.lock().query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 #[tokio::test]
 async fn age_retention_removes_only_old_entries_and_seq_never_goes_back() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let writer = start(dir.path());
+    let store = Sqlite::open(dir.path()).unwrap();
+    let writer = start(&store);
     for t in ["a", "b", "c"] {
         text(&writer, "d.alice.bob", t).await;
     }
@@ -92,7 +89,7 @@ async fn age_retention_removes_only_old_entries_and_seq_never_goes_back() {
     store.retain_at(later, Some(day), 0).unwrap();
     // ...and so does a restarted one, whose sequence cache starts empty.
     drop(writer);
-    let writer = start(dir.path());
+    let writer = start(&store);
     assert_eq!(text(&writer, "d.alice.bob", "e").await, 5);
     assert_eq!(text(&writer, "g.other", "x").await, 1);
 }
@@ -102,8 +99,8 @@ async fn age_retention_removes_only_old_entries_and_seq_never_goes_back() {
 #[tokio::test]
 async fn batched_indexing_keeps_both_indexes_consistent() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let writer = start(dir.path());
+    let store = Sqlite::open(dir.path()).unwrap();
+    let writer = start(&store);
     let conv = "d.alice.bob";
     // Submitted together, so that they share batches.
     let submit = |c: Content| writer.submit(from_alice(conv, c));
@@ -155,8 +152,8 @@ async fn batched_indexing_keeps_both_indexes_consistent() {
 #[tokio::test]
 async fn a_cid_names_one_message_per_sender_and_conversation() {
     let dir = tempfile::tempdir().unwrap();
-    let _store = Store::open(dir.path()).unwrap();
-    let writer = start(dir.path());
+    let _store = Sqlite::open(dir.path()).unwrap();
+    let writer = start(&_store);
     let with_cid = |t: &str| Content {
         cid: Some("c-1".into()),
         ..content(Kind::Msg, Some(t), None, &[])
@@ -181,11 +178,11 @@ async fn a_cid_names_one_message_per_sender_and_conversation() {
 #[tokio::test]
 async fn a_direct_conversation_row_returns_with_its_next_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Sqlite::open(dir.path()).unwrap();
     for user in ["alice", "bob"] {
         store.add_user(user, "x").unwrap();
     }
-    let writer = start(dir.path());
+    let writer = start(&store);
     text(&writer, "d.alice.bob", "hi").await;
     assert_eq!(store.direct_conversations("bob").unwrap(), ["d.alice.bob"]);
     assert!(store.remove_user("bob").unwrap());
@@ -198,7 +195,7 @@ async fn a_direct_conversation_row_returns_with_its_next_entry() {
 #[tokio::test]
 async fn a_deleted_message_releases_its_media() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Sqlite::open(dir.path()).unwrap();
     for id in ["m1", "m2"] {
         store
             .add_media(&MediaRow {
@@ -210,7 +207,7 @@ async fn a_deleted_message_releases_its_media() {
             })
             .unwrap();
     }
-    let writer = start(dir.path());
+    let writer = start(&store);
     let conv = "d.alice.bob";
     let kept = append(&writer, conv, content(Kind::Msg, None, None, &["m1"])).await;
     let gone = append(&writer, conv, content(Kind::Msg, Some("x"), None, &["m2"])).await;
@@ -243,25 +240,22 @@ async fn a_deleted_message_releases_its_media() {
 #[test]
 fn a_failing_insert_fails_only_its_own_message_in_a_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let mut conn = rusqlite::Connection::open(dir.path().join("natter.db")).unwrap();
+    let store = Sqlite::open(dir.path()).unwrap();
+    let mut log = SqliteLog::open(&dir.path().join("natter.db"), Synchronous::Normal).unwrap();
     let bad = Content {
         reply_to: Some(u64::MAX),
         ..content(Kind::Msg, Some("bad"), None, &[])
     };
     let batch = [
-        Job::detached(from_alice(
-            "g.team",
-            content(Kind::Msg, Some("one"), None, &[]),
-        )),
-        Job::detached(from_alice("g.team", bad)),
-        Job::detached(NewMessage {
+        from_alice("g.team", content(Kind::Msg, Some("one"), None, &[])),
+        from_alice("g.team", bad),
+        NewMessage {
             sender: "bob".into(),
             device: "bob.phone".into(),
             ..from_alice("g.team", content(Kind::Msg, Some("two"), None, &[]))
-        }),
+        },
     ];
-    let results = commit(&mut conn, &batch, &mut HashMap::new()).unwrap();
+    let results = log.commit(&batch.iter().collect::<Vec<_>>()).unwrap();
     assert!(
         matches!(results[1], Err(AppendError::Store(_))),
         "{:?}",
@@ -285,8 +279,8 @@ fn a_failing_insert_fails_only_its_own_message_in_a_batch() {
 #[tokio::test]
 async fn a_read_marker_past_the_end_is_clamped_to_the_last_seq() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let writer = start(dir.path());
+    let store = Sqlite::open(dir.path()).unwrap();
+    let writer = start(&store);
     let conv = "d.alice.bob";
     text(&writer, conv, "one").await;
     text(&writer, conv, "two").await;

@@ -2,8 +2,9 @@
 
 use rusqlite::{params, Connection};
 
-use super::clock::now;
-use super::{Store, StoreError};
+use super::Sqlite;
+use crate::store::clock::now;
+use crate::store::{Conversations, StoreError};
 
 /// Every direct conversation of `user` that left a trace: a conversation row (the history
 /// writer adds one with the first message) or a receipt. Direct conversations have no member
@@ -28,9 +29,9 @@ pub(super) fn direct_conversations_of(
     Ok(convs)
 }
 
-impl Store {
+impl Conversations for Sqlite {
     /// Creates a conversation with its first members.
-    pub fn create_conversation(
+    fn create_conversation(
         &self,
         id: &str,
         direct: bool,
@@ -65,7 +66,7 @@ impl Store {
     }
 
     /// Adds a member or changes their role.
-    pub fn set_member(&self, conv: &str, user: &str, role: &str) -> Result<(), StoreError> {
+    fn set_member(&self, conv: &str, user: &str, role: &str) -> Result<(), StoreError> {
         let conn = self.lock();
         conn.execute(
             "INSERT INTO members (conv, user, role, joined_at) VALUES (?1, ?2, ?3, ?4)
@@ -76,7 +77,7 @@ impl Store {
     }
 
     /// Makes `to` the owner of `conv` and `from` an admin, together.
-    pub fn transfer_ownership(&self, conv: &str, from: &str, to: &str) -> Result<(), StoreError> {
+    fn transfer_ownership(&self, conv: &str, from: &str, to: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         for (user, role) in [(to, "owner"), (from, "admin")] {
@@ -89,7 +90,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove_member(&self, conv: &str, user: &str) -> Result<bool, StoreError> {
+    fn remove_member(&self, conv: &str, user: &str) -> Result<bool, StoreError> {
         let conn = self.lock();
         let n = conn.execute(
             "DELETE FROM members WHERE conv = ?1 AND user = ?2",
@@ -98,12 +99,7 @@ impl Store {
         Ok(n > 0)
     }
 
-    pub fn update_conversation(
-        &self,
-        conv: &str,
-        name: &str,
-        topic: &str,
-    ) -> Result<(), StoreError> {
+    fn update_conversation(&self, conv: &str, name: &str, topic: &str) -> Result<(), StoreError> {
         let conn = self.lock();
         conn.execute(
             "UPDATE conversations SET name = ?2, topic = ?3 WHERE id = ?1",
@@ -112,7 +108,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_block(&self, user: &str, blocked: &str, on: bool) -> Result<(), StoreError> {
+    fn set_block(&self, user: &str, blocked: &str, on: bool) -> Result<(), StoreError> {
         let conn = self.lock();
         if on {
             conn.execute(
@@ -129,7 +125,7 @@ impl Store {
     }
 
     /// The conversations a user has direct messages in (groups come from the directory).
-    pub fn direct_conversations(&self, user: &str) -> Result<Vec<String>, StoreError> {
+    fn direct_conversations(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT id FROM conversations WHERE kind = 'direct'

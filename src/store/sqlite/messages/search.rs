@@ -1,18 +1,14 @@
 //! Full-text search over the history: words through the word index, text in scripts written
 //! without spaces through the trigram index, or a substring scan when too short for trigrams.
 
-use super::history::Item;
 use super::index::is_cjk;
-use crate::store::{Store, StoreError};
+use crate::store::messages::Item;
+use crate::store::sqlite::Sqlite;
+use crate::store::{Search, StoreError};
 
-impl Store {
+impl Search for Sqlite {
     /// Full-text search over the messages of the given conversations, newest first.
-    pub fn search(
-        &self,
-        convs: &[String],
-        query: &str,
-        limit: usize,
-    ) -> Result<Vec<Item>, StoreError> {
+    fn search(&self, convs: &[String], query: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
         if convs.is_empty() {
             return Ok(Vec::new());
         }

@@ -1,13 +1,14 @@
 //! What the in-memory chat directory is built from: a consistent snapshot of users,
 //! conversations, members and blocks, and the version number that says when to read it again.
 
-use super::{ConversationRow, Snapshot, Store, StoreError, UserRow};
+use super::Sqlite;
+use crate::store::{ConversationRow, Directory, Snapshot, StoreError, UserRow};
 
-impl Store {
+impl Directory for Sqlite {
     /// Increases with every change to accounts, conversations, members or blocks, by any
     /// process (triggers keep it): the server polls it to pick up `natter user …` changes
     /// without reloading on every stored message.
-    pub fn directory_version(&self) -> Result<i64, StoreError> {
+    fn directory_version(&self) -> Result<i64, StoreError> {
         Ok(self.lock().query_row(
             "SELECT value FROM meta WHERE key = 'directory_version'",
             [],
@@ -16,7 +17,7 @@ impl Store {
     }
 
     /// Reads users, conversations, members and blocks in one consistent view.
-    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let mut snap = Snapshot::default();

@@ -1,54 +1,61 @@
-//! The history writer thread: it takes queued messages a batch at a time, commits each batch
-//! in one transaction, and retries a commit that failed for a reason that may pass.
+//! The history writer thread: it takes queued messages a batch at a time, has the backend's
+//! [`Log`] commit each batch in one transaction, and retries a commit that failed for a reason
+//! that may pass. The same thread, batching and retries serve every backend.
+//!
+//! Every message gets the next sequence number of its conversation inside the transaction that
+//! stores it, so sequences are dense and gap-free; a reply goes back to each waiting connection
+//! only after the batch's COMMIT returns, which is what lets the connection PUBACK the sender.
+//!
+//! A commit that fails for a reason that may pass (the database busy or restarting, the disk
+//! full, an I/O error) is retried with backoff while the senders wait, each at most until its
+//! deadline (`storage.commit_retry_secs` after it was submitted); only then is it reported as
+//! failed.
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::commit;
-use super::{AppendError, Appended, NewMessage};
-use crate::config::Synchronous;
+use super::messages::{AppendError, Appended, NewMessage};
+use super::StoreError;
 use crate::stats::Stats;
-use crate::store::StoreError;
 
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 512;
 /// Messages waiting for the writer before publishers wait.
 const QUEUE: usize = 8192;
-/// Prepared statements the writer keeps (it uses about a dozen).
-const STATEMENT_CACHE: usize = 32;
 /// The first and the longest pause between attempts at a batch whose commit failed.
 const RETRY_FIRST: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-/// Bounds of how long one attempt waits for another connection's write lock. Within them it
-/// waits no longer than the batch's earliest deadline, so a busy database cannot stretch the
-/// bound a sender waits.
-const BUSY_MIN: Duration = Duration::from_millis(100);
-const BUSY_MAX: Duration = Duration::from_secs(5);
+/// Bounds of how long one attempt waits for a lock or for the database. Within them it waits
+/// no longer than the batch's earliest deadline, so a busy database cannot stretch the bound a
+/// sender waits.
+const WAIT_MIN: Duration = Duration::from_millis(100);
+pub(super) const WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// One backend's way of appending to the history: its own connection, one transaction per
+/// batch.
+pub trait Log: Send {
+    /// Appends the messages in order in one transaction and returns each one's result. Each
+    /// message has its own savepoint: an error that concerns one message (a value the database
+    /// refuses, an edit it may not make) fails that message alone and the rest commit. The
+    /// outer error fails the whole batch; nothing of it is stored.
+    fn commit(
+        &mut self,
+        batch: &[&NewMessage],
+    ) -> Result<Vec<Result<Appended, AppendError>>, StoreError>;
+    /// Bounds how long the next attempt waits for a lock or for the database.
+    fn set_wait(&mut self, wait: Duration);
+    /// Whether a commit that failed with `e` may succeed if tried again.
+    fn is_transient(&self, e: &StoreError) -> bool;
+}
 
 /// One queued message and where its result goes.
-pub(super) struct Job {
-    pub(super) message: NewMessage,
+struct Job {
+    message: NewMessage,
     reply: oneshot::Sender<Result<Appended, AppendError>>,
     /// Until when a failed commit of this message is retried.
     deadline: Instant,
-}
-
-#[cfg(test)]
-impl Job {
-    /// A job as [`Writer::submit`] makes it, for tests that commit a batch by hand; its
-    /// answer goes nowhere.
-    pub(super) fn detached(message: NewMessage) -> Job {
-        Job {
-            message,
-            reply: oneshot::channel().0,
-            deadline: Instant::now() + RETRY_MAX,
-        }
-    }
 }
 
 /// The handle of the writer thread.
@@ -59,25 +66,20 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Opens a second connection to `{data_dir}/natter.db` and starts the writer thread on it.
-    /// The thread ends when every handle is dropped. A failed commit is retried for up to
-    /// `commit_retry` after each message was submitted.
+    /// Starts the writer thread on `log` (see [`super::Store::log`]). The thread ends when
+    /// every handle is dropped. A failed commit is retried for up to `commit_retry` after each
+    /// message was submitted; without `group_commit`, each message is a transaction of its own.
     pub fn start(
-        data_dir: &Path,
-        sync: Synchronous,
+        log: Box<dyn Log>,
         group_commit: bool,
         commit_retry: Duration,
         stats: Arc<Stats>,
     ) -> Result<Writer, StoreError> {
-        let conn = open(data_dir, sync)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("natter-writer".into())
-            .spawn(move || run(conn, rx, if group_commit { MAX_BATCH } else { 1 }, &stats))
-            .map_err(|e| StoreError::Dir {
-                path: data_dir.to_path_buf(),
-                source: e,
-            })?;
+            .spawn(move || run(log, rx, if group_commit { MAX_BATCH } else { 1 }, &stats))
+            .map_err(StoreError::Thread)?;
         Ok(Writer { tx, commit_retry })
     }
 
@@ -99,34 +101,9 @@ impl Writer {
     }
 }
 
-/// Opens the writer's own connection to `{data_dir}/natter.db`, durable as `sync` asks.
-fn open(data_dir: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
-    // Only the writer thread uses this connection: SQLite's per-connection mutex would be
-    // pure overhead on every call.
-    let conn = Connection::open_with_flags(
-        data_dir.join("natter.db"),
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.busy_timeout(BUSY_MAX)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        match sync {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        },
-    )?;
-    Ok(conn)
-}
-
 /// The thread's loop: waits for a message, takes what else is queued up to `max_batch`, and
 /// commits them together.
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, stats: &Stats) {
-    let mut last_seq: HashMap<String, u64> = HashMap::new();
+fn run(mut log: Box<dyn Log>, mut rx: mpsc::Receiver<Job>, max_batch: usize, stats: &Stats) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -137,7 +114,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, stat
             }
         }
         stats.batch_size.observe(batch.len() as f64);
-        commit_with_retry(&mut conn, &mut batch, &mut last_seq);
+        commit_with_retry(log.as_mut(), &mut batch);
     }
 }
 
@@ -145,11 +122,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, stat
 /// backoff (new messages queue up meanwhile, and publishers wait once the queue is full); a
 /// job whose deadline has passed, or any job after a failure that will not pass, is answered
 /// with the error: its sender was never told the message is stored, and sends it again.
-fn commit_with_retry(
-    conn: &mut Connection,
-    batch: &mut Vec<Job>,
-    last_seq: &mut HashMap<String, u64>,
-) {
+fn commit_with_retry(log: &mut dyn Log, batch: &mut Vec<Job>) {
     let mut backoff = RETRY_FIRST;
     let mut attempts = 0u32;
     loop {
@@ -157,11 +130,10 @@ fn commit_with_retry(
             return;
         };
         let budget = earliest.saturating_duration_since(Instant::now());
-        if let Err(e) = conn.busy_timeout(budget.clamp(BUSY_MIN, BUSY_MAX)) {
-            tracing::warn!(error = %e, "cannot set the history writer's busy timeout");
-        }
+        log.set_wait(budget.clamp(WAIT_MIN, WAIT_MAX));
         attempts += 1;
-        let e = match commit(conn, batch, last_seq) {
+        let messages: Vec<&NewMessage> = batch.iter().map(|j| &j.message).collect();
+        let e = match log.commit(&messages) {
             Ok(results) => {
                 if attempts > 1 {
                     tracing::info!(attempts, "history commit succeeded after retrying");
@@ -173,10 +145,8 @@ fn commit_with_retry(
             }
             Err(e) => e,
         };
-        // Sequence numbers handed out in the rolled-back transaction were not stored.
-        last_seq.clear();
         let now = Instant::now();
-        answer_failed(batch, &e, now, attempts);
+        answer_failed(batch, &e, log.is_transient(&e), now, attempts);
         if let Some(earliest) = batch.iter().map(|j| j.deadline).min() {
             std::thread::sleep(backoff.min(earliest.saturating_duration_since(now)));
             backoff = (backoff * 2).min(RETRY_MAX);
@@ -186,8 +156,13 @@ fn commit_with_retry(
 
 /// After a failed commit: answers with the error every job that is not to be retried (the
 /// failure will not pass, or its deadline is over) and keeps the others in `batch`.
-fn answer_failed(batch: &mut Vec<Job>, e: &StoreError, now: Instant, attempts: u32) {
-    let transient = is_transient(e);
+fn answer_failed(
+    batch: &mut Vec<Job>,
+    e: &StoreError,
+    transient: bool,
+    now: Instant,
+    attempts: u32,
+) {
     let message = e.to_string();
     let mut kept = Vec::with_capacity(batch.len());
     let mut failed = 0;
@@ -208,23 +183,4 @@ fn answer_failed(batch: &mut Vec<Job>, e: &StoreError, now: Instant, attempts: u
     } else {
         tracing::warn!(error = %e, messages = batch.len(), attempts, "history commit failed; retrying");
     }
-}
-
-/// Whether a failed commit may succeed later: another connection holds the lock, the disk is
-/// full, or the file system failed for a moment.
-pub(super) fn is_transient(e: &StoreError) -> bool {
-    let StoreError::Sqlite(e) = e else {
-        return false;
-    };
-    matches!(
-        e.sqlite_error_code(),
-        Some(
-            ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::DiskFull
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::CannotOpen
-                | ErrorCode::OutOfMemory
-        )
-    )
 }

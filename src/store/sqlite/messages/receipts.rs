@@ -2,12 +2,13 @@
 
 use rusqlite::params;
 
-use crate::store::{Store, StoreError};
+use crate::store::sqlite::Sqlite;
+use crate::store::{Receipts, StoreError};
 
-impl Store {
+impl Receipts for Sqlite {
     /// Raises each (conversation, user)'s delivered mark to `seq`; for each row, whether it
     /// went up (marks never go back).
-    pub fn mark_delivered(&self, rows: &[(String, String, u64)]) -> Result<Vec<bool>, StoreError> {
+    fn mark_delivered(&self, rows: &[(String, String, u64)]) -> Result<Vec<bool>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let mut advanced = Vec::with_capacity(rows.len());
@@ -31,7 +32,7 @@ impl Store {
     /// Clamped rather than refused, as chat apps do: a client may mark read up to what it
     /// believes is the end, and a race with a delete or retention is no error. Stored as sent,
     /// a mark past the end would count every later message as read, so unread stayed 0.
-    pub fn mark_read(
+    fn mark_read(
         &self,
         conv: &str,
         user: &str,
@@ -66,7 +67,7 @@ impl Store {
     }
 
     /// Everyone's public receipts in a conversation: (user, delivered, read).
-    pub fn receipts(&self, conv: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+    fn receipts(&self, conv: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT user, delivered, read FROM receipts WHERE conv = ?1 ORDER BY user",
@@ -76,7 +77,7 @@ impl Store {
     }
 
     /// Messages from others after the user's read mark (public or private).
-    pub fn unread(&self, conv: &str, user: &str) -> Result<u64, StoreError> {
+    fn unread(&self, conv: &str, user: &str) -> Result<u64, StoreError> {
         let conn = self.lock();
         Ok(conn.query_row(
             "SELECT COUNT(*) FROM messages WHERE conv = ?1 AND kind = 'msg' AND sender != ?2

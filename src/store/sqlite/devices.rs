@@ -9,17 +9,18 @@
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::clock::now;
-use super::{Store, StoreError};
+use super::Sqlite;
+use crate::store::clock::now;
+use crate::store::{Devices, StoreError};
 
 /// A fresh generation, in SQL: 64 random bits, hex. Only distinctness matters (the value is
 /// in every token the device holds, not a secret).
 const NEW_GEN: &str = "lower(hex(randomblob(8)))";
 
-impl Store {
+impl Devices for Sqlite {
     /// Registers a device for a user (a login); a revoked device logging in again is restored,
     /// with the generation its revocation gave it (its old tokens stay dead).
-    pub fn upsert_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
+    fn upsert_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
         self.lock().execute(
             &format!(
                 "INSERT INTO devices (user, device, created_at, gen) VALUES (?1, ?2, ?3, {NEW_GEN})
@@ -32,7 +33,7 @@ impl Store {
 
     /// Revokes a device and its refresh tokens (a new generation ends its access tokens);
     /// whether it existed.
-    pub fn revoke_device(&self, user: &str, device: &str) -> Result<bool, StoreError> {
+    fn revoke_device(&self, user: &str, device: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let n = tx.execute(
@@ -50,7 +51,7 @@ impl Store {
     }
 
     /// A user's devices: (device, created_at, revoked).
-    pub fn devices(&self, user: &str) -> Result<Vec<(String, i64, bool)>, StoreError> {
+    fn devices(&self, user: &str) -> Result<Vec<(String, i64, bool)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT device, created_at, revoked FROM devices WHERE user = ?1 ORDER BY device",
@@ -61,7 +62,7 @@ impl Store {
 
     /// Whether a token of this device and generation is good: the device is known, not
     /// revoked, and still at that generation.
-    pub fn token_current(&self, user: &str, device: &str, gen: &str) -> Result<bool, StoreError> {
+    fn token_current(&self, user: &str, device: &str, gen: &str) -> Result<bool, StoreError> {
         Ok(self
             .lock()
             .query_row(
@@ -76,7 +77,7 @@ impl Store {
     /// Stores a refresh token for an active device, with the device's current generation,
     /// which it returns for the access token issued with it (one transaction, so a revocation
     /// cannot fall between the two). `None`: the device is gone or revoked.
-    pub fn add_refresh_token(
+    fn add_refresh_token(
         &self,
         hash: &str,
         user: &str,
@@ -100,7 +101,7 @@ impl Store {
     /// Removes a refresh token and returns its (user, device) if it was valid at `now`: not
     /// expired, and of its device's current generation (not revoked since, no password change
     /// since). Each token is used once (rotation).
-    pub fn take_refresh_token(
+    fn take_refresh_token(
         &self,
         hash: &str,
         now: i64,

@@ -2,11 +2,12 @@
 
 use rusqlite::params;
 
-use super::clock::now;
-use super::{Store, StoreError};
+use super::Sqlite;
+use crate::store::clock::now;
+use crate::store::{Push, StoreError};
 
-impl Store {
-    pub fn add_push_endpoint(&self, user: &str, url: &str) -> Result<(), StoreError> {
+impl Push for Sqlite {
+    fn add_push_endpoint(&self, user: &str, url: &str) -> Result<(), StoreError> {
         self.lock().execute(
             "INSERT INTO push_endpoints (user, url, created_at) VALUES (?1, ?2, ?3)
              ON CONFLICT DO NOTHING",
@@ -15,14 +16,14 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove_push_endpoint(&self, user: &str, url: &str) -> Result<bool, StoreError> {
+    fn remove_push_endpoint(&self, user: &str, url: &str) -> Result<bool, StoreError> {
         Ok(self.lock().execute(
             "DELETE FROM push_endpoints WHERE user = ?1 AND url = ?2",
             params![user, url],
         )? > 0)
     }
 
-    pub fn push_endpoints(&self, user: &str) -> Result<Vec<String>, StoreError> {
+    fn push_endpoints(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached("SELECT url FROM push_endpoints WHERE user = ?1")?;
         let rows = stmt.query_map(params![user], |r| r.get(0))?;

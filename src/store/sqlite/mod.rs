@@ -1,0 +1,73 @@
+//! The embedded default backend: one SQLite file, `{data_dir}/natter.db`, in WAL mode, so the
+//! server and the `natter user …` / `natter conv …` commands can use it at the same time (the
+//! server notices other processes' changes through [`Directory::directory_version`], which
+//! triggers keep).
+//!
+//! Readers and every write outside the history share the one connection of [`Sqlite`];
+//! history entries are written by the writer thread on its own connection
+//! ([`messages::SqliteLog`]), a batch per transaction. The schema is versioned with
+//! `PRAGMA user_version` in `schema.rs`.
+//!
+//! Each file implements one trait of the interface: `accounts.rs`, `devices.rs` (devices and
+//! refresh tokens), `conversations.rs` (conversations, members, blocks), `directory.rs` (the
+//! snapshot the chat directory is built from), `media.rs`, `push.rs`, and in `messages/` the
+//! history, its search, receipts and retention.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::writer::Log;
+use super::{Store, StoreError};
+use crate::config::Synchronous;
+
+mod accounts;
+mod conversations;
+mod devices;
+mod directory;
+mod media;
+mod messages;
+mod push;
+mod schema;
+
+/// The database, through one connection that every reader and every write outside the
+/// history share.
+pub struct Sqlite {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
+    pub fn open(data_dir: &Path) -> Result<Sqlite, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Dir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join("natter.db");
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let store = Sqlite {
+            conn: Mutex::new(conn),
+            path,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // rusqlite leaves the connection usable after a panic elsewhere; keep going.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for Sqlite {
+    fn log(&self, sync: Synchronous) -> Result<Box<dyn Log>, StoreError> {
+        Ok(Box::new(messages::SqliteLog::open(&self.path, sync)?))
+    }
+}
