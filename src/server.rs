@@ -156,11 +156,15 @@ pub async fn run(
     // One TLS crypto provider for the process (ring); the push client uses the default.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let stats = Arc::new(Stats::default());
+    // Opening connects to the database and may migrate it: blocking work.
+    let (c, s) = (config.clone(), stats.clone());
     let Storage {
         store,
         history,
         directory,
-    } = open_storage(&config, &stats)?;
+    } = tokio::task::spawn_blocking(move || open_storage(&c, &s))
+        .await
+        .map_err(|e| ServerError::Store(StoreError::Thread(std::io::Error::other(e))))??;
     let (signer, access) = build_access(&config, &store, &directory)?;
     let tls = match config.tls_enabled() {
         true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),

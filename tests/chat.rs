@@ -479,7 +479,7 @@ async fn a_user_created_again_under_a_removed_id_inherits_nothing() {
     .await;
 
     // `natter user remove bob`: his connection closes once the server has reloaded.
-    assert!(server.store().remove_user("bob").unwrap());
+    assert!(server.with_store(|s| s.remove_user("bob").unwrap()));
     let e = bob.ended().await;
     assert!(e.0.contains("AdministrativeAction"), "{e:?}");
 

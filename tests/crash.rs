@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{poll_until, RawClient, ServerProcess};
-use natter::store::sqlite::Sqlite;
-use natter::store::Accounts;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -63,15 +61,19 @@ async fn publish_until_killed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Sqlite::open(dir.path()).unwrap();
+    let storage = common::storage(
+        natter::config::Config::default_config().storage,
+        dir.path().to_path_buf(),
+    );
+    common::outside_runtime(|| {
+        let store = natter::store::open(&storage).unwrap();
         for (user, pw) in [("alice", "pw-a"), ("bob", "pw-b")] {
             store
                 .add_user(user, &natter::password::hash(pw, 1000).unwrap())
                 .unwrap();
         }
-    }
-    let server = ServerProcess::start(dir.path());
+    });
+    let server = ServerProcess::start(&storage);
     let acked = Arc::new(Mutex::new(Vec::new()));
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|n| tokio::spawn(publish_until_killed(server.mqtt, n, acked.clone())))
@@ -91,7 +93,7 @@ async fn acknowledged_messages_survive_kill_9() {
     );
 
     // Start again on the same data and read everything back.
-    let server = ServerProcess::start(dir.path());
+    let server = ServerProcess::start(&storage);
     let mut bob = RawClient::login(server.mqtt, "bob", "pw-b", "bob.check", 30).await;
     bob.send(Packet::Subscribe(
         rumqttc::v5::mqttbytes::v5::Subscribe::new(

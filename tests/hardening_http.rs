@@ -156,7 +156,7 @@ async fn parallel_uploads_cannot_pass_the_quota_together() {
     }
     assert!(accepted <= 1, "{accepted} of 10 accepted: {answers:?}");
     assert_eq!(
-        server.store().media_usage("alice").unwrap(),
+        server.with_store(|s| s.media_usage("alice").unwrap()),
         800_000 * accepted
     );
     // The refused uploads hold nothing any more: what is left of the quota can be used.

@@ -321,7 +321,7 @@ async fn admin_health_metrics_and_openapi() {
 
     server.add_user("root", "correct horse");
     server.add_user("joe", "correct horse");
-    server.store().set_admin("root", true).unwrap();
+    server.with_store(|s| s.set_admin("root", true).unwrap());
     let login = |user: &'static str| {
         let api = &api;
         async move {

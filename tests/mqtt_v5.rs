@@ -856,10 +856,15 @@ async fn takeover_and_shutdown_say_why() {
 async fn sigterm_tells_clients_0x8b_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let store = natter::store::sqlite::Sqlite::open(&data).unwrap();
+    let storage = common::storage(natter::config::Config::default_config().storage, data);
     let hash = natter::password::hash("pw-a", 1000).unwrap();
-    natter::store::Accounts::add_user(&store, "alice", &hash).unwrap();
-    let server = common::ServerProcess::start(&data);
+    common::outside_runtime(|| {
+        natter::store::open(&storage)
+            .unwrap()
+            .add_user("alice", &hash)
+            .unwrap()
+    });
+    let server = common::ServerProcess::start(&storage);
     let mut c = RawClient::login(server.mqtt, "alice", "pw-a", "alice.term", 30).await;
     server.terminate();
     assert_eq!(

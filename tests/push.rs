@@ -198,7 +198,7 @@ async fn connected_users_get_no_push_and_gone_endpoints_are_dropped() {
         Duration::from_secs(5),
         "the endpoint goes after 410",
         async || {
-            let endpoints = server.store().push_endpoints("bob").unwrap();
+            let endpoints = server.with_store(|s| s.push_endpoints("bob").unwrap());
             endpoints.is_empty().then_some(())
         },
     )

@@ -205,6 +205,9 @@ pub struct PushConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    pub backend: Backend,
+    /// The PostgreSQL database (`backend = "postgres"`).
+    pub postgres_url: String,
     pub data_dir: PathBuf,
     pub synchronous: Synchronous,
     pub group_commit: bool,
@@ -384,6 +387,16 @@ fn apply_env(
     };
     dst.insert(field.to_string(), parsed);
     Ok(())
+}
+
+/// Where accounts, conversations and history are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// `{data_dir}/natter.db`, embedded.
+    Sqlite,
+    /// A PostgreSQL database at `postgres_url`, which several natter processes may share.
+    Postgres,
 }
 
 /// How commits reach the disk.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::{
-    invalid, AuthConfig, ChatConfig, Config, ConfigError, HttpConfig, LimitsConfig, LogConfig,
+    invalid, AuthConfig, Backend, ChatConfig, Config, ConfigError, HttpConfig, LimitsConfig, LogConfig,
     MediaConfig, MqttConfig, PushConfig, StorageConfig, TlsConfig,
 };
 
@@ -180,6 +180,18 @@ fn storage(s: &StorageConfig) -> Result<(), ConfigError> {
     }
     if s.max_text_bytes == 0 {
         return Err(invalid("storage.max_text_bytes", "must be at least 1"));
+    }
+    if s.backend == Backend::Postgres {
+        if s.postgres_url.is_empty() {
+            return Err(invalid(
+                "storage.postgres_url",
+                "must be set when backend = \"postgres\" (postgres://user:password@host:port/db)",
+            ));
+        }
+        // The reason only: the URL may carry a password.
+        if let Err(e) = s.postgres_url.parse::<postgres::Config>() {
+            return Err(invalid("storage.postgres_url", format!("not a PostgreSQL URL: {e}")));
+        }
     }
     if s.data_dir.as_os_str().is_empty() {
         return Err(invalid("storage.data_dir", "must not be empty"));

@@ -62,3 +62,14 @@ pub struct Page {
     /// More entries exist beyond this page in the direction read.
     pub more: bool,
 }
+
+/// Whether a text goes into the trigram index (the `cjk` column of both backends' schemas).
+pub(in crate::store) fn has_cjk(text: Option<&str>) -> bool {
+    text.is_some_and(|t| t.chars().any(is_cjk))
+}
+
+/// Han, kana, hangul: scripts written without spaces between words. SQLite's migration that
+/// added the `cjk` column lists the same ranges.
+pub(in crate::store) fn is_cjk(c: char) -> bool {
+    matches!(c as u32, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF)
+}

@@ -8,6 +8,7 @@
 //! - `writer.rs`: the history writer thread (group commit, retries), the same for every
 //!   backend, over a backend's [`Log`].
 //! - `sqlite/`: the embedded default, one file in the data directory.
+//! - `postgres/`: a PostgreSQL database that several natter processes can share.
 //! - `clock.rs`: timestamps as stored.
 
 use std::path::PathBuf;
@@ -16,7 +17,10 @@ use std::sync::Arc;
 mod clock;
 mod interface;
 pub mod messages;
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 pub use crate::chat::snapshot::{ConversationRow, Snapshot, UserRow};
@@ -26,7 +30,7 @@ pub use interface::{
 };
 pub use writer::{Log, Writer};
 
-use crate::config::StorageConfig;
+use crate::config::{Backend, StorageConfig};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,12 @@ pub enum StoreError {
     TooNew { found: i64, known: usize },
     #[error("cannot start the history writer: {0}")]
     Thread(std::io::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("postgres: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("{0} does not fit a signed 64-bit number")]
+    OutOfRange(u64),
 }
 
 /// An uploaded file.
@@ -61,5 +71,8 @@ pub struct MediaRow {
 
 /// Opens the configured backend and brings its schema up to date.
 pub fn open(config: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(sqlite::Sqlite::open(&config.data_dir)?))
+    Ok(match config.backend {
+        Backend::Sqlite => Arc::new(sqlite::Sqlite::open(&config.data_dir)?),
+        Backend::Postgres => Arc::new(postgres::Postgres::open(&config.postgres_url)?),
+    })
 }

@@ -10,10 +10,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use natter::config::{Config, StorageConfig};
+use natter::config::{Backend, Config, StorageConfig};
 use natter::edge::Kind;
 use natter::server::{self, Listeners};
 use natter::store::{self, Store};
@@ -76,18 +76,16 @@ impl TestServer {
     }
 
     /// Opens the server's store from outside, as the `natter user …` commands do.
-    pub fn store(&self) -> Arc<dyn Store> {
-        store::open(&self.storage).expect("open store")
+    /// Runs `f` on a thread of its own, outside any async runtime (PostgreSQL's synchronous
+    /// client refuses to run inside one).
+    pub fn with_store<T: Send>(&self, f: impl FnOnce(&dyn Store) -> T + Send) -> T {
+        outside_runtime(|| f(store::open(&self.storage).expect("open store").as_ref()))
     }
 
     /// Adds an account while the server runs (as `natter user add` would).
     pub fn add_user(&self, name: &str, password: &str) {
-        self.store()
-            .add_user(
-                name,
-                &natter::password::hash(password, TEST_ITERATIONS).unwrap(),
-            )
-            .expect("add user");
+        let hash = natter::password::hash(password, TEST_ITERATIONS).unwrap();
+        self.with_store(|s| s.add_user(name, &hash).expect("add user"));
     }
 
     fn launch(tls: bool, users: &[(&str, &str)], edit: impl FnOnce(&mut Config)) -> TestServer {
@@ -101,14 +99,14 @@ impl TestServer {
         config.mqtt.sys_interval_secs = 1;
         config.auth.allow_anonymous = true;
         config.auth.pbkdf2_iterations = TEST_ITERATIONS;
-        config.storage.data_dir = dir.path().join("data");
-        {
+        config.storage = storage(config.storage, dir.path().join("data"));
+        outside_runtime(|| {
             let store = store::open(&config.storage).expect("store");
             for (name, password) in users {
                 let hash = natter::password::hash(password, TEST_ITERATIONS).unwrap();
                 store.add_user(name, &hash).expect("add user");
             }
-        }
+        });
         let mut ca_pem = None;
         if tls {
             let (ca, cert, key) = make_certificates();
@@ -215,4 +213,22 @@ fn make_certificates() -> (String, String, String) {
         .push(SanType::IpAddress([127, 0, 0, 1].into()));
     let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
     (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// `storage` with its data in `data_dir`, on the backend the tests run on: SQLite, or with
+/// `NATTER_TEST_BACKEND=postgres` a fresh database on the server `NATTER_TEST_POSTGRES_URL`
+/// names (`.ci/run` runs the storage tests both ways).
+pub fn storage(mut storage: StorageConfig, data_dir: PathBuf) -> StorageConfig {
+    storage.data_dir = data_dir;
+    if std::env::var("NATTER_TEST_BACKEND").as_deref() == Ok("postgres") {
+        storage.backend = Backend::Postgres;
+        storage.postgres_url = natter::store::postgres::test_database()
+            .expect("NATTER_TEST_BACKEND=postgres needs NATTER_TEST_POSTGRES_URL");
+    }
+    storage
+}
+
+/// Runs `f` on a thread of its own and waits for it: store calls from async tests go there.
+pub fn outside_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("store thread panicked"))
 }

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use natter::config::{Backend, StorageConfig};
+
 use super::{TEST_ITERATIONS, WAIT};
 
 /// The real `natter serve` process, for tests that must kill it (`kill -9`) and start it again
@@ -13,12 +15,19 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    pub fn start(data_dir: &std::path::Path) -> ServerProcess {
+    /// Starts on `storage` (see [`super::storage`]).
+    pub fn start(storage: &StorageConfig) -> ServerProcess {
         use std::io::BufRead;
+        let backend = match storage.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
             .args(["serve", "--mqtt", "127.0.0.1:0", "--ws", "", "--http", ""])
             .arg("--data-dir")
-            .arg(data_dir)
+            .arg(&storage.data_dir)
+            .env("NATTER_STORAGE_BACKEND", backend)
+            .env("NATTER_STORAGE_POSTGRES_URL", &storage.postgres_url)
             .env("NATTER_LOG_FORMAT", "json")
             .env("NATTER_LOG_LEVEL", "info")
             .env("NATTER_AUTH_PBKDF2_ITERATIONS", TEST_ITERATIONS.to_string())

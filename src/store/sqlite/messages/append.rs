@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::history::{row_to_envelope, SELECT};
-use super::index::has_cjk;
+use crate::store::messages::has_cjk;
 use super::{AppendError, Appended, NewMessage};
 use crate::chat::edits::{self, EditRefused, Target};
 use crate::chat::envelope::{Envelope, Kind};

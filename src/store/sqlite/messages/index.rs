@@ -24,14 +24,3 @@ pub(super) fn index_new(tx: &Transaction<'_>, from: &mut Option<i64>) -> Result<
     .execute([first])?;
     Ok(())
 }
-
-/// Whether a text goes into the trigram index (see the schema's `cjk` column).
-pub(super) fn has_cjk(text: Option<&str>) -> bool {
-    text.is_some_and(|t| t.chars().any(is_cjk))
-}
-
-/// Han, kana, hangul: scripts written without spaces between words. The migration that added
-/// the `cjk` column lists the same ranges.
-pub(super) fn is_cjk(c: char) -> bool {
-    matches!(c as u32, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF)
-}

@@ -1,7 +1,7 @@
 //! Full-text search over the history: words through the word index, text in scripts written
 //! without spaces through the trigram index, or a substring scan when too short for trigrams.
 
-use super::index::is_cjk;
+use crate::store::messages::is_cjk;
 use crate::store::messages::Item;
 use crate::store::sqlite::Sqlite;
 use crate::store::{Search, StoreError};

@@ -1,0 +1,150 @@
+//! The history in PostgreSQL: the [`Log`] the writer thread appends through (a connection of
+//! its own, a batch per transaction, reconnecting after the database came back), and the
+//! queries that read entries back.
+//!
+//! Sequence numbers are allocated in the batch's transaction from `conv_seq` (insert or
+//! increment, which locks the conversation's row until COMMIT): another natter process
+//! appending to the same conversation waits for this batch, and a rolled-back append gives
+//! its number back. The unique (sender, conversation, cid) index holds across processes: a
+//! resend that raced its original through another process finds it once that one commits.
+//!
+//! The files: `append.rs` (one message in the batch's transaction), and the readers
+//! `history.rs`, `search.rs`, `receipts.rs`, `retention.rs`.
+
+mod append;
+mod history;
+mod receipts;
+mod retention;
+mod search;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postgres::{Client, NoTls, Statement};
+
+use super::{Db, CONNECT_TIMEOUT};
+use crate::store::messages::{AppendError, Appended, NewMessage};
+use crate::store::writer::{Log, WAIT_MAX};
+use crate::store::StoreError;
+
+/// The writer thread's connection (opened again when it broke) and its statements.
+pub(in crate::store) struct PgLog {
+    config: postgres::Config,
+    client: Option<Client>,
+    cache: HashMap<String, Statement>,
+    /// How long one attempt may wait (`statement_timeout`): asked for, and set on the
+    /// connection.
+    wait: Duration,
+    wait_set: Option<Duration>,
+}
+
+impl PgLog {
+    /// Connects the writer to the database at `url`.
+    pub(in crate::store) fn open(url: &str) -> Result<PgLog, StoreError> {
+        let mut log = PgLog {
+            config: url.parse()?,
+            client: None,
+            cache: HashMap::new(),
+            wait: WAIT_MAX,
+            wait_set: None,
+        };
+        log.connected()?;
+        Ok(log)
+    }
+
+    /// The connection, opened again if the last one broke (the database restarted, the
+    /// network failed), with the statement timeout the next attempt may wait.
+    fn connected(&mut self) -> Result<(&mut Client, &mut HashMap<String, Statement>), StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            self.cache.clear();
+            self.wait_set = None;
+            let mut config = self.config.clone();
+            config.connect_timeout(self.wait.min(CONNECT_TIMEOUT));
+            self.client = Some(config.connect(NoTls)?);
+        }
+        let Some(client) = self.client.as_mut() else {
+            unreachable!("connected just above");
+        };
+        if self.wait_set != Some(self.wait) {
+            client.batch_execute(&format!(
+                "SET statement_timeout = {}",
+                self.wait.as_millis().max(1)
+            ))?;
+            self.wait_set = Some(self.wait);
+        }
+        Ok((client, &mut self.cache))
+    }
+}
+
+impl Log for PgLog {
+    fn commit(
+        &mut self,
+        batch: &[&NewMessage],
+    ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+        let (client, cache) = self.connected()?;
+        let mut tx = client.transaction()?;
+        let mut db = Db {
+            client: &mut tx,
+            cache,
+        };
+        let mut results = Vec::with_capacity(batch.len());
+        // Direct conversations with new entries, and who wrote the first.
+        let mut direct: HashMap<&str, &str> = HashMap::new();
+        for m in batch {
+            let result = append::append_isolated(&mut db, m)?;
+            if matches!(result, Ok(Appended { duplicate: false, .. }))
+                && crate::topics::is_direct(&m.conv)
+            {
+                direct.entry(&m.conv).or_insert(&m.sender);
+            }
+            results.push(result);
+        }
+        // A direct conversation exists once it has an entry. Checked per batch, not cached:
+        // removing a user deletes the row from another connection.
+        for (conv, first_sender) in direct {
+            db.exec(
+                "INSERT INTO conversations (id, kind, created_by, created_at)
+                 VALUES ($1, 'direct', $2, $3) ON CONFLICT (id) DO NOTHING",
+                &[&conv, &first_sender, &crate::store::clock::now()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    fn set_wait(&mut self, wait: Duration) {
+        // Whole tenths of a second: the budget shrinks a little at every attempt, and each
+        // change costs a statement.
+        self.wait = Duration::from_millis(wait.as_millis().div_ceil(100) as u64 * 100);
+    }
+
+    fn is_transient(&self, e: &StoreError) -> bool {
+        is_transient(e)
+    }
+}
+
+/// Whether a failed statement may succeed later: the connection broke or could not be opened,
+/// the database is shutting down, starting or read-only (a failover), out of disk, memory or
+/// connections, a lock or the statement timed out, or a serialization failure or deadlock
+/// rolled the transaction back.
+pub(super) fn is_transient(e: &StoreError) -> bool {
+    match e {
+        StoreError::Pool(_) => true,
+        StoreError::Postgres(e) => match e.code() {
+            // No SQLSTATE: the connection failed, or a value did not convert (which will not
+            // pass).
+            None => {
+                e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            Some(code) => {
+                let code = code.code();
+                matches!(&code[..2], "08" | "40" | "53" | "57" | "58")
+                    || code == "55P03"
+                    || code == "25006"
+            }
+        },
+        _ => false,
+    }
+}
