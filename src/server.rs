@@ -429,10 +429,13 @@ fn secret(config: &Config, file: &str, configured: &str) -> Result<Vec<u8>, Serv
         }
     }
     let s = crate::ids::random_hex(32);
-    std::fs::write(&path, &s).map_err(|source| ServerError::Secret {
-        path: path.clone(),
-        source,
-    })?;
+    // With the history in PostgreSQL nothing else may have made the data directory yet.
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .and_then(|()| std::fs::write(&path, &s))
+        .map_err(|source| ServerError::Secret {
+            path: path.clone(),
+            source,
+        })?;
     tracing::info!(path = %path.display(), "made a new secret");
     Ok(s.into_bytes())
 }

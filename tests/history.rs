@@ -393,9 +393,8 @@ async fn a_message_that_cannot_be_committed_is_never_acknowledged_and_the_writer
     let (mut old, _) = v4::Client::connect(o4).await;
 
     // Another process holds the write lock (as a full disk would, no commit can happen);
-    // readers still read (WAL).
-    let lock = rusqlite::Connection::open(server.path("data/natter.db")).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // readers still read.
+    let lock = server.lock_history();
 
     let sent = Instant::now();
     alice
@@ -443,7 +442,7 @@ async fn a_message_that_cannot_be_committed_is_never_acknowledged_and_the_writer
     );
 
     // Space is back: new messages are acknowledged and stored, the refused ones never were.
-    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
     assert_eq!(
         send(&mut alice, "c/d.alice.bob/m", "after").await,
         PubAckReason::Success

@@ -1,6 +1,6 @@
 //! The one typed configuration: the embedded `config/natter.toml`, or a file given with `--config`,
-//! then `NATTER_<SECTION>_<KEY>` environment overrides, then command-line flags; validated before
-//! anything starts.
+//! then `NATTER_<SECTION>_<KEY>` environment overrides (`NATTER_TEST_*` belongs to the test
+//! suite), then command-line flags; validated before anything starts.
 //!
 //! Environment variables are passed in as an iterator (not read here) so tests can inject them.
 
@@ -17,6 +17,9 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/natter.toml");
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "NATTER_";
+/// Variables for natter's own test suite (`NATTER_TEST_POSTGRES_URL`…), not configuration: a
+/// developer's shell may well have them set while running a server.
+const TEST_ENV_PREFIX: &str = "NATTER_TEST_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -266,6 +269,9 @@ impl Config {
             merge(&mut table, file_table)?;
         }
         for (name, value) in env {
+            if name.starts_with(TEST_ENV_PREFIX) {
+                continue;
+            }
             if let Some(key) = name.strip_prefix(ENV_PREFIX) {
                 apply_env(&mut table, &name, key, &value)?;
             }

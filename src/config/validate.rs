@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::{
-    invalid, AuthConfig, Backend, ChatConfig, Config, ConfigError, HttpConfig, LimitsConfig, LogConfig,
-    MediaConfig, MqttConfig, PushConfig, StorageConfig, TlsConfig,
+    invalid, AuthConfig, Backend, ChatConfig, Config, ConfigError, HttpConfig, LimitsConfig,
+    LogConfig, MediaConfig, MqttConfig, PushConfig, StorageConfig, TlsConfig,
 };
 
 impl Config {
@@ -190,7 +190,10 @@ fn storage(s: &StorageConfig) -> Result<(), ConfigError> {
         }
         // The reason only: the URL may carry a password.
         if let Err(e) = s.postgres_url.parse::<postgres::Config>() {
-            return Err(invalid("storage.postgres_url", format!("not a PostgreSQL URL: {e}")));
+            return Err(invalid(
+                "storage.postgres_url",
+                format!("not a PostgreSQL URL: {e}"),
+            ));
         }
     }
     if s.data_dir.as_os_str().is_empty() {

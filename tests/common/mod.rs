@@ -82,6 +82,39 @@ impl TestServer {
         outside_runtime(|| f(store::open(&self.storage).expect("open store").as_ref()))
     }
 
+    /// Holds the history's write lock from another connection until dropped, as another
+    /// process could: SQLite's database lock, or PostgreSQL's lock on the messages table
+    /// (reads go on in both).
+    pub fn lock_history(&self) -> HistoryLock {
+        let (locked, release) = (mpsc::channel(), mpsc::channel::<()>());
+        let storage = self.storage.clone();
+        let thread = std::thread::spawn(move || match storage.backend {
+            Backend::Sqlite => {
+                let conn = rusqlite::Connection::open(storage.data_dir.join("natter.db"))
+                    .expect("open the database");
+                conn.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+                locked.0.send(()).expect("report the lock");
+                let _ = release.1.recv();
+                conn.execute_batch("COMMIT").expect("unlock");
+            }
+            Backend::Postgres => {
+                let mut client = postgres::Client::connect(&storage.postgres_url, postgres::NoTls)
+                    .expect("connect");
+                let mut tx = client.transaction().expect("begin");
+                tx.batch_execute("LOCK TABLE messages IN EXCLUSIVE MODE")
+                    .expect("lock");
+                locked.0.send(()).expect("report the lock");
+                let _ = release.1.recv();
+                tx.commit().expect("unlock");
+            }
+        });
+        locked.1.recv().expect("the lock is held");
+        HistoryLock {
+            release: Some(release.0),
+            thread: Some(thread),
+        }
+    }
+
     /// Adds an account while the server runs (as `natter user add` would).
     pub fn add_user(&self, name: &str, password: &str) {
         let hash = natter::password::hash(password, TEST_ITERATIONS).unwrap();
@@ -181,6 +214,7 @@ impl TestServer {
             .args(args)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
+            .envs(storage_env(&self.storage))
             .env("NATTER_AUTH_PBKDF2_ITERATIONS", TEST_ITERATIONS.to_string())
             .output()
             .expect("run natter");
@@ -228,7 +262,35 @@ pub fn storage(mut storage: StorageConfig, data_dir: PathBuf) -> StorageConfig {
     storage
 }
 
+/// The environment that puts a `natter` process on `storage`'s backend.
+pub fn storage_env(storage: &StorageConfig) -> [(&'static str, String); 2] {
+    let backend = match storage.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    [
+        ("NATTER_STORAGE_BACKEND", backend.to_string()),
+        ("NATTER_STORAGE_POSTGRES_URL", storage.postgres_url.clone()),
+    ]
+}
+
 /// Runs `f` on a thread of its own and waits for it: store calls from async tests go there.
 pub fn outside_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("store thread panicked"))
+}
+
+/// The history's write lock held by another connection (see [`TestServer::lock_history`]);
+/// dropping it releases the lock.
+pub struct HistoryLock {
+    release: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for HistoryLock {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use natter::config::{Backend, StorageConfig};
+use natter::config::StorageConfig;
 
 use super::{TEST_ITERATIONS, WAIT};
 
@@ -18,16 +18,11 @@ impl ServerProcess {
     /// Starts on `storage` (see [`super::storage`]).
     pub fn start(storage: &StorageConfig) -> ServerProcess {
         use std::io::BufRead;
-        let backend = match storage.backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        };
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
             .args(["serve", "--mqtt", "127.0.0.1:0", "--ws", "", "--http", ""])
             .arg("--data-dir")
             .arg(&storage.data_dir)
-            .env("NATTER_STORAGE_BACKEND", backend)
-            .env("NATTER_STORAGE_POSTGRES_URL", &storage.postgres_url)
+            .envs(super::storage_env(storage))
             .env("NATTER_LOG_FORMAT", "json")
             .env("NATTER_LOG_LEVEL", "info")
             .env("NATTER_AUTH_PBKDF2_ITERATIONS", TEST_ITERATIONS.to_string())

@@ -85,16 +85,16 @@ impl Accounts for Postgres {
 
     /// Whether a user id is taken (checked before hashing a new account's password).
     fn user_exists(&self, id: &str) -> Result<bool, StoreError> {
-        self.with(|db| Ok(db.opt("SELECT 1 FROM users WHERE id = $1", &[&id])?.is_some()))
+        self.with(|db| {
+            Ok(db
+                .opt("SELECT 1 FROM users WHERE id = $1", &[&id])?
+                .is_some())
+        })
     }
 
     fn set_admin(&self, id: &str, admin: bool) -> Result<bool, StoreError> {
-        let n = self.with(|db| {
-            db.exec(
-                "UPDATE users SET admin = $2 WHERE id = $1",
-                &[&id, &admin],
-            )
-        })?;
+        let n =
+            self.with(|db| db.exec("UPDATE users SET admin = $2 WHERE id = $1", &[&id, &admin]))?;
         Ok(n > 0)
     }
 

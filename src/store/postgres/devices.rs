@@ -137,13 +137,14 @@ impl Devices for Postgres {
 /// the user holds stops working (a password change).
 ///
 /// Each device gets its own generation, as SQLite's per-row `randomblob` gives them: the
-/// devices are locked and updated one by one (a user has a handful).
+/// devices are locked (in name order, so two such changes cannot deadlock) and updated one by
+/// one (a user has a handful).
 pub(super) fn renew_all_generations<C: GenericClient>(
     db: &mut Db<'_, C>,
     user: &str,
 ) -> Result<(), StoreError> {
     let devices = db.query(
-        "SELECT device FROM devices WHERE user_id = $1 FOR UPDATE",
+        "SELECT device FROM devices WHERE user_id = $1 ORDER BY device FOR UPDATE",
         &[&user],
     )?;
     for r in &devices {

@@ -13,7 +13,10 @@ impl Directory for Postgres {
     fn directory_version(&self) -> Result<i64, StoreError> {
         self.with(|db| {
             Ok(db
-                .one("SELECT value FROM meta WHERE key = 'directory_version'", &[])?
+                .one(
+                    "SELECT value FROM meta WHERE key = 'directory_version'",
+                    &[],
+                )?
                 .try_get(0)?)
         })
     }

@@ -125,6 +125,9 @@ mod tests {
         drop(store);
         let store = Sqlite::open(dir.path()).unwrap();
         assert_eq!(store.list_users().unwrap()[0].id, "alice");
-        assert_eq!(store.login_info("alice").unwrap(), Some(("h1".into(), false)));
+        assert_eq!(
+            store.login_info("alice").unwrap(),
+            Some(("h1".into(), false))
+        );
     }
 }

@@ -128,16 +128,16 @@ fn users_conversations_and_cascades() {
             ("d.b_b.bob".into(), "bob".into(), 1),
         ])
         .unwrap();
-        assert_eq!(
-            s.media_conversations("m1").unwrap(),
-            ["d.alice.bob"],
-            "{n}"
-        );
+        assert_eq!(s.media_conversations("m1").unwrap(), ["d.alice.bob"], "{n}");
         s.set_block("bob", "alice", true).unwrap();
         let snap = s.snapshot().unwrap();
         assert_eq!(snap.users.len(), 3, "{n}");
         assert_eq!(snap.members.len(), 2, "{n}");
-        assert_eq!(snap.blocks, [("bob".to_string(), "alice".to_string())], "{n}");
+        assert_eq!(
+            snap.blocks,
+            [("bob".to_string(), "alice".to_string())],
+            "{n}"
+        );
         assert_eq!(
             conversation_ids(s),
             ["d.alice.b_b", "d.alice.bob", "g.t"],
@@ -244,7 +244,9 @@ fn accounts() {
             "{n}"
         );
         assert!(
-            users.iter().all(|u| u.created_at > 0 && u.created_at <= before),
+            users
+                .iter()
+                .all(|u| u.created_at > 0 && u.created_at <= before),
             "{n}: created_at in seconds: {users:?}"
         );
         assert_eq!(
@@ -296,7 +298,11 @@ fn devices_and_refresh_tokens() {
             .unwrap()
             .expect("an active device gets a token");
         assert_eq!(gen.len(), 16, "{n}: 64 bits in hex: {gen}");
-        assert!(gen.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{n}");
+        assert!(
+            gen.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "{n}"
+        );
         assert!(s.token_current("alice", "phone", &gen).unwrap(), "{n}");
         assert!(
             !s.token_current("alice", "laptop", &gen).unwrap(),
@@ -312,7 +318,11 @@ fn devices_and_refresh_tokens() {
             Some(("alice".to_string(), "phone".to_string())),
             "{n}"
         );
-        assert_eq!(s.take_refresh_token("r1", now()).unwrap(), None, "{n}: used");
+        assert_eq!(
+            s.take_refresh_token("r1", now()).unwrap(),
+            None,
+            "{n}: used"
+        );
         assert_eq!(s.take_refresh_token("nope", now()).unwrap(), None, "{n}");
         assert!(
             s.token_current("alice", "phone", &gen).unwrap(),
@@ -321,8 +331,16 @@ fn devices_and_refresh_tokens() {
 
         // An expired token is refused, and gone.
         s.add_refresh_token("r3", "alice", "phone", 100).unwrap();
-        assert_eq!(s.take_refresh_token("r3", 100).unwrap(), None, "{n}: expired");
-        assert_eq!(s.take_refresh_token("r3", 50).unwrap(), None, "{n}: removed");
+        assert_eq!(
+            s.take_refresh_token("r3", 100).unwrap(),
+            None,
+            "{n}: expired"
+        );
+        assert_eq!(
+            s.take_refresh_token("r3", 50).unwrap(),
+            None,
+            "{n}: removed"
+        );
 
         // Revoking ends the device's access and refresh tokens.
         s.add_refresh_token("r4", "alice", "phone", LATER).unwrap();
@@ -335,11 +353,9 @@ fn devices_and_refresh_tokens() {
             "{n}: a revoked device gets no token"
         );
         assert!(
-            s.devices("alice").unwrap().contains(&(
-                "phone".to_string(),
-                devices[1].1,
-                true
-            )),
+            s.devices("alice")
+                .unwrap()
+                .contains(&("phone".to_string(), devices[1].1, true)),
             "{n}: listed as revoked"
         );
         assert_eq!(
@@ -359,7 +375,10 @@ fn devices_and_refresh_tokens() {
         assert_ne!(renewed, gen, "{n}");
         assert!(s.token_current("alice", "phone", &renewed).unwrap(), "{n}");
         assert!(
-            s.devices("alice").unwrap().iter().all(|(_, _, revoked)| !revoked),
+            s.devices("alice")
+                .unwrap()
+                .iter()
+                .all(|(_, _, revoked)| !revoked),
             "{n}"
         );
 
@@ -384,9 +403,16 @@ fn password_change_ends_every_token() {
         }
         let mut old = Vec::new();
         for (hash, device) in [("a1", "phone"), ("a2", "laptop")] {
-            old.push(s.add_refresh_token(hash, "alice", device, LATER).unwrap().unwrap());
+            old.push(
+                s.add_refresh_token(hash, "alice", device, LATER)
+                    .unwrap()
+                    .unwrap(),
+            );
         }
-        let bobs = s.add_refresh_token("b1", "bob", "phone", LATER).unwrap().unwrap();
+        let bobs = s
+            .add_refresh_token("b1", "bob", "phone", LATER)
+            .unwrap()
+            .unwrap();
 
         assert!(s.set_password("alice", "h2").unwrap(), "{n}");
         for (device, gen) in ["phone", "laptop"].iter().zip(&old) {
@@ -396,14 +422,30 @@ fn password_change_ends_every_token() {
             );
         }
         for hash in ["a1", "a2"] {
-            assert_eq!(s.take_refresh_token(hash, now()).unwrap(), None, "{n}: {hash}");
+            assert_eq!(
+                s.take_refresh_token(hash, now()).unwrap(),
+                None,
+                "{n}: {hash}"
+            );
         }
-        let phone = s.add_refresh_token("a3", "alice", "phone", LATER).unwrap().unwrap();
-        let laptop = s.add_refresh_token("a4", "alice", "laptop", LATER).unwrap().unwrap();
-        assert!(!old.contains(&phone) && !old.contains(&laptop), "{n}: new generations");
+        let phone = s
+            .add_refresh_token("a3", "alice", "phone", LATER)
+            .unwrap()
+            .unwrap();
+        let laptop = s
+            .add_refresh_token("a4", "alice", "laptop", LATER)
+            .unwrap()
+            .unwrap();
+        assert!(
+            !old.contains(&phone) && !old.contains(&laptop),
+            "{n}: new generations"
+        );
         assert_ne!(phone, laptop, "{n}: each device gets its own generation");
         assert!(
-            s.devices("alice").unwrap().iter().all(|(_, _, revoked)| !revoked),
+            s.devices("alice")
+                .unwrap()
+                .iter()
+                .all(|(_, _, revoked)| !revoked),
             "{n}: the devices stay, active"
         );
         assert_eq!(
@@ -447,7 +489,10 @@ fn conversations_members_and_blocks() {
         );
         let snap = s.snapshot().unwrap();
         assert_eq!(
-            (snap.conversations[0].name.as_str(), snap.conversations[0].topic.as_str()),
+            (
+                snap.conversations[0].name.as_str(),
+                snap.conversations[0].topic.as_str()
+            ),
             ("X", ""),
             "{n}: nor renamed anything"
         );
@@ -475,7 +520,10 @@ fn conversations_members_and_blocks() {
             "{n}: ownership moved"
         );
         assert!(s.remove_member("g.x", "bob").unwrap(), "{n}");
-        assert!(!s.remove_member("g.x", "bob").unwrap(), "{n}: no longer one");
+        assert!(
+            !s.remove_member("g.x", "bob").unwrap(),
+            "{n}: no longer one"
+        );
         assert!(!s.remove_member("g.nope", "alice").unwrap(), "{n}");
         assert_eq!(
             members(s),
@@ -557,13 +605,19 @@ fn directory_version_follows_every_change_and_only_changes() {
         let before = s.directory_version().unwrap();
         f();
         let after = s.directory_version().unwrap();
-        assert!(after > before, "{n}: {what} must raise the directory version");
+        assert!(
+            after > before,
+            "{n}: {what} must raise the directory version"
+        );
     }
     fn keeps(s: &dyn Store, n: &str, what: &str, f: impl FnOnce()) {
         let before = s.directory_version().unwrap();
         f();
         let after = s.directory_version().unwrap();
-        assert_eq!(after, before, "{n}: {what} changes nothing in the directory");
+        assert_eq!(
+            after, before,
+            "{n}: {what} changes nothing in the directory"
+        );
     }
 
     for b in backends() {
@@ -574,7 +628,9 @@ fn directory_version_follows_every_change_and_only_changes() {
         keeps(s, n, "add_user of a taken id", || {
             assert!(s.add_user("alice", "h").is_err())
         });
-        raises(s, n, "set_admin", || assert!(s.set_admin("alice", true).unwrap()));
+        raises(s, n, "set_admin", || {
+            assert!(s.set_admin("alice", true).unwrap())
+        });
         keeps(s, n, "set_admin of nobody", || {
             assert!(!s.set_admin("nobody", true).unwrap())
         });
@@ -589,7 +645,9 @@ fn directory_version_follows_every_change_and_only_changes() {
                 .unwrap()
         });
         keeps(s, n, "create_conversation of a taken id", || {
-            assert!(s.create_conversation("g.x", false, "X", "bob", &[]).is_err())
+            assert!(s
+                .create_conversation("g.x", false, "X", "bob", &[])
+                .is_err())
         });
         raises(s, n, "set_member (new)", || {
             s.set_member("g.x", "bob", "member").unwrap()
@@ -615,11 +673,15 @@ fn directory_version_follows_every_change_and_only_changes() {
         keeps(s, n, "remove_member of a non-member", || {
             assert!(!s.remove_member("g.x", "alice").unwrap())
         });
-        raises(s, n, "set_block (on)", || s.set_block("alice", "bob", true).unwrap());
+        raises(s, n, "set_block (on)", || {
+            s.set_block("alice", "bob", true).unwrap()
+        });
         keeps(s, n, "set_block (on) again", || {
             s.set_block("alice", "bob", true).unwrap()
         });
-        raises(s, n, "set_block (off)", || s.set_block("alice", "bob", false).unwrap());
+        raises(s, n, "set_block (off)", || {
+            s.set_block("alice", "bob", false).unwrap()
+        });
         keeps(s, n, "set_block (off) again", || {
             s.set_block("alice", "bob", false).unwrap()
         });
@@ -628,7 +690,8 @@ fn directory_version_follows_every_change_and_only_changes() {
             s.add_refresh_token("r", "carol", "phone", LATER).unwrap();
             s.revoke_device("carol", "phone").unwrap();
             s.add_media(&upload("m", "h", "carol", 1)).unwrap();
-            s.add_push_endpoint("carol", "https://push.example/1").unwrap();
+            s.add_push_endpoint("carol", "https://push.example/1")
+                .unwrap();
         });
         let mut log = s.log(Synchronous::Normal).unwrap();
         raises(s, n, "a direct conversation's first message", || {
@@ -640,7 +703,9 @@ fn directory_version_follows_every_change_and_only_changes() {
         keeps(s, n, "remove_user of nobody", || {
             assert!(!s.remove_user("nobody").unwrap())
         });
-        raises(s, n, "remove_user", || assert!(s.remove_user("carol").unwrap()));
+        raises(s, n, "remove_user", || {
+            assert!(s.remove_user("carol").unwrap())
+        });
     }
 }
 
@@ -658,7 +723,8 @@ fn media_rows_references_and_release() {
         s.add_media(&upload("m3", "blob3", "alice", 24)).unwrap();
         s.add_media(&upload("m4", "blob4", "bob", 7)).unwrap();
         assert!(
-            s.add_media(&upload("big", "blob5", "alice", u64::MAX)).is_err(),
+            s.add_media(&upload("big", "blob5", "alice", u64::MAX))
+                .is_err(),
             "{n}: a size past i64 is refused"
         );
         assert_eq!(s.media("m1").unwrap(), Some(m1), "{n}");
@@ -734,5 +800,33 @@ fn push_endpoints() {
             s.push_endpoints("alice").unwrap().is_empty(),
             "{n}: they went with the user"
         );
+    }
+}
+
+#[test]
+fn a_refresh_token_is_taken_once_by_concurrent_callers() {
+    for b in backends() {
+        let n = b.name;
+        b.store.add_user("alice", "h").unwrap();
+        b.store.upsert_device("alice", "phone").unwrap();
+        for round in 0..5 {
+            let hash = format!("r{round}");
+            b.store
+                .add_refresh_token(&hash, "alice", "phone", LATER)
+                .unwrap()
+                .unwrap();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let takers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (store, barrier, hash) = (b.store.clone(), barrier.clone(), hash.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        store.take_refresh_token(&hash, now()).unwrap()
+                    })
+                })
+                .collect();
+            let taken = takers.into_iter().filter_map(|t| t.join().unwrap()).count();
+            assert_eq!(taken, 1, "{n}: round {round}: one caller gets the token");
+        }
     }
 }

@@ -77,7 +77,12 @@ fn sequence_numbers_are_dense_per_conversation_and_pages_read_back() {
             .map(|i| text("alice", "g.team", &format!("m{i}")))
             .chain([text("bob", "g.other", "x")])
             .collect();
-        assert_eq!(seqs(&b, &commit(s, &batch)), [1, 2, 3, 4, 5, 1], "{}", b.name);
+        assert_eq!(
+            seqs(&b, &commit(s, &batch)),
+            [1, 2, 3, 4, 5, 1],
+            "{}",
+            b.name
+        );
         // A later batch on a new connection continues the numbering.
         let next = commit(s, &[text("bob", "g.team", "m6")]);
         assert_eq!(seqs(&b, &next), [6], "{}", b.name);
@@ -123,7 +128,12 @@ fn a_resend_is_recognised_by_cid_per_sender_and_conversation() {
         assert_eq!(dup.envelope.id, first.envelope.id, "{}", b.name);
         assert!(!again[1].as_ref().unwrap().duplicate, "{}", b.name);
         assert_eq!(again[2].as_ref().unwrap().envelope.seq, 2, "{}", b.name);
-        assert_eq!(s.after("g.team", 0, 10).unwrap().items.len(), 2, "{}", b.name);
+        assert_eq!(
+            s.after("g.team", 0, 10).unwrap().items.len(),
+            2,
+            "{}",
+            b.name
+        );
     }
 }
 
@@ -140,8 +150,16 @@ fn edits_deletes_and_reactions_apply_to_their_target() {
         let results = commit(
             s,
             &[
-                message("alice", "g.team", content(Kind::Edit, Some("hello"), Some(1))),
-                message("bob", "g.team", content(Kind::Edit, Some("hacked"), Some(1))),
+                message(
+                    "alice",
+                    "g.team",
+                    content(Kind::Edit, Some("hello"), Some(1)),
+                ),
+                message(
+                    "bob",
+                    "g.team",
+                    content(Kind::Edit, Some("hacked"), Some(1)),
+                ),
                 react("bob", Kind::React, "👍"),
                 react("carol", Kind::React, "👍"),
                 react("carol", Kind::React, "🎉"),
@@ -150,7 +168,10 @@ fn edits_deletes_and_reactions_apply_to_their_target() {
         );
         assert!(results[0].is_ok(), "{}", b.name);
         assert!(
-            matches!(results[1], Err(AppendError::Refused(EditRefused::NotAuthor))),
+            matches!(
+                results[1],
+                Err(AppendError::Refused(EditRefused::NotAuthor))
+            ),
             "{}: {:?}",
             b.name,
             results[1]
@@ -165,15 +186,40 @@ fn edits_deletes_and_reactions_apply_to_their_target() {
             b.name
         );
 
-        commit(s, &[message("alice", "g.team", content(Kind::Delete, None, Some(1)))]);
+        commit(
+            s,
+            &[message(
+                "alice",
+                "g.team",
+                content(Kind::Delete, None, Some(1)),
+            )],
+        );
         let item = &s.after("g.team", 0, 1).unwrap().items[0];
         assert!(item.deleted, "{}", b.name);
         assert_eq!(item.envelope.t, None, "{}", b.name);
-        let late = commit(s, &[message("alice", "g.team", content(Kind::Edit, Some("x"), Some(1)))]);
+        let late = commit(
+            s,
+            &[message(
+                "alice",
+                "g.team",
+                content(Kind::Edit, Some("x"), Some(1)),
+            )],
+        );
         assert!(late[0].is_err(), "{}: edited a deleted message", b.name);
         // A target that does not exist.
-        let none = commit(s, &[message("alice", "g.team", content(Kind::Edit, Some("x"), Some(99)))]);
-        assert!(matches!(none[0], Err(AppendError::Refused(_))), "{}", b.name);
+        let none = commit(
+            s,
+            &[message(
+                "alice",
+                "g.team",
+                content(Kind::Edit, Some("x"), Some(99)),
+            )],
+        );
+        assert!(
+            matches!(none[0], Err(AppendError::Refused(_))),
+            "{}",
+            b.name
+        );
     }
 }
 
@@ -188,7 +234,11 @@ fn a_message_the_database_refuses_fails_alone() {
         bad.content.reply_to = Some(u64::MAX);
         let results = commit(
             s,
-            &[text("alice", "g.team", "one"), bad, text("bob", "g.team", "two")],
+            &[
+                text("alice", "g.team", "one"),
+                bad,
+                text("bob", "g.team", "two"),
+            ],
         );
         assert!(
             matches!(results[1], Err(AppendError::Store(_))),
@@ -218,18 +268,33 @@ fn search_matches_words_without_accents_and_cjk_text_as_substrings() {
             ],
         );
         // "deleted café" is g.team's fifth.
-        commit(s, &[message("alice", "g.team", content(Kind::Delete, None, Some(5)))]);
+        commit(
+            s,
+            &[message(
+                "alice",
+                "g.team",
+                content(Kind::Delete, None, Some(5)),
+            )],
+        );
         let team = ["g.team".to_string()];
         let found = |q: &str| texts(&s.search(&team, q, 10).unwrap());
         assert_eq!(found("cafe"), ["Un café au lait"], "{}", b.name);
         assert_eq!(found("CAFÉ"), ["Un café au lait"], "{}", b.name);
         assert_eq!(found("au lait"), ["Un café au lait"], "{}", b.name);
-        assert!(found("lait au").is_empty(), "{}: a phrase, in order", b.name);
+        assert!(
+            found("lait au").is_empty(),
+            "{}: a phrase, in order",
+            b.name
+        );
         assert!(found("caf").is_empty(), "{}: whole words", b.name);
         assert_eq!(found("明天"), ["我们明天见面吧"], "{}", b.name);
         assert_eq!(found("明天见面"), ["我们明天见面吧"], "{}", b.name);
         assert_eq!(found("タワー"), ["東京タワーに行きました"], "{}", b.name);
-        assert!(found("\"; DROP TABLE messages; --").is_empty(), "{}", b.name);
+        assert!(
+            found("\"; DROP TABLE messages; --").is_empty(),
+            "{}",
+            b.name
+        );
         assert!(found("100%").is_empty(), "{}", b.name);
         // Newest first, and only the conversations asked for.
         let both = ["g.team".to_string(), "g.other".to_string()];
@@ -258,13 +323,33 @@ fn receipts_only_go_up_and_read_marks_stop_at_the_end() {
             ],
         );
         let row = |seq| (conv.to_string(), "bob".to_string(), seq);
-        assert_eq!(s.mark_delivered(&[row(2), row(1)]).unwrap(), [true, false], "{}", b.name);
+        assert_eq!(
+            s.mark_delivered(&[row(2), row(1)]).unwrap(),
+            [true, false],
+            "{}",
+            b.name
+        );
         assert_eq!(s.unread(conv, "bob").unwrap(), 3, "{}", b.name);
-        assert_eq!(s.mark_read(conv, "bob", 2, false).unwrap(), Some(2), "{}", b.name);
-        assert_eq!(s.mark_read(conv, "bob", 1, false).unwrap(), None, "{}", b.name);
+        assert_eq!(
+            s.mark_read(conv, "bob", 2, false).unwrap(),
+            Some(2),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.mark_read(conv, "bob", 1, false).unwrap(),
+            None,
+            "{}",
+            b.name
+        );
         assert_eq!(s.unread(conv, "bob").unwrap(), 1, "{}", b.name);
         // Private marks count for unread but are not shown to others.
-        assert_eq!(s.mark_read(conv, "bob", 99, true).unwrap(), Some(4), "{}", b.name);
+        assert_eq!(
+            s.mark_read(conv, "bob", 99, true).unwrap(),
+            Some(4),
+            "{}",
+            b.name
+        );
         assert_eq!(s.unread(conv, "bob").unwrap(), 0, "{}", b.name);
         assert_eq!(
             s.receipts(conv).unwrap(),
@@ -272,7 +357,12 @@ fn receipts_only_go_up_and_read_marks_stop_at_the_end() {
             "{}",
             b.name
         );
-        assert_eq!(s.mark_read("d.alice.carol", "carol", 5, false).unwrap(), None, "{}", b.name);
+        assert_eq!(
+            s.mark_read("d.alice.carol", "carol", 5, false).unwrap(),
+            None,
+            "{}",
+            b.name
+        );
     }
 }
 
@@ -280,10 +370,17 @@ fn receipts_only_go_up_and_read_marks_stop_at_the_end() {
 fn retention_keeps_the_newest_per_conversation_and_numbering_goes_on() {
     for b in backends() {
         let s = b.store.as_ref();
-        let batch: Vec<NewMessage> = (1..=5).map(|i| text("alice", "g.team", &i.to_string())).collect();
+        let batch: Vec<NewMessage> = (1..=5)
+            .map(|i| text("alice", "g.team", &i.to_string()))
+            .collect();
         commit(s, &batch);
         assert_eq!(s.enforce_retention(None, 2).unwrap(), 3, "{}", b.name);
-        assert_eq!(texts(&s.after("g.team", 0, 10).unwrap().items), ["4", "5"], "{}", b.name);
+        assert_eq!(
+            texts(&s.after("g.team", 0, 10).unwrap().items),
+            ["4", "5"],
+            "{}",
+            b.name
+        );
         assert_eq!(s.first_seq("g.team").unwrap(), Some(4), "{}", b.name);
         assert_eq!(s.enforce_retention(None, 0).unwrap(), 0, "{}", b.name);
         let next = commit(s, &[text("alice", "g.team", "6")]);
@@ -291,7 +388,8 @@ fn retention_keeps_the_newest_per_conversation_and_numbering_goes_on() {
         // Everything is older than a zero age... but only what was stored before now.
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(
-            s.enforce_retention(Some(std::time::Duration::ZERO), 0).unwrap(),
+            s.enforce_retention(Some(std::time::Duration::ZERO), 0)
+                .unwrap(),
             3,
             "{}",
             b.name

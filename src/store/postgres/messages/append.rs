@@ -144,9 +144,13 @@ fn find_duplicate<C: GenericClient>(
     };
     // A resend (DUP) without cid: the same device's latest message with this packet id, if
     // it carried the same content to the same conversation.
-    let sql = format!("{SELECT} WHERE device = $1 AND pkid = $2 AND ts > $3 ORDER BY id DESC LIMIT 1");
+    let sql =
+        format!("{SELECT} WHERE device = $1 AND pkid = $2 AND ts > $3 ORDER BY id DESC LIMIT 1");
     let found = db
-        .opt(&sql, &[&m.device, &i32::from(pkid), &(now_ms() - DUP_WINDOW_MS)])?
+        .opt(
+            &sql,
+            &[&m.device, &i32::from(pkid), &(now_ms() - DUP_WINDOW_MS)],
+        )?
         .map(|r| row_to_envelope(&r));
     Ok(found.filter(|e| e.conv == m.conv && e.t == c.text && e.k == c.kind))
 }

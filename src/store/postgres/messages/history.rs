@@ -46,7 +46,14 @@ impl History for Postgres {
 
     fn before(&self, conv: &str, before: u64, limit: usize) -> Result<Page, StoreError> {
         let sql = format!("{SELECT} WHERE conv = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3");
-        self.with(|db| page(db, &sql, &[&conv, &big(before)?, &(limit as i64 + 1)], limit))
+        self.with(|db| {
+            page(
+                db,
+                &sql,
+                &[&conv, &big(before)?, &(limit as i64 + 1)],
+                limit,
+            )
+        })
     }
 
     fn since(&self, convs: &[String], since: i64, limit: usize) -> Result<Page, StoreError> {

@@ -93,8 +93,13 @@ impl Log for PgLog {
         let mut direct: HashMap<&str, &str> = HashMap::new();
         for m in batch {
             let result = append::append_isolated(&mut db, m)?;
-            if matches!(result, Ok(Appended { duplicate: false, .. }))
-                && crate::topics::is_direct(&m.conv)
+            if matches!(
+                result,
+                Ok(Appended {
+                    duplicate: false,
+                    ..
+                })
+            ) && crate::topics::is_direct(&m.conv)
             {
                 direct.entry(&m.conv).or_insert(&m.sender);
             }

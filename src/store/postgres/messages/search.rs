@@ -8,12 +8,7 @@ use crate::store::messages::{is_cjk, Item};
 use crate::store::{Search, StoreError};
 
 impl Search for Postgres {
-    fn search(
-        &self,
-        convs: &[String],
-        query: &str,
-        limit: usize,
-    ) -> Result<Vec<Item>, StoreError> {
+    fn search(&self, convs: &[String], query: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
         if convs.is_empty() {
             return Ok(Vec::new());
         }

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::history::{row_to_envelope, SELECT};
-use crate::store::messages::has_cjk;
 use super::{AppendError, Appended, NewMessage};
 use crate::chat::edits::{self, EditRefused, Target};
 use crate::chat::envelope::{Envelope, Kind};
 use crate::store::clock::now_ms;
+use crate::store::messages::has_cjk;
 use crate::store::StoreError;
 
 /// How far back a DUP resend without a client message id is matched against what was stored.
