@@ -133,13 +133,6 @@ impl TestServer {
         config.auth.allow_anonymous = true;
         config.auth.pbkdf2_iterations = TEST_ITERATIONS;
         config.storage = storage(config.storage, dir.path().join("data"));
-        outside_runtime(|| {
-            let store = store::open(&config.storage).expect("store");
-            for (name, password) in users {
-                let hash = natter::password::hash(password, TEST_ITERATIONS).unwrap();
-                store.add_user(name, &hash).expect("add user");
-            }
-        });
         let mut ca_pem = None;
         if tls {
             let (ca, cert, key) = make_certificates();
@@ -153,6 +146,13 @@ impl TestServer {
         }
         edit(&mut config);
         let storage = config.storage.clone();
+        outside_runtime(|| {
+            let store = store::open(&storage).expect("store");
+            for (name, password) in users {
+                let hash = natter::password::hash(password, TEST_ITERATIONS).unwrap();
+                store.add_user(name, &hash).expect("add user");
+            }
+        });
 
         // The server installs the process-wide TLS provider when it runs; installing it here too
         // means an HTTP client built right after start never races the server thread for it.
