@@ -6,8 +6,8 @@
 #   benches/compare.sh --quick    smoke test: seconds per scenario, small N; fails only on errors
 #
 # Options:
-#   --brokers LIST      comma-separated subset of natter,natter-plain,natter-nogc,natter-norcpt,
-#                       mosquitto,rumqttd,raw (default: all; see benches/README.md)
+#   --brokers LIST      comma-separated subset of natter,natter-pg,natter-plain,natter-nogc,
+#                       natter-norcpt,mosquitto,rumqttd,raw (default: all; see benches/README.md)
 #   --scenarios LIST    comma-separated subset of p2p-max,p2p-rate,fanout,idle,storm (default: all)
 #   --natter-bin PATH   use this natter binary instead of building one
 #   --no-build          use the binaries already in the target directory
@@ -22,7 +22,7 @@ ROOT=$PWD
 COMMAND_LINE="benches/compare.sh${*:+ $*}"
 
 MODE=full
-BROKERS=natter,natter-plain,natter-nogc,natter-norcpt,mosquitto,rumqttd,raw
+BROKERS=natter,natter-pg,natter-plain,natter-nogc,natter-norcpt,mosquitto,rumqttd,raw
 SCENARIOS=p2p-max,p2p-rate,fanout,idle,storm
 NATTER_BIN=
 BUILD=1
@@ -53,7 +53,7 @@ has_natter() { case ",$BROKERS," in *,natter*) return 0 ;; *) return 1 ;; esac; 
 say() { echo "compare.sh: $*" >&2; }
 
 for b in ${BROKERS//,/ }; do
-  case "$b" in natter|natter-plain|natter-nogc|natter-norcpt|mosquitto|rumqttd|raw) ;; *) say "unknown broker $b"; exit 2 ;; esac
+  case "$b" in natter|natter-pg|natter-plain|natter-nogc|natter-norcpt|mosquitto|rumqttd|raw) ;; *) say "unknown broker $b"; exit 2 ;; esac
 done
 for s in ${SCENARIOS//,/ }; do
   case "$s" in p2p-max|p2p-rate|fanout|idle|storm) ;; *) say "unknown scenario $s"; exit 2 ;; esac
@@ -71,6 +71,11 @@ if has "$BROKERS" mosquitto; then
   MOSQUITTO=$(command -v mosquitto || true)
   [ -z "$MOSQUITTO" ] && [ -x /usr/sbin/mosquitto ] && MOSQUITTO=/usr/sbin/mosquitto
   [ -n "$MOSQUITTO" ] || missing+=("mosquitto (the broker, not only the clients): Debian/Ubuntu 'apt-get install mosquitto', or leave it out with --brokers")
+fi
+if has "$BROKERS" natter-pg; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null ||
+    missing+=("PostgreSQL for natter-pg: Debian/Ubuntu 'apt-get install postgresql', or leave it out with --brokers")
+  command -v psql >/dev/null || missing+=("psql for natter-pg (Debian/Ubuntu: postgresql-client)")
 fi
 if [ "$PIN" = 1 ]; then
   command -v taskset >/dev/null || missing+=("taskset for --pin (Debian/Ubuntu: util-linux)")
@@ -142,13 +147,14 @@ NATTER_CHAT_ENV=(NATTER_AUTH_PBKDF2_ITERATIONS=1000 NATTER_HTTP_LOGIN_ATTEMPTS_P
 natter_env() {
   case "$1" in
     natter) echo "${NATTER_CHAT_ENV[@]}" ;;
+    natter-pg) echo "${NATTER_CHAT_ENV[@]}" NATTER_STORAGE_BACKEND=postgres NATTER_STORAGE_POSTGRES_URL="$PG_DB_URL" ;;
     natter-plain) echo NATTER_AUTH_ALLOW_ANONYMOUS=true ;;
     natter-nogc) echo "${NATTER_CHAT_ENV[@]}" NATTER_STORAGE_GROUP_COMMIT=false ;;
     natter-norcpt) echo "${NATTER_CHAT_ENV[@]}" NATTER_CHAT_DELIVERY_RECEIPTS=false ;;
   esac
 }
 # Columns that are variants of the chat column run only the message flows.
-variant() { case "$1" in natter-nogc|natter-norcpt) return 0 ;; *) return 1 ;; esac; }
+variant() { case "$1" in natter-pg|natter-nogc|natter-norcpt) return 0 ;; *) return 1 ;; esac; }
 
 # ---------------------------------------------------------------------------------------------
 # Output and cleanup.
@@ -161,15 +167,32 @@ fi
 RUNTMP=$(mktemp -d "${TMPDIR:-/tmp}/natter-bench.XXXXXX")
 # The broker running now (one at a time); the exit trap stops it.
 BROKER_PID=
+# natter-pg's PostgreSQL: a throwaway cluster (as the tests start theirs), its defaults
+# (synchronous_commit = on: durable at COMMIT, as SQLite's synchronous = full), a fresh
+# database for each scenario.
+PG_DIR=
+PG_URL=
+PG_DB_URL=
+PG_DBS=0
 
 cleanup() {
   if [ -n "$BROKER_PID" ]; then
     stop_broker "$BROKER_PID"
   fi
+  if [ -n "$PG_URL" ]; then
+    "$ROOT/.ci/postgres" stop "$PG_DIR" || true
+    rm -rf "$PG_DIR"
+  fi
   rm -rf "$RUNTMP"
 }
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM
+if has "$BROKERS" natter-pg; then
+  # Its own temporary directory: as root, the cluster belongs to the postgres user, who must
+  # be able to reach it.
+  PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/natter-bench-pg.XXXXXX")
+  PG_URL=$("$ROOT/.ci/postgres" start "$PG_DIR") || { say "PostgreSQL did not start"; exit 1; }
+fi
 
 BROKER_CPU=()
 LOADGEN_CPU=()
@@ -185,6 +208,12 @@ start_broker() {
   case "$name" in
     natter*)
       rm -rf "$RUNTMP/natter-data"
+      if [ "$name" = natter-pg ]; then
+        PG_DBS=$((PG_DBS + 1))
+        psql -q "$PG_URL" -c "CREATE DATABASE bench_$PG_DBS" >>"$log" 2>&1 ||
+          { say "cannot create a PostgreSQL database (see $log)"; return 1; }
+        PG_DB_URL=${PG_URL%/postgres}/bench_$PG_DBS
+      fi
       # shellcheck disable=SC2046 # natter_env prints words meant to be split
       env "${NATTER_ENV[@]}" $(natter_env "$name") "${BROKER_CPU[@]}" "$NATTER" serve \
         --mqtt "127.0.0.1:$port" --ws '' --http "127.0.0.1:$HTTP_PORT" \
@@ -248,6 +277,7 @@ rumqttd_version=$(awk '/^name = "rumqttd"$/ { getline; gsub(/[^0-9.]/, ""); prin
   if has_natter; then
     echo "- natter: $("$NATTER" --version 2>/dev/null | sed 's/^natter //' || echo unknown) (release binary of $(date -u -r "$NATTER" '+%Y-%m-%d %H:%M UTC')), defaults but \`\$SYS\` off and \`limits.publish_rate = 0\`, in these columns:"
     has "$BROKERS" natter && echo "  - \`natter\`: the chat server: every client is a device of an account of its own and connects with its access token (accounts registered and logged in over HTTP first); 1:1 flows are direct conversations, fan-out a group, subscribers listen to \`u/{user}/#\`; every message is stored in SQLite (synchronous = full, group commit) before its PUBACK, and recipients' PUBACKs become delivered receipts"
+    has "$BROKERS" natter-pg && echo "  - \`natter-pg\`: \`natter\` with the history (and accounts, receipts) in a local PostgreSQL $(psql -tA "$PG_URL" -c 'SHOW server_version' 2>/dev/null || echo '?') on the same machine, its defaults (\`synchronous_commit = on\`): every message committed before its PUBACK (message flows only)"
     has "$BROKERS" natter-plain && echo "  - \`natter-plain\`: the same binary as a plain MQTT broker: anonymous clients on ordinary topics, nothing stored"
     has "$BROKERS" natter-nogc && echo "  - \`natter-nogc\`: \`natter\` with \`storage.group_commit = false\` (one transaction and fsync per message)"
     has "$BROKERS" natter-norcpt && echo "  - \`natter-norcpt\`: \`natter\` with \`chat.delivery_receipts = false\`"

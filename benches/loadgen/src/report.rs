@@ -12,8 +12,9 @@ use plotters::prelude::*;
 use crate::results::{distribution_file, CSV_HEADER};
 
 /// Columns in this order; brokers not listed here follow in order of appearance.
-const KNOWN: [&str; 7] = [
+const KNOWN: [&str; 8] = [
     "natter",
+    "natter-pg",
     "natter-plain",
     "natter-nogc",
     "natter-norcpt",
@@ -23,10 +24,11 @@ const KNOWN: [&str; 7] = [
 ];
 
 /// The ratio columns (numerator, denominator), where both columns ran: the chat server against
-/// mosquitto and rumqttd, natter's routing alone against rumqttd's, and what group commit and
-/// delivered receipts are worth.
-const RATIOS: [(&str, &str); 5] = [
+/// mosquitto and rumqttd, natter's routing alone against rumqttd's, the history in PostgreSQL
+/// against SQLite, and what group commit and delivered receipts are worth.
+const RATIOS: [(&str, &str); 6] = [
     ("natter", "mosquitto"),
+    ("natter-pg", "natter"),
     ("natter", "rumqttd"),
     ("natter-plain", "rumqttd"),
     ("natter-nogc", "natter"),
@@ -284,6 +286,7 @@ fn load_font() -> bool {
 fn color(broker: &str) -> RGBColor {
     match broker {
         "natter" => RGBColor(220, 50, 47),
+        "natter-pg" => RGBColor(181, 137, 0),
         "natter-plain" => RGBColor(203, 75, 22),
         "natter-nogc" => RGBColor(211, 54, 130),
         "natter-norcpt" => RGBColor(42, 161, 152),
