@@ -23,11 +23,6 @@ impl Accounts for Postgres {
         Ok(())
     }
 
-    /// Removes a user with their memberships and blocks; returns whether they existed.
-    ///
-    /// Their direct conversations go too, with every message, receipt and media reference in
-    /// them, so that an account created later under the same id inherits nothing. Groups stay
-    /// for the other members.
     fn remove_user(&self, id: &str) -> Result<bool, StoreError> {
         self.tx(|db| {
             for conv in direct_conversations_of(db, id)? {
@@ -70,8 +65,6 @@ impl Accounts for Postgres {
         })
     }
 
-    /// Sets a user's password; every access and refresh token they hold stops working (a
-    /// changed password must shut out whoever had the old one). Whether the user exists.
     fn set_password(&self, id: &str, password_hash: &str) -> Result<bool, StoreError> {
         self.tx(|db| {
             let n = db.exec(
@@ -83,7 +76,6 @@ impl Accounts for Postgres {
         })
     }
 
-    /// Whether a user id is taken (checked before hashing a new account's password).
     fn user_exists(&self, id: &str) -> Result<bool, StoreError> {
         self.with(|db| {
             Ok(db
@@ -98,7 +90,6 @@ impl Accounts for Postgres {
         Ok(n > 0)
     }
 
-    /// A user's password hash and admin flag.
     fn login_info(&self, id: &str) -> Result<Option<(String, bool)>, StoreError> {
         self.with(|db| {
             db.opt("SELECT password, admin FROM users WHERE id = $1", &[&id])?

@@ -35,7 +35,6 @@ pub(super) fn direct_conversations_of<C: GenericClient>(
 }
 
 impl Conversations for Postgres {
-    /// Creates a conversation with its first members.
     fn create_conversation(
         &self,
         id: &str,
@@ -66,7 +65,6 @@ impl Conversations for Postgres {
         })
     }
 
-    /// Adds a member or changes their role.
     fn set_member(&self, conv: &str, user: &str, role: &str) -> Result<(), StoreError> {
         self.with(|db| {
             db.exec(
@@ -78,7 +76,6 @@ impl Conversations for Postgres {
         Ok(())
     }
 
-    /// Makes `to` the owner of `conv` and `from` an admin, together.
     fn transfer_ownership(&self, conv: &str, from: &str, to: &str) -> Result<(), StoreError> {
         self.tx(|db| {
             for (user, role) in [(to, "owner"), (from, "admin")] {
@@ -128,7 +125,6 @@ impl Conversations for Postgres {
         Ok(())
     }
 
-    /// The conversations a user has direct messages in (groups come from the directory).
     fn direct_conversations(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let rows = self.with(|db| {
             db.query(

@@ -22,8 +22,6 @@ fn new_gen() -> String {
 }
 
 impl Devices for Postgres {
-    /// Registers a device for a user (a login); a revoked device logging in again is restored,
-    /// with the generation its revocation gave it (its old tokens stay dead).
     fn upsert_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
         self.with(|db| {
             db.exec(
@@ -35,8 +33,6 @@ impl Devices for Postgres {
         Ok(())
     }
 
-    /// Revokes a device and its refresh tokens (a new generation ends its access tokens);
-    /// whether it existed.
     fn revoke_device(&self, user: &str, device: &str) -> Result<bool, StoreError> {
         self.tx(|db| {
             let n = db.exec(
@@ -51,7 +47,6 @@ impl Devices for Postgres {
         })
     }
 
-    /// A user's devices: (device, created_at, revoked).
     fn devices(&self, user: &str) -> Result<Vec<(String, i64, bool)>, StoreError> {
         self.with(|db| {
             db.query(
@@ -65,8 +60,6 @@ impl Devices for Postgres {
         })
     }
 
-    /// Whether a token of this device and generation is good: the device is known, not
-    /// revoked, and still at that generation.
     fn token_current(&self, user: &str, device: &str, gen: &str) -> Result<bool, StoreError> {
         let found = self.with(|db| {
             db.opt(
@@ -79,9 +72,6 @@ impl Devices for Postgres {
         Ok(found.is_some_and(|(revoked, current)| !revoked && current == gen))
     }
 
-    /// Stores a refresh token for an active device, with the device's current generation,
-    /// which it returns for the access token issued with it (one transaction, so a revocation
-    /// cannot fall between the two). `None`: the device is gone or revoked.
     fn add_refresh_token(
         &self,
         hash: &str,
@@ -104,9 +94,6 @@ impl Devices for Postgres {
         })
     }
 
-    /// Removes a refresh token and returns its (user, device) if it was valid at `now`: not
-    /// expired, and of its device's current generation (not revoked since, no password change
-    /// since). Each token is used once (rotation).
     fn take_refresh_token(
         &self,
         hash: &str,

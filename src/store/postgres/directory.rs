@@ -7,9 +7,6 @@ use super::{Conn, Db, Postgres};
 use crate::store::{ConversationRow, Directory, Snapshot, StoreError, UserRow};
 
 impl Directory for Postgres {
-    /// Increases with every change to accounts, conversations, members or blocks, by any
-    /// process (triggers keep it): the server polls it to pick up `natter user …` changes
-    /// without reloading on every stored message.
     fn directory_version(&self) -> Result<i64, StoreError> {
         self.with(|db| {
             Ok(db
@@ -21,7 +18,6 @@ impl Directory for Postgres {
         })
     }
 
-    /// Reads users, conversations, members and blocks in one consistent view.
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.read_consistent(|db| {
             let mut snap = Snapshot::default();

@@ -6,7 +6,6 @@ use crate::store::clock::now;
 use crate::store::{Media, MediaRow, StoreError};
 
 impl Media for Postgres {
-    /// Records an upload; fails with `Exists` never (ids are random).
     fn add_media(&self, m: &MediaRow) -> Result<(), StoreError> {
         let size = big(m.size)?;
         self.with(|db| {
@@ -19,7 +18,6 @@ impl Media for Postgres {
         Ok(())
     }
 
-    /// Whether any upload's row names the blob `hash`.
     fn media_hash_in_use(&self, hash: &str) -> Result<bool, StoreError> {
         self.with(|db| {
             Ok(db
@@ -51,7 +49,6 @@ impl Media for Postgres {
         })
     }
 
-    /// Bytes a user has uploaded (for the quota).
     fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
         // SUM of a bigint is a numeric: cast back (a total past i64 fails, as SQLite's does).
         let total: i64 = self.with(|db| {
@@ -66,7 +63,6 @@ impl Media for Postgres {
         Ok(total as u64)
     }
 
-    /// The conversations whose messages reference a media id.
     fn media_conversations(&self, id: &str) -> Result<Vec<String>, StoreError> {
         self.with(|db| {
             db.query(
@@ -79,8 +75,6 @@ impl Media for Postgres {
         })
     }
 
-    /// Deletes uploads no message references (any more) and older than `min_age_secs`; returns
-    /// the hashes no upload uses any more (their files can go).
     fn release_unreferenced_media(&self, min_age_secs: i64) -> Result<Vec<String>, StoreError> {
         let cutoff = now() - min_age_secs;
         self.tx(|db| {

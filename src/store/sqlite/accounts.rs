@@ -22,11 +22,6 @@ impl Accounts for Sqlite {
         Ok(())
     }
 
-    /// Removes a user with their memberships and blocks; returns whether they existed.
-    ///
-    /// Their direct conversations go too, with every message, receipt and media reference in
-    /// them, so that an account created later under the same id inherits nothing. Groups stay
-    /// for the other members.
     fn remove_user(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -65,8 +60,6 @@ impl Accounts for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Sets a user's password; every access and refresh token they hold stops working (a
-    /// changed password must shut out whoever had the old one). Whether the user exists.
     fn set_password(&self, id: &str, password_hash: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -79,7 +72,6 @@ impl Accounts for Sqlite {
         Ok(n > 0)
     }
 
-    /// Whether a user id is taken (checked before hashing a new account's password).
     fn user_exists(&self, id: &str) -> Result<bool, StoreError> {
         let conn = self.lock();
         Ok(conn
@@ -97,7 +89,6 @@ impl Accounts for Sqlite {
         Ok(n > 0)
     }
 
-    /// A user's password hash and admin flag.
     fn login_info(&self, id: &str) -> Result<Option<(String, bool)>, StoreError> {
         let conn = self.lock();
         Ok(conn

@@ -30,7 +30,6 @@ pub(super) fn direct_conversations_of(
 }
 
 impl Conversations for Sqlite {
-    /// Creates a conversation with its first members.
     fn create_conversation(
         &self,
         id: &str,
@@ -65,7 +64,6 @@ impl Conversations for Sqlite {
         Ok(())
     }
 
-    /// Adds a member or changes their role.
     fn set_member(&self, conv: &str, user: &str, role: &str) -> Result<(), StoreError> {
         let conn = self.lock();
         conn.execute(
@@ -76,7 +74,6 @@ impl Conversations for Sqlite {
         Ok(())
     }
 
-    /// Makes `to` the owner of `conv` and `from` an admin, together.
     fn transfer_ownership(&self, conv: &str, from: &str, to: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -124,7 +121,6 @@ impl Conversations for Sqlite {
         Ok(())
     }
 
-    /// The conversations a user has direct messages in (groups come from the directory).
     fn direct_conversations(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(

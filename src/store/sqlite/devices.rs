@@ -18,8 +18,6 @@ use crate::store::{Devices, StoreError};
 const NEW_GEN: &str = "lower(hex(randomblob(8)))";
 
 impl Devices for Sqlite {
-    /// Registers a device for a user (a login); a revoked device logging in again is restored,
-    /// with the generation its revocation gave it (its old tokens stay dead).
     fn upsert_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
         self.lock().execute(
             &format!(
@@ -31,8 +29,6 @@ impl Devices for Sqlite {
         Ok(())
     }
 
-    /// Revokes a device and its refresh tokens (a new generation ends its access tokens);
-    /// whether it existed.
     fn revoke_device(&self, user: &str, device: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -50,7 +46,6 @@ impl Devices for Sqlite {
         Ok(n > 0)
     }
 
-    /// A user's devices: (device, created_at, revoked).
     fn devices(&self, user: &str) -> Result<Vec<(String, i64, bool)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
@@ -60,8 +55,6 @@ impl Devices for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Whether a token of this device and generation is good: the device is known, not
-    /// revoked, and still at that generation.
     fn token_current(&self, user: &str, device: &str, gen: &str) -> Result<bool, StoreError> {
         Ok(self
             .lock()
@@ -74,9 +67,6 @@ impl Devices for Sqlite {
             .is_some_and(|(revoked, current)| !revoked && current == gen))
     }
 
-    /// Stores a refresh token for an active device, with the device's current generation,
-    /// which it returns for the access token issued with it (one transaction, so a revocation
-    /// cannot fall between the two). `None`: the device is gone or revoked.
     fn add_refresh_token(
         &self,
         hash: &str,
@@ -98,9 +88,6 @@ impl Devices for Sqlite {
         Ok(Some(gen))
     }
 
-    /// Removes a refresh token and returns its (user, device) if it was valid at `now`: not
-    /// expired, and of its device's current generation (not revoked since, no password change
-    /// since). Each token is used once (rotation).
     fn take_refresh_token(
         &self,
         hash: &str,

@@ -5,9 +5,6 @@ use super::Sqlite;
 use crate::store::{ConversationRow, Directory, Snapshot, StoreError, UserRow};
 
 impl Directory for Sqlite {
-    /// Increases with every change to accounts, conversations, members or blocks, by any
-    /// process (triggers keep it): the server polls it to pick up `natter user …` changes
-    /// without reloading on every stored message.
     fn directory_version(&self) -> Result<i64, StoreError> {
         Ok(self.lock().query_row(
             "SELECT value FROM meta WHERE key = 'directory_version'",
@@ -16,7 +13,6 @@ impl Directory for Sqlite {
         )?)
     }
 
-    /// Reads users, conversations, members and blocks in one consistent view.
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;

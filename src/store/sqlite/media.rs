@@ -8,7 +8,6 @@ use crate::store::clock::now;
 use crate::store::{Media, MediaRow, StoreError};
 
 impl Media for Sqlite {
-    /// Records an upload; fails with `Exists` never (ids are random).
     fn add_media(&self, m: &MediaRow) -> Result<(), StoreError> {
         self.lock().execute(
             "INSERT INTO media (id, hash, owner, size, mime, created_at)
@@ -18,7 +17,6 @@ impl Media for Sqlite {
         Ok(())
     }
 
-    /// Whether any upload's row names the blob `hash`.
     fn media_hash_in_use(&self, hash: &str) -> Result<bool, StoreError> {
         Ok(self.lock().query_row(
             "SELECT EXISTS (SELECT 1 FROM media WHERE hash = ?1)",
@@ -46,7 +44,6 @@ impl Media for Sqlite {
             .optional()?)
     }
 
-    /// Bytes a user has uploaded (for the quota).
     fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
         Ok(self.lock().query_row(
             "SELECT COALESCE(SUM(size), 0) FROM media WHERE owner = ?1",
@@ -55,7 +52,6 @@ impl Media for Sqlite {
         )?)
     }
 
-    /// The conversations whose messages reference a media id.
     fn media_conversations(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.lock();
         let mut stmt =
@@ -64,8 +60,6 @@ impl Media for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Deletes uploads no message references (any more) and older than `min_age_secs`; returns
-    /// the hashes no upload uses any more (their files can go).
     fn release_unreferenced_media(&self, min_age_secs: i64) -> Result<Vec<String>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;

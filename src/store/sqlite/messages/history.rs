@@ -40,7 +40,6 @@ pub(super) fn row_to_envelope(r: &rusqlite::Row<'_>) -> rusqlite::Result<Envelop
 }
 
 impl History for Sqlite {
-    /// Entries of `conv` with `seq > after`, oldest first.
     fn after(&self, conv: &str, after: u64, limit: usize) -> Result<Page, StoreError> {
         self.page(
             &format!("{SELECT} WHERE conv = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"),
@@ -49,7 +48,6 @@ impl History for Sqlite {
         )
     }
 
-    /// Entries of `conv` with `seq < before`, newest first (scrolling up).
     fn before(&self, conv: &str, before: u64, limit: usize) -> Result<Page, StoreError> {
         self.page(
             &format!("{SELECT} WHERE conv = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"),
@@ -58,7 +56,6 @@ impl History for Sqlite {
         )
     }
 
-    /// Entries of the given conversations with `id > since`, in id order (a user's stream).
     fn since(&self, convs: &[String], since: i64, limit: usize) -> Result<Page, StoreError> {
         if convs.is_empty() {
             return Ok(Page {
@@ -74,7 +71,6 @@ impl History for Sqlite {
         self.page(&sql, rusqlite::params_from_iter(values), limit)
     }
 
-    /// The lowest sequence number still stored in `conv` (after retention), if any.
     fn first_seq(&self, conv: &str) -> Result<Option<u64>, StoreError> {
         let conn = self.lock();
         Ok(conn.query_row(

@@ -6,8 +6,6 @@ use crate::store::sqlite::Sqlite;
 use crate::store::{Receipts, StoreError};
 
 impl Receipts for Sqlite {
-    /// Raises each (conversation, user)'s delivered mark to `seq`; for each row, whether it
-    /// went up (marks never go back).
     fn mark_delivered(&self, rows: &[(String, String, u64)]) -> Result<Vec<bool>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -25,13 +23,6 @@ impl Receipts for Sqlite {
         Ok(advanced)
     }
 
-    /// Raises a user's read mark (public, or private: seen only by the user's own devices) to
-    /// `seq`, clamped to the conversation's last sequence number; the mark stored, if it went
-    /// up.
-    ///
-    /// Clamped rather than refused, as chat apps do: a client may mark read up to what it
-    /// believes is the end, and a race with a delete or retention is no error. Stored as sent,
-    /// a mark past the end would count every later message as read, so unread stayed 0.
     fn mark_read(
         &self,
         conv: &str,
@@ -66,7 +57,6 @@ impl Receipts for Sqlite {
         Ok(raised.then_some(seq))
     }
 
-    /// Everyone's public receipts in a conversation: (user, delivered, read).
     fn receipts(&self, conv: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
@@ -76,7 +66,6 @@ impl Receipts for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Messages from others after the user's read mark (public or private).
     fn unread(&self, conv: &str, user: &str) -> Result<u64, StoreError> {
         let conn = self.lock();
         Ok(conn.query_row(

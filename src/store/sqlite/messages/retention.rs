@@ -9,8 +9,6 @@ use crate::store::sqlite::Sqlite;
 use crate::store::{Retention, StoreError};
 
 impl Retention for Sqlite {
-    /// Deletes entries older than `max_age` and beyond the newest `max_per_conv` of each
-    /// conversation (0 disables either rule); returns how many went.
     fn enforce_retention(
         &self,
         max_age: Option<Duration>,

@@ -7,7 +7,6 @@ use crate::store::sqlite::Sqlite;
 use crate::store::{Search, StoreError};
 
 impl Search for Sqlite {
-    /// Full-text search over the messages of the given conversations, newest first.
     fn search(&self, convs: &[String], query: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
         if convs.is_empty() {
             return Ok(Vec::new());
