@@ -46,7 +46,7 @@ pub(super) fn append_isolated(
 
 /// Appends `m`, or finds it stored before; the inner error is a refusal, the outer one a
 /// database error.
-fn append<C: GenericClient>(
+pub(super) fn append<C: GenericClient>(
     db: &mut Db<'_, C>,
     m: &NewMessage,
 ) -> Result<Result<Appended, AppendError>, StoreError> {
@@ -62,42 +62,37 @@ fn append<C: GenericClient>(
     if let Err(refused) = check_target(db, m)? {
         return Ok(Err(AppendError::Refused(refused)));
     }
-    // Insert or increment: the conversation's row stays locked until COMMIT.
-    let seq: i64 = db
-        .one(
-            "INSERT INTO conv_seq (conv, last) VALUES ($1, 1)
-             ON CONFLICT (conv) DO UPDATE SET last = conv_seq.last + 1 RETURNING last",
-            &[&m.conv],
-        )?
-        .get(0);
     let ts = now_ms();
     let c = &m.content;
     let number = |n: Option<u64>| n.map(big).transpose();
-    let id: i64 = db
-        .one(
-            "INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body,
-                                   reply_to, thread, target, emoji, media, cjk)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             RETURNING id",
-            &[
-                &m.conv,
-                &seq,
-                &m.sender,
-                &m.device,
-                &ts,
-                &c.cid,
-                &m.pkid.map(i32::from),
-                &c.kind.as_str(),
-                &c.text,
-                &number(c.reply_to)?,
-                &number(c.thread)?,
-                &number(c.target)?,
-                &c.emoji,
-                &(!c.media.is_empty()).then(|| c.media.join(",")),
-                &has_cjk(c.text.as_deref()),
-            ],
-        )?
-        .get(0);
+    // One round trip: the next number (insert or increment: the conversation's row stays
+    // locked until COMMIT) and the entry under it.
+    let row = db.one(
+        "WITH next AS (
+             INSERT INTO conv_seq (conv, last) VALUES ($1, 1)
+             ON CONFLICT (conv) DO UPDATE SET last = conv_seq.last + 1 RETURNING last)
+         INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body,
+                               reply_to, thread, target, emoji, media, cjk)
+         SELECT $1, next.last, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
+         FROM next RETURNING id, seq",
+        &[
+            &m.conv,
+            &m.sender,
+            &m.device,
+            &ts,
+            &c.cid,
+            &m.pkid.map(i32::from),
+            &c.kind.as_str(),
+            &c.text,
+            &number(c.reply_to)?,
+            &number(c.thread)?,
+            &number(c.target)?,
+            &c.emoji,
+            &(!c.media.is_empty()).then(|| c.media.join(",")),
+            &has_cjk(c.text.as_deref()),
+        ],
+    )?;
+    let (id, seq): (i64, i64) = (row.get(0), row.get(1));
     for media in &c.media {
         db.exec(
             "INSERT INTO media_refs (media, message, conv) VALUES ($1, $2, $3)

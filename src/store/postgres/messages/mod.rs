@@ -83,39 +83,17 @@ impl Log for PgLog {
         batch: &[&NewMessage],
     ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
         let (client, cache) = self.connected()?;
-        let mut tx = client.transaction()?;
-        let mut db = Db {
-            client: &mut tx,
-            cache,
-        };
-        let mut results = Vec::with_capacity(batch.len());
-        // Direct conversations with new entries, and who wrote the first.
-        let mut direct: HashMap<&str, &str> = HashMap::new();
-        for m in batch {
-            let result = append::append_isolated(&mut db, m)?;
-            if matches!(
-                result,
-                Ok(Appended {
-                    duplicate: false,
-                    ..
-                })
-            ) && crate::topics::is_direct(&m.conv)
-            {
-                direct.entry(&m.conv).or_insert(&m.sender);
+        // Savepoints cost two round trips per message, and a message the database refuses is
+        // rare: the batch goes without them first, and only if a statement fails for a reason
+        // that will not pass is it done again with one per message, so that the failure stays
+        // that message's.
+        match commit_batch(client, cache, batch, false) {
+            Err(e) if !is_transient(&e) => {
+                tracing::warn!(error = %e, "a message of the batch failed; isolating each");
+                commit_batch(client, cache, batch, true)
             }
-            results.push(result);
+            result => result,
         }
-        // A direct conversation exists once it has an entry. Checked per batch, not cached:
-        // removing a user deletes the row from another connection.
-        for (conv, first_sender) in direct {
-            db.exec(
-                "INSERT INTO conversations (id, kind, created_by, created_at)
-                 VALUES ($1, 'direct', $2, $3) ON CONFLICT (id) DO NOTHING",
-                &[&conv, &first_sender, &crate::store::clock::now()],
-            )?;
-        }
-        tx.commit()?;
-        Ok(results)
     }
 
     fn set_wait(&mut self, wait: Duration) {
@@ -127,6 +105,53 @@ impl Log for PgLog {
     fn is_transient(&self, e: &StoreError) -> bool {
         is_transient(e)
     }
+}
+
+/// Appends `batch` in one transaction: each message in a savepoint of its own if `isolated`,
+/// else a failure fails the batch.
+fn commit_batch(
+    client: &mut Client,
+    cache: &mut HashMap<String, Statement>,
+    batch: &[&NewMessage],
+    isolated: bool,
+) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+    let mut tx = client.transaction()?;
+    let mut db = Db {
+        client: &mut tx,
+        cache,
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    // Direct conversations with new entries, and who wrote the first.
+    let mut direct: HashMap<&str, &str> = HashMap::new();
+    for m in batch {
+        let result = if isolated {
+            append::append_isolated(&mut db, m)?
+        } else {
+            append::append(&mut db, m)?
+        };
+        if matches!(
+            result,
+            Ok(Appended {
+                duplicate: false,
+                ..
+            })
+        ) && crate::topics::is_direct(&m.conv)
+        {
+            direct.entry(&m.conv).or_insert(&m.sender);
+        }
+        results.push(result);
+    }
+    // A direct conversation exists once it has an entry. Checked per batch, not cached:
+    // removing a user deletes the row from another connection.
+    for (conv, first_sender) in direct {
+        db.exec(
+            "INSERT INTO conversations (id, kind, created_by, created_at)
+             VALUES ($1, 'direct', $2, $3) ON CONFLICT (id) DO NOTHING",
+            &[&conv, &first_sender, &crate::store::clock::now()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(results)
 }
 
 /// Whether a failed statement may succeed later: the connection broke or could not be opened,
