@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{poll_until, RawClient, ServerProcess};
+use common::{history_cids, poll_until, RawClient, ServerProcess};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const PUBLISHERS: usize = 3;
 /// Messages each publisher keeps in flight.
@@ -94,38 +94,7 @@ async fn acknowledged_messages_survive_kill_9() {
 
     // Start again on the same data and read everything back.
     let server = ServerProcess::start(&storage);
-    let mut bob = RawClient::login(server.mqtt, "bob", "pw-b", "bob.check", 30).await;
-    bob.send(Packet::Subscribe(
-        rumqttc::v5::mqttbytes::v5::Subscribe::new(
-            rumqttc::v5::mqttbytes::v5::Filter::new("u/bob/reply/#", QoS::AtMostOnce),
-            None,
-        ),
-    ))
-    .await;
-    assert!(matches!(bob.recv().await, Some(Packet::SubAck(_))));
-    let mut stored: Vec<(u64, String)> = Vec::new();
-    let mut after = 0;
-    loop {
-        let body = json!({"conv": "d.alice.bob", "after": after, "limit": 200}).to_string();
-        bob.send(Packet::Publish(Publish::new(
-            "q/bob/sync",
-            QoS::AtMostOnce,
-            Bytes::from(body),
-            None,
-        )))
-        .await;
-        let reply: Value = serde_json::from_slice(&bob.publish().await.payload).unwrap();
-        for m in reply["messages"].as_array().unwrap() {
-            stored.push((
-                m["seq"].as_u64().unwrap(),
-                m["cid"].as_str().unwrap().to_string(),
-            ));
-        }
-        after = reply["next"].as_u64().unwrap();
-        if reply["more"] == false {
-            break;
-        }
-    }
+    let stored = history_cids(server.mqtt, "bob", "pw-b", "d.alice.bob").await;
 
     // Dense sequence numbers, no cid twice, every acknowledged cid present.
     for (i, (seq, _)) in stored.iter().enumerate() {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{eventually, RawClient, TestServer};
+use common::{eventually, history_cids, RawClient, TestServer};
 use natter::config::Backend;
 use natter::store::postgres::TEST_URL_VAR;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish};
@@ -141,39 +141,7 @@ async fn postgres_stopped_for_five_seconds_loses_nothing_acknowledged() {
     );
 
     // New connections log in again (the pool recovered) and read the whole history back.
-    let mut bob = RawClient::login(server.mqtt, "bob", "pw-b", "bob.check", 30).await;
-    bob.send(Packet::Subscribe(
-        rumqttc::v5::mqttbytes::v5::Subscribe::new(
-            rumqttc::v5::mqttbytes::v5::Filter::new("u/bob/reply/#", QoS::AtMostOnce),
-            None,
-        ),
-    ))
-    .await;
-    assert!(matches!(bob.recv().await, Some(Packet::SubAck(_))));
-    let mut stored = Vec::new();
-    let mut after = 0;
-    loop {
-        let body = json!({"conv": "d.alice.bob", "after": after, "limit": 200}).to_string();
-        bob.send(Packet::Publish(Publish::new(
-            "q/bob/sync",
-            QoS::AtMostOnce,
-            Bytes::from(body),
-            None,
-        )))
-        .await;
-        let reply: serde_json::Value =
-            serde_json::from_slice(&bob.publish().await.payload).unwrap();
-        for m in reply["messages"].as_array().unwrap() {
-            stored.push((
-                m["seq"].as_u64().unwrap(),
-                m["cid"].as_str().unwrap().to_string(),
-            ));
-        }
-        after = reply["next"].as_u64().unwrap();
-        if reply["more"] == false {
-            break;
-        }
-    }
+    let stored = history_cids(server.mqtt, "bob", "pw-b", "d.alice.bob").await;
     for (i, (seq, _)) in stored.iter().enumerate() {
         assert_eq!(*seq, i as u64 + 1, "sequence numbers have a hole");
     }

@@ -22,6 +22,29 @@ pub struct NewMessage {
     pub content: Content,
 }
 
+impl NewMessage {
+    /// The envelope of this message stored as entry `seq` with row id `id` at `ts`.
+    pub(in crate::store) fn envelope(&self, id: i64, seq: u64, ts: i64) -> Envelope {
+        let c = &self.content;
+        Envelope {
+            id,
+            conv: self.conv.clone(),
+            seq,
+            from: self.sender.clone(),
+            dev: self.device.clone(),
+            ts,
+            k: c.kind,
+            cid: c.cid.clone(),
+            t: c.text.clone(),
+            re: c.reply_to,
+            th: c.thread,
+            target: c.target,
+            emoji: c.emoji.clone(),
+            media: c.media.clone(),
+        }
+    }
+}
+
 /// The stored message; `duplicate` when it was stored before (same sender, conversation and cid, or a DUP
 /// resend): it must then not be delivered again.
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ pub mod wait;
 #[allow(unused_imports)]
 pub use process::ServerProcess;
 #[allow(unused_imports)]
-pub use raw::RawClient;
+pub use raw::{history_cids, RawClient};
 #[allow(unused_imports)]
 pub use wait::{eventually, poll_until, WAIT};
 

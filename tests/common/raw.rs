@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
     Connect, ConnectProperties, ConnectReturnCode, Login, Packet, Publish,
 };
+use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -129,4 +130,48 @@ impl RawClient {
     pub fn vanish(self) {
         drop(self.stream);
     }
+}
+
+/// A conversation's whole history as `user` reads it back through `q/{user}/sync` on a
+/// connection of its own (client id `{user}.check`): each entry's (seq, cid), in order.
+pub async fn history_cids(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    conv: &str,
+) -> Vec<(u64, String)> {
+    use rumqttc::v5::mqttbytes::v5::{Filter, Subscribe};
+    let mut c = RawClient::login(addr, user, password, &format!("{user}.check"), 30).await;
+    let reply_filter = format!("u/{user}/reply/#");
+    c.send(Packet::Subscribe(Subscribe::new(
+        Filter::new(reply_filter, QoS::AtMostOnce),
+        None,
+    )))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let body = serde_json::json!({"conv": conv, "after": after, "limit": 200}).to_string();
+        let topic = format!("q/{user}/sync");
+        c.send(Packet::Publish(Publish::new(
+            topic,
+            QoS::AtMostOnce,
+            body,
+            None,
+        )))
+        .await;
+        let reply: serde_json::Value = serde_json::from_slice(&c.publish().await.payload).unwrap();
+        for m in reply["messages"].as_array().unwrap() {
+            stored.push((
+                m["seq"].as_u64().unwrap(),
+                m["cid"].as_str().unwrap().to_string(),
+            ));
+        }
+        after = reply["next"].as_u64().unwrap();
+        if reply["more"] == false {
+            break;
+        }
+    }
+    stored
 }

@@ -91,9 +91,38 @@ impl Postgres {
         &self,
         f: impl FnOnce(&mut Db<'_, postgres::Transaction<'_>>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.transaction(false, f)
+    }
+
+    /// Runs `f` in a read-only REPEATABLE READ transaction: all its queries see the database
+    /// as of the first one (under the default READ COMMITTED each would see the commits made
+    /// since the one before, and a member could be read without their conversation). Nothing
+    /// is written, so nothing can fail to serialise.
+    pub(super) fn read_consistent<T>(
+        &self,
+        f: impl FnOnce(&mut Db<'_, postgres::Transaction<'_>>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transaction(true, f)
+    }
+
+    fn transaction<T>(
+        &self,
+        consistent_read: bool,
+        f: impl FnOnce(&mut Db<'_, postgres::Transaction<'_>>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.pool()?;
         let Conn { client, cache } = &mut *conn;
-        let mut tx = client.transaction()?;
+        // A transaction object: if `f` fails it is rolled back when dropped, rather than going
+        // back to the pool still open.
+        let mut tx = if consistent_read {
+            client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?
+        } else {
+            client.transaction()?
+        };
         let result = f(&mut Db {
             client: &mut tx,
             cache,

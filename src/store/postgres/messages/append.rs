@@ -102,22 +102,7 @@ pub(super) fn append<C: GenericClient>(
     }
     apply_to_target(db, m)?;
     Ok(Ok(Appended {
-        envelope: Envelope {
-            id,
-            conv: m.conv.clone(),
-            seq: seq as u64,
-            from: m.sender.clone(),
-            dev: m.device.clone(),
-            ts,
-            k: c.kind,
-            cid: c.cid.clone(),
-            t: c.text.clone(),
-            re: c.reply_to,
-            th: c.thread,
-            target: c.target,
-            emoji: c.emoji.clone(),
-            media: c.media.clone(),
-        },
+        envelope: m.envelope(id, seq as u64, ts),
         duplicate: false,
     }))
 }

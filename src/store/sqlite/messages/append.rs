@@ -44,7 +44,7 @@ pub(super) fn append(
     apply_to_target(tx, m)?;
     last_seq.insert(m.conv.clone(), seq);
     Ok(Ok(Appended {
-        envelope: envelope(m, id, seq, ts),
+        envelope: m.envelope(id, seq, ts),
         duplicate: false,
     }))
 }
@@ -205,25 +205,4 @@ fn apply_to_target(tx: &Connection, m: &NewMessage) -> Result<(), StoreError> {
         _ => {}
     }
     Ok(())
-}
-
-/// The envelope of `m` stored as entry `seq` with row id `id` at `ts`.
-fn envelope(m: &NewMessage, id: i64, seq: u64, ts: i64) -> Envelope {
-    let c = &m.content;
-    Envelope {
-        id,
-        conv: m.conv.clone(),
-        seq,
-        from: m.sender.clone(),
-        dev: m.device.clone(),
-        ts,
-        k: c.kind,
-        cid: c.cid.clone(),
-        t: c.text.clone(),
-        re: c.reply_to,
-        th: c.thread,
-        target: c.target,
-        emoji: c.emoji.clone(),
-        media: c.media.clone(),
-    }
 }
