@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use natter::chat::Role;
-use natter::config::{Config, LogFormat, Overrides, DEFAULT_TOML};
+use natter::config::{Backend, Config, LogFormat, Overrides, DEFAULT_TOML};
 use natter::server::{self, Listeners};
 use natter::store::{self, Store};
 use natter::{password, topics};
@@ -70,6 +71,21 @@ enum Command {
         common: Common,
         #[command(subcommand)]
         command: ConvCommand,
+    },
+    /// Bring the configured database's schema up to date, without starting the server (the
+    /// server does it at start too): for PostgreSQL, before new versions of natter roll out.
+    Migrate {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Copy the SQLite data directory's database into an empty PostgreSQL database (stop the
+    /// server first: what it writes during the copy is not copied).
+    MigrateToPostgres {
+        #[command(flatten)]
+        common: Common,
+        /// The target database: postgres://user:password@host:port/database.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -160,6 +176,16 @@ fn main() -> ExitCode {
         Command::Conv { common, command } => {
             run_admin(&common, |store, _| conv_command(store, command))
         }
+        Command::Migrate { common } => run_admin(&common, |_, config| {
+            // Opening the store migrated it.
+            let backend = match config.storage.backend {
+                Backend::Sqlite => "SQLite",
+                Backend::Postgres => "PostgreSQL",
+            };
+            println!("the {backend} schema is up to date");
+            Ok(())
+        }),
+        Command::MigrateToPostgres { common, to } => migrate_to_postgres(&common, &to),
         Command::Serve {
             config,
             mqtt,
@@ -191,21 +217,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration of a command that works on the store; a bad one is said (exit code 2).
+fn admin_config(common: &Common) -> Result<Config, ExitCode> {
+    let overrides = Overrides {
+        data_dir: common.data_dir.clone(),
+        ..Overrides::default()
+    };
+    Config::load(common.config.as_deref(), std::env::vars(), &overrides).map_err(|e| {
+        eprintln!("natter: {e}");
+        ExitCode::from(2)
+    })
+}
+
 /// Runs an account or conversation command against the store.
 fn run_admin(
     common: &Common,
     f: impl FnOnce(&dyn Store, &Config) -> anyhow::Result<()>,
 ) -> ExitCode {
-    let overrides = Overrides {
-        data_dir: common.data_dir.clone(),
-        ..Overrides::default()
-    };
-    let config = match Config::load(common.config.as_deref(), std::env::vars(), &overrides) {
+    let config = match admin_config(common) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("natter: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let result = store::open(&config.storage)
         .context("cannot open the store")
@@ -214,6 +245,32 @@ fn run_admin(
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("natter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Copies the SQLite database into PostgreSQL and prints what went over.
+fn migrate_to_postgres(common: &Common, url: &str) -> ExitCode {
+    let config = match admin_config(common) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let data_dir = &config.storage.data_dir;
+    let started = Instant::now();
+    match store::transfer::sqlite_to_postgres(data_dir, url) {
+        Ok(copied) => {
+            let secs = started.elapsed().as_secs_f64();
+            // The URL is not repeated: it may hold a password.
+            println!(
+                "migrated {} to PostgreSQL in {secs:.1} s ({:.0} rows/s): {copied}",
+                data_dir.join("natter.db").display(),
+                copied.total() as f64 / secs.max(0.001),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("natter: migrate-to-postgres: {e}");
             ExitCode::FAILURE
         }
     }

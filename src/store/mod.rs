@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod transfer;
 mod writer;
 
 pub use crate::chat::snapshot::{ConversationRow, Snapshot, UserRow};
@@ -51,10 +52,11 @@ pub enum StoreError {
     TooNew { found: i64, known: usize },
     #[error("cannot start the history writer: {0}")]
     Thread(std::io::Error),
+    /// Its text carries the causes (see [`with_causes`]), so it names no source.
+    #[error("postgres: {}", with_causes(.0))]
+    Postgres(::postgres::Error),
     #[error("postgres: {0}")]
-    Postgres(#[from] ::postgres::Error),
-    #[error("postgres: {0}")]
-    Pool(#[from] r2d2::Error),
+    Pool(String),
     #[error("{0} does not fit a signed 64-bit number")]
     OutOfRange(u64),
 }
@@ -67,6 +69,33 @@ pub struct MediaRow {
     pub owner: String,
     pub size: u64,
     pub mime: String,
+}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> StoreError {
+        StoreError::Postgres(e)
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> StoreError {
+        StoreError::Pool(e.to_string())
+    }
+}
+
+/// An error with what caused it: the postgres client's own message is often only "error
+/// connecting to server", the reason ("connection refused") is its source.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Opens the configured backend and brings its schema up to date.

@@ -162,21 +162,36 @@ struct Manager {
     url: String,
 }
 
+/// A connection error as the pool reports it: with its cause, which says why.
+#[derive(Debug)]
+struct ConnectError(postgres::Error);
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&super::with_causes(&self.0))
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
 impl r2d2::ManageConnection for Manager {
     type Connection = Conn;
-    type Error = postgres::Error;
+    type Error = ConnectError;
 
-    fn connect(&self) -> Result<Conn, postgres::Error> {
-        let mut config: postgres::Config = self.url.parse()?;
+    fn connect(&self) -> Result<Conn, ConnectError> {
+        let mut config: postgres::Config = self.url.parse().map_err(ConnectError)?;
         config.connect_timeout(CONNECT_TIMEOUT);
         Ok(Conn {
-            client: config.connect(NoTls)?,
+            client: config.connect(NoTls).map_err(ConnectError)?,
             cache: HashMap::new(),
         })
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
-        conn.client.simple_query("").map(|_| ())
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), ConnectError> {
+        conn.client
+            .simple_query("")
+            .map(|_| ())
+            .map_err(ConnectError)
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
