@@ -137,6 +137,55 @@ fn a_resend_is_recognised_by_cid_per_sender_and_conversation() {
     }
 }
 
+/// One batch mixing conversations, a resend of a message earlier in the same batch, and an
+/// edit of it: every message in order, as if appended one by one.
+#[test]
+fn a_mixed_batch_is_appended_in_order() {
+    for b in backends() {
+        let s = b.store.as_ref();
+        let results = commit(
+            s,
+            &[
+                with_cid(text("alice", "g.team", "one"), "c-1"),
+                with_cid(text("alice", "g.team", "one"), "c-1"),
+                text("bob", "g.other", "x"),
+                message("alice", "g.team", content(Kind::Edit, Some("uno"), Some(1))),
+                text("bob", "g.team", "two"),
+                text("bob", "g.other", "y"),
+            ],
+        );
+        let appended: Vec<&Appended> = results
+            .iter()
+            .map(|r| r.as_ref().unwrap_or_else(|e| panic!("{}: {e}", b.name)))
+            .collect();
+        let seqs: Vec<u64> = appended.iter().map(|a| a.envelope.seq).collect();
+        assert_eq!(seqs, [1, 1, 1, 2, 3, 2], "{}", b.name);
+        assert!(appended[1].duplicate, "{}", b.name);
+        assert_eq!(
+            appended[1].envelope.id, appended[0].envelope.id,
+            "{}",
+            b.name
+        );
+        let ids: Vec<i64> = [0, 2, 3, 4, 5]
+            .iter()
+            .map(|&i| appended[i].envelope.id)
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{}: ids {ids:?}",
+            b.name
+        );
+        let team = s.after("g.team", 0, 10).unwrap().items;
+        assert_eq!(texts(&team), ["uno", "uno", "two"], "{}", b.name);
+        assert_eq!(
+            texts(&s.after("g.other", 0, 10).unwrap().items),
+            ["x", "y"],
+            "{}",
+            b.name
+        );
+    }
+}
+
 #[test]
 fn edits_deletes_and_reactions_apply_to_their_target() {
     for b in backends() {

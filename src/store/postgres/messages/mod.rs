@@ -12,6 +12,7 @@
 //! `history.rs`, `search.rs`, `receipts.rs`, `retention.rs`.
 
 mod append;
+mod bulk;
 mod history;
 mod receipts;
 mod retention;
@@ -123,23 +124,33 @@ fn commit_batch(
     let mut results = Vec::with_capacity(batch.len());
     // Direct conversations with new entries, and who wrote the first.
     let mut direct: HashMap<&str, &str> = HashMap::new();
-    for m in batch {
-        let result = if isolated {
-            append::append_isolated(&mut db, m)?
+    let mut rest = batch;
+    while let Some(m) = rest.first() {
+        // A run of plain messages in a few statements, anything else one by one.
+        let run = if isolated {
+            0
         } else {
-            append::append(&mut db, m)?
+            rest.iter().take_while(|m| bulk::is_plain(m)).count()
         };
-        if matches!(
-            result,
-            Ok(Appended {
-                duplicate: false,
-                ..
-            })
-        ) && crate::topics::is_direct(&m.conv)
-        {
-            direct.entry(&m.conv).or_insert(&m.sender);
+        let (done, appended) = match run {
+            0 if isolated => (1, vec![append::append_isolated(&mut db, m)?]),
+            0 => (1, vec![append::append(&mut db, m)?]),
+            n => (n, bulk::append_run(&mut db, &rest[..n])?),
+        };
+        for (m, result) in rest[..done].iter().zip(&appended) {
+            if matches!(
+                result,
+                Ok(Appended {
+                    duplicate: false,
+                    ..
+                })
+            ) && crate::topics::is_direct(&m.conv)
+            {
+                direct.entry(&m.conv).or_insert(&m.sender);
+            }
         }
-        results.push(result);
+        results.extend(appended);
+        rest = &rest[done..];
     }
     // A direct conversation exists once it has an entry. Checked per batch, not cached:
     // removing a user deletes the row from another connection.

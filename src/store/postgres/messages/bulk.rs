@@ -1,0 +1,232 @@
+//! A run of plain messages (new text to a conversation: no target, no media, not a DUP resend
+//! without a client message id) appended in a few statements whatever its length: one lookup
+//! of the resends among them, one to take each conversation's next numbers, one insert. A
+//! statement is a round trip to the database, and one per message is what bounds a writer.
+
+use std::collections::{BTreeMap, HashMap};
+
+use postgres::GenericClient;
+
+use super::super::{big, Db};
+use super::history::row_to_envelope;
+use crate::chat::envelope::Envelope;
+use crate::store::clock::now_ms;
+use crate::store::messages::{has_cjk, AppendError, Appended, NewMessage};
+use crate::store::StoreError;
+
+/// Whether `m` can go in a run (see the module's documentation).
+pub(super) fn is_plain(m: &NewMessage) -> bool {
+    let c = &m.content;
+    c.target.is_none() && c.media.is_empty() && (c.cid.is_some() || !m.dup)
+}
+
+/// Appends the plain messages of `run` in order, as [`super::append::append`] would one by one.
+pub(super) fn append_run<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    run: &[&NewMessage],
+) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+    let stored = stored_resends(db, run)?;
+    // What each message is: a resend of a stored entry, of an earlier message of the run, or
+    // new (then how many new ones its conversation has so far).
+    enum Is {
+        Stored(Envelope),
+        Earlier(usize),
+        New,
+    }
+    let mut first_with: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut new_per_conv: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut what = Vec::with_capacity(run.len());
+    for (i, m) in run.iter().enumerate() {
+        if let Some(cid) = m.content.cid.as_deref() {
+            let key = (m.sender.as_str(), m.conv.as_str(), cid);
+            if let Some(e) = stored.get(&key) {
+                what.push(Is::Stored(e.clone()));
+                continue;
+            }
+            if let Some(&first) = first_with.get(&key) {
+                what.push(Is::Earlier(first));
+                continue;
+            }
+            first_with.insert(key, i);
+        }
+        *new_per_conv.entry(&m.conv).or_default() += 1;
+        what.push(Is::New);
+    }
+
+    // Each conversation's numbers: its row is locked until COMMIT. In name order (the map's),
+    // so that two writers locking several conversations take them in the same order.
+    let (convs, counts): (Vec<&str>, Vec<i64>) = new_per_conv.into_iter().unzip();
+    let mut next: HashMap<String, i64> = HashMap::new();
+    if !convs.is_empty() {
+        let rows = db.query(
+            "INSERT INTO conv_seq (conv, last) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[])
+             ON CONFLICT (conv) DO UPDATE SET last = conv_seq.last + excluded.last
+             RETURNING conv, last",
+            &[&convs, &counts],
+        )?;
+        // RETURNING gives no order: each conversation's count is found by name.
+        let count_of: HashMap<&str, i64> =
+            convs.iter().copied().zip(counts.iter().copied()).collect();
+        for r in &rows {
+            let (conv, last): (String, i64) = (r.get(0), r.get(1));
+            let n = count_of.get(conv.as_str()).copied().unwrap_or(0);
+            next.insert(conv, last - n + 1);
+        }
+    }
+
+    let ts = now_ms();
+    let mut new = Columns::default();
+    let mut seqs = vec![0i64; run.len()];
+    for (i, m) in run.iter().enumerate() {
+        if !matches!(what[i], Is::New) {
+            continue;
+        }
+        let Some(seq) = next.get_mut(&m.conv) else {
+            return Err(StoreError::Commit(format!(
+                "no sequence taken for {}",
+                m.conv
+            )));
+        };
+        seqs[i] = *seq;
+        *seq += 1;
+        new.push(m, seqs[i], ts)?;
+    }
+    let mut ids: HashMap<(String, i64), i64> = HashMap::new();
+    if !new.conv.is_empty() {
+        let rows = db.query(
+            "INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body,
+                                   reply_to, thread, emoji, cjk)
+             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[],
+                                  $5::BIGINT[], $6::TEXT[], $7::INT[], $8::TEXT[], $9::TEXT[],
+                                  $10::BIGINT[], $11::BIGINT[], $12::TEXT[], $13::BOOL[])
+             RETURNING conv, seq, id",
+            &[
+                &new.conv,
+                &new.seq,
+                &new.sender,
+                &new.device,
+                &new.ts,
+                &new.cid,
+                &new.pkid,
+                &new.kind,
+                &new.body,
+                &new.reply_to,
+                &new.thread,
+                &new.emoji,
+                &new.cjk,
+            ],
+        )?;
+        for r in &rows {
+            ids.insert((r.get(0), r.get(1)), r.get(2));
+        }
+    }
+
+    let mut appended: Vec<Appended> = Vec::with_capacity(run.len());
+    for (i, (m, is)) in run.iter().zip(what).enumerate() {
+        let a = match is {
+            Is::Stored(envelope) => Appended {
+                envelope,
+                duplicate: true,
+            },
+            Is::Earlier(first) => Appended {
+                envelope: appended[first].envelope.clone(),
+                duplicate: true,
+            },
+            Is::New => {
+                let Some(&id) = ids.get(&(m.conv.clone(), seqs[i])) else {
+                    return Err(StoreError::Commit(format!(
+                        "entry {} of {} not returned by its insert",
+                        seqs[i], m.conv
+                    )));
+                };
+                Appended {
+                    envelope: m.envelope(id, seqs[i] as u64, ts),
+                    duplicate: false,
+                }
+            }
+        };
+        appended.push(a);
+    }
+    Ok(appended.into_iter().map(Ok).collect())
+}
+
+/// The entries the messages of `run` with a client message id repeat, by (sender,
+/// conversation, cid).
+fn stored_resends<'r, C: GenericClient>(
+    db: &mut Db<'_, C>,
+    run: &[&'r NewMessage],
+) -> Result<HashMap<(&'r str, &'r str, &'r str), Envelope>, StoreError> {
+    let keyed: Vec<(&str, &str, &str)> = run
+        .iter()
+        .filter_map(|m| {
+            Some((
+                m.sender.as_str(),
+                m.conv.as_str(),
+                m.content.cid.as_deref()?,
+            ))
+        })
+        .collect();
+    let mut found = HashMap::new();
+    if keyed.is_empty() {
+        return Ok(found);
+    }
+    let senders: Vec<&str> = keyed.iter().map(|k| k.0).collect();
+    let convs: Vec<&str> = keyed.iter().map(|k| k.1).collect();
+    let cids: Vec<&str> = keyed.iter().map(|k| k.2).collect();
+    let rows = db.query(
+        "SELECT m.id, m.conv, m.seq, m.sender, m.device, m.ts, m.kind, m.cid, m.body,
+                m.reply_to, m.thread, m.target, m.emoji, m.edited, m.deleted, m.media
+         FROM messages m
+         JOIN UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(sender, conv, cid)
+           ON m.sender = k.sender AND m.conv = k.conv AND m.cid = k.cid",
+        &[&senders, &convs, &cids],
+    )?;
+    for r in &rows {
+        let e = row_to_envelope(r);
+        if let Some(&key) = keyed
+            .iter()
+            .find(|k| k.0 == e.from && k.1 == e.conv && Some(k.2) == e.cid.as_deref())
+        {
+            found.insert(key, e);
+        }
+    }
+    Ok(found)
+}
+
+/// The new entries of a run, column by column (what `UNNEST` takes).
+#[derive(Default)]
+struct Columns<'a> {
+    conv: Vec<&'a str>,
+    seq: Vec<i64>,
+    sender: Vec<&'a str>,
+    device: Vec<&'a str>,
+    ts: Vec<i64>,
+    cid: Vec<Option<&'a str>>,
+    pkid: Vec<Option<i32>>,
+    kind: Vec<&'static str>,
+    body: Vec<Option<&'a str>>,
+    reply_to: Vec<Option<i64>>,
+    thread: Vec<Option<i64>>,
+    emoji: Vec<Option<&'a str>>,
+    cjk: Vec<bool>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, m: &'a NewMessage, seq: i64, ts: i64) -> Result<(), StoreError> {
+        let c = &m.content;
+        self.conv.push(&m.conv);
+        self.seq.push(seq);
+        self.sender.push(&m.sender);
+        self.device.push(&m.device);
+        self.ts.push(ts);
+        self.cid.push(c.cid.as_deref());
+        self.pkid.push(m.pkid.map(i32::from));
+        self.kind.push(c.kind.as_str());
+        self.body.push(c.text.as_deref());
+        self.reply_to.push(c.reply_to.map(big).transpose()?);
+        self.thread.push(c.thread.map(big).transpose()?);
+        self.emoji.push(c.emoji.as_deref());
+        self.cjk.push(has_cjk(c.text.as_deref()));
+        Ok(())
+    }
+}
