@@ -29,7 +29,7 @@ pub(super) fn append_run<C: GenericClient>(
     // What each message is: a resend of a stored entry, of an earlier message of the run, or
     // new (then how many new ones its conversation has so far).
     enum Is {
-        Stored(Envelope),
+        Stored(Box<Envelope>),
         Earlier(usize),
         New,
     }
@@ -40,7 +40,7 @@ pub(super) fn append_run<C: GenericClient>(
         if let Some(cid) = m.content.cid.as_deref() {
             let key = (m.sender.as_str(), m.conv.as_str(), cid);
             if let Some(e) = stored.get(&key) {
-                what.push(Is::Stored(e.clone()));
+                what.push(Is::Stored(Box::new(e.clone())));
                 continue;
             }
             if let Some(&first) = first_with.get(&key) {
@@ -125,7 +125,7 @@ pub(super) fn append_run<C: GenericClient>(
     for (i, (m, is)) in run.iter().zip(what).enumerate() {
         let a = match is {
             Is::Stored(envelope) => Appended {
-                envelope,
+                envelope: *envelope,
                 duplicate: true,
             },
             Is::Earlier(first) => Appended {
