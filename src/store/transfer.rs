@@ -148,7 +148,8 @@ struct Table {
 
 /// The tables in an order that satisfies the target's foreign keys (checked row by row as
 /// each COPY inserts). `meta` is not copied: only its directory version means anything, and
-/// that is set afterwards. `words` (PostgreSQL's generated search column) fills itself.
+/// that is set afterwards. The word index (`message_words`) is built from the copied messages at
+/// the end, in one statement.
 const TABLES: &[Table] = &[
     Table {
         name: "users",
@@ -374,6 +375,11 @@ pub fn sqlite_to_postgres(data_dir: &Path, url: &str) -> Result<Copied, Transfer
     for (table, trigger) in BUMPING {
         tx.batch_execute(&format!("ALTER TABLE {table} ENABLE TRIGGER {trigger}"))?;
     }
+    tx.batch_execute(
+        "INSERT INTO message_words (id, words)
+         SELECT id, to_tsvector('simple', natter_unaccent(body)) FROM messages
+         WHERE kind = 'msg' AND body IS NOT NULL",
+    )?;
 
     let version: i64 = snapshot
         .query_row(

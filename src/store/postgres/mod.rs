@@ -12,6 +12,8 @@
 //! the SQLite backend's do.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::types::ToSql;
@@ -43,6 +45,8 @@ pub struct Postgres {
     /// Always `Some` but while dropping (see [`Drop`]).
     pool: Option<r2d2::Pool<Manager>>,
     url: String,
+    /// Tells the search indexing thread to end.
+    stop_indexer: Arc<AtomicBool>,
 }
 
 impl Postgres {
@@ -61,19 +65,26 @@ impl Postgres {
             // trips count, has its own connection.
             .test_on_check_out(true)
             .build(Manager { url: url.into() })?;
+        let stop_indexer = Arc::new(AtomicBool::new(false));
         let store = Postgres {
-            pool: Some(pool),
+            pool: Some(pool.clone()),
             url: url.into(),
+            stop_indexer: stop_indexer.clone(),
         };
         store.migrate()?;
+        messages::start_indexer(pool, stop_indexer).map_err(StoreError::Thread)?;
         Ok(store)
     }
 
-    fn pool(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
+    fn pool_handle(&self) -> &r2d2::Pool<Manager> {
         match &self.pool {
-            Some(pool) => Ok(pool.get()?),
+            Some(pool) => pool,
             None => unreachable!("the pool is taken only when the store is dropped"),
         }
+    }
+
+    fn pool(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
+        Ok(self.pool_handle().get()?)
     }
 
     /// Runs `f` on a pooled connection.
@@ -134,6 +145,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        self.stop_indexer.store(true, Ordering::Relaxed);
         // A connection closes through the small runtime of its own that the synchronous
         // client drives, and tokio refuses to run (or drop) a runtime inside another one's
         // task: the last handle to the store may well go there, at shutdown. So the pool and

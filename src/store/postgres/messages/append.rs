@@ -66,15 +66,18 @@ pub(super) fn append<C: GenericClient>(
     let c = &m.content;
     let number = |n: Option<u64>| n.map(big).transpose();
     // One round trip: the next number (insert or increment: the conversation's row stays
-    // locked until COMMIT) and the entry under it.
+    // locked until COMMIT), the entry under it, and its place in the word index's queue.
     let row = db.one(
         "WITH next AS (
              INSERT INTO conv_seq (conv, last) VALUES ($1, 1)
-             ON CONFLICT (conv) DO UPDATE SET last = conv_seq.last + 1 RETURNING last)
-         INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body,
-                               reply_to, thread, target, emoji, media, cjk)
-         SELECT $1, next.last, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
-         FROM next RETURNING id, seq",
+             ON CONFLICT (conv) DO UPDATE SET last = conv_seq.last + 1 RETURNING last),
+         added AS (
+             INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body,
+                                   reply_to, thread, target, emoji, media, cjk)
+             SELECT $1, next.last, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
+             FROM next RETURNING id, seq),
+         queued AS (INSERT INTO words_pending (id) SELECT id FROM added)
+         SELECT id, seq FROM added",
         &[
             &m.conv,
             &m.sender,
@@ -185,6 +188,14 @@ fn apply_to_target<C: GenericClient>(db: &mut Db<'_, C>, m: &NewMessage) -> Resu
         return Ok(());
     };
     let target = big(target)?;
+    if matches!(c.kind, Kind::Edit | Kind::Delete) {
+        // The target's words change: the word index takes them again.
+        db.exec(
+            "INSERT INTO words_pending (id) SELECT id FROM messages WHERE conv = $1 AND seq = $2
+             ON CONFLICT DO NOTHING",
+            &[&m.conv, &target],
+        )?;
+    }
     match c.kind {
         Kind::Edit => {
             db.exec(

@@ -1,6 +1,7 @@
 //! A run of plain messages (new text to a conversation: no target, no media, not a DUP resend
 //! without a client message id) appended in a few statements whatever its length: one lookup
-//! of the resends among them, one to take each conversation's next numbers, one insert. A
+//! of the resends among them, one to take each conversation's next numbers, one insert (which
+//! queues the new entries for the word index, see `words.rs`). A
 //! statement is a round trip to the database, and one per message is what bounds a writer.
 
 use std::collections::{BTreeMap, HashMap};
@@ -94,12 +95,16 @@ pub(super) fn append_run<C: GenericClient>(
     let mut ids: HashMap<(String, i64), i64> = HashMap::new();
     if !new.conv.is_empty() {
         let rows = db.query(
-            "INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body,
-                                   reply_to, thread, emoji, cjk)
-             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[],
-                                  $5::BIGINT[], $6::TEXT[], $7::INT[], $8::TEXT[], $9::TEXT[],
-                                  $10::BIGINT[], $11::BIGINT[], $12::TEXT[], $13::BOOL[])
-             RETURNING conv, seq, id",
+            "WITH added AS (
+                 INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body,
+                                       reply_to, thread, emoji, cjk)
+                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[],
+                                      $5::BIGINT[], $6::TEXT[], $7::INT[], $8::TEXT[],
+                                      $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::TEXT[],
+                                      $13::BOOL[])
+                 RETURNING conv, seq, id),
+             queued AS (INSERT INTO words_pending (id) SELECT id FROM added)
+             SELECT conv, seq, id FROM added",
             &[
                 &new.conv,
                 &new.seq,

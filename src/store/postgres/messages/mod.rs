@@ -8,8 +8,9 @@
 //! its number back. The unique (sender, conversation, cid) index holds across processes: a
 //! resend that raced its original through another process finds it once that one commits.
 //!
-//! The files: `append.rs` (one message in the batch's transaction), and the readers
-//! `history.rs`, `search.rs`, `receipts.rs`, `retention.rs`.
+//! The files: `append.rs` (one message in the batch's transaction), `bulk.rs` (a run of plain
+//! messages in a few statements), `words.rs` (the word index, kept off the commit path), and
+//! the readers `history.rs`, `search.rs`, `receipts.rs`, `retention.rs`.
 
 mod append;
 mod bulk;
@@ -17,6 +18,9 @@ mod history;
 mod receipts;
 mod retention;
 mod search;
+mod words;
+
+pub(super) use words::start_indexer;
 
 use std::collections::HashMap;
 use std::time::Duration;

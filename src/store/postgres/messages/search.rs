@@ -1,9 +1,11 @@
-//! Full-text search over the history with PostgreSQL's own: words through the `words`
-//! tsvector (accents stripped, no stemming, as SQLite's unicode61 tokenizer), text in scripts
-//! written without spaces as a substring through the trigram index.
+//! Full-text search over the history with PostgreSQL's own: words through `message_words`
+//! (accents stripped, no stemming, as SQLite's unicode61 tokenizer; brought up to date first,
+//! see `words.rs`), text in scripts written without spaces as a substring through the trigram
+//! index.
 
 use super::super::Postgres;
 use super::history::with_reactions;
+use super::words::index_pending;
 use crate::store::messages::{is_cjk, Item};
 use crate::store::{Search, StoreError};
 
@@ -32,12 +34,14 @@ impl Search for Postgres {
             // A phrase: user input never becomes tsquery syntax.
             (
                 format!(
-                    "{columns} WHERE m.words @@ phraseto_tsquery('simple', natter_unaccent($1))
-                     AND {scope}"
+                    "{columns} JOIN message_words w ON w.id = m.id
+                     WHERE w.words @@ phraseto_tsquery('simple', natter_unaccent($1)) AND {scope}"
                 ),
                 query.to_string(),
             )
         };
+        // Every message committed before this search is found: what is queued is indexed now.
+        index_pending(self.pool_handle())?;
         self.with(|db| {
             let rows = db.query(&sql, &[&pattern, &convs, &(limit as i64)])?;
             with_reactions(db, &rows)
