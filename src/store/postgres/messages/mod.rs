@@ -157,12 +157,18 @@ fn commit_batch(
         rest = &rest[done..];
     }
     // A direct conversation exists once it has an entry. Checked per batch, not cached:
-    // removing a user deletes the row from another connection.
-    for (conv, first_sender) in direct {
+    // removing a user deletes the row from another connection. One statement for all of them
+    // (in id order, so that writers of several processes lock rows in the same order).
+    if !direct.is_empty() {
+        let mut direct: Vec<(&str, &str)> = direct.into_iter().collect();
+        direct.sort_unstable();
+        let (convs, senders): (Vec<&str>, Vec<&str>) = direct.into_iter().unzip();
         db.exec(
             "INSERT INTO conversations (id, kind, created_by, created_at)
-             VALUES ($1, 'direct', $2, $3) ON CONFLICT (id) DO NOTHING",
-            &[&conv, &first_sender, &crate::store::clock::now()],
+             SELECT id, 'direct', created_by, $3 FROM UNNEST($1::TEXT[], $2::TEXT[])
+                 AS d(id, created_by)
+             ON CONFLICT (id) DO NOTHING",
+            &[&convs, &senders, &crate::store::clock::now()],
         )?;
     }
     tx.commit()?;
