@@ -133,8 +133,14 @@ fn commit_with_retry(log: &mut dyn Log, batch: &mut Vec<Job>) {
         log.set_wait(budget.clamp(WAIT_MIN, WAIT_MAX));
         attempts += 1;
         let messages: Vec<&NewMessage> = batch.iter().map(|j| &j.message).collect();
+        let started = Instant::now();
         let e = match log.commit(&messages) {
             Ok(results) => {
+                tracing::debug!(
+                    messages = messages.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "history batch committed"
+                );
                 if attempts > 1 {
                     tracing::info!(attempts, "history commit succeeded after retrying");
                 }
