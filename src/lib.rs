@@ -20,9 +20,11 @@
 //!   ([`chat::seq`]).
 //! - [`refusal`]: every reason a client's action is refused, and the three tables that turn one
 //!   into a JSON code, MQTT reason codes and an HTTP status.
-//! - [`store`]: all SQL — accounts, devices, conversations, media, push endpoints, the schema —
-//!   and the history ([`store::messages`]): its group-commit writer thread, appends, paging,
-//!   search, receipts and retention.
+//! - [`store`]: everything persisted, behind one interface ([`store::Store`], narrow traits
+//!   per kind of record) with two backends, [`store::sqlite`] (the embedded default) and
+//!   [`store::postgres`]: accounts, devices, conversations, media, push endpoints, and the
+//!   history — its group-commit writer thread ([`store::Writer`]), appends, paging, search,
+//!   receipts and retention. All SQL lives there.
 //! - [`access`], [`acl`]: who may connect, publish, subscribe and receive — the chat rules for
 //!   the chat namespaces, the mosquitto-style ACL file for plain topics.
 //! - [`router`]: one task with no I/O — sessions ([`router::Router`]'s lifecycle, kicks,
@@ -45,7 +47,7 @@
 //! ```text
 //! socket ─► edge::inbound: decode ─► edge::publish: topic alias, validate, authorize (access)
 //!        ─► edge::chat_ingress: parse the envelope (chat::envelope)
-//!        ─► edge::persist ─► store::messages writer thread: next seq, INSERT, COMMIT (a batch
+//!        ─► edge::persist ─► store::Writer thread: next seq, INSERT, COMMIT (a batch
 //!           at a time; chat::edits decides edits and deletes)
 //!        ─► edge::persist: PUBACK to the sender ("sent" = on disk), then the stamped envelope …
 //!        ─► router (one task, router::fanout): match subscriptions on c/{conv}/m and each

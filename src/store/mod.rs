@@ -52,7 +52,7 @@ pub enum StoreError {
     TooNew { found: i64, known: usize },
     #[error("cannot start the history writer: {0}")]
     Thread(std::io::Error),
-    /// Its text carries the causes (see [`with_causes`]), so it names no source.
+    /// Its text carries the causes, so it names no source.
     #[error("postgres: {}", with_causes(.0))]
     Postgres(::postgres::Error),
     #[error("postgres: {0}")]

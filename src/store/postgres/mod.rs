@@ -3,7 +3,7 @@
 //!
 //! Readers and writes outside the history take a connection from a pool (r2d2, the pool diesel
 //! uses; each connection keeps its prepared statements). The history writer appends on a
-//! connection of its own ([`messages::PgLog`]), a batch per transaction, and allocates each
+//! connection of its own (`messages::PgLog`), a batch per transaction, and allocates each
 //! conversation's sequence numbers inside that transaction with a row lock on the
 //! conversation's `conv_seq` row: several processes appending to one conversation take turns,
 //! and a rolled-back append gives its number back (a SEQUENCE would leave a gap).

@@ -1,11 +1,11 @@
 //! The embedded default backend: one SQLite file, `{data_dir}/natter.db`, in WAL mode, so the
 //! server and the `natter user …` / `natter conv …` commands can use it at the same time (the
-//! server notices other processes' changes through [`Directory::directory_version`], which
+//! server notices other processes' changes through `Directory::directory_version`, which
 //! triggers keep).
 //!
 //! Readers and every write outside the history share the one connection of [`Sqlite`];
 //! history entries are written by the writer thread on its own connection
-//! ([`messages::SqliteLog`]), a batch per transaction. The schema is versioned with
+//! (`messages::SqliteLog`), a batch per transaction. The schema is versioned with
 //! `PRAGMA user_version` in `schema.rs`.
 //!
 //! Each file implements one trait of the interface: `accounts.rs`, `devices.rs` (devices and
