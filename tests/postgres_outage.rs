@@ -92,7 +92,7 @@ async fn postgres_stopped_for_five_seconds_loses_nothing_acknowledged() {
         eprintln!("SKIPPED: PostgreSQL outage test ({TEST_URL_VAR} is not set)");
         return;
     }
-    let pg = tempfile::tempdir().unwrap();
+    let pg = Cluster(tempfile::tempdir().unwrap());
     let url = postgres("start", pg.path());
     let server = TestServer::start_with_users(USERS, |c| {
         c.storage.backend = Backend::Postgres;
@@ -161,5 +161,20 @@ async fn postgres_stopped_for_five_seconds_loses_nothing_acknowledged() {
         stored.len()
     );
     drop(server);
-    postgres("stop", pg.path());
+}
+
+/// The test's own cluster, stopped when the test ends, however it ends.
+struct Cluster(tempfile::TempDir);
+
+impl Cluster {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
+        let _ = Command::new(script).arg("stop").arg(self.path()).status();
+    }
 }
