@@ -222,7 +222,7 @@ async fn a_revoked_device_logging_in_again_does_not_revive_its_old_tokens() {
 }
 
 #[tokio::test]
-async fn a_password_change_ends_every_token_of_the_user() {
+async fn a_password_change_ends_every_token_and_connection_of_the_user() {
     let server = TestServer::start();
     let api = Api::new(&server);
     let phone = api.account("alice", "phone").await;
@@ -231,6 +231,10 @@ async fn a_password_change_ends_every_token_of_the_user() {
     let creds = Some(("alice", token));
     let (code, mut live) = connect(&server, addr(1), true, "alice.tablet", creds).await;
     assert_eq!(code, V5_SUCCESS);
+    // A client that logged in with the password itself, as mosquitto_sub users do.
+    let with_password = Some(("alice", PASSWORD));
+    let (code, mut laptop) = connect(&server, addr(1), false, "alice.laptop", with_password).await;
+    assert_eq!(code, 0, "3.1.1 CONNACK accepted");
     let (s, _) = api
         .post(
             "/api/v1/password",
@@ -243,6 +247,10 @@ async fn a_password_change_ends_every_token_of_the_user() {
     tokio::time::timeout(WAIT, live.read_to_end(&mut rest))
         .await
         .expect("the tablet's live connection is closed")
+        .expect("read");
+    tokio::time::timeout(WAIT, laptop.read_to_end(&mut rest))
+        .await
+        .expect("the connection made with the old password is closed")
         .expect("read");
     assert_eq!(still_open(&server, &api, &phone).await, DEAD);
     assert_eq!(still_open(&server, &api, &tablet).await, DEAD);

@@ -228,8 +228,8 @@ struct PasswordBody {
 }
 
 /// POST /api/v1/password — change one's password. Every token of the user, this one too,
-/// stops working, and the devices' MQTT connections are closed: the client logs in again with
-/// the new password. A wrong old password counts
+/// stops working, and every MQTT connection of the user is closed (those made with a token or
+/// with the old password alike): clients log in again with the new password. A wrong old password counts
 /// as a failed login (a stolen access token must not buy unlimited guesses).
 async fn change_password(
     State(state): State<Arc<AppState>>,
@@ -263,11 +263,15 @@ async fn change_password(
         state.limiter.failed(&me.user, peer.ip());
         return Err(ApiError::from(Refusal::WrongPassword));
     }
-    let user = me.user.clone();
-    let devices = blocking(&state, move |s| s.devices(&user)).await?;
-    for (device, _, _) in devices {
-        kick(&state, &me.user, &device).await;
-    }
+    // Every live connection of the user goes, not only those of devices that logged in over
+    // HTTP: one made with the old password (an MQTT client that sent it as its password)
+    // would otherwise stay open.
+    let _ = state
+        .router
+        .send(Event::Kick {
+            user: me.user.as_str().into(),
+        })
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
