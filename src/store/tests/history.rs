@@ -361,6 +361,9 @@ fn search_matches_words_without_accents_and_cjk_text_as_substrings() {
 fn receipts_only_go_up_and_read_marks_stop_at_the_end() {
     for b in backends() {
         let s = b.store.as_ref();
+        for user in ["alice", "bob"] {
+            s.add_user(user, "h").unwrap();
+        }
         let conv = "d.alice.bob";
         commit(
             s,
@@ -409,6 +412,48 @@ fn receipts_only_go_up_and_read_marks_stop_at_the_end() {
         assert_eq!(
             s.mark_read("d.alice.carol", "carol", 5, false).unwrap(),
             None,
+            "{}",
+            b.name
+        );
+    }
+}
+
+/// A delivered receipt batched before its user went (or left the group) is not stored: an
+/// account created later under the same id would inherit it.
+#[test]
+fn receipts_of_users_no_longer_in_the_conversation_are_not_stored() {
+    for b in backends() {
+        let s = b.store.as_ref();
+        for user in ["alice", "bob", "carol"] {
+            s.add_user(user, "h").unwrap();
+        }
+        let members = [("alice", "owner"), ("carol", "member")];
+        s.create_conversation("g.team", false, "Team", "alice", &members)
+            .unwrap();
+        commit(
+            s,
+            &[
+                text("alice", "d.alice.bob", "hi"),
+                text("alice", "g.team", "hi"),
+            ],
+        );
+        assert!(s.remove_user("bob").unwrap(), "{}", b.name);
+        assert!(s.remove_member("g.team", "carol").unwrap(), "{}", b.name);
+        let rows = [
+            ("d.alice.bob".to_string(), "bob".to_string(), 1),
+            ("g.team".to_string(), "carol".to_string(), 1),
+            ("g.team".to_string(), "alice".to_string(), 1),
+        ];
+        assert_eq!(
+            s.mark_delivered(&rows).unwrap(),
+            [false, false, true],
+            "{}",
+            b.name
+        );
+        assert!(s.receipts("d.alice.bob").unwrap().is_empty(), "{}", b.name);
+        assert_eq!(
+            s.receipts("g.team").unwrap(),
+            [("alice".to_string(), 1, 0)],
             "{}",
             b.name
         );

@@ -8,8 +8,14 @@ impl Receipts for Postgres {
         self.tx(|db| {
             let mut advanced = Vec::with_capacity(rows.len());
             for (conv, user, seq) in rows {
+                // Only for a user of the conversation as it stands (see the SQLite twin).
                 let n = db.exec(
-                    "INSERT INTO receipts (conv, user_id, delivered) VALUES ($1, $2, $3)
+                    "INSERT INTO receipts (conv, user_id, delivered)
+                     SELECT $1, $2, $3 WHERE EXISTS (
+                         SELECT 1 FROM conversations c WHERE c.id = $1 AND (
+                             (c.kind = 'direct' AND EXISTS (SELECT 1 FROM users WHERE id = $2))
+                             OR EXISTS (SELECT 1 FROM members
+                                        WHERE conv = $1 AND user_id = $2)))
                      ON CONFLICT (conv, user_id) DO UPDATE SET delivered = excluded.delivered
                      WHERE excluded.delivered > receipts.delivered",
                     &[conv, user, &big(*seq)?],

@@ -11,8 +11,14 @@ impl Receipts for Sqlite {
         let tx = conn.transaction()?;
         let mut advanced = Vec::with_capacity(rows.len());
         for (conv, user, seq) in rows {
+            // Only for a user of the conversation as it stands: a receipt batched before the
+            // user (or the membership) went must not come back under a new account.
             let n = tx.execute(
-                "INSERT INTO receipts (conv, user, delivered) VALUES (?1, ?2, ?3)
+                "INSERT INTO receipts (conv, user, delivered)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (
+                     SELECT 1 FROM conversations c WHERE c.id = ?1 AND (
+                         (c.kind = 'direct' AND EXISTS (SELECT 1 FROM users WHERE id = ?2))
+                         OR EXISTS (SELECT 1 FROM members WHERE conv = ?1 AND user = ?2)))
                  ON CONFLICT (conv, user) DO UPDATE SET delivered = excluded.delivered
                  WHERE excluded.delivered > receipts.delivered",
                 params![conv, user, seq],
