@@ -11,7 +11,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 
 use crate::acl::{Acl, Action, Client};
 use crate::chat::{Denied, Directory};
@@ -116,9 +115,7 @@ pub struct Access {
     directory: Arc<RwLock<Directory>>,
     /// Access tokens from the HTTP API work as passwords.
     signer: Arc<Signer>,
-    /// Bounds password verifications in flight (each holds a blocking thread).
-    logins: Semaphore,
-    /// Failed password logins, shared with the HTTP API.
+    /// Failed password logins and the password checks in flight, shared with the HTTP API.
     limiter: Arc<LoginLimiter>,
 }
 
@@ -141,7 +138,6 @@ impl Access {
             store,
             directory,
             signer,
-            logins: Semaphore::new(auth.max_concurrent_logins),
             limiter,
         })
     }
@@ -199,10 +195,10 @@ impl Access {
     /// `Some(admin)` when it is right.
     async fn verify_password(&self, user: &str, password: &str) -> Result<Option<bool>, Refusal> {
         let _permit = self
-            .logins
-            .acquire()
+            .limiter
+            .password_check()
             .await
-            .map_err(|_| Refusal::Unavailable)?;
+            .ok_or(Refusal::Unavailable)?;
         let store = self.store.clone();
         let (id, password) = (user.to_string(), password.to_string());
         tokio::task::spawn_blocking(move || {
@@ -450,8 +446,7 @@ mod tests {
             store,
             directory: Arc::new(RwLock::new(directory)),
             signer: Arc::new(Signer::new(b"test")),
-            logins: Semaphore::new(1),
-            limiter: Arc::new(LoginLimiter::new(3)),
+            limiter: Arc::new(LoginLimiter::new(3, 1)),
         };
         (a, dir)
     }

@@ -63,11 +63,15 @@ struct State {
 pub struct LoginLimiter {
     per_minute: u32,
     state: Mutex<State>,
+    /// Password hashes and checks (PBKDF2, slow on purpose, each on a blocking thread) in
+    /// flight, over MQTT and HTTP together.
+    checks: tokio::sync::Semaphore,
 }
 
 impl LoginLimiter {
-    /// A limiter that allows `per_minute` failures (or registrations) per key and minute.
-    pub fn new(per_minute: u32) -> LoginLimiter {
+    /// A limiter that allows `per_minute` failures (or registrations) per key and minute, and
+    /// `concurrent_checks` password checks at once.
+    pub fn new(per_minute: u32, concurrent_checks: usize) -> LoginLimiter {
         LoginLimiter {
             per_minute,
             state: Mutex::new(State {
@@ -75,7 +79,13 @@ impl LoginLimiter {
                 known: HashMap::new(),
                 swept: Instant::now(),
             }),
+            checks: tokio::sync::Semaphore::new(concurrent_checks.max(1)),
         }
+    }
+
+    /// Waits for a turn to hash or check a password; `None` only if the semaphore was closed.
+    pub async fn password_check(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.checks.acquire().await.ok()
     }
 
     /// Whether a password of `user` from `addr` may be checked now; counts nothing.
@@ -203,7 +213,7 @@ mod tests {
 
     #[test]
     fn failures_limit_the_user_and_the_address_for_a_minute() {
-        let l = LoginLimiter::new(3);
+        let l = LoginLimiter::new(3, 1);
         let t0 = Instant::now();
         for _ in 0..3 {
             assert!(l.allow_login_at("alice", A, t0));
@@ -219,7 +229,7 @@ mod tests {
 
     #[test]
     fn correct_logins_do_not_count() {
-        let l = LoginLimiter::new(2);
+        let l = LoginLimiter::new(2, 1);
         let t0 = Instant::now();
         for _ in 0..10 {
             assert!(l.allow_login_at("alice", A, t0));
@@ -229,7 +239,7 @@ mod tests {
 
     #[test]
     fn an_attacker_elsewhere_cannot_lock_a_user_out_of_a_known_address() {
-        let l = LoginLimiter::new(2);
+        let l = LoginLimiter::new(2, 1);
         let t0 = Instant::now();
         l.succeeded_at("alice", A, t0);
         for _ in 0..5 {
@@ -245,7 +255,7 @@ mod tests {
 
     #[test]
     fn registrations_count_every_attempt_per_address() {
-        let l = LoginLimiter::new(2);
+        let l = LoginLimiter::new(2, 1);
         let t0 = Instant::now();
         assert!(l.allow_registration_at(A, t0));
         assert!(l.allow_registration_at(A, t0));

@@ -246,7 +246,10 @@ fn build_access(
         "token-secret",
         &config.http.token_secret,
     )?));
-    let limiter = Arc::new(LoginLimiter::new(config.http.login_attempts_per_minute));
+    let limiter = Arc::new(LoginLimiter::new(
+        config.http.login_attempts_per_minute,
+        config.auth.max_concurrent_logins,
+    ));
     let access = Arc::new(Access::new(
         &config.auth,
         store.clone(),
@@ -446,6 +449,7 @@ fn http_settings(config: &Config) -> HttpSettings {
         access_token: Duration::from_secs(config.http.access_token_secs),
         refresh_token: Duration::from_secs(config.http.refresh_token_days * 86_400),
         login_attempts_per_minute: config.http.login_attempts_per_minute,
+        max_concurrent_logins: config.auth.max_concurrent_logins,
         pbkdf2_iterations: config.auth.pbkdf2_iterations,
         max_upload: config.media.max_upload_bytes,
         media_quota: config.media.quota_bytes_per_user,

@@ -58,6 +58,7 @@ fn build() -> App {
             access_token: Duration::from_secs(60),
             refresh_token: Duration::from_secs(3600),
             login_attempts_per_minute: 100,
+            max_concurrent_logins: 2,
             pbkdf2_iterations: 1000,
             max_upload: 1000,
             media_quota: 5000,

@@ -221,6 +221,7 @@ fn settings() -> HttpSettings {
         access_token: Duration::from_secs(7 * 24 * 3600),
         refresh_token: Duration::from_secs(7 * 24 * 3600),
         login_attempts_per_minute: u32::MAX,
+        max_concurrent_logins: 2,
         pbkdf2_iterations: 1000,
         max_upload: 4096,
         media_quota: 1 << 20,

@@ -67,6 +67,7 @@ async fn register(
     }
     let iterations = state.settings.pbkdf2_iterations;
     let user = c.user.clone();
+    let _turn = password_turn(&state).await?;
     let hash = blocking(&state, move |_| Ok(password::hash(&c.password, iterations)))
         .await?
         .map_err(hash_failed)?;
@@ -144,11 +145,13 @@ async fn login(
             .with_message("too many failed logins; wait a minute"));
     }
     let (user, pw) = (c.user.clone(), c.password.clone());
+    let turn = password_turn(&state).await?;
     let ok = blocking(&state, move |s| {
         Ok(s.login_info(&user)?
             .is_some_and(|(hash, _)| password::verify(&pw, &hash)))
     })
     .await?;
+    drop(turn);
     if !ok {
         state.limiter.failed(&c.user, peer.ip());
         return Err(ApiError::from(Refusal::BadCredentials));
@@ -244,6 +247,7 @@ async fn change_password(
     }
     let iterations = state.settings.pbkdf2_iterations;
     let user = me.user.clone();
+    let turn = password_turn(&state).await?;
     let changed = blocking(&state, move |s| {
         let ok = s
             .login_info(&user)?
@@ -259,6 +263,7 @@ async fn change_password(
     })
     .await?
     .map_err(hash_failed)?;
+    drop(turn);
     if !changed {
         state.limiter.failed(&me.user, peer.ip());
         return Err(ApiError::from(Refusal::WrongPassword));
@@ -308,6 +313,18 @@ async fn revoke_device(
 
 /// Closes the MQTT connection of a device whose tokens just died (client id
 /// `{user}.{device}`); the router also refuses a CONNECT authenticated before this.
+/// A turn to hash or check a password: PBKDF2 is slow on purpose, and a burst of logins must
+/// not take every blocking thread (MQTT logins wait in the same line).
+async fn password_turn(
+    state: &Arc<AppState>,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    state
+        .limiter
+        .password_check()
+        .await
+        .ok_or_else(|| ApiError::from(Refusal::Internal))
+}
+
 async fn kick(state: &Arc<AppState>, user: &str, device: &str) {
     let client = topics::device_client_id(user, device);
     let _ = state

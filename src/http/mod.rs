@@ -52,6 +52,8 @@ pub struct HttpSettings {
     pub access_token: Duration,
     pub refresh_token: Duration,
     pub login_attempts_per_minute: u32,
+    /// Password hashes and checks at once (shared with MQTT once the server's limiter is in).
+    pub max_concurrent_logins: usize,
     pub pbkdf2_iterations: u32,
     pub max_upload: u64,
     pub media_quota: u64,
@@ -111,7 +113,10 @@ impl AppState {
             stats,
             media,
             started: Instant::now(),
-            limiter: Arc::new(LoginLimiter::new(settings.login_attempts_per_minute)),
+            limiter: Arc::new(LoginLimiter::new(
+                settings.login_attempts_per_minute,
+                settings.max_concurrent_logins,
+            )),
             settings,
         }
     }

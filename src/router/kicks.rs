@@ -99,7 +99,7 @@ mod tests {
                 .unwrap(),
             Arc::new(RwLock::new(Directory::default())),
             Arc::new(Signer::new(b"test")),
-            Arc::new(crate::limiter::LoginLimiter::new(10)),
+            Arc::new(crate::limiter::LoginLimiter::new(10, 1)),
         )
         .unwrap();
         let settings = Settings::from_config(&config.mqtt, &config.limits, &config.chat);
