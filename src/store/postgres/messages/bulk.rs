@@ -1,10 +1,12 @@
 //! A run of plain messages (new text to a conversation: no target, no media, not a DUP resend
-//! without a client message id) appended in a few statements whatever its length: one lookup
-//! of the resends among them, one to take each conversation's next numbers, one insert (which
-//! queues the new entries for the word index, see `words.rs`). A
+//! without a client message id) appended in two statements whatever its length: one lookup of
+//! the resends among them (when they carry client message ids), and one that takes each
+//! conversation's next numbers, stores the entries, queues them for the word index (see
+//! `words.rs`) and records direct conversations. Being one statement, it needs no transaction
+//! around it: a batch of plain messages is a single round trip and its commit. A
 //! statement is a round trip to the database, and one per message is what bounds a writer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use postgres::GenericClient;
 
@@ -35,7 +37,6 @@ pub(super) fn append_run<C: GenericClient>(
         New,
     }
     let mut first_with: HashMap<(&str, &str, &str), usize> = HashMap::new();
-    let mut new_per_conv: BTreeMap<&str, i64> = BTreeMap::new();
     let mut what = Vec::with_capacity(run.len());
     for (i, m) in run.iter().enumerate() {
         if let Some(cid) = m.content.cid.as_deref() {
@@ -50,33 +51,87 @@ pub(super) fn append_run<C: GenericClient>(
             }
             first_with.insert(key, i);
         }
-        *new_per_conv.entry(&m.conv).or_default() += 1;
         what.push(Is::New);
-    }
-
-    // Each conversation's numbers: its row is locked until COMMIT. In name order (the map's),
-    // so that two writers locking several conversations take them in the same order.
-    let (convs, counts): (Vec<&str>, Vec<i64>) = new_per_conv.into_iter().unzip();
-    let mut next: HashMap<String, i64> = HashMap::new();
-    if !convs.is_empty() {
-        let rows = db.query(
-            "INSERT INTO conv_seq (conv, last) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[])
-             ON CONFLICT (conv) DO UPDATE SET last = conv_seq.last + excluded.last
-             RETURNING conv, last",
-            &[&convs, &counts],
-        )?;
-        // RETURNING gives no order: each conversation's count is found by name.
-        let count_of: HashMap<&str, i64> =
-            convs.iter().copied().zip(counts.iter().copied()).collect();
-        for r in &rows {
-            let (conv, last): (String, i64) = (r.get(0), r.get(1));
-            let n = count_of.get(conv.as_str()).copied().unwrap_or(0);
-            next.insert(conv, last - n + 1);
-        }
     }
 
     let ts = now_ms();
     let mut new = Columns::default();
+    for (m, is) in run.iter().zip(&what) {
+        if matches!(is, Is::New) {
+            new.push(m, ts)?;
+        }
+    }
+    // One statement, so that it is atomic without a transaction around it: each
+    // conversation's numbers taken (its row locked until the statement's transaction ends; in
+    // name order, so that writers of several processes lock rows in the same order), the
+    // entries stored under them in the run's order, queued for the word index, and the direct
+    // conversations recorded. It answers with each conversation's last number and each new
+    // entry's id.
+    let mut next: HashMap<String, i64> = HashMap::new();
+    let mut ids: HashMap<(String, i64), i64> = HashMap::new();
+    if !new.conv.is_empty() {
+        let rows = db.query(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[],
+                                      $5::TEXT[], $6::INT[], $7::TEXT[], $8::TEXT[],
+                                      $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::BOOL[],
+                                      $13::BOOL[])
+                     WITH ORDINALITY AS i(conv, sender, device, ts, cid, pkid, kind, body,
+                                          reply_to, thread, emoji, cjk, direct, ord)),
+             counts AS (SELECT conv, COUNT(*) AS n FROM input GROUP BY conv),
+             taken AS (
+                 INSERT INTO conv_seq (conv, last) SELECT conv, n FROM counts ORDER BY conv
+                 ON CONFLICT (conv) DO UPDATE SET last = conv_seq.last + excluded.last
+                 RETURNING conv, last),
+             added AS (
+                 INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body,
+                                       reply_to, thread, emoji, cjk)
+                 SELECT i.conv,
+                        t.last - c.n + ROW_NUMBER() OVER (PARTITION BY i.conv ORDER BY i.ord),
+                        i.sender, i.device, i.ts, i.cid, i.pkid, i.kind, i.body, i.reply_to,
+                        i.thread, i.emoji, i.cjk
+                 FROM input i JOIN counts c ON c.conv = i.conv JOIN taken t ON t.conv = i.conv
+                 ORDER BY i.ord
+                 RETURNING conv, seq, id),
+             queued AS (INSERT INTO words_pending (id) SELECT id FROM added),
+             made AS (
+                 INSERT INTO conversations (id, kind, created_by, created_at)
+                 SELECT DISTINCT ON (conv) conv, 'direct', sender, $14 FROM input
+                 WHERE direct ORDER BY conv, ord
+                 ON CONFLICT (id) DO NOTHING)
+             SELECT TRUE, conv, last, 0::BIGINT FROM taken
+             UNION ALL SELECT FALSE, conv, seq, id FROM added",
+            &[
+                &new.conv,
+                &new.sender,
+                &new.device,
+                &new.ts,
+                &new.cid,
+                &new.pkid,
+                &new.kind,
+                &new.body,
+                &new.reply_to,
+                &new.thread,
+                &new.emoji,
+                &new.cjk,
+                &new.direct,
+                &(ts / 1000),
+            ],
+        )?;
+        let mut count_of: HashMap<&str, i64> = HashMap::new();
+        for conv in &new.conv {
+            *count_of.entry(conv).or_default() += 1;
+        }
+        for r in &rows {
+            let (is_last, conv, number): (bool, String, i64) = (r.get(0), r.get(1), r.get(2));
+            if is_last {
+                let n = count_of.get(conv.as_str()).copied().unwrap_or(0);
+                next.insert(conv, number - n + 1);
+            } else {
+                ids.insert((conv, number), r.get(3));
+            }
+        }
+    }
     let mut seqs = vec![0i64; run.len()];
     for (i, m) in run.iter().enumerate() {
         if !matches!(what[i], Is::New) {
@@ -90,40 +145,6 @@ pub(super) fn append_run<C: GenericClient>(
         };
         seqs[i] = *seq;
         *seq += 1;
-        new.push(m, seqs[i], ts)?;
-    }
-    let mut ids: HashMap<(String, i64), i64> = HashMap::new();
-    if !new.conv.is_empty() {
-        let rows = db.query(
-            "WITH added AS (
-                 INSERT INTO messages (conv, seq, sender, device, ts, cid, pkid, kind, body,
-                                       reply_to, thread, emoji, cjk)
-                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[],
-                                      $5::BIGINT[], $6::TEXT[], $7::INT[], $8::TEXT[],
-                                      $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::TEXT[],
-                                      $13::BOOL[])
-                 RETURNING conv, seq, id),
-             queued AS (INSERT INTO words_pending (id) SELECT id FROM added)
-             SELECT conv, seq, id FROM added",
-            &[
-                &new.conv,
-                &new.seq,
-                &new.sender,
-                &new.device,
-                &new.ts,
-                &new.cid,
-                &new.pkid,
-                &new.kind,
-                &new.body,
-                &new.reply_to,
-                &new.thread,
-                &new.emoji,
-                &new.cjk,
-            ],
-        )?;
-        for r in &rows {
-            ids.insert((r.get(0), r.get(1)), r.get(2));
-        }
     }
 
     let mut appended: Vec<Appended> = Vec::with_capacity(run.len());
@@ -202,7 +223,6 @@ fn stored_resends<'r, C: GenericClient>(
 #[derive(Default)]
 struct Columns<'a> {
     conv: Vec<&'a str>,
-    seq: Vec<i64>,
     sender: Vec<&'a str>,
     device: Vec<&'a str>,
     ts: Vec<i64>,
@@ -214,13 +234,13 @@ struct Columns<'a> {
     thread: Vec<Option<i64>>,
     emoji: Vec<Option<&'a str>>,
     cjk: Vec<bool>,
+    direct: Vec<bool>,
 }
 
 impl<'a> Columns<'a> {
-    fn push(&mut self, m: &'a NewMessage, seq: i64, ts: i64) -> Result<(), StoreError> {
+    fn push(&mut self, m: &'a NewMessage, ts: i64) -> Result<(), StoreError> {
         let c = &m.content;
         self.conv.push(&m.conv);
-        self.seq.push(seq);
         self.sender.push(&m.sender);
         self.device.push(&m.device);
         self.ts.push(ts);
@@ -232,6 +252,7 @@ impl<'a> Columns<'a> {
         self.thread.push(c.thread.map(big).transpose()?);
         self.emoji.push(c.emoji.as_deref());
         self.cjk.push(has_cjk(c.text.as_deref()));
+        self.direct.push(crate::topics::is_direct(&m.conv));
         Ok(())
     }
 }

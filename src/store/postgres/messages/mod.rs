@@ -88,11 +88,18 @@ impl Log for PgLog {
         batch: &[&NewMessage],
     ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
         let (client, cache) = self.connected()?;
+        // The common batch, plain messages only, is one statement: no transaction around it,
+        // a single round trip and its commit.
+        let first = if batch.iter().all(|m| bulk::is_plain(m)) {
+            bulk::append_run(&mut Db { client, cache }, batch)
+        } else {
+            commit_batch(client, cache, batch, false)
+        };
         // Savepoints cost two round trips per message, and a message the database refuses is
         // rare: the batch goes without them first, and only if a statement fails for a reason
         // that will not pass is it done again with one per message, so that the failure stays
         // that message's.
-        match commit_batch(client, cache, batch, false) {
+        match first {
             Err(e) if !is_transient(&e) => {
                 tracing::warn!(error = %e, "a message of the batch failed; isolating each");
                 commit_batch(client, cache, batch, true)
@@ -141,7 +148,9 @@ fn commit_batch(
             0 => (1, vec![append::append(&mut db, m)?]),
             n => (n, bulk::append_run(&mut db, &rest[..n])?),
         };
-        for (m, result) in rest[..done].iter().zip(&appended) {
+        // A run records its direct conversations itself.
+        let one_by_one = if run == 0 { done } else { 0 };
+        for (m, result) in rest[..one_by_one].iter().zip(&appended) {
             if matches!(
                 result,
                 Ok(Appended {
