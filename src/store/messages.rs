@@ -96,3 +96,12 @@ pub(in crate::store) fn has_cjk(text: Option<&str>) -> bool {
 pub(in crate::store) fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF)
 }
+
+/// A LIKE pattern (escape character `\`) that matches text containing `query` literally.
+pub(in crate::store) fn contains_pattern(query: &str) -> String {
+    let escaped = query
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}

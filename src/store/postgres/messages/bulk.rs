@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use postgres::GenericClient;
 
 use super::super::{big, Db};
-use super::history::row_to_envelope;
+use super::history::{row_to_envelope, SELECT};
 use crate::chat::envelope::Envelope;
 use crate::store::clock::now_ms;
 use crate::store::messages::{has_cjk, AppendError, Appended, NewMessage};
@@ -199,14 +199,11 @@ fn stored_resends<'r, C: GenericClient>(
     let senders: Vec<&str> = keyed.iter().map(|k| k.0).collect();
     let convs: Vec<&str> = keyed.iter().map(|k| k.1).collect();
     let cids: Vec<&str> = keyed.iter().map(|k| k.2).collect();
-    let rows = db.query(
-        "SELECT m.id, m.conv, m.seq, m.sender, m.device, m.ts, m.kind, m.cid, m.body,
-                m.reply_to, m.thread, m.target, m.emoji, m.edited, m.deleted, m.media
-         FROM messages m
-         JOIN UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(sender, conv, cid)
-           ON m.sender = k.sender AND m.conv = k.conv AND m.cid = k.cid",
-        &[&senders, &convs, &cids],
-    )?;
+    let sql = format!(
+        "{SELECT} WHERE (sender, conv, cid) IN (
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]))"
+    );
+    let rows = db.query(&sql, &[&senders, &convs, &cids])?;
     for r in &rows {
         let e = row_to_envelope(r);
         if let Some(&key) = keyed

@@ -4,9 +4,9 @@
 //! index.
 
 use super::super::Postgres;
-use super::history::with_reactions;
+use super::history::{with_reactions, SELECT};
 use super::words::index_pending;
-use crate::store::messages::{is_cjk, Item};
+use crate::store::messages::{contains_pattern, is_cjk, Item};
 use crate::store::{Search, StoreError};
 
 impl Search for Postgres {
@@ -14,28 +14,21 @@ impl Search for Postgres {
         if convs.is_empty() {
             return Ok(Vec::new());
         }
-        let columns = "SELECT m.id, m.conv, m.seq, m.sender, m.device, m.ts, m.kind, m.cid,
-                m.body, m.reply_to, m.thread, m.target, m.emoji, m.edited, m.deleted, m.media
-             FROM messages m";
-        let scope = "m.kind = 'msg' AND m.conv = ANY($2) AND NOT m.deleted
-             ORDER BY m.id DESC LIMIT $3";
+        let scope = "kind = 'msg' AND conv = ANY($2) AND NOT deleted ORDER BY id DESC LIMIT $3";
         // Spaces do not separate words in Chinese or Japanese text: such queries match as a
         // substring (the trigram index serves those of three characters or more).
         let (sql, pattern) = if query.chars().any(is_cjk) {
-            let escaped = query
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
             (
-                format!("{columns} WHERE m.cjk AND m.body ILIKE $1 AND {scope}"),
-                format!("%{escaped}%"),
+                format!("{SELECT} WHERE cjk AND body ILIKE $1 AND {scope}"),
+                contains_pattern(query),
             )
         } else {
             // A phrase: user input never becomes tsquery syntax.
             (
                 format!(
-                    "{columns} JOIN message_words w ON w.id = m.id
-                     WHERE w.words @@ phraseto_tsquery('simple', natter_unaccent($1)) AND {scope}"
+                    "{SELECT} WHERE id IN (SELECT id FROM message_words
+                         WHERE words @@ phraseto_tsquery('simple', natter_unaccent($1)))
+                     AND {scope}"
                 ),
                 query.to_string(),
             )

@@ -1,8 +1,8 @@
 //! Full-text search over the history: words through the word index, text in scripts written
 //! without spaces through the trigram index, or a substring scan when too short for trigrams.
 
-use crate::store::messages::is_cjk;
 use crate::store::messages::Item;
+use crate::store::messages::{contains_pattern, is_cjk};
 use crate::store::sqlite::Sqlite;
 use crate::store::{Search, StoreError};
 
@@ -36,14 +36,10 @@ fn matcher(query: &str) -> (&'static str, &'static str, String) {
     // to a substring scan of the same conversations.
     let cjk = query.chars().any(is_cjk);
     if cjk && query.chars().count() < 3 {
-        let escaped = query
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
         return (
             "messages m",
             "m.body LIKE ? ESCAPE '\\'",
-            format!("%{escaped}%"),
+            contains_pattern(query),
         );
     }
     // One quoted FTS5 string: user input never becomes FTS syntax.
