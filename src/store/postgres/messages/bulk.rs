@@ -68,7 +68,8 @@ pub(super) fn append_run<C: GenericClient>(
     // conversations recorded. It answers with each conversation's last number and each new
     // entry's id.
     let mut next: HashMap<String, i64> = HashMap::new();
-    let mut ids: HashMap<(String, i64), i64> = HashMap::new();
+    // Per conversation, seq → id (looked up by the message's own conversation, no copy).
+    let mut ids: HashMap<String, HashMap<i64, i64>> = HashMap::new();
     if !new.conv.is_empty() {
         let rows = db.query(
             "WITH input AS (
@@ -128,7 +129,7 @@ pub(super) fn append_run<C: GenericClient>(
                 let n = count_of.get(conv.as_str()).copied().unwrap_or(0);
                 next.insert(conv, number - n + 1);
             } else {
-                ids.insert((conv, number), r.get(3));
+                ids.entry(conv).or_default().insert(number, r.get(3));
             }
         }
     }
@@ -159,7 +160,7 @@ pub(super) fn append_run<C: GenericClient>(
                 duplicate: true,
             },
             Is::New => {
-                let Some(&id) = ids.get(&(m.conv.clone(), seqs[i])) else {
+                let Some(&id) = ids.get(m.conv.as_str()).and_then(|c| c.get(&seqs[i])) else {
                     return Err(StoreError::Commit(format!(
                         "entry {} of {} not returned by its insert",
                         seqs[i], m.conv
