@@ -401,6 +401,15 @@ impl Access {
             )
         })
     }
+
+    /// Each member's copy of a conversation topic (`c/{conv}/{kind}`), as this node's directory
+    /// has them now; none for any other topic.
+    pub fn stream_copies_of(&self, topic: &str) -> Vec<Bytes> {
+        match topics::classify(topic) {
+            Some(ChatTopic::Conv { conv, kind }) => stream_copies(&self.dir(), conv, kind),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Each member's copy of a conversation topic.

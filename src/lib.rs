@@ -33,6 +33,9 @@
 //! - [`service`]: the chat rules applied with I/O — requests and the reload watcher
 //!   ([`service::requests`], `groups`, `queries`, `account`, `watch`), receipts and presence
 //!   ([`service::signals`]), push ([`service::push`]).
+//! - [`cluster`]: a node's link to the other nodes of a cluster (NATS): what the router
+//!   forwards goes out, what the others send comes in, holes in a conversation are read from
+//!   the store.
 //! - [`edge`]: listeners, the global connection bound (`admission`), handshakes (`connect`),
 //!   and one task per connection:
 //!   `inbound` (read, decode), `publish` (check, authorize), `chat_ingress` (chat routes),
@@ -65,6 +68,7 @@
 pub mod access;
 pub mod acl;
 pub mod chat;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod edge;

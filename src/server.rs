@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{Access, AccessError};
 use crate::chat::Directory;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{listen_addr, Config};
 use crate::edge::{self, Admission, Kind, Limits, Shared, TlsError};
 use crate::http::{AppState, HttpSettings};
@@ -49,6 +50,8 @@ pub enum ServerError {
     Access(#[from] AccessError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
     #[error("cannot write {path}: {source}")]
     Secret {
         path: std::path::PathBuf,
@@ -166,6 +169,10 @@ pub async fn run(
         .await
         .map_err(|e| ServerError::Store(StoreError::Thread(std::io::Error::other(e))))??;
     let (signer, access) = build_access(&config, &store, &directory)?;
+    let cluster = match config.cluster.enabled() {
+        true => Some(Cluster::connect(&config.cluster).await?),
+        false => None,
+    };
     let tls = match config.tls_enabled() {
         true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),
         false => None,
@@ -178,7 +185,9 @@ pub async fn run(
         signals,
         media,
         background,
-    } = start_services(&config, &store, &directory, &access, &stats, &shutdown)?;
+    } = start_services(
+        &config, &store, &directory, &access, &stats, cluster, &shutdown,
+    )?;
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
         limits: Limits::from_config(&config.mqtt, &config.limits, &config),
@@ -266,28 +275,35 @@ struct Services {
     chat: Arc<ChatService>,
     signals: mpsc::UnboundedSender<Signal>,
     media: Arc<MediaStore>,
-    /// The chat watcher, retention and signals tasks, awaited in that order at shutdown.
+    /// The chat watcher, retention, cluster and signals tasks, awaited in that order at
+    /// shutdown.
     background: Vec<JoinHandle<()>>,
 }
 
 /// Starts the router, the signals task (receipts, presence, push), the chat service and its
-/// watcher, and retention.
+/// watcher, retention, and in a cluster the link to the other nodes.
 fn start_services(
     config: &Config,
     store: &Arc<dyn Store>,
     directory: &Arc<RwLock<Directory>>,
     access: &Arc<Access>,
     stats: &Arc<Stats>,
+    cluster: Option<Cluster>,
     shutdown: &CancellationToken,
 ) -> Result<Services, ServerError> {
     let (signals_tx, signals_rx) = mpsc::unbounded_channel();
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let router = Router::new(
+    let mut router = Router::new(
         Settings::from_config(&config.mqtt, &config.limits, &config.chat),
         access.clone(),
         stats.clone(),
         reports_tx,
     );
+    let (outgoing_tx, outgoing_rx) = mpsc::channel(router::OUTGOING_QUEUE);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    if cluster.is_some() {
+        router.join_cluster(outgoing_tx, control_tx.clone());
+    }
     let router = router::spawn(router);
     let pusher = Arc::new(Pusher::new(push_settings(config)?, store.clone()));
     let signals = Signals::new(
@@ -305,26 +321,43 @@ fn start_services(
                 source,
             })?,
         );
-    let chat = Arc::new(ChatService::new(
+    let mut chat = ChatService::new(
         store.clone(),
         directory.clone(),
         router.clone(),
         signals_tx.clone(),
         pusher,
-    ));
+    );
+    if cluster.is_some() {
+        chat = chat.with_peers(control_tx);
+    }
+    let chat = Arc::new(chat);
     let watcher = tokio::spawn(chat.clone().watch(shutdown.clone()));
+    let mut background = vec![watcher];
     let retention = tokio::spawn(retain(
         store.clone(),
         media.clone(),
         config.clone(),
         shutdown.clone(),
     ));
+    background.push(retention);
+    if let Some(cluster) = cluster {
+        background.push(cluster.start(
+            outgoing_rx,
+            control_rx,
+            router.clone(),
+            chat.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
+    }
+    background.push(signals_task);
     Ok(Services {
         router,
         chat,
         signals: signals_tx,
         media,
-        background: vec![watcher, retention, signals_task],
+        background,
     })
 }
 

@@ -427,6 +427,79 @@ pub fn is_sys(topic: &str) -> bool {
     topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
+/// The NATS subjects a cluster's nodes use (see `cluster`): every subject starts here.
+pub const NATS_ROOT: &str = "natter";
+
+/// A topic level as one NATS subject token. NATS tokens are split on `.`, cannot be empty and
+/// treat `*` and `>` as wildcards, so any level that is not plain `[A-Za-z0-9_-]+` is written
+/// as `~` and its bytes in hex. The two forms cannot collide (a plain level has no `~`), so a
+/// level and a filter's literal level always encode alike, and MQTT's `+` maps onto NATS's `*`.
+fn nats_token(level: &str, out: &mut String) {
+    let plain = !level.is_empty()
+        && level
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        out.push_str(level);
+    } else {
+        out.push('~');
+        for b in level.bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+    }
+}
+
+/// The NATS subject a plain topic's messages cross nodes on: `natter.t.{levels}`.
+pub fn nats_topic_subject(topic: &str) -> String {
+    let mut out = String::with_capacity(NATS_ROOT.len() + 3 + topic.len());
+    out.push_str(NATS_ROOT);
+    out.push_str(".t");
+    for level in topic.split('/') {
+        out.push('.');
+        nats_token(level, &mut out);
+    }
+    out
+}
+
+/// The NATS subjects that carry every topic a (valid, unshared) filter matches: `+` is `*`; a
+/// trailing `#` is `>` plus the parent itself (`a/#` matches `a`). A node may receive more than
+/// the filter matches (`#` also takes `$` topics); its own index matches again.
+pub fn nats_filter_subjects(filter: &str) -> Vec<String> {
+    let (levels, below) = match filter.strip_suffix("#") {
+        Some("") => return vec![format!("{NATS_ROOT}.t.>")],
+        Some(parent) => (parent.trim_end_matches('/'), true),
+        None => (filter, false),
+    };
+    let mut subject = format!("{NATS_ROOT}.t");
+    for level in levels.split('/') {
+        subject.push('.');
+        if level == "+" {
+            subject.push('*');
+        } else {
+            nats_token(level, &mut subject);
+        }
+    }
+    if below {
+        vec![format!("{subject}.>"), subject]
+    } else {
+        vec![subject]
+    }
+}
+
+/// The NATS subject of a conversation's traffic: `natter.c.{conv}.{kind}`.
+pub fn nats_conv_subject(conv: &str, kind: ConvKind) -> String {
+    let mut out = format!("{NATS_ROOT}.c.");
+    nats_token(conv, &mut out);
+    out.push('.');
+    out.push_str(kind.as_str());
+    out
+}
+
+/// The NATS subject that takes every conversation's traffic.
+pub fn nats_all_convs() -> String {
+    format!("{NATS_ROOT}.c.>")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,5 +798,21 @@ mod tests {
             assert_eq!(validate_name(t.as_str(), &P), Ok(()));
         }
         assert!(!is_sys("$SYSX/a"));
+    }
+
+    #[test]
+    fn nats_subjects_keep_mqtt_matching() {
+        assert_eq!(nats_topic_subject("a/b"), "natter.t.a.b");
+        assert_eq!(nats_topic_subject("a.b//$x"), "natter.t.~612e62.~.~2478");
+        assert_eq!(nats_filter_subjects("a/+/c"), ["natter.t.a.*.c"]);
+        assert_eq!(nats_filter_subjects("a/#"), ["natter.t.a.>", "natter.t.a"]);
+        assert_eq!(nats_filter_subjects("#"), ["natter.t.>"]);
+        assert_eq!(nats_filter_subjects("+/#"), ["natter.t.*.>", "natter.t.*"]);
+        assert_eq!(nats_filter_subjects("a.b/~"), ["natter.t.~612e62.~7e"]);
+        assert_eq!(
+            nats_conv_subject("d.alice.bob", ConvKind::Messages),
+            "natter.c.~642e616c6963652e626f62.m"
+        );
+        assert!(nats_conv_subject("g.x", ConvKind::Typing).starts_with("natter.c."));
     }
 }

@@ -74,6 +74,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub push: PushConfig,
     pub storage: StorageConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -221,6 +222,31 @@ pub struct StorageConfig {
     /// How long the writer retries a commit that failed (database busy, disk full) before the
     /// waiting senders are told the message was not stored.
     pub commit_retry_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name; empty: a single node.
+    pub node_id: String,
+    /// NATS server URLs, comma-separated.
+    pub nats_url: String,
+    pub node_timeout_secs: u64,
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.node_id.is_empty()
+    }
+
+    /// The NATS server URLs, one per comma-separated entry.
+    pub fn nats_urls(&self) -> Vec<&str> {
+        self.nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

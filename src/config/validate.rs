@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::{
-    invalid, AuthConfig, Backend, ChatConfig, Config, ConfigError, HttpConfig, LimitsConfig,
+    invalid, AuthConfig, Backend, ChatConfig, ClusterConfig, Config, ConfigError, HttpConfig, LimitsConfig,
     LogConfig, MediaConfig, MqttConfig, PushConfig, StorageConfig, TlsConfig,
 };
 
@@ -22,6 +22,7 @@ impl Config {
         push(&self.push)?;
         chat(&self.chat)?;
         storage(&self.storage)?;
+        cluster(&self.cluster, &self.storage)?;
         log(&self.log)
     }
 }
@@ -198,6 +199,42 @@ fn storage(s: &StorageConfig) -> Result<(), ConfigError> {
     }
     if s.data_dir.as_os_str().is_empty() {
         return Err(invalid("storage.data_dir", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// `[cluster]`: a node has a name NATS subjects can carry, a NATS server, and the shared
+/// PostgreSQL storage (each node's SQLite file would be a history of its own).
+fn cluster(c: &ClusterConfig, s: &StorageConfig) -> Result<(), ConfigError> {
+    if !c.enabled() {
+        if !c.nats_url.is_empty() {
+            return Err(invalid(
+                "cluster.node_id",
+                "must be set when cluster.nats_url is (a unique name for this node)",
+            ));
+        }
+        return Ok(());
+    }
+    if c.node_id.len() > 64 || !crate::topics::valid_id(&c.node_id) {
+        return Err(invalid(
+            "cluster.node_id",
+            "must be 1 to 64 letters, digits, '-' or '_'",
+        ));
+    }
+    if c.nats_urls().is_empty() {
+        return Err(invalid(
+            "cluster.nats_url",
+            "must name at least one NATS server when cluster.node_id is set",
+        ));
+    }
+    if s.backend != Backend::Postgres {
+        return Err(invalid(
+            "storage.backend",
+            "must be \"postgres\" in a cluster (every node shares the one database)",
+        ));
+    }
+    if c.node_timeout_secs == 0 {
+        return Err(invalid("cluster.node_timeout_secs", "must be at least 1"));
     }
     Ok(())
 }

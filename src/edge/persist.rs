@@ -1,17 +1,15 @@
 //! Store before acknowledge: chat messages go to the history writer, and only once committed
 //! are they routed and acknowledged, in the order they came.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::connection::{Close, Connection};
 use super::inflight::{Pending, Persist};
-use crate::chat::envelope::{Envelope, Format, Kind};
+use crate::chat::envelope::{Envelope, Kind};
 use crate::refusal::Refusal;
-use crate::router::{ChatRef, Event, Message};
+use crate::router::{Event, Message};
 use crate::service::signals::Signal;
 use crate::store::messages::{AppendError, Appended};
 
@@ -99,23 +97,8 @@ impl Connection {
         pkid: u16,
         copies: Vec<Bytes>,
     ) {
-        let message = Message {
-            topic,
-            payload: Bytes::from(envelope.encode(Format::Json)),
-            qos,
-            retain: false,
-            properties: None,
-            expires_at: None,
-            origin: Some(self.identity.client_id.clone()),
-            msgpack: Some(Bytes::from(envelope.encode(Format::MsgPack))),
-            chat: (envelope.k == Kind::Msg).then(|| {
-                Arc::new(ChatRef {
-                    conv: envelope.conv.clone(),
-                    seq: envelope.seq,
-                    from: envelope.from.clone(),
-                })
-            }),
-        };
+        let origin = Some(self.identity.client_id.clone());
+        let message = Message::stored(envelope, topic, qos, origin);
         if envelope.k == Kind::Msg {
             let _ = self.shared.signals.send(Signal::Stored {
                 conv: envelope.conv.clone(),

@@ -59,7 +59,7 @@ impl Router {
                     &session.identity.user,
                     ack,
                 ) {
-                    if **user != *chat.from {
+                    if chat.receipt && **user != *chat.from {
                         let _ = self.reports.send(Report::Delivered {
                             user: user.clone(),
                             conv: chat.conv.clone(),

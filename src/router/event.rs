@@ -7,7 +7,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Subscribe, Unsubscribe};
 use tokio::sync::oneshot;
 
-use super::{Mailbox, Message, Will};
+use super::{Control, Mailbox, Message, Will};
 use crate::access::Identity;
 
 /// A CONNECT the edge has authenticated and authorized.
@@ -80,6 +80,16 @@ pub enum Event {
         message: Message,
         copies: Vec<Bytes>,
     },
+    /// A message another node of the cluster published; with `share` (group, filter), it came
+    /// through that shared group's NATS queue group and goes to one local member.
+    Remote {
+        message: Message,
+        share: Option<(Arc<str>, Arc<str>)>,
+    },
+    /// What another node told every node.
+    RemoteControl(Control),
+    /// The entries the store had for a hole in `conv` (oldest first), as messages.
+    Backfill { conv: String, messages: Vec<Message> },
     /// Ends every session of a user (removed account): DISCONNECT 0x98 to live connections.
     Kick { user: Arc<str> },
     /// Ends one client's session (a revoked device, an admin's kick): DISCONNECT 0x98.

@@ -37,23 +37,36 @@ impl Router {
         self.publish_with_copies(message, copies, now);
     }
 
-    /// Publishes the message on each of `copies` (unchanged but for the topic), then on its own.
+    /// Publishes the message on each of `copies` (unchanged but for the topic), then on its own;
+    /// a stored entry in its conversation's order.
     pub(super) fn publish_with_copies(
         &mut self,
         message: Message,
         copies: Vec<Bytes>,
         now: Instant,
     ) {
+        self.forward(&message);
+        self.ordered(message, copies, now);
+    }
+
+    /// Routes the message on each of `copies`, then on its own, here.
+    pub(super) fn route_with_copies(&mut self, message: Message, copies: Vec<Bytes>, now: Instant) {
         for topic in copies {
             let mut copy = message.clone();
             copy.topic = topic;
-            self.publish(copy, now);
+            self.route(copy, now);
         }
-        self.publish(message, now);
+        self.route(message, now);
     }
 
-    /// Routes a message to every matching session, and keeps it if retained.
+    /// Publishes a message: here, and to the other nodes of a cluster.
     pub fn publish(&mut self, message: Message, now: Instant) {
+        self.forward(&message);
+        self.route(message, now);
+    }
+
+    /// Routes a message to every matching session here, and keeps it if retained.
+    pub(super) fn route(&mut self, message: Message, now: Instant) {
         let message = Arc::new(message);
         let topic = message.topic_str();
         if message.retain {

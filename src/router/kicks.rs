@@ -29,15 +29,25 @@ impl Router {
         self.kicked_clients.insert(client, now);
     }
 
+    /// The client connected to another node of the cluster: its session here ends, and its
+    /// connection is told so (0x8E). What it had queued here is not carried over: a chat
+    /// device fetches what it missed from the store (`sync`).
+    pub(super) fn taken_over_elsewhere(&mut self, client: &str) {
+        self.end_with(client, DisconnectReasonCode::SessionTakenOver);
+    }
+
     /// Ends a client's session, disconnecting it with 0x98 (administrative action).
     fn kick(&mut self, client: &str) {
+        self.end_with(client, DisconnectReasonCode::AdministrativeAction);
+    }
+
+    /// Ends a client's session, disconnecting its connection with `reason`.
+    fn end_with(&mut self, client: &str, reason: DisconnectReasonCode) {
         let Some(mut session) = self.remove_session(client) else {
             return;
         };
         if let Some(link) = session.link.take() {
-            link.mailbox.push(Outbound::Disconnect(
-                DisconnectReasonCode::AdministrativeAction,
-            ));
+            link.mailbox.push(Outbound::Disconnect(reason));
             Stats::sub(&self.stats.clients_connected, 1);
             if let Some(user) = &session.identity.user {
                 let _ = self.reports.send(Report::Offline {

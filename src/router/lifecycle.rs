@@ -20,6 +20,7 @@ impl Router {
         now: Instant,
     ) -> Result<bool, ConnectRefused> {
         self.admit(&req, now)?;
+        self.tell_cluster(super::Control::TakenOver(req.identity.client_id.clone()));
         let resumed = self.take_over(&req, now);
         let present = resumed.is_some();
         let client = req.identity.client_id.clone();
@@ -181,11 +182,13 @@ impl Router {
     /// Removes a session's subscriptions from the index.
     pub(super) fn drop_subscriptions(&mut self, session: &Session) {
         for sub in session.subscriptions.values() {
-            self.subscriptions.remove(
-                sub.group.as_deref(),
-                &sub.filter,
-                &session.identity.client_id,
-            );
+            let client = &session.identity.client_id;
+            if self
+                .subscriptions
+                .remove(sub.group.as_deref(), &sub.filter, client)
+            {
+                self.interest(sub.group.as_deref(), &sub.filter, false);
+            }
         }
     }
 

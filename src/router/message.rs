@@ -8,6 +8,8 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 
+use crate::chat::envelope::{Envelope, Format, Kind};
+
 /// An application message as the router carries it; shared by every delivery.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -28,12 +30,15 @@ pub struct Message {
     pub chat: Option<Arc<ChatRef>>,
 }
 
-/// A stored chat message, as receipts name it.
+/// A stored history entry: which one, so a recipient's acknowledgement becomes a receipt and a
+/// cluster's nodes deliver each conversation in `seq` order.
 #[derive(Debug)]
 pub struct ChatRef {
     pub conv: String,
     pub seq: u64,
     pub from: String,
+    /// A message (not an edit, delete or reaction): its acknowledgement is a delivered receipt.
+    pub receipt: bool,
 }
 
 impl Message {
@@ -49,6 +54,27 @@ impl Message {
             origin: None,
             msgpack: None,
             chat: None,
+        }
+    }
+
+    /// A stored entry as it is routed: the envelope replaces what the client sent (JSON, and
+    /// MessagePack for devices that asked for it).
+    pub fn stored(envelope: &Envelope, topic: Bytes, qos: QoS, origin: Option<Arc<str>>) -> Message {
+        Message {
+            topic,
+            payload: Bytes::from(envelope.encode(Format::Json)),
+            qos,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin,
+            msgpack: Some(Bytes::from(envelope.encode(Format::MsgPack))),
+            chat: Some(Arc::new(ChatRef {
+                conv: envelope.conv.clone(),
+                seq: envelope.seq,
+                from: envelope.from.clone(),
+                receipt: envelope.k == Kind::Msg,
+            })),
         }
     }
 

@@ -32,15 +32,19 @@
 //! - `fanout`: [`Router::publish`], from topic to each subscriber's session;
 //!   `retained`: the retained store; `subscribe`: SUBSCRIBE and UNSUBSCRIBE.
 //! - `acks`: acknowledgements and PUBREL; `wills`: [`Will`] and session expiry; `sys`: `$SYS`.
+//! - `cluster`: what crosses to the other nodes of a cluster ([`Forward`]) and what comes
+//!   from them; `order`: each conversation delivered in `seq` order there.
 //! - `session`: one client's session; `subscriptions`: the subscription index (a trie).
 
 mod acks;
+mod cluster;
 mod event;
 mod fanout;
 mod kicks;
 mod lifecycle;
 mod mailbox;
 mod message;
+mod order;
 mod report;
 mod retained;
 mod session;
@@ -57,9 +61,11 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+pub use cluster::{Control, Forward, Outgoing, OUTGOING_QUEUE};
 pub use event::{Ack, ClientInfo, ConnectRefused, ConnectRequest, Event};
 pub use mailbox::{Mailbox, Outbound, QueueBounds};
 pub use message::{ChatRef, Delivery, Message};
+pub use order::Gap;
 pub use report::Report;
 pub use settings::Settings;
 // Public for the fuzz target that checks the trie against `topics::matches` (fuzz/src/topics.rs).
@@ -94,6 +100,8 @@ pub struct Router {
     kicked_clients: HashMap<Arc<str>, Instant>,
     /// Deliveries and connections, for receipts and presence (see [`Report`]).
     reports: mpsc::UnboundedSender<Report>,
+    /// What crosses to the other nodes of a cluster (see `cluster`); `None` on a single node.
+    cluster: Option<cluster::Link>,
 }
 
 impl Router {
@@ -119,6 +127,7 @@ impl Router {
             started: now,
             kicked_users: HashMap::new(),
             kicked_clients: HashMap::new(),
+            cluster: None,
         }
     }
 
@@ -139,8 +148,17 @@ impl Router {
             Event::ServerPublishTo { message, copies } => {
                 self.publish_with_copies(message, copies, now)
             }
-            Event::Kick { user } => self.kick_user(user, now),
-            Event::KickClient { client } => self.kick_client(client, now),
+            Event::Remote { message, share } => self.remote(message, share, now),
+            Event::Backfill { conv, messages } => self.backfill(&conv, messages, now),
+            Event::RemoteControl(control) => self.remote_control(control, now),
+            Event::Kick { user } => {
+                self.tell_cluster(Control::KickUser(user.clone()));
+                self.kick_user(user, now)
+            }
+            Event::KickClient { client } => {
+                self.tell_cluster(Control::KickClient(client.clone()));
+                self.kick_client(client, now)
+            }
             Event::ListClients(reply) => {
                 let _ = reply.send(self.list_clients());
             }
@@ -179,5 +197,6 @@ impl Router {
         self.forget_old_kicks(now);
         self.expire_sessions(now);
         self.publish_sys_if_due(now);
+        self.cluster_tick(now);
     }
 }

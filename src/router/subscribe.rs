@@ -36,6 +36,7 @@ impl Router {
         let id = packet.properties.as_ref().and_then(|p| p.id);
         let mut codes = Vec::with_capacity(packet.filters.len());
         let mut retained_for: Vec<(String, QoS)> = Vec::new();
+        let mut added: Vec<(Option<&str>, &str)> = Vec::new();
         for f in &packet.filters {
             let sub = match admit_filter(&self.access, &self.settings, session, client, f) {
                 Ok(sub) => sub,
@@ -55,10 +56,16 @@ impl Router {
                 .subscriptions
                 .insert(sub.group, sub.filter, client, options);
             session.remember(&f.path, &sub);
+            if !existed {
+                added.push((sub.group, sub.filter));
+            }
             codes.push(SubscribeReasonCode::Success(f.qos));
             if sends_retained(&sub, &f.retain_forward_rule, existed) {
                 retained_for.push((sub.filter.to_string(), f.qos));
             }
+        }
+        for (group, filter) in added {
+            self.interest(group, filter, true);
         }
         mailbox.push(Outbound::Packet(Box::new(Packet::SubAck(SubAck {
             pkid: packet.pkid,
@@ -80,6 +87,7 @@ impl Router {
         };
         let mailbox = link.mailbox.clone();
         let limits = self.settings.topics;
+        let mut removed = Vec::new();
         let reasons = packet
             .filters
             .iter()
@@ -89,14 +97,21 @@ impl Router {
                 }
                 match session.subscriptions.remove(raw.as_str()) {
                     Some(sub) => {
-                        self.subscriptions
-                            .remove(sub.group.as_deref(), &sub.filter, client);
+                        if self
+                            .subscriptions
+                            .remove(sub.group.as_deref(), &sub.filter, client)
+                        {
+                            removed.push(sub);
+                        }
                         UnsubAckReason::Success
                     }
                     None => UnsubAckReason::NoSubscriptionExisted,
                 }
             })
             .collect();
+        for sub in removed {
+            self.interest(sub.group.as_deref(), &sub.filter, false);
+        }
         mailbox.push(Outbound::Packet(Box::new(Packet::UnsubAck(UnsubAck {
             pkid: packet.pkid,
             reasons,

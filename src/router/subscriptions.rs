@@ -86,6 +86,9 @@ impl Drop for Node {
 pub struct Subscriptions {
     root: Node,
     count: usize,
+    /// In a cluster, a shared group takes each message once cluster-wide, through a NATS queue
+    /// group ([`Subscriptions::pick_shared`]): matching then leaves the groups out.
+    shared_by_cluster: bool,
 }
 
 impl Subscriptions {
@@ -203,6 +206,32 @@ impl Subscriptions {
         node.here.get_or_insert_with(Box::default)
     }
 
+    /// Leaves shared groups out of [`Subscriptions::for_each_match`] (see `shared_by_cluster`).
+    pub fn share_through_cluster(&mut self) {
+        self.shared_by_cluster = true;
+    }
+
+    /// The member of shared group `group` on `filter` that takes a message, picked as
+    /// [`Subscriptions::for_each_match`] picks (for a message the cluster gave this node).
+    pub fn pick_shared(
+        &self,
+        group: &str,
+        filter: &str,
+        receives: &dyn Fn(&Arc<str>, &SubOptions) -> Option<bool>,
+    ) -> Option<(Arc<str>, SubOptions)> {
+        let (path, below) = split_filter(filter);
+        let mut node = &self.root;
+        for level in path {
+            node = node.children.get(level)?;
+        }
+        let entries = if below { &node.below } else { &node.here };
+        let g = entries.as_ref()?.shared.iter().find(|g| &*g.name == group)?;
+        let pick = g.pick(receives)?;
+        g.next.set(pick + 1);
+        let (client, options) = &g.members[pick];
+        Some((client.clone(), options.clone()))
+    }
+
     /// Calls `hit` for every subscription matching `topic`. For each shared group it picks one
     /// member, the next in turn that `receives` (`None`: may not receive this message; else
     /// whether it is connected) says is connected, else the next that may receive it; a group
@@ -224,12 +253,12 @@ impl Subscriptions {
             if wild_ok {
                 // `a/#` matches `a` itself as well as everything below it.
                 if let Some(below) = &node.below {
-                    emit(below, receives, hit);
+                    emit(below, !self.shared_by_cluster, receives, hit);
                 }
             }
             let Some(level) = levels.get(depth) else {
                 if let Some(here) = &node.here {
-                    emit(here, receives, hit);
+                    emit(here, !self.shared_by_cluster, receives, hit);
                 }
                 continue;
             };
@@ -279,6 +308,7 @@ fn remove_from(slot: &mut Option<Box<Entries>>, group: Option<&str>, client: &st
 
 fn emit(
     entries: &Entries,
+    shared: bool,
     receives: &dyn Fn(&Arc<str>, &SubOptions) -> Option<bool>,
     hit: &mut dyn FnMut(Hit<'_>),
 ) {
@@ -288,6 +318,9 @@ fn emit(
             options,
             received: false,
         });
+    }
+    if !shared {
+        return;
     }
     for group in &entries.shared {
         if let Some(pick) = group.pick(receives) {

@@ -8,13 +8,13 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::error::ServiceError;
 use super::push::Pusher;
 use super::signals::Signal;
 use crate::chat::{Denied, Directory};
-use crate::router::{Event, Message};
+use crate::router::{Control, Event, Forward, Message};
 use crate::store::{Store, StoreError};
 
 pub struct ChatService {
@@ -25,6 +25,10 @@ pub struct ChatService {
     pub(super) pusher: Arc<Pusher>,
     /// Serialises changes, so a reload never races a change made here.
     pub(super) changes: tokio::sync::Mutex<()>,
+    /// In a cluster: where a change made here is announced, so the other nodes reload at once.
+    peers: Option<mpsc::UnboundedSender<Forward>>,
+    /// Wakes the reload watcher before its next tick (another node announced a change).
+    pub(super) reload_now: Notify,
 }
 
 impl ChatService {
@@ -42,7 +46,20 @@ impl ChatService {
             signals,
             pusher,
             changes: tokio::sync::Mutex::new(()),
+            peers: None,
+            reload_now: Notify::new(),
         }
+    }
+
+    /// Announces this node's directory changes to the other nodes of a cluster.
+    pub fn with_peers(mut self, peers: mpsc::UnboundedSender<Forward>) -> ChatService {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// Another node changed accounts or memberships: reload the directory now.
+    pub fn reload_soon(&self) {
+        self.reload_now.notify_one();
     }
 
     /// The shared directory, for reading (a poisoned lock still holds a usable directory).
@@ -50,8 +67,17 @@ impl ChatService {
         self.directory.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The shared directory, for changing.
+    /// The shared directory, for a change made here (already committed to the store): the
+    /// other nodes of a cluster are told to reload theirs.
     pub(super) fn write(&self) -> RwLockWriteGuard<'_, Directory> {
+        if let Some(peers) = &self.peers {
+            let _ = peers.send(Forward::Control(Control::Directory));
+        }
+        self.installing()
+    }
+
+    /// The shared directory, to install what the store holds (announcing nothing).
+    pub(super) fn installing(&self) -> RwLockWriteGuard<'_, Directory> {
         self.directory.write().unwrap_or_else(|e| e.into_inner())
     }
 

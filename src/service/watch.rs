@@ -38,12 +38,15 @@ impl ChatService {
         };
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         loop {
-            tokio::select! {
+            // A change another node of the cluster made: that node has announced it to every
+            // node already.
+            let announced = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+                _ = tick.tick() => false,
+                _ = self.reload_now.notified() => true,
+            };
             let _guard = self.changes.lock().await;
-            match self.reload(seen).await {
+            match self.reload(seen, !announced).await {
                 Reload::Retry => {}
                 Reload::Installed(version) => seen = version,
                 Reload::RouterGone => return,
@@ -51,8 +54,9 @@ impl ChatService {
         }
     }
 
-    /// Installs the store's directory if its version is not `seen`, then kicks removed users.
-    async fn reload(&self, seen: i64) -> Reload {
+    /// Installs the store's directory if its version is not `seen` (announcing membership
+    /// changes if `announce`), then kicks removed users.
+    async fn reload(&self, seen: i64, announce: bool) -> Reload {
         let version = match self.blocking(|s| s.directory_version()).await {
             Ok(v) => v,
             Err(e) => {
@@ -76,7 +80,7 @@ impl ChatService {
         let Some(gone) = self.users_gone(&newer).await else {
             return Reload::Retry;
         };
-        self.install(newer).await;
+        self.install(newer, announce).await;
         if !self.kick(gone).await {
             return Reload::RouterGone;
         }
@@ -123,13 +127,17 @@ impl ChatService {
 
     /// Replaces the directory with `newer`, announcing removals before (while the removed can
     /// still read their events) and additions after.
-    async fn install(&self, newer: Directory) {
+    async fn install(&self, newer: Directory, announce: bool) {
+        if !announce {
+            *self.installing() = newer;
+            return;
+        }
         let changes = self.read().membership_changes(&newer);
         for (conv, user) in &changes.removed {
             self.announce_member(conv, user, "member_removed", None, "admin")
                 .await;
         }
-        *self.write() = newer;
+        *self.installing() = newer;
         for (conv, user, role) in &changes.added {
             self.announce_member(conv, user, "member_added", Some(*role), "admin")
                 .await;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod chat;
 pub mod clients;
+pub mod cluster;
 pub mod http;
 pub mod mosquitto;
 pub mod process;

@@ -1,0 +1,349 @@
+//! A cluster of natter nodes: PostgreSQL holds the truth (history, `seq`, accounts,
+//! memberships), NATS carries live traffic between the nodes, and this task is one node's link
+//! to NATS.
+//!
+//! The router decides what crosses ([`crate::router::Forward`], and messages on a bounded
+//! channel) and this task moves it: out to NATS, and what the other nodes send in to the router
+//! as [`Event::Remote`] / [`Event::RemoteControl`]. Subjects (built in [`crate::topics`]):
+//!
+//! - `natter.c.{conv}.{kind}`: conversation traffic. Every node takes all of it and makes the
+//!   members' stream copies from its own directory; stored entries carry their `seq`, and the
+//!   router delivers them in order ([`crate::router::Gap`] holes are filled from the store
+//!   here, so a message NATS loses is still delivered).
+//! - `natter.t.{levels}`: plain topics. A node subscribes only to the subjects of its local
+//!   subscriptions, so NATS carries a message only to the nodes with interest; a shared group
+//!   subscribes as a NATS queue group, so one node (and there one member) takes each message.
+//! - `natter.r`: retained messages, to every node (each keeps its own retained store).
+//! - `natter.ctl`: [`Control`]s — kicks, takeovers, directory changes.
+//!
+//! NATS core is at most once: a frame lost with a NATS server costs a plain message its
+//! cross-node delivery, while a stored entry is found again in the store.
+
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClusterConfig;
+use crate::router::{Control, Event, Forward, Gap, Message, Outgoing};
+use crate::service::requests::ChatService;
+use crate::store::Store;
+use crate::topics::{self, ChatTopic, ConvKind};
+use wire::{Body, Frame, Wired};
+
+/// How long a hole waits for the late NATS copy before the store is read for it.
+const GAP_WAIT: Duration = Duration::from_millis(50);
+/// Most entries read from the store per page of a backfill.
+const BACKFILL_PAGE: usize = 500;
+/// Longest subject sent: NATS refuses a control line beyond 4 KiB (and drops the connection).
+const MAX_SUBJECT: usize = 3072;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster.nats_url: {0}")]
+    Url(String),
+    #[error("cannot connect to NATS ({urls}): {source}")]
+    Connect {
+        urls: String,
+        source: async_nats::ConnectError,
+    },
+}
+
+/// One node's connection to the cluster's NATS servers.
+pub struct Cluster {
+    client: async_nats::Client,
+    node: Arc<str>,
+}
+
+/// Where inbound frames go.
+#[derive(Clone)]
+struct Sinks {
+    node: Arc<str>,
+    router: mpsc::Sender<Event>,
+    chat: Arc<ChatService>,
+}
+
+impl Cluster {
+    /// Connects to NATS (any of the configured servers; the client reconnects by itself later).
+    pub async fn connect(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+        let mut addrs = Vec::new();
+        for url in config.nats_urls() {
+            let addr: async_nats::ServerAddr = url
+                .parse()
+                .map_err(|e| ClusterError::Url(format!("{url}: {e}")))?;
+            addrs.push(addr);
+        }
+        let node: Arc<str> = config.node_id.as_str().into();
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("natter-{node}"))
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    other => tracing::warn!(event = %other, "NATS"),
+                }
+            })
+            .connect(addrs)
+            .await
+            .map_err(|source| ClusterError::Connect {
+                urls: config.nats_url.clone(),
+                source,
+            })?;
+        tracing::info!(node = %node, "joined the cluster");
+        Ok(Cluster { client, node })
+    }
+
+    /// Runs this node's side of the cluster until shutdown: what the router forwards goes out,
+    /// what the other nodes send comes in.
+    pub fn start(
+        self,
+        outgoing: mpsc::Receiver<Outgoing>,
+        control: mpsc::UnboundedReceiver<Forward>,
+        router: mpsc::Sender<Event>,
+        chat: Arc<ChatService>,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        let sinks = Sinks {
+            node: self.node.clone(),
+            router,
+            chat,
+        };
+        tokio::spawn(self.run(outgoing, control, sinks, store, shutdown))
+    }
+
+    async fn run(
+        self,
+        mut outgoing: mpsc::Receiver<Outgoing>,
+        mut control: mpsc::UnboundedReceiver<Forward>,
+        sinks: Sinks,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) {
+        let fixed = [
+            topics::nats_all_convs(),
+            retained_subject(),
+            control_subject(),
+        ];
+        let mut followed: Vec<JoinHandle<()>> = fixed
+            .into_iter()
+            .map(|s| self.follow(s, None, sinks.clone()))
+            .collect();
+        let mut interest: HashMap<(Option<Arc<str>>, Arc<str>), Vec<JoinHandle<()>>> =
+            HashMap::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(message) = outgoing.recv() => self.send_message(&message).await,
+                Some(forward) = control.recv() => match forward {
+                    Forward::Interest { group, filter, on } => {
+                        let key = (group.clone(), filter.clone());
+                        for task in interest.remove(&key).unwrap_or_default() {
+                            task.abort();
+                        }
+                        if on {
+                            interest.insert(key, self.follow_filter(group, filter, &sinks));
+                        }
+                    }
+                    Forward::Gap(gap) => {
+                        tokio::spawn(backfill(gap, store.clone(), sinks.router.clone()));
+                    }
+                    Forward::Control(c) => self.send(control_subject(), Body::Control(c)).await,
+                },
+                else => break,
+            }
+        }
+        followed.extend(interest.into_values().flatten());
+        for task in followed {
+            task.abort();
+        }
+        let _ = self.client.flush().await;
+    }
+
+    /// Sends a message published here on its subject.
+    async fn send_message(&self, message: &Message) {
+        let subject = match topics::classify(message.topic_str()) {
+            Some(ChatTopic::Conv { conv, kind }) => topics::nats_conv_subject(conv, kind),
+            _ if message.retain => retained_subject(),
+            _ => topics::nats_topic_subject(message.topic_str()),
+        };
+        let body = Body::Message(Wired::from_message(message, Instant::now()));
+        self.send(subject, body).await;
+    }
+
+    async fn send(&self, subject: String, body: Body) {
+        if subject.len() > MAX_SUBJECT {
+            tracing::warn!(len = subject.len(), "topic too long to cross nodes; not forwarded");
+            return;
+        }
+        let frame = Frame {
+            node: self.node.clone(),
+            body,
+        };
+        let bytes = match frame.encode() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode a frame for NATS");
+                return;
+            }
+        };
+        if let Err(e) = self.client.publish(subject, bytes.into()).await {
+            tracing::warn!(error = %e, "cannot publish to NATS");
+        }
+    }
+
+    /// Subscribes to the subjects of a local filter (a queue group for a shared one).
+    fn follow_filter(
+        &self,
+        group: Option<Arc<str>>,
+        filter: Arc<str>,
+        sinks: &Sinks,
+    ) -> Vec<JoinHandle<()>> {
+        let share = group.map(|g| (g, filter.clone()));
+        topics::nats_filter_subjects(&filter)
+            .into_iter()
+            .map(|subject| self.follow(subject, share.clone(), sinks.clone()))
+            .collect()
+    }
+
+    /// A task that takes one subject's frames to their sinks until aborted; dropping its NATS
+    /// subscription unsubscribes.
+    fn follow(
+        &self,
+        subject: String,
+        share: Option<(Arc<str>, Arc<str>)>,
+        sinks: Sinks,
+    ) -> JoinHandle<()> {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let subscribed = match &share {
+                Some((group, filter)) => {
+                    client
+                        .queue_subscribe(subject.clone(), queue_group(group, filter))
+                        .await
+                }
+                None => client.subscribe(subject.clone()).await,
+            };
+            let mut subscriber = match subscribed {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(subject, error = %e, "cannot subscribe on NATS");
+                    return;
+                }
+            };
+            while let Some(m) = subscriber.next().await {
+                if !sinks.take(&m.payload, share.clone()).await {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+impl Sinks {
+    /// Hands one frame on; `false` once the router is gone.
+    async fn take(&self, bytes: &[u8], share: Option<(Arc<str>, Arc<str>)>) -> bool {
+        let frame = match Frame::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable frame on NATS; dropped");
+                return true;
+            }
+        };
+        // A node's own frames come back to it; it has routed them already, but for a shared
+        // group, where NATS picks the node, this one included.
+        if frame.node == self.node && share.is_none() {
+            return true;
+        }
+        let event = match frame.body {
+            Body::Message(w) => match w.into_message(Instant::now()) {
+                Some(message) => Event::Remote { message, share },
+                None => {
+                    tracing::warn!(node = %frame.node, "malformed message on NATS; dropped");
+                    return true;
+                }
+            },
+            Body::Control(Control::Directory) => {
+                self.chat.reload_soon();
+                return true;
+            }
+            Body::Control(c) => Event::RemoteControl(c),
+        };
+        self.router.send(event).await.is_ok()
+    }
+}
+
+/// Reads a conversation's missing entries from the store (after giving NATS a moment to bring
+/// them) and hands them to the router, which delivers those still missing and closes the hole.
+async fn backfill(gap: Gap, store: Arc<dyn Store>, router: mpsc::Sender<Event>) {
+    tokio::time::sleep(GAP_WAIT).await;
+    let conv = gap.conv.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut items = Vec::new();
+        let mut after = gap.after;
+        while after + 1 < gap.before {
+            let page = store.after(&gap.conv, after, BACKFILL_PAGE)?;
+            let Some(last) = page.items.last() else { break };
+            after = last.envelope.seq;
+            let more = page.more;
+            items.extend(page.items.into_iter().filter(|i| i.envelope.seq < gap.before));
+            if !more {
+                break;
+            }
+        }
+        Ok::<_, crate::store::StoreError>(items)
+    })
+    .await;
+    let items = match read {
+        Ok(Ok(items)) => items,
+        Ok(Err(e)) => {
+            // The router asks again.
+            tracing::warn!(conv, error = %e, "cannot read missing entries");
+            return;
+        }
+        Err(_) => return,
+    };
+    let messages = items
+        .iter()
+        .map(|i| {
+            let e = &i.envelope;
+            let kind = match e.k {
+                crate::chat::envelope::Kind::Msg => ConvKind::Messages,
+                _ => ConvKind::Events,
+            };
+            let topic = topics::conv_topic(&e.conv, kind);
+            Message::stored(e, topic.into(), QoS::AtLeastOnce, None)
+        })
+        .collect();
+    let _ = router.send(Event::Backfill { conv, messages }).await;
+}
+
+fn control_subject() -> String {
+    format!("{}.ctl", topics::NATS_ROOT)
+}
+
+fn retained_subject() -> String {
+    format!("{}.r", topics::NATS_ROOT)
+}
+
+/// A shared group's NATS queue group: one name per (group, filter), of characters NATS takes.
+fn queue_group(group: &str, filter: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{group}\u{0}{filter}").as_bytes(),
+    );
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("share-{hex}")
+}

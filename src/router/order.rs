@@ -1,0 +1,202 @@
+//! Per-conversation order in a cluster: a node delivers each conversation's entries in `seq`
+//! order, once, whichever node stored them.
+//!
+//! Entries reach a node from its own connections (right after their commit) and from the other
+//! nodes over NATS, so two nodes writing into one conversation can make `seq` 6 arrive before 5.
+//! An entry that comes early is held; the hole is reported once, so the store can be read for
+//! what is missing (NATS may have lost it, or it is merely late). Whatever fills the hole first
+//! wins; the other copy is a duplicate and dropped. A hole the store cannot fill either (the
+//! entries were deleted by retention) is stepped over once the store has answered.
+//!
+//! A conversation first seen at `seq` n starts there: its earlier entries were stored before
+//! this node had a reason to follow it, and clients fetch those with `sync`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// How long a conversation with nothing held is remembered after its last entry.
+const IDLE: Duration = Duration::from_secs(600);
+/// How long a hole waits for the store's answer before it is asked again (an answer lost with a
+/// full channel, or a store that failed).
+const ASK_AGAIN: Duration = Duration::from_secs(2);
+
+/// A hole in a conversation: entries after `after` and before `before` are missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub conv: String,
+    pub after: u64,
+    pub before: u64,
+}
+
+#[derive(Debug)]
+struct Conv<T> {
+    /// The next `seq` to deliver.
+    next: u64,
+    held: BTreeMap<u64, T>,
+    /// When the current hole was reported.
+    asked: Option<Instant>,
+    last: Instant,
+}
+
+/// Every followed conversation's position; `T` is what is delivered (a message and its copies).
+#[derive(Debug)]
+pub struct Orders<T> {
+    convs: HashMap<String, Conv<T>>,
+}
+
+impl<T> Default for Orders<T> {
+    fn default() -> Self {
+        Orders {
+            convs: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Orders<T> {
+    /// Takes entry `seq` of `conv`: appends to `ready` what may be delivered now, in order, and
+    /// returns a hole to report, if this entry opened one.
+    pub fn admit(
+        &mut self,
+        conv: &str,
+        seq: u64,
+        item: T,
+        now: Instant,
+        ready: &mut Vec<T>,
+    ) -> Option<Gap> {
+        let c = match self.convs.get_mut(conv) {
+            Some(c) => c,
+            None => self.convs.entry(conv.to_string()).or_insert(Conv {
+                next: seq,
+                held: BTreeMap::new(),
+                asked: None,
+                last: now,
+            }),
+        };
+        c.last = now;
+        if seq < c.next || c.held.contains_key(&seq) {
+            return None;
+        }
+        if seq > c.next {
+            c.held.insert(seq, item);
+            if c.asked.is_some() {
+                return None;
+            }
+            c.asked = Some(now);
+            return Some(Gap {
+                conv: conv.to_string(),
+                after: c.next - 1,
+                before: seq,
+            });
+        }
+        ready.push(item);
+        c.next += 1;
+        Self::release(c, ready);
+        None
+    }
+
+    /// The store answered for a hole of `conv` (its entries went through [`Orders::admit`]
+    /// first): whatever is still missing is gone, and what was held behind it is delivered.
+    pub fn answered(&mut self, conv: &str, ready: &mut Vec<T>) {
+        let Some(c) = self.convs.get_mut(conv) else {
+            return;
+        };
+        if let Some(first) = c.held.keys().next().copied() {
+            tracing::warn!(conv, missing_from = c.next, up_to = first - 1, "entries not found in the store, skipped");
+            c.next = first;
+        }
+        Self::release(c, ready);
+    }
+
+    /// Delivers the held entries that now follow on, and ends the hole if none is left.
+    fn release(c: &mut Conv<T>, ready: &mut Vec<T>) {
+        while let Some(entry) = c.held.first_entry() {
+            if *entry.key() != c.next {
+                return;
+            }
+            ready.push(entry.remove());
+            c.next += 1;
+        }
+        c.asked = None;
+    }
+
+    /// Holes asked about long ago, to ask again; forgets idle conversations.
+    pub fn tick(&mut self, now: Instant) -> Vec<Gap> {
+        self.convs
+            .retain(|_, c| !c.held.is_empty() || now.duration_since(c.last) < IDLE);
+        let mut again = Vec::new();
+        for (conv, c) in &mut self.convs {
+            if let (Some(asked), Some(first)) = (c.asked, c.held.keys().next()) {
+                if now.duration_since(asked) >= ASK_AGAIN {
+                    c.asked = Some(now);
+                    again.push(Gap {
+                        conv: conv.clone(),
+                        after: c.next - 1,
+                        before: *first,
+                    });
+                }
+            }
+        }
+        again
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admit(o: &mut Orders<u64>, seq: u64, now: Instant) -> (Vec<u64>, Option<Gap>) {
+        let mut ready = Vec::new();
+        let gap = o.admit("g.x", seq, seq, now, &mut ready);
+        (ready, gap)
+    }
+
+    #[test]
+    fn in_order_once_with_holes_reported_once() {
+        let now = Instant::now();
+        let mut o = Orders::default();
+        assert_eq!(admit(&mut o, 5, now), (vec![5], None));
+        assert_eq!(admit(&mut o, 5, now), (vec![], None), "a duplicate");
+        let gap = Gap {
+            conv: "g.x".into(),
+            after: 5,
+            before: 8,
+        };
+        assert_eq!(admit(&mut o, 8, now), (vec![], Some(gap)));
+        assert_eq!(admit(&mut o, 9, now), (vec![], None), "one report per hole");
+        assert_eq!(admit(&mut o, 7, now), (vec![], None));
+        assert_eq!(admit(&mut o, 6, now), (vec![6, 7, 8, 9], None));
+        assert_eq!(admit(&mut o, 4, now), (vec![], None), "before the start");
+        assert_eq!(admit(&mut o, 10, now), (vec![10], None));
+    }
+
+    #[test]
+    fn an_answer_steps_over_what_the_store_lacks() {
+        let now = Instant::now();
+        let mut o = Orders::default();
+        admit(&mut o, 1, now);
+        assert!(admit(&mut o, 4, now).1.is_some());
+        // The store had 2 but not 3 (retention deleted it).
+        assert_eq!(admit(&mut o, 2, now), (vec![2], None));
+        let mut ready = Vec::new();
+        o.answered("g.x", &mut ready);
+        assert_eq!(ready, [4]);
+        assert_eq!(admit(&mut o, 5, now), (vec![5], None));
+    }
+
+    #[test]
+    fn unanswered_holes_are_asked_again_and_idle_ones_forgotten() {
+        let now = Instant::now();
+        let mut o = Orders::default();
+        admit(&mut o, 1, now);
+        admit(&mut o, 3, now);
+        assert!(o.tick(now + Duration::from_millis(100)).is_empty());
+        let again = o.tick(now + ASK_AGAIN);
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].after, again[0].before), (1, 3));
+        let mut ready = Vec::new();
+        o.answered("g.x", &mut ready);
+        assert_eq!(ready, [3]);
+        o.tick(now + IDLE + ASK_AGAIN);
+        assert!(o.convs.is_empty());
+    }
+}

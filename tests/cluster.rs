@@ -1,0 +1,284 @@
+//! natter as a cluster: nodes on one PostgreSQL database and one NATS server, clients spread
+//! over the nodes. Skipped (loudly) without `NATTER_TEST_POSTGRES_URL` or `nats-server`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::chat::{login, password, publish_on, request_ok, subscribe, USERS};
+use common::clients::v5;
+use common::cluster::Cluster;
+use common::http::Api;
+use common::WAIT;
+use reqwest::StatusCode;
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, PubAckReason, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::{json, Value};
+
+/// A plain anonymous client of `node`.
+async fn plain(node: &common::TestServer, id: &str) -> v5::Client {
+    let mut o = v5::MqttOptions::new(id, "127.0.0.1", node.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    v5::Client::connect(o).await.0
+}
+
+fn envelope(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Value {
+    serde_json::from_slice(&p.payload).expect("JSON envelope")
+}
+
+#[tokio::test]
+async fn chat_crosses_nodes_once_and_in_order_with_receipts() {
+    let Some(cluster) = Cluster::start(3, USERS) else {
+        return;
+    };
+    let [n1, n2, n3] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut alice = login(n1, "alice").await;
+    let mut bob = login(n2, "bob").await;
+    let mut eve = login(n3, "eve").await;
+
+    // A direct message from node 1 to node 2.
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "hi bob")
+        .await
+        .unwrap();
+    let got = publish_on(&mut bob, "u/bob/c/d.alice.bob/m").await;
+    assert_eq!(envelope(&got)["t"], "hi bob");
+    assert_eq!(envelope(&got)["seq"], 1);
+
+    // A group with a member on every node: the event reaches the others' nodes.
+    request_ok(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "team", "members": ["bob", "eve"]}),
+    )
+    .await;
+    for (c, user) in [(&mut bob, "bob"), (&mut eve, "eve")] {
+        let event = publish_on(c, &format!("u/{user}/events")).await;
+        assert_eq!(envelope(&event)["type"], "member_added");
+    }
+
+    // Nodes 2 and 3 learn the membership from the store a moment after the event can arrive
+    // (see topics.md, "Cluster"): each member's first message is accepted once they have.
+    for (c, user) in [(&mut bob, "bob"), (&mut eve, "eve")] {
+        common::eventually(WAIT, "the member's node knows the group", async || {
+            c.client
+                .publish("c/g.team/m", QoS::AtLeastOnce, false, format!("{user} joins"))
+                .await
+                .unwrap();
+            loop {
+                if let v5::Incoming::PubAck(ack) = c.next().await.expect("connected") {
+                    return (ack.reason == PubAckReason::Success).then_some(());
+                }
+            }
+        })
+        .await;
+    }
+
+    // Every member writes from their own node at once: every member gets every message once,
+    // in seq order.
+    const EACH: usize = 30;
+    const TOTAL: usize = 2 + 3 * EACH;
+    for (c, user) in [(&alice, "alice"), (&bob, "bob"), (&eve, "eve")] {
+        for i in 0..EACH {
+            c.client
+                .publish("c/g.team/m", QoS::AtLeastOnce, false, format!("{user} {i}"))
+                .await
+                .unwrap();
+        }
+    }
+    // Bob's and Eve's devices acknowledge Alice's messages on nodes 2 and 3: the delivered
+    // receipts come back to node 1 (read on the way).
+    let mut delivered_by = HashMap::new();
+    for (c, user) in [(&mut bob, "bob"), (&mut eve, "eve"), (&mut alice, "alice")] {
+        let (messages, receipts) = (format!("u/{user}/c/g.team/m"), format!("u/{user}/c/g.team/r"));
+        let mut seqs = Vec::new();
+        delivered_by.clear();
+        while seqs.last() != Some(&(TOTAL as u64)) || (user == "alice" && delivered_by.len() < 2) {
+            let p = c.publish().await;
+            let e = envelope(&p);
+            if p.topic == messages {
+                seqs.push(e["seq"].as_u64().unwrap());
+            } else if p.topic == receipts && e["type"] == "delivered" && e["user"] != user {
+                delivered_by.insert(e["user"].as_str().unwrap().to_string(), e["seq"].clone());
+            }
+        }
+        // The members' first messages may have come while they waited for their own PUBACK.
+        let first = seqs[0];
+        assert!(first <= 3, "{user}: {seqs:?}");
+        let want: Vec<u64> = (first..=TOTAL as u64).collect();
+        assert_eq!(seqs, want, "{user}: every message once, in seq order");
+    }
+    assert!(delivered_by.contains_key("bob") && delivered_by.contains_key("eve"));
+}
+
+#[tokio::test]
+async fn plain_topics_cross_nodes_with_their_qos_retained_and_shared() {
+    let Some(cluster) = Cluster::start(3, &[]) else {
+        return;
+    };
+    let [n1, n2, n3] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut sub = plain(n2, "sub").await;
+    sub.client
+        .subscribe("sensors/#", QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    sub.suback().await;
+    let publisher = plain(n1, "pub").await;
+    // Interest reaches NATS after the SUBACK: a first message may cross before it does.
+    common::eventually(WAIT, "interest reaches the publisher's node", async || {
+        publisher
+            .client
+            .publish("sensors/probe", QoS::AtMostOnce, false, "probe")
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(200), sub.publish()).await;
+        matches!(got, Ok(p) if p.topic == "sensors/probe").then_some(())
+    })
+    .await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let topic = format!("sensors/t{i}");
+        publisher
+            .client
+            .publish(topic.as_str(), qos, false, format!("m{i}"))
+            .await
+            .unwrap();
+        let p = publish_on(&mut sub, &topic).await;
+        assert_eq!((p.qos, &p.payload[..]), (qos, format!("m{i}").as_bytes()));
+    }
+
+    // Retained on node 1, read by a new subscriber on node 3.
+    publisher
+        .client
+        .publish("status/door", QoS::AtLeastOnce, true, "open")
+        .await
+        .unwrap();
+    common::eventually(WAIT, "node 3 has the retained message", async || {
+        let mut late = plain(n3, "late").await;
+        late.client
+            .subscribe("status/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        late.suback().await;
+        let got = tokio::time::timeout(Duration::from_millis(300), late.publish()).await;
+        matches!(got, Ok(p) if p.retain && &p.payload[..] == b"open").then_some(())
+    })
+    .await;
+
+    // A shared group with a member on node 2 and one on node 3: each message to one of them.
+    let mut workers = Vec::new();
+    for (node, id) in [(n2, "w2"), (n3, "w3")] {
+        let mut w = plain(node, id).await;
+        w.client
+            .subscribe("$share/g/jobs/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        w.suback().await;
+        workers.push(w);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    const JOBS: usize = 40;
+    for i in 0..JOBS {
+        publisher
+            .client
+            .publish(format!("jobs/{i}"), QoS::AtLeastOnce, false, "job")
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for w in &mut workers {
+        w.publishes_within(Duration::from_millis(1500), |p| {
+            seen.push(String::from_utf8_lossy(&p.topic).to_string())
+        })
+        .await;
+    }
+    seen.sort();
+    seen.dedup();
+    let total: usize = seen.len();
+    assert_eq!(total, JOBS, "each job to exactly one worker, cluster-wide");
+}
+
+#[tokio::test]
+async fn a_client_id_connecting_to_another_node_takes_the_session_over() {
+    let Some(cluster) = Cluster::start(2, &[]) else {
+        return;
+    };
+    let mut first = plain(&cluster.nodes[0], "phone").await;
+    let _second = plain(&cluster.nodes[1], "phone").await;
+    let ended = first.ended().await;
+    assert!(
+        ended.0.contains(&format!("{:?}", DisconnectReasonCode::SessionTakenOver)),
+        "ended with DISCONNECT 0x8E: {ended:?}"
+    );
+}
+
+#[tokio::test]
+async fn kicks_and_membership_changes_reach_every_node() {
+    let Some(cluster) = Cluster::start(2, USERS) else {
+        return;
+    };
+    let [n1, n2] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut alice = login(n1, "alice").await;
+    request_ok(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "team", "members": ["bob"]}),
+    )
+    .await;
+    let mut bob = login(n2, "bob").await;
+    // Node 2 reloads the membership as soon as node 1 announces it (see topics.md, "Cluster").
+    common::eventually(WAIT, "node 2 knows the group", async || {
+        let code = subscribe(&mut bob, "c/g.team/m").await;
+        (code == SubscribeReasonCode::Success(QoS::AtLeastOnce)).then_some(())
+    })
+    .await;
+
+    // Removed on node 1: node 2 refuses Bob's next publish into the group.
+    request_ok(
+        &mut alice,
+        "alice",
+        "group.remove",
+        json!({"conv": "g.team", "user": "bob"}),
+    )
+    .await;
+    common::eventually(WAIT, "node 2 refuses the removed member", async || {
+        bob.client
+            .publish("c/g.team/m", QoS::AtLeastOnce, false, "still here?")
+            .await
+            .unwrap();
+        loop {
+            match bob.next().await {
+                Ok(v5::Incoming::PubAck(ack)) => return (ack.reason != PubAckReason::Success).then_some(()),
+                Ok(_) => continue,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await;
+
+    // Bob's password changed over node 1's API: his connection on node 2 ends.
+    let api = Api::new(n1);
+    let token = api.token("bob", password("bob")).await;
+    let (s, _) = api
+        .post(
+            "/api/v1/password",
+            Some(&token),
+            json!({"old": password("bob"), "new": "a new one"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let ended = tokio::time::timeout(WAIT, bob.ended()).await;
+    assert!(ended.is_ok(), "bob's connection on node 2 was closed");
+}
