@@ -67,7 +67,12 @@ async fn chat_crosses_nodes_once_and_in_order_with_receipts() {
     for (c, user) in [(&mut bob, "bob"), (&mut eve, "eve")] {
         common::eventually(WAIT, "the member's node knows the group", async || {
             c.client
-                .publish("c/g.team/m", QoS::AtLeastOnce, false, format!("{user} joins"))
+                .publish(
+                    "c/g.team/m",
+                    QoS::AtLeastOnce,
+                    false,
+                    format!("{user} joins"),
+                )
                 .await
                 .unwrap();
             loop {
@@ -95,7 +100,10 @@ async fn chat_crosses_nodes_once_and_in_order_with_receipts() {
     // receipts come back to node 1 (read on the way).
     let mut delivered_by = HashMap::new();
     for (c, user) in [(&mut bob, "bob"), (&mut eve, "eve"), (&mut alice, "alice")] {
-        let (messages, receipts) = (format!("u/{user}/c/g.team/m"), format!("u/{user}/c/g.team/r"));
+        let (messages, receipts) = (
+            format!("u/{user}/c/g.team/m"),
+            format!("u/{user}/c/g.team/r"),
+        );
         let mut seqs = Vec::new();
         delivered_by.clear();
         while seqs.last() != Some(&(TOTAL as u64)) || (user == "alice" && delivered_by.len() < 2) {
@@ -216,7 +224,9 @@ async fn a_client_id_connecting_to_another_node_takes_the_session_over() {
     let _second = plain(&cluster.nodes[1], "phone").await;
     let ended = first.ended().await;
     assert!(
-        ended.0.contains(&format!("{:?}", DisconnectReasonCode::SessionTakenOver)),
+        ended
+            .0
+            .contains(&format!("{:?}", DisconnectReasonCode::SessionTakenOver)),
         "ended with DISCONNECT 0x8E: {ended:?}"
     );
 }
@@ -260,7 +270,9 @@ async fn kicks_and_membership_changes_reach_every_node() {
             .unwrap();
         loop {
             match bob.next().await {
-                Ok(v5::Incoming::PubAck(ack)) => return (ack.reason != PubAckReason::Success).then_some(()),
+                Ok(v5::Incoming::PubAck(ack)) => {
+                    return (ack.reason != PubAckReason::Success).then_some(())
+                }
                 Ok(_) => continue,
                 Err(e) => panic!("{e:?}"),
             }

@@ -62,6 +62,9 @@ pub struct Cluster {
     node: Arc<str>,
 }
 
+/// A local subscription's (shared group, filter): what the node follows NATS subjects for.
+type Interest = (Option<Arc<str>>, Arc<str>);
+
 /// Where inbound frames go.
 #[derive(Clone)]
 struct Sinks {
@@ -138,8 +141,7 @@ impl Cluster {
             .into_iter()
             .map(|s| self.follow(s, None, sinks.clone()))
             .collect();
-        let mut interest: HashMap<(Option<Arc<str>>, Arc<str>), Vec<JoinHandle<()>>> =
-            HashMap::new();
+        let mut interest: HashMap<Interest, Vec<JoinHandle<()>>> = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -176,13 +178,16 @@ impl Cluster {
             _ if message.retain => retained_subject(),
             _ => topics::nats_topic_subject(message.topic_str()),
         };
-        let body = Body::Message(Wired::from_message(message, Instant::now()));
+        let body = Body::Message(Box::new(Wired::from_message(message, Instant::now())));
         self.send(subject, body).await;
     }
 
     async fn send(&self, subject: String, body: Body) {
         if subject.len() > MAX_SUBJECT {
-            tracing::warn!(len = subject.len(), "topic too long to cross nodes; not forwarded");
+            tracing::warn!(
+                len = subject.len(),
+                "topic too long to cross nodes; not forwarded"
+            );
             return;
         }
         let frame = Frame {
@@ -295,7 +300,11 @@ async fn backfill(gap: Gap, store: Arc<dyn Store>, router: mpsc::Sender<Event>) 
             let Some(last) = page.items.last() else { break };
             after = last.envelope.seq;
             let more = page.more;
-            items.extend(page.items.into_iter().filter(|i| i.envelope.seq < gap.before));
+            items.extend(
+                page.items
+                    .into_iter()
+                    .filter(|i| i.envelope.seq < gap.before),
+            );
             if !more {
                 break;
             }

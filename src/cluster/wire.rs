@@ -21,7 +21,7 @@ pub struct Frame {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Body {
-    Message(Wired),
+    Message(Box<Wired>),
     Control(Control),
 }
 
@@ -127,9 +127,7 @@ impl Wired {
                     content_type: p.content_type,
                 })
             }),
-            expires_at: self
-                .expires_in_ms
-                .map(|ms| now + Duration::from_millis(ms)),
+            expires_at: self.expires_in_ms.map(|ms| now + Duration::from_millis(ms)),
             origin: None,
             msgpack: self.msgpack,
             chat: self.entry.map(|e| {
@@ -167,7 +165,7 @@ mod tests {
         }));
         let frame = Frame {
             node: "n1".into(),
-            body: Body::Message(Wired::from_message(&m, now)),
+            body: Body::Message(Box::new(Wired::from_message(&m, now))),
         };
         let back = Frame::decode(&frame.encode().unwrap()).unwrap();
         assert_eq!(&*back.node, "n1");

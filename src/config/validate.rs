@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::{
-    invalid, AuthConfig, Backend, ChatConfig, ClusterConfig, Config, ConfigError, HttpConfig, LimitsConfig,
-    LogConfig, MediaConfig, MqttConfig, PushConfig, StorageConfig, TlsConfig,
+    invalid, AuthConfig, Backend, ChatConfig, ClusterConfig, Config, ConfigError, HttpConfig,
+    LimitsConfig, LogConfig, MediaConfig, MqttConfig, PushConfig, StorageConfig, TlsConfig,
 };
 
 impl Config {

@@ -89,7 +89,10 @@ pub enum Event {
     /// What another node told every node.
     RemoteControl(Control),
     /// The entries the store had for a hole in `conv` (oldest first), as messages.
-    Backfill { conv: String, messages: Vec<Message> },
+    Backfill {
+        conv: String,
+        messages: Vec<Message>,
+    },
     /// Ends every session of a user (removed account): DISCONNECT 0x98 to live connections.
     Kick { user: Arc<str> },
     /// Ends one client's session (a revoked device, an admin's kick): DISCONNECT 0x98.

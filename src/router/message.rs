@@ -59,7 +59,12 @@ impl Message {
 
     /// A stored entry as it is routed: the envelope replaces what the client sent (JSON, and
     /// MessagePack for devices that asked for it).
-    pub fn stored(envelope: &Envelope, topic: Bytes, qos: QoS, origin: Option<Arc<str>>) -> Message {
+    pub fn stored(
+        envelope: &Envelope,
+        topic: Bytes,
+        qos: QoS,
+        origin: Option<Arc<str>>,
+    ) -> Message {
         Message {
             topic,
             payload: Bytes::from(envelope.encode(Format::Json)),

