@@ -202,6 +202,7 @@ pub async fn run(
         tasks: tasks.clone(),
         next_conn_id: AtomicU64::new(1),
         admission: Admission::new(config.limits.max_connections),
+        roster: config.cluster.enabled().then(|| store.clone()),
     });
     for (kind, addr) in listeners.addrs() {
         tracing::info!(%addr, ?kind, "listening");
@@ -450,6 +451,10 @@ fn signal_settings(config: &Config) -> SignalSettings {
         grace: Duration::from_secs(config.chat.presence_grace_secs),
         receipt_interval: Duration::from_millis(config.chat.receipt_interval_ms),
         push_coalesce: Duration::from_millis(config.push.coalesce_ms),
+        cluster: config.cluster.enabled().then(|| {
+            let timeout = Duration::from_secs(config.cluster.node_timeout_secs);
+            (Arc::from(config.cluster.node_id.as_str()), timeout)
+        }),
     }
 }
 

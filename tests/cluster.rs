@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::chat::{login, password, publish_on, request_ok, subscribe, USERS};
+use common::chat::{login, login_device, password, publish_on, request_ok, subscribe, USERS};
 use common::clients::v5;
-use common::cluster::Cluster;
+use common::cluster::{Cluster, NODE_TIMEOUT_SECS};
 use common::http::Api;
 use common::WAIT;
 use reqwest::StatusCode;
@@ -293,4 +293,143 @@ async fn kicks_and_membership_changes_reach_every_node() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let ended = tokio::time::timeout(WAIT, bob.ended()).await;
     assert!(ended.is_ok(), "bob's connection on node 2 was closed");
+}
+
+/// Logs in as `user.device` at `addr`, subscribed to the user's own stream.
+async fn login_at(addr: std::net::SocketAddr, user: &str, device: &str) -> v5::Client {
+    let mut o = v5::MqttOptions::new(format!("{user}.{device}"), "127.0.0.1", addr.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_credentials(user, password(user));
+    let (mut c, _) = v5::Client::connect(o).await;
+    subscribe(&mut c, &format!("u/{user}/#")).await;
+    c
+}
+
+/// Alice (on `node`) sends `n` direct messages to Bob, one every few milliseconds.
+fn send_to_bob(alice: &v5::Client, n: usize) -> tokio::task::JoinHandle<()> {
+    let client = alice.client.clone();
+    tokio::spawn(async move {
+        for i in 1..=n {
+            client
+                .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, format!("m{i}"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// The `seq`s Bob's live stream brings, until `until` of them (or `stop` says so).
+async fn bob_reads(bob: &mut v5::Client, until: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while seqs.len() < until {
+        let p = publish_on(bob, "u/bob/c/d.alice.bob/m").await;
+        seqs.push(envelope(&p)["seq"].as_u64().unwrap());
+    }
+    seqs
+}
+
+/// Everything after `after` in Bob's direct conversation, by `sync`, page by page.
+async fn sync_after(bob: &mut v5::Client, mut after: u64) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    loop {
+        let body = json!({"conv": "d.alice.bob", "after": after});
+        let reply = request_ok(bob, "bob", "sync", body).await;
+        for m in reply["messages"].as_array().unwrap() {
+            after = m["seq"].as_u64().unwrap();
+            seqs.push(after);
+        }
+        if reply["more"] != true {
+            return seqs;
+        }
+    }
+}
+
+/// Presence on `p/bob` until it says `status`.
+async fn bob_shows(alice: &mut v5::Client, status: &str) {
+    loop {
+        let p = publish_on(alice, "p/bob").await;
+        if !p.payload.is_empty() && envelope(&p)["status"] == status {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_stream_loses_nothing_and_its_users_go_offline() {
+    let Some(cluster) = Cluster::start(1, USERS) else {
+        return;
+    };
+    let n1 = &cluster.nodes[0];
+    let (n2, _n2_dir) = cluster.process_node("n2");
+    let mut alice = login(n1, "alice").await;
+    // A first message makes them contacts, who may see each other's presence.
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "hi")
+        .await
+        .unwrap();
+    alice.pubacks(1).await;
+    assert_eq!(
+        subscribe(&mut alice, "p/bob").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    let mut bob = login_at(n2.mqtt, "bob", "phone").await;
+    bob_shows(&mut alice, "online").await;
+
+    // Node 2 dies with kill -9 while Alice (on node 1) writes to Bob (on node 2).
+    const N: usize = 100;
+    let mut sender = login_device(n1, "alice", "laptop").await;
+    let sending = send_to_bob(&sender, N);
+    let live = bob_reads(&mut bob, 20).await;
+    n2.kill();
+    tokio::time::timeout(
+        Duration::from_secs(4 * NODE_TIMEOUT_SECS),
+        bob_shows(&mut alice, "offline"),
+    )
+    .await
+    .expect("Bob shows offline once his node has been silent for the node timeout");
+    sending.await.unwrap();
+    sender.pubacks(N).await;
+
+    // Bob's phone reconnects (through the load balancer, to node 1) and syncs what it missed.
+    let mut bob = login_at(n1.mqtt, "bob", "phone").await;
+    let last = *live.last().unwrap();
+    let synced = sync_after(&mut bob, last).await;
+    let mut all = live.clone();
+    all.extend(&synced);
+    let want: Vec<u64> = (2..=N as u64 + 1).collect();
+    assert_eq!(all, want, "every acknowledged message, once, in order");
+    let stored =
+        cluster.nodes[0].with_store(|s| s.after("d.alice.bob", 0, 1000).unwrap().items.len());
+    assert_eq!(stored, N + 1);
+}
+
+#[tokio::test]
+async fn a_nats_restart_loses_no_chat_message_and_live_delivery_resumes() {
+    let Some(mut cluster) = Cluster::start(2, USERS) else {
+        return;
+    };
+    let mut alice = login(&cluster.nodes[0], "alice").await;
+    let mut bob = login(&cluster.nodes[1], "bob").await;
+    const N: usize = 150;
+    // Alice's acknowledgements are read below, so nothing else reads her events.
+    let sending = send_to_bob(&alice, N);
+    let mut seqs = bob_reads(&mut bob, 20).await;
+    cluster.nats.restart();
+    sending.await.unwrap();
+    alice.pubacks(N).await;
+    // Messages that crossed no bus while NATS was down leave a hole that the next live one
+    // reveals: node 2 reads the hole from the store and delivers it in order.
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "after")
+        .await
+        .unwrap();
+    seqs.extend(bob_reads(&mut bob, N + 1 - seqs.len()).await);
+    let want: Vec<u64> = (1..=N as u64 + 1).collect();
+    assert_eq!(
+        seqs, want,
+        "live, once and in order, across the NATS restart"
+    );
 }

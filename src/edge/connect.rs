@@ -162,6 +162,7 @@ async fn admit(
     let authenticated_at = Instant::now();
     let who = authenticate(shared, peer, login.as_ref()).await?;
     let (identity, assigned) = identify(shared, version, client_id, clean_start, who)?;
+    within_cluster_limit(shared, &identity).await?;
     let will = match will {
         Some(w) => Some(Box::new(will_message(shared, &identity, w)?)),
         None => None,
@@ -199,6 +200,34 @@ async fn admit(
             properties,
         },
     })
+}
+
+/// In a cluster, refuses a user's connection beyond `limits.max_connections_per_user` on all
+/// nodes together (the router then checks this node's, as on a single node). Two nodes
+/// admitting the user's last allowed connection at the same instant may both let it in.
+async fn within_cluster_limit(
+    shared: &Shared,
+    identity: &Identity,
+) -> Result<(), ConnectReturnCode> {
+    let max = shared.limits.max_connections_per_user as u64;
+    let (Some(store), Some(user)) = (&shared.roster, &identity.user) else {
+        return Ok(());
+    };
+    if max == 0 {
+        return Ok(());
+    }
+    let (store, u, c) = (store.clone(), user.clone(), identity.client_id.clone());
+    match tokio::task::spawn_blocking(move || store.user_connections(&u, &c)).await {
+        Ok(Ok(n)) if n >= max => {
+            tracing::info!(client = ?identity.client_id, connections = n, "connection refused: too many for this user in the cluster");
+            Err(ConnectReturnCode::QuotaExceeded)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot count the user's connections in the cluster");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Refuses CONNECT properties we do not support or that break the protocol.

@@ -58,7 +58,7 @@ use crate::router::{Event, QueueBounds};
 use crate::service::requests::ChatService;
 use crate::service::signals::Signal;
 use crate::stats::Stats;
-use crate::store::Writer;
+use crate::store::{Store, Writer};
 use crate::topics::TopicLimits;
 
 /// What kind of listener a socket arrived on.
@@ -94,6 +94,9 @@ pub struct Limits {
     pub typing_expiry: u32,
     /// Caps on topic names and filters (`mqtt.max_topic_len`, `mqtt.max_topic_levels`).
     pub topics: TopicLimits,
+    /// Live connections one user may have (0: no limit); the router counts this node's, a
+    /// cluster's roster every node's.
+    pub max_connections_per_user: usize,
 }
 
 impl Limits {
@@ -113,6 +116,7 @@ impl Limits {
             max_client_id_len: m.max_client_id_len,
             max_session_expiry: m.max_session_expiry_secs,
             mailbox: QueueBounds::from_config(m),
+            max_connections_per_user: l.max_connections_per_user,
             topics: TopicLimits {
                 max_len: m.max_topic_len,
                 max_levels: m.max_topic_levels,
@@ -138,6 +142,8 @@ pub struct Shared {
     pub next_conn_id: AtomicU64,
     /// Live sockets against `limits.max_connections`.
     pub admission: Arc<Admission>,
+    /// In a cluster: the store, whose roster counts a user's connections on every node.
+    pub roster: Option<Arc<dyn Store>>,
 }
 
 /// Accepts connections on `listener` until shutdown; each runs in its own tracked task.

@@ -29,13 +29,10 @@ impl ChatService {
     /// while the server runs): reloads the directory, disconnects removed users, and announces
     /// membership changes.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut seen = match self.blocking(|s| s.directory_version()).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the store for changes");
-                return;
-            }
-        };
+        // No version yet: the directory was loaded before this task started, and a change
+        // committed in between (another node's, the CLI's) would otherwise never be installed.
+        // The first tick reloads once.
+        let mut seen = i64::MIN;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         loop {
             // A change another node of the cluster made: that node has announced it to every

@@ -129,6 +129,25 @@ pub trait Push {
     fn push_endpoints(&self, user: &str) -> Result<Vec<String>, StoreError>;
 }
 
+/// A cluster's live nodes and the devices connected to each: what presence and per-user
+/// connection limits count across nodes. A node that stops being heard from is expired by the
+/// others, with its devices.
+pub trait Roster {
+    /// `node` is alive now (the database's clock, so the nodes' clocks need not agree).
+    fn node_alive(&self, node: &str) -> Result<(), StoreError>;
+    /// Forgets nodes not heard from for `timeout_secs`, with their devices; returns the users
+    /// those devices belonged to (once per device).
+    fn expire_nodes(&self, timeout_secs: u64) -> Result<Vec<String>, StoreError>;
+    /// Forgets what `node` recorded before it (re)started; returns the users, as above.
+    fn reset_node(&self, node: &str) -> Result<Vec<String>, StoreError>;
+    /// A device of `user` connected to `node`; returns the user's connections on every node.
+    fn device_connected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError>;
+    /// It left; returns the user's connections left on every node.
+    fn device_disconnected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError>;
+    /// The user's connections on every node, but client `except`'s (one that reconnects).
+    fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError>;
+}
+
 /// Reading the history back (the writing is [`Store::log`]'s).
 pub trait History {
     /// Entries of `conv` with `seq > after`, oldest first.
@@ -197,6 +216,7 @@ pub trait Store:
     + Search
     + Retention
     + Receipts
+    + Roster
     + Send
     + Sync
 {

@@ -26,8 +26,8 @@ mod writer;
 
 pub use crate::chat::snapshot::{ConversationRow, Snapshot, UserRow};
 pub use interface::{
-    Accounts, Conversations, Devices, Directory, History, Media, Push, Receipts, Retention, Search,
-    Store,
+    Accounts, Conversations, Devices, Directory, History, Media, Push, Receipts, Retention, Roster,
+    Search, Store,
 };
 pub use writer::{Log, Writer};
 

@@ -5,7 +5,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{TestServer, WAIT};
+use natter::config::{Backend, StorageConfig};
+
+use super::{ServerProcess, TestServer, WAIT};
+
+/// How long a silent node lives in test clusters (the default is 10 s).
+pub const NODE_TIMEOUT_SECS: u64 = 2;
 
 /// A `nats-server` process on a free port of 127.0.0.1, killed when dropped.
 pub struct Nats {
@@ -114,9 +119,34 @@ impl Cluster {
             c.storage.postgres_url = url;
             c.cluster.node_id = name;
             c.cluster.nats_url = nats;
+            c.cluster.node_timeout_secs = NODE_TIMEOUT_SECS;
         });
         self.nodes.push(node);
         self.nodes.last().expect("just added")
+    }
+}
+
+impl Cluster {
+    /// One more node as a `natter serve` process (to be killed with `kill -9`), named `name`.
+    pub fn process_node(&self, name: &str) -> (ServerProcess, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut storage = self.nodes[0].storage.clone();
+        storage.data_dir = dir.path().join("data");
+        assert_eq!(storage.backend, Backend::Postgres);
+        let env = [
+            ("NATTER_CLUSTER_NODE_ID", name.to_string()),
+            ("NATTER_CLUSTER_NATS_URL", self.nats.url()),
+            (
+                "NATTER_CLUSTER_NODE_TIMEOUT_SECS",
+                NODE_TIMEOUT_SECS.to_string(),
+            ),
+        ];
+        (ServerProcess::start_with_env(&storage, &env), dir)
+    }
+
+    /// The database every node shares.
+    pub fn storage(&self) -> &StorageConfig {
+        &self.nodes[0].storage
     }
 }
 

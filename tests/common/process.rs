@@ -17,6 +17,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts on `storage` (see [`super::storage`]).
     pub fn start(storage: &StorageConfig) -> ServerProcess {
+        Self::start_with_env(storage, &[])
+    }
+
+    /// Starts on `storage` with more configuration from the environment.
+    pub fn start_with_env(storage: &StorageConfig, env: &[(&str, String)]) -> ServerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
             .args(["serve", "--mqtt", "127.0.0.1:0", "--ws", "", "--http", ""])
@@ -27,6 +32,7 @@ impl ServerProcess {
             .env("NATTER_LOG_LEVEL", "info")
             .env("NATTER_AUTH_PBKDF2_ITERATIONS", TEST_ITERATIONS.to_string())
             .env("NATTER_LIMITS_PUBLISH_RATE", "0")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

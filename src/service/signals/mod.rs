@@ -27,6 +27,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+/// How often a cluster node says it is alive and looks for nodes that are not.
+const ROSTER_INTERVAL: Duration = Duration::from_secs(1);
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -58,12 +61,15 @@ pub enum Signal {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub grace: Duration,
     pub receipt_interval: Duration,
     /// How long new messages for an offline user gather before one push goes out.
     pub push_coalesce: Duration,
+    /// In a cluster: this node's name and how long a silent node lives (presence then counts
+    /// every node's devices through the store's roster).
+    pub cluster: Option<(Arc<str>, Duration)>,
 }
 
 pub struct Signals {
@@ -109,6 +115,8 @@ impl Signals {
     ) {
         let mut receipts = tokio::time::interval(self.settings.receipt_interval);
         let mut presence = tokio::time::interval(Duration::from_millis(250));
+        let mut roster = tokio::time::interval(ROSTER_INTERVAL);
+        self.join_roster().await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -122,6 +130,7 @@ impl Signals {
                     self.expire_presence().await;
                     self.flush_pushes().await;
                 }
+                _ = roster.tick() => self.keep_roster().await,
             }
         }
         self.flush_receipts().await;
@@ -132,7 +141,7 @@ impl Signals {
         match report {
             Report::Delivered { user, conv, seq } => self.delivered(conv, user, seq),
             Report::Online { user, client } => self.device_online(user, client).await,
-            Report::Offline { user, client } => self.device_offline(&user, &client),
+            Report::Offline { user, client } => self.device_offline(&user, &client).await,
         }
     }
 

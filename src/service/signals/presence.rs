@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::Signals;
 use crate::router::Message;
+use crate::store::{Store, StoreError};
 use crate::topics;
 
 #[derive(Debug, Default)]
@@ -27,10 +28,16 @@ pub(super) struct Presence {
 }
 
 impl Signals {
-    /// A device connected: `online` is published unless the user was already shown connected.
+    /// A device connected: `online` is published unless the user was already shown connected
+    /// (here, or in a cluster on another node).
     pub(super) async fn device_online(&mut self, user: Arc<str>, client: Arc<str>) {
+        let (c, u) = (client.clone(), user.clone());
+        let total = self
+            .roster(move |s, node| s.device_connected(node, &c, &u))
+            .await;
         let p = self.presence.entry(user.clone()).or_default();
-        let was_offline = p.devices.is_empty() && p.left_at.is_none();
+        let was_offline =
+            p.devices.is_empty() && p.left_at.is_none() && total.is_none_or(|n| n == 1);
         if !p.devices.contains(&client) {
             p.devices.push(client);
         }
@@ -41,11 +48,15 @@ impl Signals {
         }
     }
 
-    /// A device left: when it was the user's last, the grace period starts.
-    pub(super) fn device_offline(&mut self, user: &str, client: &str) {
+    /// A device left: when it was the user's last (on every node), the grace period starts.
+    pub(super) async fn device_offline(&mut self, user: &str, client: &str) {
+        let (c, u) = (client.to_string(), user.to_string());
+        let left = self
+            .roster(move |s, node| s.device_disconnected(node, &c, &u))
+            .await;
         if let Some(p) = self.presence.get_mut(user) {
             p.devices.retain(|c| &**c != client);
-            if p.devices.is_empty() {
+            if p.devices.is_empty() && left.is_none_or(|n| n == 0) {
                 p.left_at = Some(self.clock.now());
                 p.last_seen = Some(self.clock.now_ms());
             }
@@ -71,6 +82,18 @@ impl Signals {
             .map(|(u, _)| u.clone())
             .collect();
         for user in due {
+            // In a cluster, a device may have connected to another node meanwhile.
+            let u = user.clone();
+            if self
+                .roster(move |s, _| s.user_connections(&u, ""))
+                .await
+                .is_some_and(|n| n > 0)
+            {
+                if let Some(p) = self.presence.get_mut(&user) {
+                    p.left_at = None;
+                }
+                continue;
+            }
             self.publish_presence(&user).await;
             if let Some(p) = self.presence.get_mut(&user) {
                 p.left_at = None;
@@ -119,5 +142,72 @@ impl Signals {
         message.retain = true;
         message.qos = QoS::AtLeastOnce;
         self.send(message).await;
+    }
+
+    /// Runs a roster call with this node's name on a blocking thread: `None` on a single node,
+    /// or when the store failed (logged; presence then goes by this node's devices).
+    async fn roster<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let (node, _) = self.settings.cluster.clone()?;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(store.as_ref(), &node)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot update the cluster roster");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// A node starting: what the roster held for it from before (a crash, a quick restart)
+    /// goes, and those users show offline unless connected elsewhere.
+    pub(super) async fn join_roster(&mut self) {
+        let users = self
+            .roster(|s, node| {
+                s.node_alive(node)?;
+                s.reset_node(node)
+            })
+            .await;
+        self.left_elsewhere(users.unwrap_or_default()).await;
+    }
+
+    /// Says this node is alive, and expires the nodes that have gone quiet: their users show
+    /// offline unless connected elsewhere. Only the node whose delete takes the rows announces.
+    pub(super) async fn keep_roster(&mut self) {
+        let Some((_, timeout)) = self.settings.cluster.clone() else {
+            return;
+        };
+        let users = self
+            .roster(move |s, node| {
+                s.node_alive(node)?;
+                s.expire_nodes(timeout.as_secs())
+            })
+            .await;
+        self.left_elsewhere(users.unwrap_or_default()).await;
+    }
+
+    /// Devices of these users were dropped from the roster without a goodbye: each user with
+    /// no device left on any node is published offline.
+    async fn left_elsewhere(&mut self, mut users: Vec<String>) {
+        users.sort();
+        users.dedup();
+        for user in users {
+            let u = user.clone();
+            let left = self.roster(move |s, _| s.user_connections(&u, "")).await;
+            let here = self
+                .presence
+                .get(user.as_str())
+                .is_some_and(|p| !p.devices.is_empty());
+            if left == Some(0) && !here {
+                let p = self.presence.entry(Arc::from(user.as_str())).or_default();
+                p.left_at = None;
+                p.last_seen = Some(self.clock.now_ms());
+                tracing::info!(user, "offline: its node is gone");
+                self.publish_presence(&user).await;
+            }
+        }
     }
 }

@@ -48,6 +48,7 @@ fn harness() -> Harness {
         grace: GRACE,
         receipt_interval: Duration::from_secs(1),
         push_coalesce: Duration::from_secs(30),
+        cluster: None,
     };
     let (router, events) = mpsc::channel(64);
     let directory = Arc::new(RwLock::new(directory));

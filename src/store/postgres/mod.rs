@@ -30,6 +30,7 @@ mod directory;
 mod media;
 mod messages;
 mod push;
+mod roster;
 mod schema;
 
 /// Connections the pool holds at most.

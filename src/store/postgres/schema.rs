@@ -12,7 +12,8 @@ use super::Postgres;
 use crate::store::StoreError;
 
 /// Schema steps; entry `i` takes the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE EXTENSION IF NOT EXISTS unaccent;
     CREATE EXTENSION IF NOT EXISTS pg_trgm;
     -- unaccent() is only STABLE (its dictionary could change); with the dictionary named it
@@ -156,7 +157,22 @@ const MIGRATIONS: &[&str] = &[r#"
         PRIMARY KEY (media, message)
     );
     CREATE INDEX media_refs_by_message ON media_refs(message);
-"#];
+"#,
+    // The cluster's roster (`roster.rs`): live state, never copied or kept for long.
+    r#"
+    CREATE TABLE cluster_nodes (
+        node TEXT PRIMARY KEY,
+        seen_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE cluster_devices (
+        node TEXT NOT NULL,
+        client TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (node, client)
+    );
+    CREATE INDEX cluster_devices_by_user ON cluster_devices(user_id);
+"#,
+];
 
 /// The advisory lock key migrations hold ("natter" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6e_61_74_74_65_72;

@@ -30,6 +30,7 @@ mod directory;
 mod media;
 mod messages;
 mod push;
+mod roster;
 mod schema;
 
 /// The database, through one connection that every reader and every write outside the

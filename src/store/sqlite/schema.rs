@@ -249,6 +249,18 @@ const MIGRATIONS: &[&str] = &[
     UPDATE devices SET gen = lower(hex(randomblob(8))) WHERE revoked;
     ALTER TABLE refresh_tokens ADD COLUMN gen TEXT NOT NULL DEFAULT '';
 ",
+    // The roster of a cluster's nodes (`roster.rs`): a single node keeps it for the one
+    // interface, a cluster keeps it in PostgreSQL.
+    "
+    CREATE TABLE cluster_nodes (node TEXT PRIMARY KEY, seen_at_ms INTEGER NOT NULL);
+    CREATE TABLE cluster_devices (
+        node TEXT NOT NULL,
+        client TEXT NOT NULL,
+        user TEXT NOT NULL,
+        PRIMARY KEY (node, client)
+    );
+    CREATE INDEX cluster_devices_by_user ON cluster_devices(user);
+",
 ];
 
 impl Sqlite {
@@ -285,7 +297,10 @@ mod tests {
     #[test]
     fn token_generations_migrate_an_existing_database() {
         let dir = tempfile::tempdir().unwrap();
-        let before = MIGRATIONS.len() - 1;
+        let before = MIGRATIONS
+            .iter()
+            .position(|sql| sql.contains("ADD COLUMN gen"))
+            .expect("the token generations step");
         {
             let conn = Connection::open(dir.path().join("natter.db")).unwrap();
             for sql in &MIGRATIONS[..before] {

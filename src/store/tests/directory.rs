@@ -830,3 +830,49 @@ fn a_refresh_token_is_taken_once_by_concurrent_callers() {
         }
     }
 }
+
+#[test]
+fn the_roster_counts_a_users_devices_across_nodes_until_a_node_expires() {
+    for b in backends() {
+        let s = &b.store;
+        s.node_alive("n1").unwrap();
+        s.node_alive("n2").unwrap();
+        assert_eq!(s.device_connected("n1", "alice.phone", "alice").unwrap(), 1);
+        assert_eq!(
+            s.device_connected("n2", "alice.laptop", "alice").unwrap(),
+            2
+        );
+        assert_eq!(
+            s.device_connected("n2", "alice.laptop", "alice").unwrap(),
+            2,
+            "{}",
+            b.name
+        );
+        assert_eq!(s.device_connected("n2", "bob.phone", "bob").unwrap(), 1);
+        assert_eq!(
+            s.user_connections("alice", "alice.phone").unwrap(),
+            1,
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.device_disconnected("n1", "alice.phone", "alice").unwrap(),
+            1
+        );
+        assert_eq!(s.user_connections("alice", "").unwrap(), 1);
+        // Nothing is older than an hour: no node expires.
+        assert!(s.expire_nodes(3600).unwrap().is_empty(), "{}", b.name);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        s.node_alive("n1").unwrap();
+        assert_eq!(
+            sorted(s.expire_nodes(1).unwrap()),
+            ["alice", "bob"],
+            "{}: n2 went quiet",
+            b.name
+        );
+        assert_eq!(s.user_connections("alice", "").unwrap(), 0);
+        s.device_connected("n1", "bob.tablet", "bob").unwrap();
+        assert_eq!(s.reset_node("n1").unwrap(), ["bob"], "{}", b.name);
+        assert_eq!(s.user_connections("bob", "").unwrap(), 0);
+    }
+}

@@ -1,0 +1,81 @@
+//! The cluster's roster: live nodes and the devices connected to each (a single node's is
+//! itself and its own devices).
+
+use rusqlite::{params, Connection};
+
+use super::Sqlite;
+use crate::store::clock::now_ms;
+use crate::store::{Roster, StoreError};
+
+impl Roster for Sqlite {
+    fn node_alive(&self, node: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO cluster_nodes (node, seen_at_ms) VALUES (?1, ?2)
+             ON CONFLICT (node) DO UPDATE SET seen_at_ms = excluded.seen_at_ms",
+            params![node, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn expire_nodes(&self, timeout_secs: u64) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let before = now_ms() - 1000 * timeout_secs as i64;
+        let users = {
+            let mut stmt = tx.prepare(
+                "DELETE FROM cluster_devices WHERE node IN
+                     (SELECT node FROM cluster_nodes WHERE seen_at_ms < ?1)
+                 RETURNING user",
+            )?;
+            let rows = stmt.query_map(params![before], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        tx.execute(
+            "DELETE FROM cluster_nodes WHERE seen_at_ms < ?1",
+            params![before],
+        )?;
+        tx.commit()?;
+        Ok(users)
+    }
+
+    fn reset_node(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("DELETE FROM cluster_devices WHERE node = ?1 RETURNING user")?;
+        let rows = stmt.query_map(params![node], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn device_connected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO cluster_devices (node, client, user) VALUES (?1, ?2, ?3)
+             ON CONFLICT (node, client) DO UPDATE SET user = excluded.user",
+            params![node, client, user],
+        )?;
+        count(&conn, user, "")
+    }
+
+    fn device_disconnected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "DELETE FROM cluster_devices WHERE node = ?1 AND client = ?2",
+            params![node, client],
+        )?;
+        count(&conn, user, "")
+    }
+
+    fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError> {
+        count(&self.lock(), user, except)
+    }
+}
+
+/// The user's connections on every node, but client `except`'s.
+fn count(conn: &Connection, user: &str, except: &str) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM cluster_devices WHERE user = ?1 AND client <> ?2",
+        params![user, except],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}
