@@ -433,3 +433,93 @@ async fn a_nats_restart_loses_no_chat_message_and_live_delivery_resumes() {
         "live, once and in order, across the NATS restart"
     );
 }
+
+#[tokio::test]
+async fn presence_and_connection_limits_count_every_node() {
+    let Some(cluster) = Cluster::start_with(2, USERS, |c| {
+        c.chat.presence_grace_secs = 1;
+        c.limits.max_connections_per_user = 2;
+    }) else {
+        return;
+    };
+    let [n1, n2] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut alice = login(n1, "alice").await;
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "hi")
+        .await
+        .unwrap();
+    subscribe(&mut alice, "p/bob").await;
+    let phone = login_at(n1.mqtt, "bob", "phone").await;
+    bob_shows(&mut alice, "online").await;
+    let laptop = login_at(n2.mqtt, "bob", "laptop").await;
+
+    // A third connection anywhere is one too many for the user.
+    let mut o = v5::MqttOptions::new("bob.tablet", "127.0.0.1", n2.port());
+    o.set_credentials("bob", password("bob"));
+    let (_, refused) = v5::Client::try_connect(o).await;
+    assert!(
+        format!("{refused:?}").contains("QuotaExceeded"),
+        "the third connection, counted across nodes, is refused: {refused:?}"
+    );
+
+    // The phone leaves node 1; the laptop on node 2 keeps Bob online past the grace period.
+    drop(phone);
+    let quiet = tokio::time::timeout(Duration::from_secs(3), bob_shows(&mut alice, "offline")).await;
+    assert!(quiet.is_err(), "still online through node 2");
+    drop(laptop);
+    tokio::time::timeout(Duration::from_secs(5), bob_shows(&mut alice, "offline"))
+        .await
+        .expect("offline once both are gone");
+}
+
+#[tokio::test]
+async fn a_persistent_sessions_queue_stays_on_its_node() {
+    let Some(cluster) = Cluster::start(2, &[]) else {
+        return;
+    };
+    let [n1, n2] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let persistent = |node: &common::TestServer| {
+        let mut o = v5::MqttOptions::new("meter", "127.0.0.1", node.port());
+        o.set_clean_start(false);
+        o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+            session_expiry_interval: Some(300),
+            ..Default::default()
+        });
+        o
+    };
+    let (mut meter, _) = v5::Client::connect(persistent(n1)).await;
+    meter.client.subscribe("jobs/#", QoS::AtLeastOnce).await.unwrap();
+    meter.suback().await;
+    meter.vanish();
+    let publisher = plain(n2, "dispatcher").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher
+        .client
+        .publish("jobs/1", QoS::AtLeastOnce, false, "queued on node 1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Back on the same node: the session and its queue are there.
+    let (mut meter, connack) = v5::Client::connect(persistent(n1)).await;
+    assert!(matches!(connack, v5::Incoming::ConnAck(ref a) if a.session_present));
+    let p = meter.publish().await;
+    assert_eq!(&p.payload[..], b"queued on node 1");
+    meter.vanish();
+    publisher
+        .client
+        .publish("jobs/2", QoS::AtLeastOnce, false, "queued on node 1 again")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // On another node: a new session (session present = 0), and what node 1 queued is gone.
+    let (mut meter, connack) = v5::Client::connect(persistent(n2)).await;
+    assert!(matches!(connack, v5::Incoming::ConnAck(ref a) if !a.session_present));
+    meter.no_publish(Duration::from_millis(500)).await;
+}

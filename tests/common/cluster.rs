@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use natter::config::{Backend, StorageConfig};
+use natter::config::{Backend, Config, StorageConfig};
 
 use super::{ServerProcess, TestServer, WAIT};
 
@@ -92,6 +92,15 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes with these accounts; `None` (with a loud line) without PostgreSQL or NATS.
     pub fn start(n: usize, users: &[(&str, &str)]) -> Option<Cluster> {
+        Self::start_with(n, users, |_| {})
+    }
+
+    /// The same, with each node's configuration changed by `edit`.
+    pub fn start_with(
+        n: usize,
+        users: &[(&str, &str)],
+        edit: impl Fn(&mut Config),
+    ) -> Option<Cluster> {
         let Some(postgres_url) = natter::store::postgres::test_database() else {
             eprintln!("SKIPPED: cluster tests need NATTER_TEST_POSTGRES_URL");
             return None;
@@ -104,13 +113,13 @@ impl Cluster {
         };
         for i in 0..n {
             let users = if i == 0 { users } else { &[] };
-            cluster.add_node(users);
+            cluster.add_node(users, &edit);
         }
         Some(cluster)
     }
 
     /// Starts one more node.
-    pub fn add_node(&mut self, users: &[(&str, &str)]) -> &TestServer {
+    pub fn add_node(&mut self, users: &[(&str, &str)], edit: impl Fn(&mut Config)) -> &TestServer {
         let name = format!("n{}", self.nodes.len() + 1);
         let (url, nats) = (self.postgres_url.clone(), self.nats.url());
         let node = TestServer::start_with_users(users, |c| {
@@ -120,6 +129,7 @@ impl Cluster {
             c.cluster.node_id = name;
             c.cluster.nats_url = nats;
             c.cluster.node_timeout_secs = NODE_TIMEOUT_SECS;
+            edit(c);
         });
         self.nodes.push(node);
         self.nodes.last().expect("just added")
