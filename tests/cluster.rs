@@ -150,6 +150,11 @@ async fn plain_topics_cross_nodes_with_their_qos_retained_and_shared() {
         matches!(got, Ok(p) if p.topic == "sensors/probe").then_some(())
     })
     .await;
+    // Interest: only node 2 asks NATS for these topics, so they never travel to node 3.
+    let subs = cluster.nats.subscriptions().await;
+    let wanted =
+        |node: &str| subs[&format!("natter-{node}")].contains(&"natter.t.sensors.>".to_string());
+    assert!(wanted("n2") && !wanted("n1") && !wanted("n3"), "{subs:?}");
     for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
         .into_iter()
         .enumerate()
@@ -467,7 +472,8 @@ async fn presence_and_connection_limits_count_every_node() {
 
     // The phone leaves node 1; the laptop on node 2 keeps Bob online past the grace period.
     drop(phone);
-    let quiet = tokio::time::timeout(Duration::from_secs(3), bob_shows(&mut alice, "offline")).await;
+    let quiet =
+        tokio::time::timeout(Duration::from_secs(3), bob_shows(&mut alice, "offline")).await;
     assert!(quiet.is_err(), "still online through node 2");
     drop(laptop);
     tokio::time::timeout(Duration::from_secs(5), bob_shows(&mut alice, "offline"))
@@ -493,7 +499,11 @@ async fn a_persistent_sessions_queue_stays_on_its_node() {
         o
     };
     let (mut meter, _) = v5::Client::connect(persistent(n1)).await;
-    meter.client.subscribe("jobs/#", QoS::AtLeastOnce).await.unwrap();
+    meter
+        .client
+        .subscribe("jobs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     meter.suback().await;
     meter.vanish();
     let publisher = plain(n2, "dispatcher").await;

@@ -15,6 +15,8 @@ pub const NODE_TIMEOUT_SECS: u64 = 2;
 /// A `nats-server` process on a free port of 127.0.0.1, killed when dropped.
 pub struct Nats {
     pub port: u16,
+    /// The HTTP monitoring port (`/connz?subs=1` lists each node's subscriptions).
+    pub monitor: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -33,6 +35,7 @@ impl Nats {
         let port = free_port();
         let mut nats = Nats {
             port,
+            monitor: free_port(),
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
         };
@@ -42,6 +45,27 @@ impl Nats {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The NATS subjects each node (by client name, `natter-{node}`) subscribes to now.
+    pub async fn subscriptions(&self) -> std::collections::HashMap<String, Vec<String>> {
+        let url = format!("http://127.0.0.1:{}/connz?subs=1", self.monitor);
+        let text = reqwest::get(url)
+            .await
+            .expect("NATS monitoring")
+            .text()
+            .await
+            .expect("connz");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("connz JSON");
+        let mut out = std::collections::HashMap::new();
+        for c in body["connections"].as_array().into_iter().flatten() {
+            let subs = c["subscriptions_list"].as_array().into_iter().flatten();
+            let subs = subs
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect();
+            out.insert(c["name"].as_str().unwrap_or_default().to_string(), subs);
+        }
+        out
     }
 
     /// Kills it (as a crash would).
@@ -62,6 +86,7 @@ impl Nats {
         let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
