@@ -533,3 +533,22 @@ async fn a_persistent_sessions_queue_stays_on_its_node() {
     assert!(matches!(connack, v5::Incoming::ConnAck(ref a) if !a.session_present));
     meter.no_publish(Duration::from_millis(500)).await;
 }
+
+#[tokio::test]
+async fn a_takeover_whose_message_was_lost_is_fenced_by_the_roster() {
+    let Some(cluster) = Cluster::start(2, USERS) else {
+        return;
+    };
+    let mut phone = login_at(cluster.nodes[0].mqtt, "bob", "phone").await;
+    // Node 2 takes bob.phone over in the store, and its message over NATS never comes.
+    common::eventually(WAIT, "node 1 has recorded bob.phone", async || {
+        let n = cluster.nodes[0].with_store(|s| s.user_connections("bob", "").unwrap());
+        (n == 1).then_some(())
+    })
+    .await;
+    cluster.nodes[0].with_store(|s| s.device_connected("n2", "bob.phone", "bob").unwrap());
+    let ended = tokio::time::timeout(WAIT, phone.ended())
+        .await
+        .expect("closed");
+    assert!(ended.0.contains("SessionTakenOver"), "{ended:?}");
+}

@@ -140,10 +140,14 @@ pub trait Roster {
     fn expire_nodes(&self, timeout_secs: u64) -> Result<Vec<String>, StoreError>;
     /// Forgets what `node` recorded before it (re)started; returns the users, as above.
     fn reset_node(&self, node: &str) -> Result<Vec<String>, StoreError>;
-    /// A device of `user` connected to `node`; returns the user's connections on every node.
+    /// A device of `user` connected to `node` (taking over the row of a node that held it
+    /// before); returns the user's connections on every node.
     fn device_connected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError>;
     /// It left; returns the user's connections left on every node.
     fn device_disconnected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError>;
+    /// Which of `clients` (connected to `node`) another node holds now: a takeover this node
+    /// missed, whose sessions here must end.
+    fn taken_elsewhere(&self, node: &str, clients: &[String]) -> Result<Vec<String>, StoreError>;
     /// The user's connections on every node, but client `except`'s (one that reconnects).
     fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError>;
 }

@@ -9,7 +9,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use serde_json::json;
 
 use super::Signals;
-use crate::router::Message;
+use crate::router::{Control, Event, Message};
 use crate::store::{Store, StoreError};
 use crate::topics;
 
@@ -187,6 +187,29 @@ impl Signals {
             })
             .await;
         self.left_elsewhere(users.unwrap_or_default()).await;
+        self.fence_sessions().await;
+    }
+
+    /// Ends the sessions here of devices another node holds now: the takeover's message over
+    /// NATS ends them at once, and this ends them even when that message was lost, so two
+    /// nodes never both go on serving one device.
+    async fn fence_sessions(&mut self) {
+        let local: Vec<String> = self
+            .presence
+            .values()
+            .flat_map(|p| p.devices.iter().map(|c| c.to_string()))
+            .collect();
+        if local.is_empty() {
+            return;
+        }
+        let taken = self
+            .roster(move |s, node| s.taken_elsewhere(node, &local))
+            .await;
+        for client in taken.unwrap_or_default() {
+            tracing::info!(client, "session held by another node; closed here");
+            let control = Control::TakenOver(Arc::from(client.as_str()));
+            let _ = self.router.send(Event::RemoteControl(control)).await;
+        }
     }
 
     /// Devices of these users were dropped from the roster without a goodbye: each user with

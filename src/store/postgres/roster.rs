@@ -48,7 +48,7 @@ impl Roster for Postgres {
         self.with(|db| {
             db.exec(
                 "INSERT INTO cluster_devices (node, client, user_id) VALUES ($1, $2, $3)
-                 ON CONFLICT (node, client) DO UPDATE SET user_id = excluded.user_id",
+                 ON CONFLICT (client) DO UPDATE SET node = excluded.node, user_id = excluded.user_id",
                 &[&node, &client, &user],
             )?;
             count(db, user, "")
@@ -62,6 +62,18 @@ impl Roster for Postgres {
                 &[&node, &client],
             )?;
             count(db, user, "")
+        })
+    }
+
+    fn taken_elsewhere(&self, node: &str, clients: &[String]) -> Result<Vec<String>, StoreError> {
+        self.with(|db| {
+            db.query(
+                "SELECT client FROM cluster_devices WHERE client = ANY($1) AND node <> $2",
+                &[&clients, &node],
+            )?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
         })
     }
 

@@ -50,7 +50,7 @@ impl Roster for Sqlite {
         let conn = self.lock();
         conn.execute(
             "INSERT INTO cluster_devices (node, client, user) VALUES (?1, ?2, ?3)
-             ON CONFLICT (node, client) DO UPDATE SET user = excluded.user",
+             ON CONFLICT (client) DO UPDATE SET node = excluded.node, user = excluded.user",
             params![node, client, user],
         )?;
         count(&conn, user, "")
@@ -63,6 +63,20 @@ impl Roster for Sqlite {
             params![node, client],
         )?;
         count(&conn, user, "")
+    }
+
+    fn taken_elsewhere(&self, node: &str, clients: &[String]) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT client FROM cluster_devices WHERE client = ?1 AND node <> ?2",
+        )?;
+        let mut taken = Vec::new();
+        for client in clients {
+            if stmt.exists(params![client, node])? {
+                taken.push(client.clone());
+            }
+        }
+        Ok(taken)
     }
 
     fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError> {

@@ -257,7 +257,9 @@ const MIGRATIONS: &[&str] = &[
         node TEXT NOT NULL,
         client TEXT NOT NULL,
         user TEXT NOT NULL,
-        PRIMARY KEY (node, client)
+        -- One node holds a client's session: a connection elsewhere takes the row over,
+        -- and the node that lost it closes its own (the fence of a takeover).
+        PRIMARY KEY (client)
     );
     CREATE INDEX cluster_devices_by_user ON cluster_devices(user);
 ",
