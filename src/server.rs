@@ -173,6 +173,10 @@ pub async fn run(
         true => Some(Cluster::connect(&config.cluster).await?),
         false => None,
     };
+    let retained = match &cluster {
+        Some(c) => c.retained(&store).await,
+        None => Vec::new(),
+    };
     let tls = match config.tls_enabled() {
         true => Some(edge::tls_acceptor(&config.tls.cert, &config.tls.key)?),
         false => None,
@@ -188,6 +192,15 @@ pub async fn run(
     } = start_services(
         &config, &store, &directory, &access, &stats, cluster, &shutdown,
     )?;
+    // The cluster's retained messages are in the router before the first client arrives.
+    for message in retained {
+        let _ = router
+            .send(Event::Remote {
+                message,
+                share: None,
+            })
+            .await;
+    }
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
         limits: Limits::from_config(&config.mqtt, &config.limits, &config),

@@ -552,3 +552,51 @@ async fn a_takeover_whose_message_was_lost_is_fenced_by_the_roster() {
         .expect("closed");
     assert!(ended.0.contains("SessionTakenOver"), "{ended:?}");
 }
+
+/// Subscribes on `node` to `filter` and returns the retained payloads that come at once.
+async fn retained_on(node: &common::TestServer, id: &str, filter: &str) -> Vec<Vec<u8>> {
+    let mut c = plain(node, id).await;
+    c.client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    c.suback().await;
+    let mut got = Vec::new();
+    c.publishes_within(Duration::from_millis(300), |p| {
+        if p.retain {
+            got.push(p.payload.to_vec())
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test]
+async fn a_node_started_later_has_the_retained_messages() {
+    let Some(mut cluster) = Cluster::start(1, &[]) else {
+        return;
+    };
+    let setter = plain(&cluster.nodes[0], "setter").await;
+    for (topic, payload) in [("status/door", "open"), ("status/light", "on")] {
+        setter
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .unwrap();
+    }
+    // Written to the store behind the PUBACK; give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.add_node(&[], |_| {});
+    let mut got = retained_on(&cluster.nodes[1], "reader", "status/#").await;
+    got.sort();
+    assert_eq!(got, [b"on".to_vec(), b"open".to_vec()]);
+
+    // Cleared on node 2: a third node starts without it.
+    let clearer = plain(&cluster.nodes[1], "clearer").await;
+    clearer
+        .client
+        .publish("status/door", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.add_node(&[], |_| {});
+    let got = retained_on(&cluster.nodes[2], "reader3", "status/#").await;
+    assert_eq!(got, [b"on".to_vec()]);
+}

@@ -13,7 +13,8 @@
 //! - `natter.t.{levels}`: plain topics. A node subscribes only to the subjects of its local
 //!   subscriptions, so NATS carries a message only to the nodes with interest; a shared group
 //!   subscribes as a NATS queue group, so one node (and there one member) takes each message.
-//! - `natter.r`: retained messages, to every node (each keeps its own retained store).
+//! - `natter.r`: retained messages, to every node (each keeps its own retained store). The
+//!   node that took one also writes it to the store, where a node starting later reads it.
 //! - `natter.ctl`: [`Control`]s — kicks, takeovers, directory changes.
 //!
 //! NATS core is at most once: a frame lost with a NATS server costs a plain message its
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::router::{Control, Event, Forward, Gap, Message, Outgoing};
 use crate::service::requests::ChatService;
-use crate::store::Store;
+use crate::store::{RetainedRecord, Store};
 use crate::topics::{self, ChatTopic, ConvKind};
 use wire::{Body, Frame, Wired};
 
@@ -49,6 +50,8 @@ const MAX_SUBJECT: usize = 3072;
 pub enum ClusterError {
     #[error("cluster.nats_url: {0}")]
     Url(String),
+    #[error("NATS: {0}")]
+    Nats(String),
     #[error("cannot connect to NATS ({urls}): {source}")]
     Connect {
         urls: String,
@@ -60,7 +63,12 @@ pub enum ClusterError {
 pub struct Cluster {
     client: async_nats::Client,
     node: Arc<str>,
+    /// The subjects every node takes, subscribed before the node serves anyone.
+    fixed: Vec<async_nats::Subscriber>,
 }
+
+/// A retained message to store: its topic, and its record (`None` clears the topic).
+type RetainedWrite = (String, Option<RetainedRecord>);
 
 /// A local subscription's (shared group, filter): what the node follows NATS subjects for.
 type Interest = (Option<Arc<str>>, Arc<str>);
@@ -101,8 +109,50 @@ impl Cluster {
                 urls: config.nats_url.clone(),
                 source,
             })?;
+        let mut fixed = Vec::new();
+        for subject in [
+            topics::nats_all_convs(),
+            retained_subject(),
+            control_subject(),
+        ] {
+            fixed.push(
+                client
+                    .subscribe(subject)
+                    .await
+                    .map_err(|e| ClusterError::Nats(e.to_string()))?,
+            );
+        }
+        // The server has the subscriptions once it has answered a ping sent after them.
+        client
+            .flush()
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))?;
         tracing::info!(node = %node, "joined the cluster");
-        Ok(Cluster { client, node })
+        Ok(Cluster {
+            client,
+            node,
+            fixed,
+        })
+    }
+
+    /// The retained messages in the store, for the router before the node serves anyone.
+    pub async fn retained(&self, store: &Arc<dyn Store>) -> Vec<Message> {
+        let s = store.clone();
+        let records = match tokio::task::spawn_blocking(move || s.retained()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the retained messages");
+                return Vec::new();
+            }
+            Err(_) => return Vec::new(),
+        };
+        let now = Instant::now();
+        records
+            .iter()
+            .filter_map(|(record, expires_at_ms)| {
+                wire::from_retained_record(record, *expires_at_ms, now)
+            })
+            .collect()
     }
 
     /// Runs this node's side of the cluster until shutdown: what the router forwards goes out,
@@ -125,27 +175,31 @@ impl Cluster {
     }
 
     async fn run(
-        self,
+        mut self,
         mut outgoing: mpsc::Receiver<Outgoing>,
         mut control: mpsc::UnboundedReceiver<Forward>,
         sinks: Sinks,
         store: Arc<dyn Store>,
         shutdown: CancellationToken,
     ) {
-        let fixed = [
-            topics::nats_all_convs(),
-            retained_subject(),
-            control_subject(),
-        ];
-        let mut followed: Vec<JoinHandle<()>> = fixed
+        let retained = self.spawn_retained_writer(store.clone());
+        let mut followed: Vec<JoinHandle<()>> = std::mem::take(&mut self.fixed)
             .into_iter()
-            .map(|s| self.follow(s, None, sinks.clone()))
+            .map(|s| forward_frames(s, None, sinks.clone()))
             .collect();
         let mut interest: HashMap<Interest, Vec<JoinHandle<()>>> = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(message) = outgoing.recv() => self.send_message(&message).await,
+                Some(message) = outgoing.recv() => {
+                    if message.retain {
+                        // An empty retained message clears the topic.
+                        let record = (!message.payload.is_empty())
+                            .then(|| wire::retained_record(&message, Instant::now()));
+                        let _ = retained.send((message.topic_str().to_string(), record));
+                    }
+                    self.send_message(&message).await
+                }
                 Some(forward) = control.recv() => match forward {
                     Forward::Interest { group, filter, on } => {
                         let key = (group.clone(), filter.clone());
@@ -238,19 +292,34 @@ impl Cluster {
                 }
                 None => client.subscribe(subject.clone()).await,
             };
-            let mut subscriber = match subscribed {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(subject, error = %e, "cannot subscribe on NATS");
-                    return;
-                }
-            };
-            while let Some(m) = subscriber.next().await {
-                if !sinks.take(&m.payload, share.clone()).await {
-                    return;
-                }
+            match subscribed {
+                Ok(s) => forward(s, share, sinks).await,
+                Err(e) => tracing::error!(subject, error = %e, "cannot subscribe on NATS"),
             }
         })
+    }
+}
+
+/// A task that takes a subscription's frames to their sinks until aborted.
+fn forward_frames(
+    subscriber: async_nats::Subscriber,
+    share: Option<(Arc<str>, Arc<str>)>,
+    sinks: Sinks,
+) -> JoinHandle<()> {
+    tokio::spawn(forward(subscriber, share, sinks))
+}
+
+/// Takes a subscription's frames to their sinks until the router is gone; dropping the
+/// subscription unsubscribes.
+async fn forward(
+    mut subscriber: async_nats::Subscriber,
+    share: Option<(Arc<str>, Arc<str>)>,
+    sinks: Sinks,
+) {
+    while let Some(m) = subscriber.next().await {
+        if !sinks.take(&m.payload, share.clone()).await {
+            return;
+        }
     }
 }
 
@@ -284,6 +353,30 @@ impl Sinks {
             Body::Control(c) => Event::RemoteControl(c),
         };
         self.router.send(event).await.is_ok()
+    }
+}
+
+impl Cluster {
+    /// A task that writes the retained messages published here to the store, one after the
+    /// other (so the last one set on a topic here is the one kept).
+    fn spawn_retained_writer(&self, store: Arc<dyn Store>) -> mpsc::UnboundedSender<RetainedWrite> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<RetainedWrite>();
+        tokio::spawn(async move {
+            while let Some((topic, record)) = rx.recv().await {
+                let store = store.clone();
+                let written = tokio::task::spawn_blocking(move || match &record {
+                    Some((bytes, expires_at_ms)) => {
+                        store.set_retained(&topic, Some(bytes), *expires_at_ms)
+                    }
+                    None => store.set_retained(&topic, None, None),
+                })
+                .await;
+                if let Ok(Err(e)) = written {
+                    tracing::warn!(error = %e, "cannot store a retained message");
+                }
+            }
+        });
+        tx
     }
 }
 

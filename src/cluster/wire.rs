@@ -10,6 +10,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use serde::{Deserialize, Serialize};
 
 use crate::router::{ChatRef, Control, Message};
+use crate::store::RetainedRecord;
 
 /// One NATS message between nodes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +72,35 @@ impl Frame {
     pub fn decode(bytes: &[u8]) -> Result<Frame, rmp_serde::decode::Error> {
         rmp_serde::from_slice(bytes)
     }
+}
+
+/// A retained message as the store keeps it: its encoding, and its expiry as a wall-clock
+/// time (what is left of it means nothing to a node that reads it later).
+pub fn retained_record(m: &Message, now: Instant) -> RetainedRecord {
+    let mut wired = Wired::from_message(m, now);
+    let expires_at_ms = wired.expires_in_ms.take().map(|ms| wall_ms() + ms as i64);
+    (
+        rmp_serde::to_vec_named(&wired).unwrap_or_default(),
+        expires_at_ms,
+    )
+}
+
+/// A retained message read back from the store; `None` if it is not one this node can route.
+pub fn from_retained_record(
+    bytes: &[u8],
+    expires_at_ms: Option<i64>,
+    now: Instant,
+) -> Option<Message> {
+    let mut wired: Wired = rmp_serde::from_slice(bytes).ok()?;
+    wired.expires_in_ms = expires_at_ms.map(|at| (at - wall_ms()).max(0) as u64);
+    wired.into_message(now)
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 impl Wired {
@@ -180,6 +210,22 @@ mod tests {
         assert_eq!(p.user_properties, [("k".to_string(), "v".to_string())]);
         let c = got.chat.unwrap();
         assert_eq!((c.conv.as_str(), c.seq, c.receipt), ("g.x", 7, true));
+    }
+
+    #[test]
+    fn a_retained_record_keeps_its_expiry_as_a_time() {
+        let now = Instant::now();
+        let mut m = Message::server("status/door".into(), "open");
+        m.retain = true;
+        m.expires_at = Some(now + Duration::from_secs(60));
+        let (bytes, at) = retained_record(&m, now);
+        let at = at.unwrap();
+        assert!((at - wall_ms() - 60_000).abs() < 1_000);
+        let back = from_retained_record(&bytes, Some(at), now).unwrap();
+        assert!(back.retain && &back.payload[..] == b"open");
+        let left = back.expires_at.unwrap() - now;
+        assert!(left > Duration::from_secs(58) && left <= Duration::from_secs(60));
+        assert!(from_retained_record(b"junk", None, now).is_none());
     }
 
     #[test]

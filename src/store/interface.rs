@@ -152,6 +152,24 @@ pub trait Roster {
     fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError>;
 }
 
+/// A retained message as the store keeps it: its encoding and its expiry (Unix milliseconds).
+pub type RetainedRecord = (Vec<u8>, Option<i64>);
+
+/// Retained messages of a cluster, kept where every node (and a node started later) finds
+/// them. A message is opaque here: the cluster's own encoding of it.
+pub trait Retained {
+    /// Sets `topic`'s retained message (`None`: clears it); it expires at `expires_at_ms`
+    /// (Unix milliseconds), if set.
+    fn set_retained(
+        &self,
+        topic: &str,
+        message: Option<&[u8]>,
+        expires_at_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// Every retained message not yet expired: (message, expires_at_ms).
+    fn retained(&self) -> Result<Vec<RetainedRecord>, StoreError>;
+}
+
 /// Reading the history back (the writing is [`Store::log`]'s).
 pub trait History {
     /// Entries of `conv` with `seq > after`, oldest first.
@@ -221,6 +239,7 @@ pub trait Store:
     + Retention
     + Receipts
     + Roster
+    + Retained
     + Send
     + Sync
 {

@@ -26,8 +26,8 @@ mod writer;
 
 pub use crate::chat::snapshot::{ConversationRow, Snapshot, UserRow};
 pub use interface::{
-    Accounts, Conversations, Devices, Directory, History, Media, Push, Receipts, Retention, Roster,
-    Search, Store,
+    Accounts, Conversations, Devices, Directory, History, Media, Push, Receipts, Retained,
+    RetainedRecord, Retention, Roster, Search, Store,
 };
 pub use writer::{Log, Writer};
 

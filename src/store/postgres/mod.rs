@@ -30,6 +30,7 @@ mod directory;
 mod media;
 mod messages;
 mod push;
+mod retained;
 mod roster;
 mod schema;
 

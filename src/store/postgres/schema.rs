@@ -158,7 +158,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX media_refs_by_message ON media_refs(message);
 "#,
-    // The cluster's roster (`roster.rs`): live state, never copied or kept for long.
+    // A cluster: its roster (`roster.rs`, live state, never copied) and its retained messages
+    // (`retained.rs`).
     r#"
     CREATE TABLE cluster_nodes (
         node TEXT PRIMARY KEY,
@@ -171,6 +172,11 @@ const MIGRATIONS: &[&str] = &[
         -- One node holds a client's session: a connection elsewhere takes the row over,
         -- and the node that lost it closes its own (the fence of a takeover).
         PRIMARY KEY (client)
+    );
+    CREATE TABLE retained (
+        topic TEXT PRIMARY KEY,
+        message BYTEA NOT NULL,
+        expires_at_ms BIGINT
     );
     CREATE INDEX cluster_devices_by_user ON cluster_devices(user_id);
 "#,

@@ -249,8 +249,8 @@ const MIGRATIONS: &[&str] = &[
     UPDATE devices SET gen = lower(hex(randomblob(8))) WHERE revoked;
     ALTER TABLE refresh_tokens ADD COLUMN gen TEXT NOT NULL DEFAULT '';
 ",
-    // The roster of a cluster's nodes (`roster.rs`): a single node keeps it for the one
-    // interface, a cluster keeps it in PostgreSQL.
+    // A cluster's roster (`roster.rs`) and retained messages (`retained.rs`): the tables
+    // exist for the one interface; a cluster keeps them in PostgreSQL.
     "
     CREATE TABLE cluster_nodes (node TEXT PRIMARY KEY, seen_at_ms INTEGER NOT NULL);
     CREATE TABLE cluster_devices (
@@ -260,6 +260,11 @@ const MIGRATIONS: &[&str] = &[
         -- One node holds a client's session: a connection elsewhere takes the row over,
         -- and the node that lost it closes its own (the fence of a takeover).
         PRIMARY KEY (client)
+    );
+    CREATE TABLE retained (
+        topic TEXT PRIMARY KEY,
+        message BLOB NOT NULL,
+        expires_at_ms BIGINT
     );
     CREATE INDEX cluster_devices_by_user ON cluster_devices(user);
 ",

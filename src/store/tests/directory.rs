@@ -876,3 +876,25 @@ fn the_roster_counts_a_users_devices_across_nodes_until_a_node_expires() {
         assert_eq!(s.user_connections("bob", "").unwrap(), 0);
     }
 }
+
+#[test]
+fn retained_messages_are_set_replaced_cleared_and_expire() {
+    for b in backends() {
+        let s = &b.store;
+        s.set_retained("a/b", Some(b"one"), None).unwrap();
+        s.set_retained("a/b", Some(b"two"), None).unwrap();
+        s.set_retained("a/c", Some(b"gone"), Some(1)).unwrap();
+        s.set_retained("a/d", Some(b"cleared"), None).unwrap();
+        s.set_retained("a/d", None, None).unwrap();
+        let later = i64::MAX / 2;
+        s.set_retained("a/e", Some(b"later"), Some(later)).unwrap();
+        let mut all = s.retained().unwrap();
+        all.sort();
+        assert_eq!(
+            all,
+            [(b"later".to_vec(), Some(later)), (b"two".to_vec(), None)],
+            "{}",
+            b.name
+        );
+    }
+}
