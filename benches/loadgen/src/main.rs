@@ -121,6 +121,15 @@ struct RunArgs {
     /// PID of the broker process (CPU and memory are read from /proc/PID).
     #[arg(long)]
     pid: u32,
+    /// Every process that serves the scenario, comma-separated (the broker or brokers, and a
+    /// database, NATS servers, a proxy...), each counted with its descendants: flows then also
+    /// report "all server processes CPU" and its CPU per delivery.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    /// Chat: seconds to wait once the accounts are made, before groups are made and clients
+    /// connect (a cluster's nodes learn of accounts made on another node a moment later).
+    #[arg(long, default_value_t = 0.0)]
+    settle: f64,
     /// `raw` talks to `loadgen forward` instead of an MQTT broker.
     #[arg(long, value_enum, default_value_t = ProtoArg::Mqtt)]
     proto: ProtoArg,
@@ -267,6 +276,8 @@ fn run_soak(a: SoakArgs) -> anyhow::Result<()> {
         addr: a.addr,
         http: Some(a.http),
         broker: Proc { pid: a.pid },
+        servers: &[],
+        settle: Duration::ZERO,
     };
     anyhow::ensure!(target.broker.alive(), "no process {} (natter)", a.pid);
     let spec = soak::SoakSpec {
@@ -299,6 +310,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         addr: a.addr,
         http: a.http,
         broker: Proc { pid: a.pid },
+        servers: a.server_pids.leak(),
+        settle: Duration::from_secs_f64(a.settle),
     };
     anyhow::ensure!(target.broker.alive(), "no process {} (the broker)", a.pid);
     anyhow::ensure!(

@@ -1,6 +1,7 @@
 //! What the kernel says about a process: resident memory (`/proc/PID/status`) and CPU time
 //! (`/proc/PID/stat`).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -84,6 +85,77 @@ impl CpuMark {
             now.at.duration_since(self.at).as_secs_f64(),
         ))
     }
+}
+
+/// CPU time of a group of processes over an interval: the roots and every descendant (found
+/// through `/proc/*/stat`'s parent pid at each mark), so a database's or a proxy's worker
+/// processes count with their parent. A process that started during the interval counts from
+/// its start; one that ended during it is lost (its parent's `cutime` is not read).
+#[derive(Debug, Clone)]
+pub struct TreeMark {
+    cpu: HashMap<u32, f64>,
+    at: Instant,
+}
+
+impl TreeMark {
+    pub fn take(roots: &[u32]) -> TreeMark {
+        TreeMark {
+            cpu: tree_cpu(roots),
+            at: Instant::now(),
+        }
+    }
+
+    /// (CPU seconds used by the group, wall seconds) since `self`.
+    pub fn since(&self, roots: &[u32]) -> (f64, f64) {
+        let now = TreeMark::take(roots);
+        let used = now
+            .cpu
+            .iter()
+            .map(|(pid, cpu)| (cpu - self.cpu.get(pid).copied().unwrap_or(0.0)).max(0.0))
+            .sum();
+        (used, now.at.duration_since(self.at).as_secs_f64())
+    }
+}
+
+/// CPU seconds of each live process in the trees under `roots`.
+fn tree_cpu(roots: &[u32]) -> HashMap<u32, f64> {
+    let mut parent = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Field 4 (ppid) is the second after the command name's closing paren.
+            let ppid = text
+                .rfind(')')
+                .and_then(|i| text[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parent.insert(pid, ppid);
+            }
+        }
+    }
+    let in_tree = |mut pid: u32| {
+        for _ in 0..64 {
+            if roots.contains(&pid) {
+                return true;
+            }
+            match parent.get(&pid) {
+                Some(&p) if p != 0 && p != pid => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    parent
+        .keys()
+        .copied()
+        .filter(|&pid| in_tree(pid))
+        .filter_map(|pid| Some((pid, Proc { pid }.cpu_secs().ok()?)))
+        .collect()
 }
 
 /// The kernel's count of connection attempts dropped at a full listen queue (`ListenDrops` in

@@ -12,9 +12,10 @@ use plotters::prelude::*;
 use crate::results::{distribution_file, CSV_HEADER};
 
 /// Columns in this order; brokers not listed here follow in order of appearance.
-const KNOWN: [&str; 8] = [
+const KNOWN: [&str; 9] = [
     "natter",
     "natter-pg",
+    "natter-cluster",
     "natter-plain",
     "natter-nogc",
     "natter-norcpt",
@@ -25,10 +26,12 @@ const KNOWN: [&str; 8] = [
 
 /// The ratio columns (numerator, denominator), where both columns ran: the chat server against
 /// mosquitto and rumqttd, natter's routing alone against rumqttd's, the history in PostgreSQL
-/// against SQLite, and what group commit and delivered receipts are worth.
-const RATIOS: [(&str, &str); 6] = [
+/// against SQLite, three nodes over NATS against one on the same PostgreSQL, and what group
+/// commit and delivered receipts are worth.
+const RATIOS: [(&str, &str); 7] = [
     ("natter", "mosquitto"),
     ("natter-pg", "natter"),
+    ("natter-cluster", "natter-pg"),
     ("natter", "rumqttd"),
     ("natter-plain", "rumqttd"),
     ("natter-nogc", "natter"),
@@ -287,6 +290,7 @@ fn color(broker: &str) -> RGBColor {
     match broker {
         "natter" => RGBColor(220, 50, 47),
         "natter-pg" => RGBColor(181, 137, 0),
+        "natter-cluster" => RGBColor(147, 161, 161),
         "natter-plain" => RGBColor(203, 75, 22),
         "natter-nogc" => RGBColor(211, 54, 130),
         "natter-norcpt" => RGBColor(42, 161, 152),

@@ -236,5 +236,6 @@ pub async fn run_flow(t: &Target, spec: FlowSpec, names: Names) -> anyhow::Resul
         puback,
         broker_cpu,
         self_cpu,
+        servers_cpu: None,
     })
 }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::procstat::{CpuMark, Proc};
+use crate::procstat::{CpuMark, Proc, TreeMark};
 use crate::results::{histogram, Better, Results};
 use crate::wire::{
     self, decode, encode_ack, encode_publish, instant_at, now_ns, Conn, ConnectOptions, Incoming,
@@ -32,6 +32,13 @@ pub struct Target {
     /// natter's HTTP API, where the chat scheme makes its accounts.
     pub http: Option<SocketAddr>,
     pub broker: Proc,
+    /// Every process serving the scenario (the broker, and its database, NATS servers, proxy),
+    /// each with its descendants: the "all server processes" CPU figures of a flow. Empty:
+    /// no such figures.
+    pub servers: &'static [u32],
+    /// Chat: how long to wait after making the accounts, before anything else (a cluster's
+    /// other nodes learn of new accounts shortly after they are made).
+    pub settle: Duration,
 }
 
 /// How scenario clients and topics are named.
@@ -183,6 +190,9 @@ impl Names {
             .await
             .context("creating the benchmark's accounts")?;
         self.tokens = Arc::new(tokens);
+        if !t.settle.is_zero() {
+            tokio::time::sleep(t.settle).await;
+        }
         for &(p, subs) in groups {
             let members: Vec<String> = (0..subs)
                 .map(|j| self.user(Role::Subscriber(p, j)))
@@ -265,6 +275,8 @@ pub struct FlowOutcome {
     pub puback: Histogram<u64>,
     pub broker_cpu: (f64, f64),
     pub self_cpu: (f64, f64),
+    /// CPU of all server processes (`Target::servers`), if any were named.
+    pub servers_cpu: Option<(f64, f64)>,
 }
 
 struct FlowShared {
@@ -607,6 +619,7 @@ pub async fn run_flow(t: &Target, spec: FlowSpec, mut names: Names) -> anyhow::R
     tokio::time::sleep_until(instant_at(warm_ns)).await;
     let broker_mark = CpuMark::take(t.broker)?;
     let self_mark = CpuMark::take(Proc { pid: 0 })?;
+    let servers_mark = TreeMark::take(t.servers);
 
     // Publishers stop at the deadline (or the message bound); their tasks end once their last
     // PUBACK is in, so wait for the deadline itself to mark the end of the window.
@@ -640,6 +653,7 @@ pub async fn run_flow(t: &Target, spec: FlowSpec, mut names: Names) -> anyhow::R
     shared.end_ns.store(window_end, Relaxed);
     let broker_cpu = broker_mark.since(t.broker)?;
     let self_cpu = self_mark.since(Proc { pid: 0 })?;
+    let servers_cpu = (!t.servers.is_empty()).then(|| servers_mark.since(t.servers));
 
     // Drain: wait for what is still in flight (publishers end with their last PUBACK).
     let drain_until = Instant::now() + spec.drain + spec.duration;
@@ -686,6 +700,7 @@ pub async fn run_flow(t: &Target, spec: FlowSpec, mut names: Names) -> anyhow::R
         puback,
         broker_cpu,
         self_cpu,
+        servers_cpu,
     })
 }
 
@@ -732,6 +747,26 @@ pub fn flow_figures(
             Better::Lower,
             cpu * 1e6 / o.delivered_in_window as f64,
         );
+    }
+    if let Some((cpu, wall)) = o.servers_cpu {
+        r.add(
+            "all server processes CPU",
+            "% of a core",
+            if fixed_rate {
+                Better::Lower
+            } else {
+                Better::Info
+            },
+            100.0 * cpu / wall.max(1e-9),
+        );
+        if o.delivered_in_window > 0 {
+            r.add(
+                "all server processes CPU per delivery",
+                "µs",
+                Better::Lower,
+                cpu * 1e6 / o.delivered_in_window as f64,
+            );
+        }
     }
     r.add(
         "broker peak RSS",

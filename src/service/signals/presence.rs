@@ -180,25 +180,57 @@ impl Signals {
         let Some((_, timeout)) = self.settings.cluster.clone() else {
             return;
         };
-        let users = self
+        let local = self.local_devices();
+        let roster = self
             .roster(move |s, node| {
-                s.node_alive(node)?;
-                s.expire_nodes(timeout.as_secs())
+                let known = s.node_alive(node)?;
+                if !known {
+                    // Expired by the others (it went unheard): its devices are recorded again.
+                    for (user, client) in &local {
+                        s.device_connected(node, client, user)?;
+                    }
+                }
+                Ok((known, s.expire_nodes(timeout.as_secs())?))
             })
             .await;
-        self.left_elsewhere(users.unwrap_or_default()).await;
+        let Some((known, users)) = roster else {
+            return;
+        };
+        if !known && !self.presence.is_empty() {
+            tracing::warn!(
+                "this node had been expired from the cluster's roster; its devices are back"
+            );
+            let online: Vec<Arc<str>> = self
+                .presence
+                .iter()
+                .filter(|(_, p)| !p.devices.is_empty())
+                .map(|(u, _)| u.clone())
+                .collect();
+            for user in online {
+                self.publish_presence(&user).await;
+            }
+        }
+        self.left_elsewhere(users).await;
         self.fence_sessions().await;
+    }
+
+    /// This node's connected devices: (user, client id).
+    fn local_devices(&self) -> Vec<(String, String)> {
+        self.presence
+            .iter()
+            .flat_map(|(u, p)| {
+                p.devices
+                    .iter()
+                    .map(move |c| (u.to_string(), c.to_string()))
+            })
+            .collect()
     }
 
     /// Ends the sessions here of devices another node holds now: the takeover's message over
     /// NATS ends them at once, and this ends them even when that message was lost, so two
     /// nodes never both go on serving one device.
     async fn fence_sessions(&mut self) {
-        let local: Vec<String> = self
-            .presence
-            .values()
-            .flat_map(|p| p.devices.iter().map(|c| c.to_string()))
-            .collect();
+        let local: Vec<String> = self.local_devices().into_iter().map(|(_, c)| c).collect();
         if local.is_empty() {
             return;
         }

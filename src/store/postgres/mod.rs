@@ -294,6 +294,11 @@ pub const TEST_URL_VAR: &str = "NATTER_TEST_POSTGRES_URL";
 /// named at random and left behind: the test server is a throwaway cluster.
 pub fn test_database() -> Option<String> {
     let admin = std::env::var(TEST_URL_VAR).ok().filter(|u| !u.is_empty())?;
+    Some(test_database_on(&admin))
+}
+
+/// A fresh, empty database on the server `admin` names (as a superuser): its URL.
+pub fn test_database_on(admin: &str) -> String {
     let mut bytes = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .expect("randomness");
@@ -305,7 +310,7 @@ pub fn test_database() -> Option<String> {
     // cannot run.
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut client = Client::connect(&admin, NoTls)
+            let mut client = Client::connect(admin, NoTls)
                 .unwrap_or_else(|e| panic!("{TEST_URL_VAR}: cannot connect: {e}"));
             client
                 .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -314,7 +319,7 @@ pub fn test_database() -> Option<String> {
         .join()
         .expect("creating the test database");
     });
-    Some(database_url(&admin, &name))
+    database_url(admin, &name)
 }
 
 /// `url` with its database replaced by `name`.

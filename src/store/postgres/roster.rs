@@ -4,15 +4,21 @@ use super::Postgres;
 use crate::store::{Roster, StoreError};
 
 impl Roster for Postgres {
-    fn node_alive(&self, node: &str) -> Result<(), StoreError> {
+    fn node_alive(&self, node: &str) -> Result<bool, StoreError> {
         self.with(|db| {
-            db.exec(
-                "INSERT INTO cluster_nodes (node, seen_at) VALUES ($1, now())
-                 ON CONFLICT (node) DO UPDATE SET seen_at = now()",
+            let known = db.exec(
+                "UPDATE cluster_nodes SET seen_at = now() WHERE node = $1",
                 &[&node],
-            )
-        })?;
-        Ok(())
+            )? > 0;
+            if !known {
+                db.exec(
+                    "INSERT INTO cluster_nodes (node, seen_at) VALUES ($1, now())
+                     ON CONFLICT (node) DO UPDATE SET seen_at = now()",
+                    &[&node],
+                )?;
+            }
+            Ok(known)
+        })
     }
 
     fn expire_nodes(&self, timeout_secs: u64) -> Result<Vec<String>, StoreError> {

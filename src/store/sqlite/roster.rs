@@ -8,13 +8,19 @@ use crate::store::clock::now_ms;
 use crate::store::{Roster, StoreError};
 
 impl Roster for Sqlite {
-    fn node_alive(&self, node: &str) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO cluster_nodes (node, seen_at_ms) VALUES (?1, ?2)
-             ON CONFLICT (node) DO UPDATE SET seen_at_ms = excluded.seen_at_ms",
+    fn node_alive(&self, node: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let known = conn.execute(
+            "UPDATE cluster_nodes SET seen_at_ms = ?2 WHERE node = ?1",
             params![node, now_ms()],
-        )?;
-        Ok(())
+        )? > 0;
+        if !known {
+            conn.execute(
+                "INSERT INTO cluster_nodes (node, seen_at_ms) VALUES (?1, ?2)",
+                params![node, now_ms()],
+            )?;
+        }
+        Ok(known)
     }
 
     fn expire_nodes(&self, timeout_secs: u64) -> Result<Vec<String>, StoreError> {

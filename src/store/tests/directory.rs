@@ -835,7 +835,8 @@ fn a_refresh_token_is_taken_once_by_concurrent_callers() {
 fn the_roster_counts_a_users_devices_across_nodes_until_a_node_expires() {
     for b in backends() {
         let s = &b.store;
-        s.node_alive("n1").unwrap();
+        assert!(!s.node_alive("n1").unwrap(), "a new node");
+        assert!(s.node_alive("n1").unwrap(), "{}", b.name);
         s.node_alive("n2").unwrap();
         assert_eq!(s.device_connected("n1", "alice.phone", "alice").unwrap(), 1);
         assert_eq!(
@@ -871,6 +872,11 @@ fn the_roster_counts_a_users_devices_across_nodes_until_a_node_expires() {
             b.name
         );
         assert_eq!(s.user_connections("alice", "").unwrap(), 0);
+        assert!(
+            !s.node_alive("n2").unwrap(),
+            "{}: n2 learns it was expired",
+            b.name
+        );
         s.device_connected("n1", "bob.tablet", "bob").unwrap();
         assert_eq!(s.reset_node("n1").unwrap(), ["bob"], "{}", b.name);
         assert_eq!(s.user_connections("bob", "").unwrap(), 0);
