@@ -202,6 +202,8 @@ PG_DBS=0
 CLUSTER=$ROOT/deploy/local-cluster/cluster
 CLUSTER_DIR=
 CLUSTER_RUNS=0
+# Seconds the load generator waits between making the accounts and using them (see below).
+CLUSTER_SETTLE=2
 # Where the current broker listens (MQTT, HTTP API): set by start_broker.
 BROKER_ADDR=
 BROKER_HTTP=
@@ -314,6 +316,57 @@ placement() {
     }' <(sort "$dir/roster")
 }
 
+# cpu_ticks PID...: user + system CPU of these processes so far, in clock ticks (1/100 s);
+# "pg:PID" stands for PostgreSQL's postmaster PID and its children (the backends), with the
+# children it has reaped (its cutime and cstime: an autovacuum worker that ends is not lost).
+cpu_ticks() {
+  local t=0 p q pids reaped
+  for p in "$@"; do
+    case "$p" in
+      pg:*) pids="${p#pg:} $(pgrep -P "${p#pg:}" | tr '\n' ' ')"; reaped=1 ;;
+      *) pids=$p; reaped=0 ;;
+    esac
+    for q in $pids; do
+      [ -r "/proc/$q/stat" ] || continue
+      t=$((t + $(sed 's/.*) //' "/proc/$q/stat" 2>/dev/null |
+        awk -v reaped="$reaped" '{ print $12 + $13 + (reaped ? $14 + $15 : 0) }' || echo 0)))
+      reaped=0
+    done
+  done
+  echo "$t"
+}
+
+# cpu_parts: the processes serving the current natter-pg or natter-cluster scenario, in
+# groups, as "NAME=PID,PID..." words.
+cpu_parts() {
+  local d="$CLUSTER_DIR/c"
+  if [ -n "$CLUSTER_DIR" ]; then
+    echo "natter=$(cat "$d/node1.pid"),$(cat "$d/node2.pid"),$(cat "$d/node3.pid")" \
+      "NATS=$(cat "$d/nats1.pid"),$(cat "$d/nats2.pid"),$(cat "$d/nats3.pid")" \
+      "HAProxy=$(cat "$d/haproxy.pid")" "PostgreSQL=pg:$(head -n 1 "$d/pg/data/postmaster.pid")"
+  else
+    echo "natter=$BROKER_PID" "PostgreSQL=pg:$(head -n 1 "$PG_DIR/data/postmaster.pid")"
+  fi
+}
+
+# cpu_mark: every group's CPU ticks now, as "NAME=TICKS" words.
+cpu_mark() {
+  local part
+  for part in $(cpu_parts); do
+    # shellcheck disable=SC2046 # a comma list, split into pids
+    echo "${part%%=*}=$(cpu_ticks $(echo "${part#*=}" | tr ',' ' '))"
+  done
+}
+
+# cpu_split BEFORE AFTER: where the CPU went between two cpu_marks, in seconds and shares.
+cpu_split() {
+  awk -v before="$1" -v after="$2" 'BEGIN {
+    n = split(before, b, " "); split(after, a, " ")
+    for (i = 1; i <= n; i++) { split(b[i], x, "="); split(a[i], y, "="); name[i] = x[1]; used[i] = (y[2] - x[2]) / 100; total += used[i] }
+    for (i = 1; i <= n; i++) printf("%s%s %.1f s (%.0f %%)", (i > 1 ? ", " : ""), name[i], used[i], (total > 0 ? 100 * used[i] / total : 0))
+  }'
+}
+
 # start_broker NAME PORT: starts it in the background, sets BROKER_PID, BROKER_ADDR and
 # BROKER_HTTP, waits for its port.
 start_broker() {
@@ -406,7 +459,7 @@ rumqttd_version=$(awk '/^name = "rumqttd"$/ { getline; gsub(/[^0-9.]/, ""); prin
     echo "- natter: $("$NATTER" --version 2>/dev/null | sed 's/^natter //' || echo unknown) (release binary of $(date -u -r "$NATTER" '+%Y-%m-%d %H:%M UTC')), defaults but \`\$SYS\` off and \`limits.publish_rate = 0\`, in these columns:"
     has "$BROKERS" natter && echo "  - \`natter\`: the chat server: every client is a device of an account of its own and connects with its access token (accounts registered and logged in over HTTP first); 1:1 flows are direct conversations, fan-out a group, subscribers listen to \`u/{user}/#\`; every message is stored in SQLite (synchronous = full, group commit) before its PUBACK, and recipients' PUBACKs become delivered receipts"
     has "$BROKERS" natter-pg && echo "  - \`natter-pg\`: \`natter\` with the history (and accounts, receipts) in a local PostgreSQL $(psql -tA "$PG_URL" -c 'SHOW server_version' 2>/dev/null || echo '?') on the same machine, its defaults (\`synchronous_commit = on\`): every message committed before its PUBACK (message flows only)"
-    has "$BROKERS" natter-cluster && echo "  - \`natter-cluster\`: 3 \`natter-pg\` nodes (same settings) sharing one PostgreSQL, with live traffic over 3 NATS servers ($(nats-server --version 2>/dev/null | sed 's/^nats-server: //' || echo '?'), full mesh) and clients spread by HAProxy $("$(command -v haproxy || echo /usr/sbin/haproxy)" -v 2>/dev/null | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p') (\`leastconn\`), all on this machine (\`deploy/local-cluster/cluster\`, a fresh cluster and database per scenario; message flows only). **broker CPU and peak RSS are node 1's alone**; \`all server processes CPU\` counts the 3 nodes, NATS, HAProxy and PostgreSQL (for \`natter-pg\`: natter and PostgreSQL)"
+    has "$BROKERS" natter-cluster && echo "  - \`natter-cluster\`: 3 \`natter-pg\` nodes (same settings) sharing one PostgreSQL, with live traffic over 3 NATS servers ($(nats-server --version 2>/dev/null | sed 's/^nats-server: //' || echo '?'), full mesh) and clients spread by HAProxy $("$(command -v haproxy || echo /usr/sbin/haproxy)" -v 2>/dev/null | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p') (\`leastconn\`), all on this machine (\`deploy/local-cluster/cluster\`, a fresh cluster and database per scenario; message flows only). **broker CPU and peak RSS are node 1's alone**; \`all server processes CPU\` counts the 3 nodes, NATS, HAProxy and PostgreSQL (for \`natter-pg\`: natter and PostgreSQL); the load generator waits ${CLUSTER_SETTLE} s after registering the accounts, for every node to know them"
     has "$BROKERS" natter-plain && echo "  - \`natter-plain\`: the same binary as a plain MQTT broker: anonymous clients on ordinary topics, nothing stored"
     has "$BROKERS" natter-nogc && echo "  - \`natter-nogc\`: \`natter\` with \`storage.group_commit = false\` (one transaction and fsync per message)"
     has "$BROKERS" natter-norcpt && echo "  - \`natter-norcpt\`: \`natter\` with \`chat.delivery_receipts = false\`"
@@ -436,6 +489,8 @@ for scenario in ${SCENARIOS//,/ }; do
       continue
     fi
     watcher=
+    cpu_before=
+    case "$broker" in natter-pg|natter-cluster) cpu_before=$(cpu_mark | tr '\n' ' ') ;; esac
     if [ "$broker" = natter-cluster ]; then
       mkdir -p "$RUNTMP/placement-$scenario"
       watch_placement "$RUNTMP/placement-$scenario" &
@@ -450,6 +505,10 @@ for scenario in ${SCENARIOS//,/ }; do
       natter*) extra+=(--topic-scheme chat --http "$BROKER_HTTP") ;;
     esac
     [ -n "$SERVER_PIDS" ] && extra+=(--server-pids "$SERVER_PIDS")
+    # An account registered through one node reaches the other nodes' directories a moment
+    # later (they reload it when told over NATS); until then a node refuses what names it (a
+    # group with that member, a direct message to it). Measure the steady state.
+    [ "$broker" = natter-cluster ] && extra+=(--settle "$CLUSTER_SETTLE")
     if ! "${LOADGEN_CPU[@]}" "$LOADGEN" run --scenario "$scenario" --broker "$broker" \
       --addr "$BROKER_ADDR" --pid "$BROKER_PID" --proto "$proto" "${QUICK[@]}" "${extra[@]}" \
       --results "$OUT/results.csv" --latency-dir "$OUT"; then
@@ -459,6 +518,10 @@ for scenario in ${SCENARIOS//,/ }; do
       kill "$watcher" 2>/dev/null || true
       wait "$watcher" 2>/dev/null || true
       placement "$scenario" "$RUNTMP/placement-$scenario" | tee -a "$OUT/placement.md" >&2
+    fi
+    if [ -n "$cpu_before" ]; then
+      echo "- \`$scenario\` on \`$broker\`: $(cpu_split "$cpu_before" "$(cpu_mark | tr '\n' ' ')")" |
+        tee -a "$OUT/cpu-split.md" >&2
     fi
     if ! kill -0 "$BROKER_PID" 2>/dev/null; then
       failures+=("$scenario on $broker: the broker exited during the scenario (see $OUT/logs/$broker.log)")
@@ -478,6 +541,12 @@ if [ -f "$OUT/placement.md" ]; then
   {
     echo "- natter-cluster, where the clients were (the roster in PostgreSQL, sampled during each scenario):"
     sed 's/^- /  - /' "$OUT/placement.md"
+  } >>"$OUT/header.md"
+fi
+if [ -f "$OUT/cpu-split.md" ]; then
+  {
+    echo "- where the CPU went (the whole \`loadgen run\`: accounts, connections, warm-up and drain included):"
+    sed 's/^- /  - /' "$OUT/cpu-split.md"
   } >>"$OUT/header.md"
 fi
 if [ -f "$OUT/results.csv" ]; then

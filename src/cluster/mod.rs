@@ -384,7 +384,7 @@ impl Cluster {
 /// them) and hands them to the router, which delivers those still missing and closes the hole.
 async fn backfill(gap: Gap, store: Arc<dyn Store>, router: mpsc::Sender<Event>) {
     tokio::time::sleep(GAP_WAIT).await;
-    let conv = gap.conv.clone();
+    let (conv, before) = (gap.conv.clone(), gap.before);
     let read = tokio::task::spawn_blocking(move || {
         let mut items = Vec::new();
         let mut after = gap.after;
@@ -426,7 +426,13 @@ async fn backfill(gap: Gap, store: Arc<dyn Store>, router: mpsc::Sender<Event>) 
             Message::stored(e, topic.into(), QoS::AtLeastOnce, None)
         })
         .collect();
-    let _ = router.send(Event::Backfill { conv, messages }).await;
+    let _ = router
+        .send(Event::Backfill {
+            conv,
+            before,
+            messages,
+        })
+        .await;
 }
 
 fn control_subject() -> String {

@@ -136,9 +136,13 @@ impl Connection {
         let mut outbox = VecDeque::new();
         let mut last_read = Instant::now();
         loop {
+            let working = Instant::now();
             if let Some(close) = self.catch_up().await {
                 return close;
             }
+            // Time spent on the server's own work (a commit waiting for an unreachable
+            // database) is not the client's silence: its packets wait unread meanwhile.
+            last_read += working.elapsed();
             let deadline = self.keepalive.map(|k| last_read + k);
             tokio::select! {
                 _ = shutdown.cancelled() => return Close::Server(DisconnectReasonCode::ServerShuttingDown),

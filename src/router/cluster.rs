@@ -181,9 +181,15 @@ impl Router {
         self.ordered(message, copies, now);
     }
 
-    /// Entries the store had for a hole of `conv`, oldest first: delivered where still missing,
-    /// then the hole is closed.
-    pub(super) fn backfill(&mut self, conv: &str, messages: Vec<Message>, now: Instant) {
+    /// Entries the store had for the hole before `before` in `conv`, oldest first: delivered
+    /// where still missing, then the hole is closed.
+    pub(super) fn backfill(
+        &mut self,
+        conv: &str,
+        before: u64,
+        messages: Vec<Message>,
+        now: Instant,
+    ) {
         for message in messages {
             let copies = self.access.stream_copies_of(message.topic_str());
             self.ordered(message, copies, now);
@@ -192,7 +198,9 @@ impl Router {
             return;
         };
         let mut ready = Vec::new();
-        link.orders.answered(conv, &mut ready);
+        if let Some(gap) = link.orders.answered(conv, before, now, &mut ready) {
+            let _ = link.control.send(Forward::Gap(gap));
+        }
         for (message, copies) in ready {
             self.route_with_copies(message, copies, now);
         }

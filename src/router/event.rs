@@ -88,9 +88,11 @@ pub enum Event {
     },
     /// What another node told every node.
     RemoteControl(Control),
-    /// The entries the store had for a hole in `conv` (oldest first), as messages.
+    /// The entries the store had for the hole before `before` in `conv` (oldest first), as
+    /// messages.
     Backfill {
         conv: String,
+        before: u64,
         messages: Vec<Message>,
     },
     /// Ends every session of a user (removed account): DISCONNECT 0x98 to live connections.

@@ -149,7 +149,11 @@ impl Router {
                 self.publish_with_copies(message, copies, now)
             }
             Event::Remote { message, share } => self.remote(message, share, now),
-            Event::Backfill { conv, messages } => self.backfill(&conv, messages, now),
+            Event::Backfill {
+                conv,
+                before,
+                messages,
+            } => self.backfill(&conv, before, messages, now),
             Event::RemoteControl(control) => self.remote_control(control, now),
             Event::Kick { user } => {
                 self.tell_cluster(Control::KickUser(user.clone()));

@@ -33,8 +33,9 @@ struct Conv<T> {
     /// The next `seq` to deliver.
     next: u64,
     held: BTreeMap<u64, T>,
-    /// When the current hole was reported.
-    asked: Option<Instant>,
+    /// When the current hole was reported, and the `before` of that report (an answer for an
+    /// older hole leaves it alone).
+    asked: Option<(Instant, u64)>,
     last: Instant,
 }
 
@@ -81,7 +82,7 @@ impl<T> Orders<T> {
             if c.asked.is_some() {
                 return None;
             }
-            c.asked = Some(now);
+            c.asked = Some((now, seq));
             return Some(Gap {
                 conv: conv.to_string(),
                 after: c.next - 1,
@@ -94,22 +95,41 @@ impl<T> Orders<T> {
         None
     }
 
-    /// The store answered for a hole of `conv` (its entries went through [`Orders::admit`]
-    /// first): whatever is still missing is gone, and what was held behind it is delivered.
-    pub fn answered(&mut self, conv: &str, ready: &mut Vec<T>) {
-        let Some(c) = self.convs.get_mut(conv) else {
-            return;
-        };
-        if let Some(first) = c.held.keys().next().copied() {
+    /// The store answered for the hole before `before` in `conv` (the entries it had went
+    /// through [`Orders::admit`] first): what is still missing before `before` is gone from
+    /// the store, and what was held behind it is delivered. Returns a hole still open after
+    /// that (one that opened while this one was asked about), to report.
+    pub fn answered(
+        &mut self,
+        conv: &str,
+        before: u64,
+        now: Instant,
+        ready: &mut Vec<T>,
+    ) -> Option<Gap> {
+        let c = self.convs.get_mut(conv)?;
+        if c.next < before {
             tracing::warn!(
                 conv,
                 missing_from = c.next,
-                up_to = first - 1,
+                up_to = before - 1,
                 "entries not found in the store, skipped"
             );
-            c.next = first;
+            c.next = before;
+            c.held.retain(|seq, _| *seq >= before);
         }
         Self::release(c, ready);
+        if c.asked.is_none_or(|(_, asked)| asked != before) {
+            // A hole reported since is still waiting for its own answer.
+            return None;
+        }
+        c.asked = None;
+        let first = *c.held.keys().next()?;
+        c.asked = Some((now, first));
+        Some(Gap {
+            conv: conv.to_string(),
+            after: c.next - 1,
+            before: first,
+        })
     }
 
     /// Delivers the held entries that now follow on, and ends the hole if none is left.
@@ -130,9 +150,9 @@ impl<T> Orders<T> {
             .retain(|_, c| !c.held.is_empty() || now.duration_since(c.last) < IDLE);
         let mut again = Vec::new();
         for (conv, c) in &mut self.convs {
-            if let (Some(asked), Some(first)) = (c.asked, c.held.keys().next()) {
+            if let (Some((asked, _)), Some(first)) = (c.asked, c.held.keys().next()) {
                 if now.duration_since(asked) >= ASK_AGAIN {
-                    c.asked = Some(now);
+                    c.asked = Some((now, *first));
                     again.push(Gap {
                         conv: conv.clone(),
                         after: c.next - 1,
@@ -183,9 +203,35 @@ mod tests {
         // The store had 2 but not 3 (retention deleted it).
         assert_eq!(admit(&mut o, 2, now), (vec![2], None));
         let mut ready = Vec::new();
-        o.answered("g.x", &mut ready);
+        assert_eq!(o.answered("g.x", 4, now, &mut ready), None);
         assert_eq!(ready, [4]);
         assert_eq!(admit(&mut o, 5, now), (vec![5], None));
+    }
+
+    #[test]
+    fn a_late_answer_leaves_a_newer_hole_open_and_reports_it() {
+        let now = Instant::now();
+        let mut o = Orders::default();
+        admit(&mut o, 1, now);
+        assert!(admit(&mut o, 3, now).1.is_some(), "the hole at 2");
+        // 2 comes live, then a new hole opens at 4 while the first answer is on its way.
+        assert_eq!(admit(&mut o, 2, now), (vec![2, 3], None));
+        let gap = admit(&mut o, 5, now).1.expect("the hole at 4");
+        assert_eq!((gap.after, gap.before), (3, 5));
+        let mut ready = Vec::new();
+        assert_eq!(o.answered("g.x", 3, now, &mut ready), None, "asked already");
+        assert!(ready.is_empty(), "4 is not stepped over: {ready:?}");
+        assert_eq!(admit(&mut o, 4, now), (vec![4, 5], None));
+        // An answer that finds a newer hole behind it reports that one.
+        assert!(admit(&mut o, 8, now).1.is_some());
+        assert_eq!(admit(&mut o, 6, now), (vec![6], None));
+        assert_eq!(admit(&mut o, 10, now), (vec![], None));
+        let mut ready = Vec::new();
+        let next = o
+            .answered("g.x", 8, now, &mut ready)
+            .expect("the hole at 9");
+        assert_eq!(ready, [8], "7 is gone from the store");
+        assert_eq!((next.after, next.before), (8, 10));
     }
 
     #[test]
@@ -199,7 +245,7 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].after, again[0].before), (1, 3));
         let mut ready = Vec::new();
-        o.answered("g.x", &mut ready);
+        o.answered("g.x", 3, now, &mut ready);
         assert_eq!(ready, [3]);
         o.tick(now + IDLE + ASK_AGAIN);
         assert!(o.convs.is_empty());

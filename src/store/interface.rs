@@ -146,6 +146,9 @@ pub trait Roster {
     /// A device of `user` connected to `node` (taking over the row of a node that held it
     /// before); returns the user's connections on every node.
     fn device_connected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError>;
+    /// Records a device of `node` again after the node was expired, unless another node
+    /// holds it now (then that node's takeover stands, and this node's session is fenced).
+    fn restore_device(&self, node: &str, client: &str, user: &str) -> Result<(), StoreError>;
     /// It left; returns the user's connections left on every node.
     fn device_disconnected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError>;
     /// Which of `clients` (connected to `node`) another node holds now: a takeover this node

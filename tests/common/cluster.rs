@@ -10,7 +10,7 @@ use natter::config::{Backend, Config, StorageConfig};
 use super::{ServerProcess, TestServer, WAIT};
 
 /// How long a silent node lives in test clusters (the default is 10 s).
-pub const NODE_TIMEOUT_SECS: u64 = 2;
+pub const NODE_TIMEOUT_SECS: u64 = 5;
 
 /// A `nats-server` process on a free port of 127.0.0.1, killed when dropped.
 pub struct Nats {

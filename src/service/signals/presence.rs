@@ -187,7 +187,7 @@ impl Signals {
                 if !known {
                     // Expired by the others (it went unheard): its devices are recorded again.
                     for (user, client) in &local {
-                        s.device_connected(node, client, user)?;
+                        s.restore_device(node, client, user)?;
                     }
                 }
                 Ok((known, s.expire_nodes(timeout.as_secs())?))

@@ -61,6 +61,17 @@ impl Roster for Postgres {
         })
     }
 
+    fn restore_device(&self, node: &str, client: &str, user: &str) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.exec(
+                "INSERT INTO cluster_devices (node, client, user_id) VALUES ($1, $2, $3)
+                 ON CONFLICT (client) DO NOTHING",
+                &[&node, &client, &user],
+            )
+        })?;
+        Ok(())
+    }
+
     fn device_disconnected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError> {
         self.with(|db| {
             db.exec(

@@ -62,6 +62,15 @@ impl Roster for Sqlite {
         count(&conn, user, "")
     }
 
+    fn restore_device(&self, node: &str, client: &str, user: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO cluster_devices (node, client, user) VALUES (?1, ?2, ?3)
+             ON CONFLICT (client) DO NOTHING",
+            params![node, client, user],
+        )?;
+        Ok(())
+    }
+
     fn device_disconnected(&self, node: &str, client: &str, user: &str) -> Result<u64, StoreError> {
         let conn = self.lock();
         conn.execute(
