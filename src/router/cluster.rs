@@ -6,8 +6,8 @@
 //! [`Event::Backfill`]. What crosses:
 //!
 //! - every message published here but a member's stream copy (each node makes those from its own
-//!   directory) and `$SYS` (each node's own): [`Forward::Publish`], never waited for — with the
-//!   channel full it is dropped and counted, as NATS core would drop it;
+//!   directory) and `$SYS` (each node's own), on the bounded [`Outgoing`] channel, never waited
+//!   for: with the channel full it is dropped and counted, as NATS core would drop it;
 //! - this node's interest: the first local subscription to a filter, and the last one gone,
 //!   so the cluster task subscribes to the NATS subjects that carry it ([`Forward::Interest`]);
 //! - holes in a conversation's `seq` ([`Forward::Gap`], see [`super::order`]).
