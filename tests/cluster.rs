@@ -685,3 +685,30 @@ async fn a_postgres_outage_holds_the_pubacks_and_the_cluster_recovers_by_itself(
     drop(cluster);
     postgres("stop", pg.path());
 }
+
+#[tokio::test]
+async fn an_account_made_on_one_node_is_usable_on_another_at_once() {
+    let Some(cluster) = Cluster::start(2, USERS) else {
+        return;
+    };
+    let mut alice = login(&cluster.nodes[1], "alice").await;
+    // Registered over node 1's API, added to a group on node 2 straight away.
+    Api::new(&cluster.nodes[0]).account("zed", "phone").await;
+    request_ok(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "new", "members": ["zed"]}),
+    )
+    .await;
+    // Added behind every node's back (as `natter user add` does): node 2 finds it in the
+    // store rather than refusing it until its next reload.
+    cluster.nodes[0].add_user("yan", "pw-y");
+    request_ok(
+        &mut alice,
+        "alice",
+        "group.add",
+        json!({"conv": "g.new", "user": "yan"}),
+    )
+    .await;
+}

@@ -111,12 +111,14 @@ async fn add_account(state: &Arc<AppState>, user: &str, hash: String) -> Result<
         .serialised(async {
             let u = user.to_string();
             blocking(state, move |s| s.add_user(&u, &hash)).await?;
-            // Usable at once (the periodic reload would bring it within a second).
+            // Usable at once (the periodic reload would bring it within a second), and on the
+            // other nodes of a cluster as soon as they hear of it.
             state
                 .directory
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .set_user(user, false);
+            state.chat.announce_change();
             Ok::<_, ApiError>(())
         })
         .await

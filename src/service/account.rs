@@ -9,6 +9,7 @@ impl ChatService {
     /// Blocks (`on`) or unblocks `other` for `user`.
     pub async fn set_block(&self, user: &str, other: &str, on: bool) -> Result<(), ServiceError> {
         let _guard = self.changes.lock().await;
+        self.know_users(&[other]).await?;
         if !self.read().user_exists(other) {
             return Err(Denied::NoSuchUser.into());
         }

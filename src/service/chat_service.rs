@@ -70,10 +70,48 @@ impl ChatService {
     /// The shared directory, for a change made here (already committed to the store): the
     /// other nodes of a cluster are told to reload theirs.
     pub(super) fn write(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.announce_change();
+        self.installing()
+    }
+
+    /// Tells the other nodes of a cluster that accounts or memberships changed here (already
+    /// committed to the store), so they reload theirs now.
+    pub fn announce_change(&self) {
         if let Some(peers) = &self.peers {
             let _ = peers.send(Forward::Control(Control::Directory));
         }
-        self.installing()
+    }
+
+    /// Makes sure the directory knows these users if the store has them: an account another
+    /// node created a moment ago may not have reached this node's directory yet.
+    pub(super) async fn know_users(&self, users: &[&str]) -> Result<(), ServiceError> {
+        let unknown: Vec<String> = {
+            let d = self.read();
+            users
+                .iter()
+                .filter(|u| !d.user_exists(u))
+                .map(|u| u.to_string())
+                .collect()
+        };
+        if unknown.is_empty() || self.peers.is_none() {
+            return Ok(());
+        }
+        let found = self
+            .blocking(move |s| {
+                let mut found = Vec::new();
+                for u in unknown {
+                    if let Some((_, admin)) = s.login_info(&u)? {
+                        found.push((u, admin));
+                    }
+                }
+                Ok(found)
+            })
+            .await?;
+        let mut d = self.installing();
+        for (u, admin) in found {
+            d.set_user(&u, admin);
+        }
+        Ok(())
     }
 
     /// The shared directory, to install what the store holds (announcing nothing).

@@ -41,6 +41,9 @@ impl ChatService {
     ) -> Result<String, ServiceError> {
         let _guard = self.changes.lock().await;
         let conv = topics::group_conv(&group_id(id)?);
+        let mut named: Vec<&str> = members.iter().map(String::as_str).collect();
+        named.push(owner);
+        self.know_users(&named).await?;
         let roster = self.roster(owner, members)?;
         let (c, n, o) = (conv.clone(), name.to_string(), owner.to_string());
         let rows = roster.clone();
@@ -96,6 +99,7 @@ impl ChatService {
         role: Role,
     ) -> Result<(), ServiceError> {
         let _guard = self.changes.lock().await;
+        self.know_users(&[user]).await?;
         let existing = self.check_set_member(actor, conv, user, role)?;
         let (c, u) = (conv.to_string(), user.to_string());
         self.blocking(move |s| s.set_member(&c, &u, role.as_str()))
