@@ -712,3 +712,150 @@ async fn an_account_made_on_one_node_is_usable_on_another_at_once() {
     )
     .await;
 }
+
+/// Sends `{user}-{i}` for `i` in `from..n` into `g.team` from `addr`, each waiting for its
+/// PUBACK; returns how many were acknowledged before the connection ended (if it did).
+fn send_numbered(
+    addr: std::net::SocketAddr,
+    user: &'static str,
+    from: usize,
+    n: usize,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut o = v5::MqttOptions::new(format!("{user}.sender"), "127.0.0.1", addr.port());
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_credentials(user, password(user));
+        let (mut c, _) = v5::Client::connect(o).await;
+        for i in from..n {
+            let body = json!({"cid": format!("{user}-{i}"), "t": format!("{user} {i}")});
+            if c.client
+                .publish("c/g.team/m", QoS::AtLeastOnce, false, body.to_string())
+                .await
+                .is_err()
+            {
+                return i;
+            }
+            loop {
+                match c.next().await {
+                    Ok(v5::Incoming::PubAck(ack)) => {
+                        assert_eq!(ack.reason, PubAckReason::Success, "{user}-{i}");
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => return i,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        n
+    })
+}
+
+/// The `seq`s a reader's live stream of `g.team` brings, until `until` arrives or the
+/// connection ends.
+async fn read_team(c: &mut v5::Client, user: &str, until: Option<u64>) -> Vec<u64> {
+    let topic = format!("u/{user}/c/g.team/m");
+    let mut seqs = Vec::new();
+    while until.is_none_or(|u| seqs.last() != Some(&u)) {
+        match c.next().await {
+            Ok(v5::Incoming::Publish(p)) if p.topic == topic => {
+                seqs.push(envelope(&p)["seq"].as_u64().unwrap());
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn a_node_killed_under_load_on_every_node_loses_no_acknowledged_message() {
+    let Some(cluster) = Cluster::start(2, USERS) else {
+        return;
+    };
+    let [n1, n2] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let (n3, _n3_dir) = cluster.process_node("n3");
+    let mut alice = login(n1, "alice").await;
+    let mut bob = login(n2, "bob").await;
+    let mut eve = login_at(n3.mqtt, "eve", "phone").await;
+    request_ok(
+        &mut alice,
+        "alice",
+        "group.create",
+        json!({"id": "team", "members": ["bob", "eve"]}),
+    )
+    .await;
+    for (c, user) in [(&mut bob, "bob"), (&mut eve, "eve")] {
+        publish_on(c, &format!("u/{user}/events")).await;
+    }
+    // Nodes 2 and 3 install the membership a moment after the event (topics.md, "Cluster").
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Publishers and subscribers on every node; node 3 dies mid-stream.
+    const N: usize = 80;
+    let senders = [
+        send_numbered(n1.mqtt, "alice", 0, N),
+        send_numbered(n2.mqtt, "bob", 0, N),
+        send_numbered(n3.mqtt, "eve", 0, N),
+    ];
+    let mut eve_seen = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_millis(400);
+    while let Ok(Ok(p)) = tokio::time::timeout_at(until, eve.next()).await {
+        if let v5::Incoming::Publish(p) = p {
+            if p.topic == "u/eve/c/g.team/m" {
+                eve_seen.push(envelope(&p)["seq"].as_u64().unwrap());
+            }
+        }
+    }
+    assert!(!eve_seen.is_empty(), "the stream had begun");
+    n3.kill();
+    let [a, b, e] = senders;
+    let (a, b, eve_acked) = (a.await.unwrap(), b.await.unwrap(), e.await.unwrap());
+    assert_eq!((a, b), (N, N), "the survivors kept serving");
+    assert!(eve_acked < N, "node 3 died mid-stream");
+    // Eve's phone comes back through the load balancer (to node 1) and sends what was not
+    // acknowledged, under the same cids: what node 3 stored without acknowledging is kept once.
+    assert_eq!(
+        send_numbered(n1.mqtt, "eve", eve_acked, N).await.unwrap(),
+        N
+    );
+    let total = cluster.nodes[0].with_store(|s| {
+        let items = s.after("g.team", 0, 10_000).unwrap().items;
+        let mut cids: Vec<String> = items
+            .iter()
+            .filter_map(|i| i.envelope.cid.clone())
+            .collect();
+        cids.sort();
+        let mut want: Vec<String> = ["alice", "bob", "eve"]
+            .iter()
+            .flat_map(|u| (0..N).map(move |i| format!("{u}-{i}")))
+            .collect();
+        want.sort();
+        assert_eq!(cids, want, "every message once in the store");
+        items.len() as u64
+    });
+    // Those connected to the survivors got everything live, once, in order.
+    let want: Vec<u64> = (1..=total).collect();
+    assert_eq!(read_team(&mut bob, "bob", Some(total)).await, want);
+    assert_eq!(read_team(&mut alice, "alice", Some(total)).await, want);
+    // Eve syncs from the last message she saw.
+    let mut eve = login_at(n1.mqtt, "eve", "phone").await;
+    let mut after = *eve_seen.last().unwrap();
+    let mut all = eve_seen;
+    loop {
+        let body = json!({"conv": "g.team", "after": after});
+        let reply = request_ok(&mut eve, "eve", "sync", body).await;
+        for m in reply["messages"].as_array().unwrap() {
+            after = m["seq"].as_u64().unwrap();
+            all.push(after);
+        }
+        if reply["more"] != true {
+            break;
+        }
+    }
+    assert_eq!(
+        all, want,
+        "eve: every message once, in order, after her sync"
+    );
+}
