@@ -170,7 +170,7 @@ pub async fn run(
         .map_err(|e| ServerError::Store(StoreError::Thread(std::io::Error::other(e))))??;
     let (signer, access) = build_access(&config, &store, &directory)?;
     let cluster = match config.cluster.enabled() {
-        true => Some(Cluster::connect(&config.cluster).await?),
+        true => Some(Cluster::connect(&config.cluster, stats.clone()).await?),
         false => None,
     };
     let retained = match &cluster {

@@ -21,6 +21,12 @@ pub struct Stats {
     pub retained_refused: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// In a cluster: frames sent to and taken from the other nodes over NATS, frames NATS
+    /// refused, and stored entries read back for holes in a conversation.
+    pub cluster_sent: AtomicU64,
+    pub cluster_received: AtomicU64,
+    pub cluster_refused: AtomicU64,
+    pub cluster_backfilled: AtomicU64,
 }
 
 impl Stats {
@@ -46,6 +52,10 @@ impl Stats {
             bytes_received: Stats::get(&self.bytes_received),
             bytes_sent: Stats::get(&self.bytes_sent),
             media_bytes_uploaded: Stats::get(&self.media_bytes_uploaded),
+            cluster_sent: Stats::get(&self.cluster_sent),
+            cluster_received: Stats::get(&self.cluster_received),
+            cluster_refused: Stats::get(&self.cluster_refused),
+            cluster_backfilled: Stats::get(&self.cluster_backfilled),
         }
     }
 }
@@ -122,11 +132,15 @@ pub struct Snapshot {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub media_bytes_uploaded: u64,
+    pub cluster_sent: u64,
+    pub cluster_received: u64,
+    pub cluster_refused: u64,
+    pub cluster_backfilled: u64,
 }
 
 impl Snapshot {
     /// Each counter with its Prometheus name, type and help text.
-    pub fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 8] {
+    pub fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 12] {
         [
             (
                 "clients_connected",
@@ -175,6 +189,30 @@ impl Snapshot {
                 "counter",
                 "Bytes of media uploaded.",
                 self.media_bytes_uploaded,
+            ),
+            (
+                "cluster_frames_sent_total",
+                "counter",
+                "Frames (messages, controls) sent to the other nodes over NATS.",
+                self.cluster_sent,
+            ),
+            (
+                "cluster_frames_received_total",
+                "counter",
+                "Frames taken from the other nodes over NATS.",
+                self.cluster_received,
+            ),
+            (
+                "cluster_frames_refused_total",
+                "counter",
+                "Frames NATS refused (its servers unreachable).",
+                self.cluster_refused,
+            ),
+            (
+                "cluster_backfilled_total",
+                "counter",
+                "Stored entries read back from the store for holes in a conversation.",
+                self.cluster_backfilled,
             ),
         ]
     }

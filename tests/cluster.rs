@@ -122,6 +122,24 @@ async fn chat_crosses_nodes_once_and_in_order_with_receipts() {
         assert_eq!(seqs, want, "{user}: every message once, in seq order");
     }
     assert!(delivered_by.contains_key("bob") && delivered_by.contains_key("eve"));
+
+    // What crossed is counted on /metrics.
+    let metrics = Api::new(n2)
+        .fetch("/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let count = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(count("natter_cluster_frames_received_total") >= 2 * EACH as u64);
+    assert!(count("natter_cluster_frames_sent_total") >= EACH as u64);
+    assert_eq!(count("natter_cluster_frames_refused_total"), 0);
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@
 mod wire;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,12 +36,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::router::{Control, Event, Forward, Gap, Message, Outgoing};
 use crate::service::requests::ChatService;
+use crate::stats::Stats;
 use crate::store::{RetainedRecord, Store};
 use crate::topics::{self, ChatTopic, ConvKind};
 use wire::{Body, Frame, Wired};
 
 /// How long a hole waits for the late NATS copy before the store is read for it.
 const GAP_WAIT: Duration = Duration::from_millis(50);
+/// How far back a node that begins to follow a conversation looks for entries still on their
+/// way to it (NATS delivers within milliseconds; this leaves room for a busy node).
+const RECENT: Duration = Duration::from_secs(2);
 /// Most entries read from the store per page of a backfill.
 const BACKFILL_PAGE: usize = 500;
 /// Longest subject sent: NATS refuses a control line beyond 4 KiB (and drops the connection).
@@ -65,6 +70,11 @@ pub struct Cluster {
     node: Arc<str>,
     /// The subjects every node takes, subscribed before the node serves anyone.
     fixed: Vec<async_nats::Subscriber>,
+    stats: Arc<Stats>,
+    /// The second (since `started`) a refused frame was last logged: once a second at most,
+    /// so an outage does not log once per message.
+    refused_logged: AtomicU64,
+    started: Instant,
 }
 
 /// A retained message to store: its topic, and its record (`None` clears the topic).
@@ -79,11 +89,16 @@ struct Sinks {
     node: Arc<str>,
     router: mpsc::Sender<Event>,
     chat: Arc<ChatService>,
+    stats: Arc<Stats>,
 }
 
 impl Cluster {
-    /// Connects to NATS (any of the configured servers; the client reconnects by itself later).
-    pub async fn connect(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+    /// Connects to NATS (any of the configured servers; the client reconnects by itself later);
+    /// what crosses is counted in `stats`.
+    pub async fn connect(
+        config: &ClusterConfig,
+        stats: Arc<Stats>,
+    ) -> Result<Cluster, ClusterError> {
         let mut addrs = Vec::new();
         for url in config.nats_urls() {
             let addr: async_nats::ServerAddr = url
@@ -132,6 +147,9 @@ impl Cluster {
             client,
             node,
             fixed,
+            stats,
+            refused_logged: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
@@ -170,6 +188,7 @@ impl Cluster {
             node: self.node.clone(),
             router,
             chat,
+            stats: self.stats.clone(),
         };
         tokio::spawn(self.run(outgoing, control, sinks, store, shutdown))
     }
@@ -211,7 +230,8 @@ impl Cluster {
                         }
                     }
                     Forward::Gap(gap) => {
-                        tokio::spawn(backfill(gap, store.clone(), sinks.router.clone()));
+                        let (store, sinks) = (store.clone(), sinks.clone());
+                        tokio::spawn(backfill(gap, store, sinks));
                     }
                     Forward::Control(c) => self.send(control_subject(), Body::Control(c)).await,
                 },
@@ -255,8 +275,19 @@ impl Cluster {
                 return;
             }
         };
-        if let Err(e) = self.client.publish(subject, bytes.into()).await {
-            tracing::warn!(error = %e, "cannot publish to NATS");
+        match self.client.publish(subject, bytes.into()).await {
+            Ok(()) => Stats::add(&self.stats.cluster_sent, 1),
+            Err(e) => self.refused(&e),
+        }
+    }
+
+    /// Counts a frame NATS refused; logs the count at most once a second.
+    fn refused(&self, e: &dyn std::fmt::Display) {
+        Stats::add(&self.stats.cluster_refused, 1);
+        let refused = Stats::get(&self.stats.cluster_refused);
+        let now = self.started.elapsed().as_secs() + 1;
+        if self.refused_logged.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(error = %e, refused, "cannot publish to NATS (frames refused so far)");
         }
     }
 
@@ -338,6 +369,7 @@ impl Sinks {
         if frame.node == self.node && share.is_none() {
             return true;
         }
+        Stats::add(&self.stats.cluster_received, 1);
         let event = match frame.body {
             Body::Message(w) => match w.into_message(Instant::now()) {
                 Some(message) => Event::Remote { message, share },
@@ -382,10 +414,13 @@ impl Cluster {
 
 /// Reads a conversation's missing entries from the store (after giving NATS a moment to bring
 /// them) and hands them to the router, which delivers those still missing and closes the hole.
-async fn backfill(gap: Gap, store: Arc<dyn Store>, router: mpsc::Sender<Event>) {
+async fn backfill(gap: Gap, store: Arc<dyn Store>, sinks: Sinks) {
     tokio::time::sleep(GAP_WAIT).await;
     let (conv, before) = (gap.conv.clone(), gap.before);
     let read = tokio::task::spawn_blocking(move || {
+        if gap.first {
+            return recent_before(store.as_ref(), &gap.conv, gap.before);
+        }
         let mut items = Vec::new();
         let mut after = gap.after;
         while after + 1 < gap.before {
@@ -426,13 +461,37 @@ async fn backfill(gap: Gap, store: Arc<dyn Store>, router: mpsc::Sender<Event>) 
             Message::stored(e, topic.into(), QoS::AtLeastOnce, None)
         })
         .collect();
-    let _ = router
+    Stats::add(&sinks.stats.cluster_backfilled, items.len() as u64);
+    let _ = sinks
+        .router
         .send(Event::Backfill {
             conv,
             before,
             messages,
         })
         .await;
+}
+
+/// The entries of `conv` before `before` committed in the last [`RECENT`], oldest first:
+/// those that may still be on their way to a node that has just begun to follow `conv`.
+fn recent_before(
+    store: &dyn Store,
+    conv: &str,
+    before: u64,
+) -> Result<Vec<crate::store::messages::Item>, crate::store::StoreError> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+        - RECENT.as_millis() as i64;
+    let page = store.before(conv, before, BACKFILL_PAGE)?;
+    let mut items: Vec<_> = page
+        .items
+        .into_iter()
+        .take_while(|i| i.envelope.ts >= since)
+        .collect();
+    items.reverse();
+    Ok(items)
 }
 
 fn control_subject() -> String {

@@ -8,8 +8,11 @@
 //! wins; the other copy is a duplicate and dropped. A hole the store cannot fill either (the
 //! entries were deleted by retention) is stepped over once the store has answered.
 //!
-//! A conversation first seen at `seq` n starts there: its earlier entries were stored before
-//! this node had a reason to follow it, and clients fetch those with `sync`.
+//! A conversation first seen at `seq` n > 1 (after a start, or a long quiet) does not start
+//! there at once: entries committed just before it may still be on their way from other nodes.
+//! It waits for the store's recent entries before n ([`Gap::first`]) and starts at the lowest
+//! of those and of what arrived meanwhile; older entries were stored before this node had a
+//! reason to follow the conversation, and clients fetch those with `sync`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -26,6 +29,9 @@ pub struct Gap {
     pub conv: String,
     pub after: u64,
     pub before: u64,
+    /// The conversation is new here: the store's *recent* entries before `before` are wanted
+    /// (`after` is 0), those committed a moment ago that may still be on their way.
+    pub first: bool,
 }
 
 #[derive(Debug)]
@@ -36,6 +42,9 @@ struct Conv<T> {
     /// When the current hole was reported, and the `before` of that report (an answer for an
     /// older hole leaves it alone).
     asked: Option<(Instant, u64)>,
+    /// First seen at a `seq` above 1, and waiting for the store's recent entries before it:
+    /// everything that arrives is held, whatever its `seq`.
+    starting: bool,
     last: Instant,
 }
 
@@ -66,14 +75,32 @@ impl<T> Orders<T> {
     ) -> Option<Gap> {
         let c = match self.convs.get_mut(conv) {
             Some(c) => c,
-            None => self.convs.entry(conv.to_string()).or_insert(Conv {
-                next: seq,
-                held: BTreeMap::new(),
-                asked: None,
-                last: now,
-            }),
+            None => {
+                let starting = seq > 1;
+                let c = self.convs.entry(conv.to_string()).or_insert(Conv {
+                    next: seq,
+                    held: BTreeMap::new(),
+                    asked: starting.then_some((now, seq)),
+                    starting,
+                    last: now,
+                });
+                if starting {
+                    c.held.insert(seq, item);
+                    return Some(Gap {
+                        conv: conv.to_string(),
+                        after: 0,
+                        before: seq,
+                        first: true,
+                    });
+                }
+                c
+            }
         };
         c.last = now;
+        if c.starting {
+            c.held.entry(seq).or_insert(item);
+            return None;
+        }
         if seq < c.next || c.held.contains_key(&seq) {
             return None;
         }
@@ -87,6 +114,7 @@ impl<T> Orders<T> {
                 conv: conv.to_string(),
                 after: c.next - 1,
                 before: seq,
+                first: false,
             });
         }
         ready.push(item);
@@ -107,7 +135,14 @@ impl<T> Orders<T> {
         ready: &mut Vec<T>,
     ) -> Option<Gap> {
         let c = self.convs.get_mut(conv)?;
-        if c.next < before {
+        if c.starting {
+            if c.asked.is_none_or(|(_, asked)| asked != before) {
+                return None;
+            }
+            // Starts at the lowest entry known: recent ones from the store, and what came.
+            c.starting = false;
+            c.next = *c.held.keys().next()?;
+        } else if c.next < before {
             tracing::warn!(
                 conv,
                 missing_from = c.next,
@@ -129,6 +164,7 @@ impl<T> Orders<T> {
             conv: conv.to_string(),
             after: c.next - 1,
             before: first,
+            first: false,
         })
     }
 
@@ -150,13 +186,19 @@ impl<T> Orders<T> {
             .retain(|_, c| !c.held.is_empty() || now.duration_since(c.last) < IDLE);
         let mut again = Vec::new();
         for (conv, c) in &mut self.convs {
-            if let (Some((asked, _)), Some(first)) = (c.asked, c.held.keys().next()) {
+            if let (Some((asked, before)), Some(first)) = (c.asked, c.held.keys().next()) {
                 if now.duration_since(asked) >= ASK_AGAIN {
-                    c.asked = Some((now, *first));
+                    // A start asks for the same again; a hole, for what is missing now.
+                    let (after, before) = match c.starting {
+                        true => (0, before),
+                        false => (c.next - 1, *first),
+                    };
+                    c.asked = Some((now, before));
                     again.push(Gap {
                         conv: conv.clone(),
-                        after: c.next - 1,
-                        before: *first,
+                        after,
+                        before,
+                        first: c.starting,
                     });
                 }
             }
@@ -179,19 +221,37 @@ mod tests {
     fn in_order_once_with_holes_reported_once() {
         let now = Instant::now();
         let mut o = Orders::default();
-        assert_eq!(admit(&mut o, 5, now), (vec![5], None));
-        assert_eq!(admit(&mut o, 5, now), (vec![], None), "a duplicate");
+        assert_eq!(admit(&mut o, 1, now), (vec![1], None), "a new conversation");
+        assert_eq!(admit(&mut o, 1, now), (vec![], None), "a duplicate");
         let gap = Gap {
             conv: "g.x".into(),
-            after: 5,
-            before: 8,
+            after: 1,
+            before: 4,
+            first: false,
         };
-        assert_eq!(admit(&mut o, 8, now), (vec![], Some(gap)));
-        assert_eq!(admit(&mut o, 9, now), (vec![], None), "one report per hole");
-        assert_eq!(admit(&mut o, 7, now), (vec![], None));
-        assert_eq!(admit(&mut o, 6, now), (vec![6, 7, 8, 9], None));
+        assert_eq!(admit(&mut o, 4, now), (vec![], Some(gap)));
+        assert_eq!(admit(&mut o, 5, now), (vec![], None), "one report per hole");
+        assert_eq!(admit(&mut o, 3, now), (vec![], None));
+        assert_eq!(admit(&mut o, 2, now), (vec![2, 3, 4, 5], None));
+        assert_eq!(admit(&mut o, 6, now), (vec![6], None));
+    }
+
+    #[test]
+    fn a_conversation_first_seen_midway_starts_at_the_lowest_recent_entry() {
+        let now = Instant::now();
+        let mut o = Orders::default();
+        let gap = admit(&mut o, 7, now).1.expect("the store is asked first");
+        assert_eq!((gap.after, gap.before, gap.first), (0, 7, true));
+        // 6 was still on its way; the store's recent entries before 7 are 5 and 6.
+        assert_eq!(admit(&mut o, 6, now), (vec![], None));
+        assert_eq!(admit(&mut o, 8, now), (vec![], None));
+        assert_eq!(admit(&mut o, 5, now), (vec![], None));
+        assert_eq!(admit(&mut o, 6, now), (vec![], None), "a duplicate");
+        let mut ready = Vec::new();
+        assert_eq!(o.answered("g.x", 7, now, &mut ready), None);
+        assert_eq!(ready, [5, 6, 7, 8]);
         assert_eq!(admit(&mut o, 4, now), (vec![], None), "before the start");
-        assert_eq!(admit(&mut o, 10, now), (vec![10], None));
+        assert_eq!(admit(&mut o, 9, now), (vec![9], None));
     }
 
     #[test]
@@ -243,7 +303,10 @@ mod tests {
         assert!(o.tick(now + Duration::from_millis(100)).is_empty());
         let again = o.tick(now + ASK_AGAIN);
         assert_eq!(again.len(), 1);
-        assert_eq!((again[0].after, again[0].before), (1, 3));
+        assert_eq!(
+            (again[0].after, again[0].before, again[0].first),
+            (1, 3, false)
+        );
         let mut ready = Vec::new();
         o.answered("g.x", 3, now, &mut ready);
         assert_eq!(ready, [3]);
