@@ -368,14 +368,23 @@ async fn sync_after(bob: &mut v5::Client, mut after: u64) -> Vec<u64> {
     }
 }
 
-/// Presence on `p/bob` until it says `status`.
-async fn bob_shows(alice: &mut v5::Client, status: &str) {
-    loop {
-        let p = publish_on(alice, "p/bob").await;
-        if !p.payload.is_empty() && envelope(&p)["status"] == status {
-            return;
+/// Whether presence on `p/bob` says `status` within `within` (read a second at a time, so
+/// a quiet stretch is no failure).
+async fn bob_shows(alice: &mut v5::Client, status: &str, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        let mut seen = false;
+        alice
+            .publishes_within(Duration::from_secs(1), |p| {
+                seen |=
+                    p.topic == "p/bob" && !p.payload.is_empty() && envelope(&p)["status"] == status;
+            })
+            .await;
+        if seen {
+            return true;
         }
     }
+    false
 }
 
 #[tokio::test]
@@ -398,7 +407,7 @@ async fn a_node_killed_mid_stream_loses_nothing_and_its_users_go_offline() {
         SubscribeReasonCode::Success(QoS::AtLeastOnce)
     );
     let mut bob = login_at(n2.mqtt, "bob", "phone").await;
-    bob_shows(&mut alice, "online").await;
+    assert!(bob_shows(&mut alice, "online", 2 * WAIT).await);
 
     // Node 2 dies with kill -9 while Alice (on node 1) writes to Bob (on node 2).
     const N: usize = 100;
@@ -406,12 +415,11 @@ async fn a_node_killed_mid_stream_loses_nothing_and_its_users_go_offline() {
     let sending = send_to_bob(&sender, N);
     let live = bob_reads(&mut bob, 20).await;
     n2.kill();
-    tokio::time::timeout(
-        Duration::from_secs(4 * NODE_TIMEOUT_SECS),
-        bob_shows(&mut alice, "offline"),
-    )
-    .await
-    .expect("Bob shows offline once his node has been silent for the node timeout");
+    let timeout = Duration::from_secs(4 * NODE_TIMEOUT_SECS);
+    assert!(
+        bob_shows(&mut alice, "offline", timeout).await,
+        "Bob shows offline once his node has been silent for the node timeout"
+    );
     sending.await.unwrap();
     sender.pubacks(N).await;
 
@@ -476,7 +484,7 @@ async fn presence_and_connection_limits_count_every_node() {
         .unwrap();
     subscribe(&mut alice, "p/bob").await;
     let phone = login_at(n1.mqtt, "bob", "phone").await;
-    bob_shows(&mut alice, "online").await;
+    assert!(bob_shows(&mut alice, "online", 2 * WAIT).await);
     let laptop = login_at(n2.mqtt, "bob", "laptop").await;
 
     // A third connection anywhere is one too many for the user.
@@ -490,13 +498,11 @@ async fn presence_and_connection_limits_count_every_node() {
 
     // The phone leaves node 1; the laptop on node 2 keeps Bob online past the grace period.
     drop(phone);
-    let quiet =
-        tokio::time::timeout(Duration::from_secs(3), bob_shows(&mut alice, "offline")).await;
-    assert!(quiet.is_err(), "still online through node 2");
+    let offline = bob_shows(&mut alice, "offline", Duration::from_secs(3)).await;
+    assert!(!offline, "still online through node 2");
     drop(laptop);
-    tokio::time::timeout(Duration::from_secs(5), bob_shows(&mut alice, "offline"))
-        .await
-        .expect("offline once both are gone");
+    let offline = bob_shows(&mut alice, "offline", 2 * WAIT).await;
+    assert!(offline, "offline once both are gone");
 }
 
 #[tokio::test]
