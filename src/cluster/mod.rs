@@ -41,7 +41,8 @@ use crate::store::{RetainedRecord, Store};
 use crate::topics::{self, ChatTopic, ConvKind};
 use wire::{Body, Frame, Wired};
 
-/// How long a hole waits for the late NATS copy before the store is read for it.
+/// How long a hole waits for the late entry (from NATS, or from another connection of this
+/// node) before the store is read for it.
 const GAP_WAIT: Duration = Duration::from_millis(50);
 /// How far back a node that begins to follow a conversation looks for entries still on their
 /// way to it (NATS delivers within milliseconds; this leaves room for a busy node).
@@ -230,6 +231,14 @@ impl Cluster {
                         }
                     }
                     Forward::Gap(gap) => {
+                        // Most holes are entries merely late: the router looks again first.
+                        let router = sinks.router.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(GAP_WAIT).await;
+                            let _ = router.send(Event::GapStill(gap)).await;
+                        });
+                    }
+                    Forward::Read(gap) => {
                         let (store, sinks) = (store.clone(), sinks.clone());
                         tokio::spawn(backfill(gap, store, sinks));
                     }
@@ -412,10 +421,9 @@ impl Cluster {
     }
 }
 
-/// Reads a conversation's missing entries from the store (after giving NATS a moment to bring
-/// them) and hands them to the router, which delivers those still missing and closes the hole.
+/// Reads a conversation's missing entries from the store and hands them to the router, which
+/// delivers those still missing and closes the hole.
 async fn backfill(gap: Gap, store: Arc<dyn Store>, sinks: Sinks) {
-    tokio::time::sleep(GAP_WAIT).await;
     let (conv, before) = (gap.conv.clone(), gap.before);
     let read = tokio::task::spawn_blocking(move || {
         if gap.first {

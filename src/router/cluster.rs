@@ -38,8 +38,11 @@ pub enum Forward {
         filter: Arc<str>,
         on: bool,
     },
-    /// Entries of a conversation are missing here: read them from the store.
+    /// Entries of a conversation are missing here: ask again in a moment
+    /// ([`Event::GapStill`]), and read them from the store if they still are.
     Gap(Gap),
+    /// They still are: read them from the store now.
+    Read(Gap),
     /// For every other node.
     Control(Control),
 }
@@ -204,6 +207,19 @@ impl Router {
         for (message, copies) in ready {
             self.route_with_copies(message, copies, now);
         }
+    }
+
+    /// A moment after a hole was reported: the store is read if it is still open; else it is
+    /// closed as if the store had answered (which reports a newer hole behind it, if any).
+    pub(super) fn gap_still(&mut self, gap: Gap, now: Instant) {
+        let Some(link) = &mut self.cluster else {
+            return;
+        };
+        if link.orders.still_missing(&gap) {
+            let _ = link.control.send(Forward::Read(gap));
+            return;
+        }
+        self.backfill(&gap.conv, gap.before, Vec::new(), now);
     }
 
     /// Asks again about holes the store has not answered for.

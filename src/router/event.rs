@@ -88,6 +88,8 @@ pub enum Event {
     },
     /// What another node told every node.
     RemoteControl(Control),
+    /// A hole reported a moment ago ([`super::Forward::Gap`]): read the store if still open.
+    GapStill(super::Gap),
     /// The entries the store had for the hole before `before` in `conv` (oldest first), as
     /// messages.
     Backfill {

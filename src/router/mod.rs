@@ -149,6 +149,7 @@ impl Router {
                 self.publish_with_copies(message, copies, now)
             }
             Event::Remote { message, share } => self.remote(message, share, now),
+            Event::GapStill(gap) => self.gap_still(gap, now),
             Event::Backfill {
                 conv,
                 before,

@@ -168,6 +168,14 @@ impl<T> Orders<T> {
         })
     }
 
+    /// Whether the hole reported with `gap` is still open (a moment after it was reported:
+    /// most holes are entries merely late, filled by then). A start always reads the store.
+    pub fn still_missing(&self, gap: &Gap) -> bool {
+        self.convs
+            .get(&gap.conv)
+            .is_some_and(|c| c.starting || c.next < gap.before)
+    }
+
     /// Delivers the held entries that now follow on, and ends the hole if none is left.
     fn release(c: &mut Conv<T>, ready: &mut Vec<T>) {
         while let Some(entry) = c.held.first_entry() {
@@ -292,6 +300,19 @@ mod tests {
             .expect("the hole at 9");
         assert_eq!(ready, [8], "7 is gone from the store");
         assert_eq!((next.after, next.before), (8, 10));
+    }
+
+    #[test]
+    fn a_hole_filled_meanwhile_needs_no_read() {
+        let now = Instant::now();
+        let mut o = Orders::default();
+        admit(&mut o, 1, now);
+        let gap = admit(&mut o, 3, now).1.unwrap();
+        assert!(o.still_missing(&gap));
+        admit(&mut o, 2, now);
+        assert!(!o.still_missing(&gap));
+        let first = admit(&mut Orders::default(), 9, now).1.unwrap();
+        assert!(first.first);
     }
 
     #[test]
