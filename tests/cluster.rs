@@ -630,22 +630,6 @@ async fn a_node_started_later_has_the_retained_messages() {
     assert_eq!(got, [b"on".to_vec()]);
 }
 
-/// Runs `.ci/postgres ACTION DIR`; its output (the URL, for `start`).
-fn postgres(action: &str, dir: &std::path::Path) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
-    let out = std::process::Command::new(script)
-        .arg(action)
-        .arg(dir)
-        .output()
-        .expect("run .ci/postgres");
-    assert!(
-        out.status.success(),
-        ".ci/postgres {action}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 #[tokio::test]
 async fn a_postgres_outage_holds_the_pubacks_and_the_cluster_recovers_by_itself() {
     if std::env::var(natter::store::postgres::TEST_URL_VAR).is_err() {
@@ -654,12 +638,12 @@ async fn a_postgres_outage_holds_the_pubacks_and_the_cluster_recovers_by_itself(
     }
     // A PostgreSQL of this test's own, since it stops it.
     let pg = tempfile::tempdir().unwrap();
-    let admin = postgres("start", pg.path());
+    let admin = common::postgres_ctl("start", pg.path());
     let database = natter::store::postgres::test_database_on(&admin);
     let Some(cluster) = Cluster::start_on(database, 2, USERS, |c| {
         c.storage.commit_retry_secs = 60;
     }) else {
-        postgres("stop", pg.path());
+        common::postgres_ctl("stop", pg.path());
         return;
     };
     let [n1, n2] = &cluster.nodes[..] else {
@@ -677,7 +661,7 @@ async fn a_postgres_outage_holds_the_pubacks_and_the_cluster_recovers_by_itself(
     assert_eq!(bob_reads(&mut bob, 1).await, [1]);
 
     // Down for longer than a node's timeout: no PUBACK for what is not committed.
-    postgres("stop", pg.path());
+    common::postgres_ctl("stop", pg.path());
     alice
         .client
         .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "during")
@@ -687,7 +671,7 @@ async fn a_postgres_outage_holds_the_pubacks_and_the_cluster_recovers_by_itself(
     assert!(early.is_err(), "a PUBACK while the database was down");
     // Longer than a node's timeout (NODE_TIMEOUT_SECS) in all.
     tokio::time::sleep(Duration::from_secs(NODE_TIMEOUT_SECS)).await;
-    postgres("start", pg.path());
+    common::postgres_ctl("start", pg.path());
     tokio::time::timeout(WAIT * 4, alice.pubacks(1))
         .await
         .expect("the PUBACK once it is committed");
@@ -707,7 +691,7 @@ async fn a_postgres_outage_holds_the_pubacks_and_the_cluster_recovers_by_itself(
     let p = publish_on(&mut watcher, "p/bob").await;
     assert_eq!(envelope(&p)["status"], "online", "{}", envelope(&p));
     drop(cluster);
-    postgres("stop", pg.path());
+    common::postgres_ctl("stop", pg.path());
 }
 
 #[tokio::test]

@@ -26,21 +26,6 @@ const USERS: &[(&str, &str)] = &[("alice", "pw-a"), ("bob", "pw-b")];
 const PUBLISHERS: usize = 2;
 const OUTAGE: Duration = Duration::from_secs(5);
 
-fn postgres(action: &str, dir: &Path) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
-    let out = Command::new(script)
-        .arg(action)
-        .arg(dir)
-        .output()
-        .expect("run .ci/postgres");
-    assert!(
-        out.status.success(),
-        ".ci/postgres {action}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// What one publisher saw.
 #[derive(Default)]
 struct Outcome {
@@ -93,7 +78,7 @@ async fn postgres_stopped_for_five_seconds_loses_nothing_acknowledged() {
         return;
     }
     let pg = Cluster(tempfile::tempdir().unwrap());
-    let url = postgres("start", pg.path());
+    let url = common::postgres_ctl("start", pg.path());
     let server = TestServer::start_with_users(USERS, |c| {
         c.storage.backend = Backend::Postgres;
         c.storage.postgres_url = url.clone();
@@ -112,12 +97,12 @@ async fn postgres_stopped_for_five_seconds_loses_nothing_acknowledged() {
     .await;
 
     // Stop it mid-stream (fast: open transactions are cut), keep it down, start it again.
-    postgres("stop", pg.path());
+    common::postgres_ctl("stop", pg.path());
     let before = acked();
     let down = Instant::now();
     tokio::time::sleep(OUTAGE).await;
     let during = acked() - before;
-    postgres("start", pg.path());
+    common::postgres_ctl("start", pg.path());
     eprintln!(
         "database down for {:?}; {during} acknowledged meanwhile",
         down.elapsed()

@@ -275,6 +275,23 @@ pub fn storage_env(storage: &StorageConfig) -> [(&'static str, String); 2] {
     ]
 }
 
+/// Runs `.ci/postgres ACTION DIR` (a PostgreSQL cluster of a test's own, which it may stop);
+/// its output (the URL, for `start`).
+pub fn postgres_ctl(action: &str, dir: &std::path::Path) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
+    let out = std::process::Command::new(script)
+        .arg(action)
+        .arg(dir)
+        .output()
+        .expect("run .ci/postgres");
+    assert!(
+        out.status.success(),
+        ".ci/postgres {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Runs `f` on a thread of its own and waits for it: store calls from async tests go there.
 pub fn outside_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("store thread panicked"))
