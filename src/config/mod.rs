@@ -530,6 +530,46 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_node_needs_a_name_nats_and_postgres() {
+        let pg = [
+            ("NATTER_STORAGE_BACKEND", "postgres"),
+            ("NATTER_STORAGE_POSTGRES_URL", "postgres://n@db/n"),
+        ];
+        let nats = ("NATTER_CLUSTER_NATS_URL", "nats://a:4222, nats://b:4222");
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[nats],
+                "config: cluster.node_id: must be set when cluster.nats_url is (a unique name for this node)",
+            ),
+            (
+                &[("NATTER_CLUSTER_NODE_ID", "Node 1"), nats, pg[0], pg[1]],
+                "config: cluster.node_id: must be 1 to 32 lowercase letters, digits, '-' or '_'",
+            ),
+            (
+                &[("NATTER_CLUSTER_NODE_ID", "n1"), pg[0], pg[1]],
+                "config: cluster.nats_url: must name at least one NATS server when cluster.node_id is set",
+            ),
+            (
+                &[("NATTER_CLUSTER_NODE_ID", "n1"), nats],
+                "config: storage.backend: must be \"postgres\" in a cluster (every node shares the one database)",
+            ),
+        ];
+        for (vars, want) in cases {
+            let err = Config::load(None, env(vars), &Overrides::default()).unwrap_err();
+            assert_eq!(err.to_string(), *want);
+        }
+        let c = Config::load(
+            None,
+            env(&[("NATTER_CLUSTER_NODE_ID", "n1"), nats, pg[0], pg[1]]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.nats_urls(), ["nats://a:4222", "nats://b:4222"]);
+        assert!(!Config::default_config().cluster.enabled());
+    }
+
+    #[test]
     fn file_sets_some_keys_and_rejects_unknown_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n.toml");

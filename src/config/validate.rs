@@ -215,10 +215,10 @@ fn cluster(c: &ClusterConfig, s: &StorageConfig) -> Result<(), ConfigError> {
         }
         return Ok(());
     }
-    if c.node_id.len() > 64 || !crate::topics::valid_id(&c.node_id) {
+    if !crate::topics::valid_id(&c.node_id) {
         return Err(invalid(
             "cluster.node_id",
-            "must be 1 to 64 letters, digits, '-' or '_'",
+            "must be 1 to 32 lowercase letters, digits, '-' or '_'",
         ));
     }
     if c.nats_urls().is_empty() {
