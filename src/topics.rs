@@ -5,7 +5,7 @@
 //! names, and the chat namespaces `c/…` (conversations), `u/…` (a user's stream), `q/…`
 //! (requests) and `p/…` (presence), with the user and conversation ids inside them.
 
-use std::fmt;
+use std::fmt::{self, Write};
 
 /// Longest topic or filter the protocol allows, in bytes (the MQTT string limit).
 pub const MAX_TOPIC_LEN: usize = 65_535;
@@ -444,7 +444,7 @@ fn nats_token(level: &str, out: &mut String) {
     } else {
         out.push('~');
         for b in level.bytes() {
-            out.push_str(&format!("{b:02x}"));
+            let _ = write!(out, "{b:02x}");
         }
     }
 }
@@ -498,6 +498,16 @@ pub fn nats_conv_subject(conv: &str, kind: ConvKind) -> String {
 /// The NATS subject that takes every conversation's traffic.
 pub fn nats_all_convs() -> String {
     format!("{NATS_ROOT}.c.>")
+}
+
+/// The NATS subject of retained messages (every node takes them all).
+pub fn nats_retained() -> String {
+    format!("{NATS_ROOT}.r")
+}
+
+/// The NATS subject of what one node tells every other (kicks, takeovers, directory changes).
+pub fn nats_control() -> String {
+    format!("{NATS_ROOT}.ctl")
 }
 
 #[cfg(test)]

@@ -128,8 +128,8 @@ impl Cluster {
         let mut fixed = Vec::new();
         for subject in [
             topics::nats_all_convs(),
-            retained_subject(),
-            control_subject(),
+            topics::nats_retained(),
+            topics::nats_control(),
         ] {
             fixed.push(
                 client
@@ -242,7 +242,7 @@ impl Cluster {
                         let (store, sinks) = (store.clone(), sinks.clone());
                         tokio::spawn(backfill(gap, store, sinks));
                     }
-                    Forward::Control(c) => self.send(control_subject(), Body::Control(c)).await,
+                    Forward::Control(c) => self.send(topics::nats_control(), Body::Control(c)).await,
                 },
                 else => break,
             }
@@ -258,7 +258,7 @@ impl Cluster {
     async fn send_message(&self, message: &Message) {
         let subject = match topics::classify(message.topic_str()) {
             Some(ChatTopic::Conv { conv, kind }) => topics::nats_conv_subject(conv, kind),
-            _ if message.retain => retained_subject(),
+            _ if message.retain => topics::nats_retained(),
             _ => topics::nats_topic_subject(message.topic_str()),
         };
         let body = Body::Message(Box::new(Wired::from_message(message, Instant::now())));
@@ -500,14 +500,6 @@ fn recent_before(
         .collect();
     items.reverse();
     Ok(items)
-}
-
-fn control_subject() -> String {
-    format!("{}.ctl", topics::NATS_ROOT)
-}
-
-fn retained_subject() -> String {
-    format!("{}.r", topics::NATS_ROOT)
 }
 
 /// A shared group's NATS queue group: one name per (group, filter), of characters NATS takes.

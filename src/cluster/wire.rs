@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
-use rumqttc::v5::mqttbytes::QoS;
 use serde::{Deserialize, Serialize};
 
 use crate::router::{ChatRef, Control, Message};
@@ -134,12 +133,7 @@ impl Wired {
     /// have sent (a topic that is not UTF-8, an unknown QoS).
     pub fn into_message(self, now: Instant) -> Option<Message> {
         std::str::from_utf8(&self.topic).ok()?;
-        let qos = match self.qos {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            2 => QoS::ExactlyOnce,
-            _ => return None,
-        };
+        let qos = rumqttc::v5::mqttbytes::qos(self.qos)?;
         Some(Message {
             topic: self.topic,
             payload: self.payload,
@@ -204,7 +198,10 @@ mod tests {
         };
         let got = w.into_message(now).unwrap();
         assert_eq!((got.topic, got.payload), (m.topic, m.payload));
-        assert_eq!((got.qos, got.retain), (QoS::AtLeastOnce, true));
+        assert_eq!(
+            (got.qos, got.retain),
+            (rumqttc::v5::mqttbytes::QoS::AtLeastOnce, true)
+        );
         assert_eq!(got.expires_at, m.expires_at);
         let p = got.properties.unwrap();
         assert_eq!(p.user_properties, [("k".to_string(), "v".to_string())]);

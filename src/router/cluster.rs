@@ -153,9 +153,10 @@ impl Router {
 
     /// A stored entry, from this node or another: delivered in its conversation's `seq` order.
     pub(super) fn ordered(&mut self, message: Message, copies: Vec<Bytes>, now: Instant) {
-        let (Some(link), Some(chat)) = (&mut self.cluster, message.chat.clone()) else {
+        let (Some(link), Some(chat)) = (&mut self.cluster, &message.chat) else {
             return self.route_with_copies(message, copies, now);
         };
+        let chat = chat.clone();
         let mut ready = Vec::new();
         let gap = link
             .orders
