@@ -704,6 +704,26 @@ pub async fn run_flow(t: &Target, spec: FlowSpec, mut names: Names) -> anyhow::R
     })
 }
 
+/// `what` (CPU seconds over wall seconds) as a share of a core, and per delivery.
+fn cpu_figures(
+    r: &mut Results,
+    what: &str,
+    (cpu, wall): (f64, f64),
+    delivered: u64,
+    fixed_rate: bool,
+) {
+    let better = if fixed_rate {
+        Better::Lower
+    } else {
+        Better::Info
+    };
+    r.add(what, "% of a core", better, 100.0 * cpu / wall.max(1e-9));
+    if delivered > 0 {
+        let per = format!("{what} per delivery");
+        r.add(&per, "µs", Better::Lower, cpu * 1e6 / delivered as f64);
+    }
+}
+
 /// The figures of a flow. `fixed_rate`: CPU use is comparable (same load on every broker).
 pub fn flow_figures(
     r: &mut Results,
@@ -729,44 +749,16 @@ pub fn flow_figures(
     );
     r.latency("end-to-end", &o.e2e, fixed_rate)?;
     r.latency("PUBACK", &o.puback, false)?;
-    let (cpu, wall) = o.broker_cpu;
-    r.add(
+    cpu_figures(
+        r,
         "broker CPU",
-        "% of a core",
-        if fixed_rate {
-            Better::Lower
-        } else {
-            Better::Info
-        },
-        100.0 * cpu / wall.max(1e-9),
+        o.broker_cpu,
+        o.delivered_in_window,
+        fixed_rate,
     );
-    if o.delivered_in_window > 0 {
-        r.add(
-            "broker CPU per delivery",
-            "µs",
-            Better::Lower,
-            cpu * 1e6 / o.delivered_in_window as f64,
-        );
-    }
-    if let Some((cpu, wall)) = o.servers_cpu {
-        r.add(
-            "all server processes CPU",
-            "% of a core",
-            if fixed_rate {
-                Better::Lower
-            } else {
-                Better::Info
-            },
-            100.0 * cpu / wall.max(1e-9),
-        );
-        if o.delivered_in_window > 0 {
-            r.add(
-                "all server processes CPU per delivery",
-                "µs",
-                Better::Lower,
-                cpu * 1e6 / o.delivered_in_window as f64,
-            );
-        }
+    if let Some(servers) = o.servers_cpu {
+        let what = "all server processes CPU";
+        cpu_figures(r, what, servers, o.delivered_in_window, fixed_rate);
     }
     r.add(
         "broker peak RSS",
