@@ -174,8 +174,9 @@ impl Signals {
         self.left_elsewhere(users.unwrap_or_default()).await;
     }
 
-    /// Says this node is alive, and expires the nodes that have gone quiet: their users show
-    /// offline unless connected elsewhere. Only the node whose delete takes the rows announces.
+    /// Once a second, in one store call: says this node is alive, expires the nodes that have
+    /// gone quiet (their users show offline unless connected elsewhere; only the node whose
+    /// delete takes the rows announces), and closes the sessions other nodes took over.
     pub(super) async fn keep_roster(&mut self) {
         let Some((_, timeout)) = self.settings.cluster.clone() else {
             return;
@@ -190,10 +191,19 @@ impl Signals {
                         s.restore_device(node, client, user)?;
                     }
                 }
-                Ok((known, s.expire_nodes(timeout.as_secs())?))
+                let gone = s.expire_nodes(timeout.as_secs())?;
+                // Devices another node holds now: the takeover's message over NATS ends their
+                // sessions here at once, and this ends them even when that message was lost,
+                // so two nodes never both go on serving one device.
+                let clients: Vec<String> = local.into_iter().map(|(_, c)| c).collect();
+                let taken = match clients.is_empty() {
+                    true => Vec::new(),
+                    false => s.taken_elsewhere(node, &clients)?,
+                };
+                Ok((known, gone, taken))
             })
             .await;
-        let Some((known, users)) = roster else {
+        let Some((known, gone, taken)) = roster else {
             return;
         };
         if !known && !self.presence.is_empty() {
@@ -210,8 +220,12 @@ impl Signals {
                 self.publish_presence(&user).await;
             }
         }
-        self.left_elsewhere(users).await;
-        self.fence_sessions().await;
+        self.left_elsewhere(gone).await;
+        for client in taken {
+            tracing::info!(client, "session held by another node; closed here");
+            let control = Control::TakenOver(Arc::from(client.as_str()));
+            let _ = self.router.send(Event::RemoteControl(control)).await;
+        }
     }
 
     /// This node's connected devices: (user, client id).
@@ -224,24 +238,6 @@ impl Signals {
                     .map(move |c| (u.to_string(), c.to_string()))
             })
             .collect()
-    }
-
-    /// Ends the sessions here of devices another node holds now: the takeover's message over
-    /// NATS ends them at once, and this ends them even when that message was lost, so two
-    /// nodes never both go on serving one device.
-    async fn fence_sessions(&mut self) {
-        let local: Vec<String> = self.local_devices().into_iter().map(|(_, c)| c).collect();
-        if local.is_empty() {
-            return;
-        }
-        let taken = self
-            .roster(move |s, node| s.taken_elsewhere(node, &local))
-            .await;
-        for client in taken.unwrap_or_default() {
-            tracing::info!(client, "session held by another node; closed here");
-            let control = Control::TakenOver(Arc::from(client.as_str()));
-            let _ = self.router.send(Event::RemoteControl(control)).await;
-        }
     }
 
     /// Devices of these users were dropped from the roster without a goodbye: each user with
