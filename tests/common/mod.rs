@@ -3,8 +3,11 @@
 //! material generated per test. The other helpers shared by the integration tests live in
 //! the submodules: waiting for events (`wait`), a raw MQTT client for exact packet-level checks
 //! (`raw`), rumqttc clients (`clients`), chat requests (`chat`), the HTTP API (`http`), the
-//! mosquitto command-line clients (`mosquitto`) and the `natter` binary as a process
-//! (`process`).
+//! mosquitto command-line clients (`mosquitto`), the `natter` binary as a process
+//! (`process`) and a TCP proxy that cuts, delays and refuses traffic (`proxy`).
+//!
+//! Other packages' tests (the client's) include this module by path; what only the natter
+//! package's own tests have (its binary) is looked up when used, not when compiled.
 
 #![allow(dead_code)]
 
@@ -25,12 +28,15 @@ pub mod cluster;
 pub mod http;
 pub mod mosquitto;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod wait;
 
 // Each test binary uses some of these, none uses all.
 #[allow(unused_imports)]
 pub use process::ServerProcess;
+#[allow(unused_imports)]
+pub use proxy::Proxy;
 #[allow(unused_imports)]
 pub use raw::{history_cids, RawClient};
 #[allow(unused_imports)]
@@ -51,8 +57,21 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     /// Where the server keeps its data.
     pub storage: StorageConfig,
+    /// What it runs on, kept so that [`TestServer::restart`] starts it the same way.
+    config: Config,
     shutdown: CancellationToken,
     thread: Option<JoinHandle<()>>,
+}
+
+/// One run of the server: its addresses, and how to stop it.
+struct Running {
+    mqtt: SocketAddr,
+    ws: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    wss: Option<SocketAddr>,
+    http: SocketAddr,
+    shutdown: CancellationToken,
+    thread: JoinHandle<()>,
 }
 
 impl TestServer {
@@ -155,6 +174,39 @@ impl TestServer {
             }
         });
 
+        let running = Self::spawn(config.clone());
+        TestServer {
+            mqtt: running.mqtt,
+            ws: running.ws,
+            tls: running.tls,
+            wss: running.wss,
+            http: running.http,
+            ca_pem,
+            dir,
+            storage,
+            config,
+            shutdown: running.shutdown,
+            thread: Some(running.thread),
+        }
+    }
+
+    /// Stops the server (as [`TestServer::stop`] does) and starts it again on the same
+    /// configuration, data and TLS material, as an operator's restart would. It listens on new
+    /// ephemeral ports: `mqtt`, `ws`, `tls`, `wss` and `http` change.
+    pub fn restart(&mut self) {
+        self.stop();
+        let running = Self::spawn(self.config.clone());
+        self.mqtt = running.mqtt;
+        self.ws = running.ws;
+        self.tls = running.tls;
+        self.wss = running.wss;
+        self.http = running.http;
+        self.shutdown = running.shutdown;
+        self.thread = Some(running.thread);
+    }
+
+    /// Runs the server on `config` on a runtime thread of its own; returns once it listens.
+    fn spawn(config: Config) -> Running {
         // The server installs the process-wide TLS provider when it runs; installing it here too
         // means an HTTP client built right after start never races the server thread for it.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -178,17 +230,14 @@ impl TestServer {
         });
         let (addrs, http) = rx.recv_timeout(WAIT).expect("server started");
         let find = |kind| addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a);
-        TestServer {
+        Running {
             mqtt: find(Kind::Tcp).expect("mqtt listener"),
             ws: find(Kind::Ws),
             tls: find(Kind::Tls),
             wss: find(Kind::Wss),
             http: http.expect("http listener"),
-            ca_pem,
-            dir,
-            storage,
             shutdown,
-            thread: Some(thread),
+            thread,
         }
     }
 
@@ -211,7 +260,7 @@ impl TestServer {
     /// Runs the `natter` command line on this server's data directory (as an operator would
     /// while it runs); asserts it succeeds and returns its stdout.
     pub fn natter(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
+        let out = std::process::Command::new(natter_bin())
             .args(args)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
@@ -232,6 +281,16 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The `natter` binary cargo built for these tests. Only the natter package's own tests know
+/// it (other packages that include this module compile, and fail here if they use it).
+pub fn natter_bin() -> &'static str {
+    // Not `env!`: that would stop other packages' tests from compiling this module at all.
+    let Some(bin) = option_env!("CARGO_BIN_EXE_natter") else {
+        panic!("the natter binary is known to the natter package's own tests only");
+    };
+    bin
 }
 
 /// A CA, and a server certificate for `localhost` and 127.0.0.1 signed by it (PEM).
@@ -278,7 +337,12 @@ pub fn storage_env(storage: &StorageConfig) -> [(&'static str, String); 2] {
 /// Runs `.ci/postgres ACTION DIR` (a PostgreSQL cluster of a test's own, which it may stop);
 /// its output (the URL, for `start`).
 pub fn postgres_ctl(action: &str, dir: &std::path::Path) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
+    // The natter package's directory, or the workspace member's that includes this module.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join(".ci/postgres"))
+        .find(|script| script.exists())
+        .expect(".ci/postgres in the package's directory or above");
     let out = std::process::Command::new(script)
         .arg(action)
         .arg(dir)

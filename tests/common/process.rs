@@ -23,7 +23,7 @@ impl ServerProcess {
     /// Starts on `storage` with more configuration from the environment.
     pub fn start_with_env(storage: &StorageConfig, env: &[(&str, String)]) -> ServerProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
+        let mut child = std::process::Command::new(super::natter_bin())
             .args(["serve", "--mqtt", "127.0.0.1:0", "--ws", "", "--http", ""])
             .arg("--data-dir")
             .arg(&storage.data_dir)
