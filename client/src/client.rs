@@ -26,8 +26,8 @@ pub enum State {
     Connected,
     /// Connected and caught up: what arrives is live.
     Synced,
-    /// Stopped for good, with why.
-    Stopped(String),
+    /// Stopped for good: refused credentials, a takeover, or closed by the app.
+    Stopped(Error),
 }
 
 /// What the session and the handle share.
@@ -224,7 +224,7 @@ impl Client {
         match tokio::time::timeout(timeout, wait).await {
             Err(_) => Err(Error::Timeout),
             Ok(Err(_)) => Err(Error::Closed),
-            Ok(Ok(State::Stopped(why))) => Err(Error::Auth(why)),
+            Ok(Ok(State::Stopped(why))) => Err(why),
             Ok(Ok(_)) => Ok(()),
         }
     }
@@ -436,7 +436,7 @@ impl Client {
                 return Ok(());
             }
             if let State::Stopped(why) = self.state() {
-                return Err(Error::Auth(why));
+                return Err(why);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Timeout);

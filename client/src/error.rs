@@ -1,7 +1,7 @@
 //! The library's one error type: what an app can tell apart and act on.
 
 /// Why a call or the connection failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The configuration cannot work (an empty user, a bad address, …).
     #[error("invalid configuration: {0}")]

@@ -25,6 +25,10 @@ use crate::Error;
 const WINDOW: usize = 64;
 /// Everyone's presence this user may read (the server narrows the filter).
 const PRESENCE: &str = "p/+";
+/// How long a negative acknowledgement waits for the report that says why in words.
+const REPORT_WAIT: Duration = Duration::from_millis(500);
+/// Refusal reports kept for matching to an acknowledgement.
+const REFUSALS_KEPT: usize = 32;
 /// How often the session looks for late replies and missing copies.
 const TICK: Duration = Duration::from_secs(1);
 /// A request unanswered this long is asked again (internal) or fails (the app's).
@@ -133,6 +137,16 @@ enum Purpose {
     Sync(String),
 }
 
+/// A message whose handle waits for a refusal report; matched by topic, oldest first.
+struct Unconfirmed {
+    topic: String,
+    conv: String,
+    cid: String,
+    /// 5.0: the negative acknowledgement's reason code, and when it came (the handle settles
+    /// with the code alone if no report follows soon).
+    negative: Option<(u8, Instant)>,
+}
+
 /// What one link holds; dropped with it.
 struct Live {
     link: Link,
@@ -143,10 +157,12 @@ struct Live {
     inflight: HashMap<u16, Pending>,
     /// The last outbox entry published on this link.
     published: i64,
-    /// 3.1.1 acknowledges refused messages normally; their refusal comes on `u/{me}/errors`,
-    /// matched to the oldest acknowledged message on that topic whose copy has not come...
-    unconfirmed: VecDeque<(String, String, String)>,
-    /// ...or, when the refusal came before the acknowledgement, to the next one acknowledged.
+    /// Acknowledged messages whose handle waits for the server's refusal report (on
+    /// `u/{me}/errors`, which says why in words): on 3.1.1 every acknowledged message until its
+    /// stored copy comes (3.1.1 acknowledges refused messages normally), on 5.0 the negatively
+    /// acknowledged ones.
+    unconfirmed: VecDeque<Unconfirmed>,
+    /// Refusal reports that came before the acknowledgement they belong to.
     refusals: VecDeque<ServerError>,
     aliases: HashMap<String, u16>,
     /// Requests waiting for their reply, with when they were asked.
@@ -176,7 +192,7 @@ impl Session {
         loop {
             let password = match self.password().await {
                 Ok(p) => p,
-                Err(Error::Auth(why)) => return self.stop(why),
+                Err(e @ Error::Auth(_)) => return self.stop(e),
                 Err(e) => {
                     tracing::warn!("login over HTTP: {e}");
                     match self.wait(Ending::Failed, e.to_string()).await {
@@ -195,7 +211,7 @@ impl Session {
             };
             let (ending, why) = match ended {
                 Ended::TakenOver => {
-                    return self.stop(Error::TakenOver.to_string());
+                    return self.stop(Error::TakenOver);
                 }
                 Ended::Auth(why) => {
                     // A token login refused: the token may be stale. Log in afresh once.
@@ -205,7 +221,7 @@ impl Session {
                         let _ = self.shared.forget_tokens().await;
                         continue;
                     }
-                    return self.stop(format!("login refused: {why}"));
+                    return self.stop(Error::Auth(why));
                 }
                 Ended::Busy(why) => (Ending::Busy, why),
                 Ended::Failed(why) => (Ending::Failed, why),
@@ -276,19 +292,26 @@ impl Session {
         }
     }
 
-    fn stop(self, why: String) {
-        tracing::error!("stopped: {why}");
+    /// Stops for good: every send's handle fails with `why` (the messages stay in the outbox
+    /// for a later start), and the app hears it last.
+    fn stop(self, why: Error) {
+        tracing::warn!("stopped: {why}");
         for (_, waiter) in lock(&self.shared.waiters).drain() {
-            let _ = waiter.send(Err(Error::Auth(why.clone())));
+            let _ = waiter.send(Err(why.clone()));
         }
-        self.emit(Event::Stopped { error: why.clone() }, None);
+        self.emit(
+            Event::Stopped {
+                error: why.to_string(),
+            },
+            None,
+        );
         let _ = self.state.send(State::Stopped(why));
     }
 
     /// Closed by the app: everything is dropped (the local store's file lock with it) before
     /// `close` returns, so a new client can open the data directory at once.
     fn finish(self, done: oneshot::Sender<()>) {
-        let _ = self.state.send(State::Stopped("closed".into()));
+        let _ = self.state.send(State::Stopped(Error::Closed));
         drop(self);
         let _ = done.send(());
     }
@@ -451,32 +474,14 @@ impl Session {
                     }
                     Some(code) => {
                         self.remove_from_outbox(&pending);
-                        self.resolve(
-                            &pending.conv,
-                            &pending.cid,
-                            Err(Error::Refused {
-                                code: format!("0x{code:02X}"),
-                                message: "refused by the server".into(),
-                            }),
-                        );
+                        self.await_refusal(live, &pending, Some(code));
                     }
                     None => {
                         self.remove_from_outbox(&pending);
                         if self.waiting(&pending) {
                             live.unseen.insert(pending.conv.clone(), Instant::now());
-                        }
-                        if !live.link.is_v5() && self.waiting(&pending) {
-                            let topic = topic_of(&pending);
-                            match live.refusals.iter().position(|r| r.topic == topic) {
-                                Some(i) => {
-                                    let r = live.refusals.remove(i).expect("found above");
-                                    self.resolve(&pending.conv, &pending.cid, Err(refusal(&r)));
-                                }
-                                None => live.unconfirmed.push_back((
-                                    topic,
-                                    pending.conv.clone(),
-                                    pending.cid.clone(),
-                                )),
+                            if !live.link.is_v5() {
+                                self.await_refusal(live, &pending, None);
                             }
                         }
                     }
@@ -738,7 +743,7 @@ impl Session {
                 };
                 if self.resolve(&entry.conv, cid, Ok(stored)) {
                     live.unconfirmed
-                        .retain(|(_, c, i)| !(c == &entry.conv && i == cid));
+                        .retain(|u| !(u.conv == entry.conv && &u.cid == cid));
                     self.emit(
                         Event::Sent {
                             conv: entry.conv.clone(),
@@ -766,23 +771,21 @@ impl Session {
         }
     }
 
-    /// A 3.1.1 refusal names the topic and this client: it fails the oldest acknowledged
-    /// message on that topic still waiting for its copy.
+    /// A refusal report on `u/{me}/errors`: it settles the oldest message waiting for one on
+    /// its topic, or waits for that message's acknowledgement.
     fn refusal_event(&mut self, live: &mut Live, err: &ServerError) {
-        if live.link.is_v5() || err.client != self.shared.config.client_id() {
+        if err.client != self.shared.config.client_id() {
             return;
         }
-        match live
-            .unconfirmed
-            .iter()
-            .position(|(t, _, _)| *t == err.topic)
-        {
-            Some(i) => {
-                if let Some((_, conv, cid)) = live.unconfirmed.remove(i) {
-                    self.resolve(&conv, &cid, Err(refusal(err)));
-                }
+        if let Some(i) = live.unconfirmed.iter().position(|u| u.topic == err.topic) {
+            if let Some(u) = live.unconfirmed.remove(i) {
+                self.resolve(&u.conv, &u.cid, Err(refusal(err)));
             }
-            None => live.refusals.push_back(err.clone()),
+            return;
+        }
+        live.refusals.push_back(err.clone());
+        if live.refusals.len() > REFUSALS_KEPT {
+            live.refusals.pop_front();
         }
     }
 
@@ -811,6 +814,19 @@ impl Session {
                 Purpose::Sync(conv) => self.sync(live, &conv)?,
             }
         }
+        let (settle, keep): (Vec<_>, Vec<_>) = live.unconfirmed.drain(..).partition(|u| {
+            u.negative
+                .is_some_and(|(_, at)| now.duration_since(at) >= REPORT_WAIT)
+        });
+        live.unconfirmed = keep.into();
+        for u in settle {
+            let code = u.negative.map_or(0, |(code, _)| code);
+            let err = Error::Refused {
+                code: reason_name(code).into(),
+                message: format!("refused by the server (reason code 0x{code:02X})"),
+            };
+            self.resolve(&u.conv, &u.cid, Err(err));
+        }
         let waiting: HashSet<String> = lock(&self.shared.waiters)
             .keys()
             .map(|(conv, _)| conv.clone())
@@ -829,6 +845,24 @@ impl Session {
             self.sync(live, &conv)?;
         }
         Ok(())
+    }
+
+    /// An acknowledged message may have been refused (`negative`: it was): settle its handle
+    /// with a report already here, or wait for one.
+    fn await_refusal(&mut self, live: &mut Live, p: &Pending, negative: Option<u8>) {
+        let topic = topic_of(p);
+        if let Some(i) = live.refusals.iter().position(|r| r.topic == topic) {
+            if let Some(r) = live.refusals.remove(i) {
+                self.resolve(&p.conv, &p.cid, Err(refusal(&r)));
+            }
+            return;
+        }
+        live.unconfirmed.push_back(Unconfirmed {
+            topic,
+            conv: p.conv.clone(),
+            cid: p.cid.clone(),
+            negative: negative.map(|code| (code, Instant::now())),
+        });
     }
 
     /// Whether a handle waits for this message's stored copy.
@@ -937,6 +971,17 @@ impl Session {
             let _ = self.state.send(State::Synced);
             self.emit(Event::Synced, None);
         }
+    }
+}
+
+/// natter's error code for a negative acknowledgement's reason code (`topics.md`).
+fn reason_name(code: u8) -> &'static str {
+    match code {
+        0x87 => "not_authorized",
+        0x90 => "malformed_topic",
+        0x97 => "quota_exceeded",
+        0x99 => "bad_payload",
+        _ => "refused",
     }
 }
 
