@@ -469,3 +469,51 @@ fn a_usage_error_exits_1_not_2() {
     assert_eq!(ran.code(), Some(1), "{}", ran.stderr);
     assert!(ran.stderr.contains("TEXT"), "{}", ran.stderr);
 }
+
+/// The outbox is on disk before `send` waits for anything: a client killed with SIGKILL while
+/// the server is unreachable loses nothing, and the next run delivers it once.
+#[test]
+fn the_outbox_survives_kill_9_of_the_client() {
+    let server = server();
+    let proxy = common::proxy::Proxy::start(server.mqtt);
+    proxy.set_refusing(true);
+    let (alice, bob) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let text = "written before the crash";
+    let mut cmd = with_args(
+        chat_on(
+            &proxy.addr().to_string(),
+            &server,
+            "alice",
+            "alice-secret",
+            alice.path(),
+        ),
+        &["send", "d.alice.bob", text, "--wait", "120"],
+    );
+    let child = Running(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The message is in the store's write-ahead log (SQLite's WAL holds the new page) and the
+    // client is trying to reach the server.
+    let wal = alice.path().join("natter-client.db-wal");
+    let deadline = Instant::now() + SOON;
+    while !std::fs::read(&wal).is_ok_and(|b| b.windows(text.len()).any(|w| w == text.as_bytes()))
+        || proxy.connections() == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the message never reached the outbox"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(child); // SIGKILL: no shutdown, no flush.
+
+    proxy.set_refusing(false);
+    let flushed = run(with_args(chat(&server, "alice", alice.path()), &["flush"])).ok("flush");
+    assert_eq!(flushed.stdout.trim(), "1", "{}", flushed.stderr);
+    let entries = read_json(&server, "bob", bob.path(), "d.alice.bob");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["t"], text);
+}
