@@ -77,8 +77,8 @@ pub struct Config {
     pub protocol: Protocol,
     pub format: Format,
     pub keep_alive: Duration,
-    /// MQTT 5 topic aliases for outgoing messages (a conversation's topic is sent once per
-    /// connection, then a two-byte alias).
+    /// MQTT 5 topic aliases, both ways (a topic is sent once per connection, then a two-byte
+    /// alias).
     pub topic_aliases: bool,
     pub backoff: Backoff,
     /// Entries per `sync` page when catching up.

@@ -3,6 +3,7 @@
 //! reconnect makes a new one, so nothing rumqttc kept from before is sent again behind the
 //! session's back (the outbox does the resending, with its `cid`s).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,9 @@ use crate::config::{Format, Protocol};
 
 /// The biggest packet either side may send: a page of history is many entries.
 const MAX_PACKET: usize = 4 << 20;
+/// Topic aliases the server may use towards this client: a user's streams, one per
+/// conversation and kind, and a few more.
+const ALIASES_IN: u16 = 256;
 /// Events buffered from the event loop's task.
 const EVENTS: usize = 1024;
 /// Requests queued towards rumqttc; the session never has more than its send window, acks
@@ -34,6 +38,9 @@ pub struct Dial<'a> {
     pub protocol: Protocol,
     pub format: Format,
     pub keep_alive: Duration,
+    /// MQTT 5 topic aliases towards this client too (the server then sends each stream topic
+    /// once per connection, and a two-byte alias after).
+    pub topic_aliases: bool,
 }
 
 /// A received PUBLISH whose acknowledgement waits until the app has taken it.
@@ -133,16 +140,35 @@ impl Link {
                     .set_manual_acks(true)
                     .set_max_packet_size(Some(MAX_PACKET as u32))
                     .set_request_channel_capacity(CHANNEL);
+                if dial.topic_aliases {
+                    o.set_topic_alias_max(Some(ALIASES_IN));
+                }
                 if dial.format == Format::MsgPack {
                     o.set_user_properties(vec![("format".into(), "msgpack".into())]);
                 }
                 let (client, mut events) = v5::AsyncClient::new(o, CHANNEL);
                 let task = tokio::spawn(async move {
+                    // Topics behind the server's aliases: rumqttc reports a PUBLISH before it
+                    // resolves its alias, so an aliased one would arrive without its topic.
+                    let mut incoming: HashMap<u16, Bytes> = HashMap::new();
                     loop {
-                        let polled = events.poll().await;
-                        if let Ok(v5::Event::Incoming(v5::Incoming::ConnAck(ack))) = &polled {
-                            let max = ack.properties.as_ref().and_then(|p| p.topic_alias_max);
-                            aliases.store(max.unwrap_or(0), Ordering::Relaxed);
+                        let mut polled = events.poll().await;
+                        match &mut polled {
+                            Ok(v5::Event::Incoming(v5::Incoming::ConnAck(ack))) => {
+                                let max = ack.properties.as_ref().and_then(|p| p.topic_alias_max);
+                                aliases.store(max.unwrap_or(0), Ordering::Relaxed);
+                            }
+                            Ok(v5::Event::Incoming(v5::Incoming::Publish(p))) => {
+                                let alias = p.properties.as_ref().and_then(|pr| pr.topic_alias);
+                                if let Some(alias) = alias {
+                                    if p.topic.is_empty() {
+                                        p.topic = incoming.get(&alias).cloned().unwrap_or_default();
+                                    } else {
+                                        incoming.insert(alias, p.topic.clone());
+                                    }
+                                }
+                            }
+                            _ => {}
                         }
                         let happened = v5_event(polled);
                         let end = happened.is_err();

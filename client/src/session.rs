@@ -251,6 +251,7 @@ impl Session {
             protocol: config.protocol,
             format: config.format,
             keep_alive: config.keep_alive,
+            topic_aliases: config.topic_aliases,
         })
     }
 
