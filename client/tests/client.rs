@@ -540,3 +540,32 @@ async fn token_login_and_media() {
     sent.stored().await.unwrap();
     assert_eq!(alice.client.download(&media.id).await.unwrap(), bytes);
 }
+
+/// A refusal for a limit (too many connections for the user) is not retried at once: the client
+/// waits at least `Backoff::busy` between attempts, and gets in once the limit allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_refusal_backs_off_longer() {
+    let server = TestServer::start_with_users(USERS, |c| c.limits.max_connections_per_user = 1);
+    let dir = tempfile::tempdir().unwrap();
+    let phone = Device::start(config(server.mqtt, "alice", "phone", dir.path()));
+    phone.client.synced(LONG).await.unwrap();
+    let mut tablet = config(server.mqtt, "alice", "tablet", dir.path());
+    tablet.backoff.busy = Duration::from_secs(2);
+    let tablet = Device::start(tablet);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refusals: Vec<String> = tablet
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Disconnected { reason } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        (1..=2).contains(&refusals.len()),
+        "one or two attempts in 3 s, not a storm: {refusals:?}"
+    );
+    assert!(refusals[0].contains("QuotaExceeded"), "{refusals:?}");
+    phone.client.close().await;
+    tablet.client.synced(LONG).await.unwrap();
+}
