@@ -122,6 +122,11 @@ impl Sending {
 /// What happened, in order. Each live message is acknowledged to the server (which makes the
 /// sender's "delivered" receipt) only when the app asks for the next event: the handler of the
 /// previous one has returned. The cursor the client resumes from moves at the same time.
+///
+/// Keep taking events: the server has at most a window of unacknowledged messages in flight
+/// to a client (64 with natter's defaults), and replies, own copies and sync pages queue behind
+/// them. A handler that awaits [`Sending::stored`] or a request while dozens of events wait
+/// untaken waits for itself; spawn such work instead.
 pub struct Events {
     rx: mpsc::UnboundedReceiver<(Event, Option<u64>)>,
     /// Weak: the session stops once the app has dropped every [`Client`] handle.
@@ -497,9 +502,21 @@ impl Client {
     /// Writes to the outbox, registers the handle, wakes the session.
     fn queue(&self, conv: &str, topic: Topic, mut body: Outgoing) -> Result<Sending, Error> {
         check_conv(conv)?;
+        // Not written unless it can go: a stopped client would report a failed send of a
+        // message its next start then delivers (and an app retrying would store it twice).
+        if self.commands.is_closed() {
+            return Err(Error::Closed);
+        }
         let cid = random_id(12);
         body.cid = Some(cid.clone());
         let json = serde_json::to_vec(&body).map_err(|e| Error::Protocol(e.to_string()))?;
+        // One too large for any server's packet would block the outbox behind it for good.
+        if json.len() > MAX_MESSAGE {
+            return Err(Error::Refused {
+                code: "too_large".into(),
+                message: format!("{} bytes; at most {MAX_MESSAGE}", json.len()),
+            });
+        }
         let (tx, rx) = oneshot::channel();
         session::wait_for(&self.shared.waiters, conv, &cid, tx);
         self.shared.local.push(conv, topic, &cid, &json)?;
@@ -515,6 +532,10 @@ impl Client {
         self.commands.send(command).map_err(|_| Error::Closed)
     }
 }
+
+/// The largest message the client queues (natter's default packet limit is 1 MiB, its text
+/// limit 16 KiB; a codec may grow the text).
+const MAX_MESSAGE: usize = 256 * 1024;
 
 /// The direct conversation of two users: `d.{a}.{b}`, the ids sorted.
 pub fn direct(a: &str, b: &str) -> String {

@@ -108,7 +108,7 @@ impl Config {
             keep_alive: Duration::from_secs(30),
             topic_aliases: true,
             backoff: Backoff::default(),
-            sync_page: 200,
+            sync_page: 100,
             codec: Arc::new(Plain),
         }
     }

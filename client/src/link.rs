@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 
 use crate::config::{Format, Protocol};
 
-/// The biggest packet either side may send: a page of history is many entries.
-const MAX_PACKET: usize = 4 << 20;
+/// The biggest packet either side may send: a page of history is many entries (a page of
+/// `Config::sync_page` entries of natter's largest text, JSON-escaped, stays under it).
+const MAX_PACKET: usize = 16 << 20;
 /// Topic aliases the server may use towards this client: a user's streams, one per
 /// conversation and kind, and a few more.
 const ALIASES_IN: u16 = 256;

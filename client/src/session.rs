@@ -312,6 +312,9 @@ impl Session {
     /// Closed by the app: everything is dropped (the local store's file lock with it) before
     /// `close` returns, so a new client can open the data directory at once.
     fn finish(self, done: oneshot::Sender<()>) {
+        for (_, waiter) in lock(&self.shared.waiters).drain() {
+            let _ = waiter.send(Err(Error::Closed));
+        }
         let _ = self.state.send(State::Stopped(Error::Closed));
         drop(self);
         let _ = done.send(());
@@ -369,6 +372,13 @@ impl Session {
         }
         for (_, _, reply) in live.early_requests.drain(..) {
             let _ = reply.send(Err(Error::Disconnected));
+        }
+        // Refused messages whose report did not come in time: the code is all there is. (The
+        // others wait for their stored copy, which the next link's catch-up finds.)
+        for u in live.unconfirmed.drain(..) {
+            if let Some((code, _)) = u.negative {
+                self.resolve(&u.conv, &u.cid, Err(reason_refusal(code)));
+            }
         }
         self.retry.connected_for(live.since.elapsed());
         leave
@@ -468,9 +478,9 @@ impl Session {
                     return Ok(());
                 };
                 match refused {
-                    // Not stored (the server's writer gave up): it stays in the outbox and
-                    // goes again, in order, on the next link.
-                    Some(0x80) => {
+                    // Not stored (the server's writer gave up, or a packet id clash): it stays
+                    // in the outbox and goes again, in order, on the next link.
+                    Some(0x80 | 0x91) => {
                         return Err(Ended::Failed("the server could not store a message".into()))
                     }
                     Some(code) => {
@@ -643,10 +653,7 @@ impl Session {
                 self.ack_now(live, held);
                 let id = match correlation {
                     Some(c) => <[u8; 8]>::try_from(&c[..]).ok().map(u64::from_be_bytes),
-                    None => levels
-                        .last()
-                        .and_then(|op| live.by_op.get_mut(*op))
-                        .and_then(|q| q.pop_front()),
+                    None => self.uncorrelated(live, levels.last().copied(), &payload),
                 };
                 if let Some((purpose, _)) = id.and_then(|id| live.requests.remove(&id)) {
                     self.reply(live, purpose, &payload)?;
@@ -670,6 +677,21 @@ impl Session {
             _ => self.ack_now(live, held),
         }
         Ok(())
+    }
+
+    /// The request a 3.1.1 reply answers: the oldest of its op. Every 3.1.1 device of the user
+    /// gets every reply, so a `sync` page of a conversation this request did not ask for is
+    /// another device's, and left alone.
+    fn uncorrelated(&self, live: &mut Live, op: Option<&str>, payload: &[u8]) -> Option<u64> {
+        let queue = live.by_op.get_mut(op?)?;
+        let id = *queue.front()?;
+        if let Some((Purpose::Sync(conv), _)) = live.requests.get(&id) {
+            let page: Value = codec::decode(payload).ok()?;
+            if page["conv"].as_str().is_some_and(|c| c != conv) {
+                return None;
+            }
+        }
+        queue.pop_front()
     }
 
     /// Decodes a JSON event into `wrap`, or drops what does not parse (acknowledged, logged).
@@ -805,6 +827,11 @@ impl Session {
             let Some((purpose, _)) = live.requests.remove(&id) else {
                 continue;
             };
+            // A 3.1.1 reply is matched to the oldest request of its op: one given up on must
+            // leave that queue too, or every later reply would be matched to it.
+            for queue in live.by_op.values_mut() {
+                queue.retain(|q| *q != id);
+            }
             match purpose {
                 Purpose::App(reply) => {
                     let _ = reply.send(Err(Error::Timeout));
@@ -822,11 +849,7 @@ impl Session {
         live.unconfirmed = keep.into();
         for u in settle {
             let code = u.negative.map_or(0, |(code, _)| code);
-            let err = Error::Refused {
-                code: reason_name(code).into(),
-                message: format!("refused by the server (reason code 0x{code:02X})"),
-            };
-            self.resolve(&u.conv, &u.cid, Err(err));
+            self.resolve(&u.conv, &u.cid, Err(reason_refusal(code)));
         }
         let waiting: HashSet<String> = lock(&self.shared.waiters)
             .keys()
@@ -983,6 +1006,14 @@ fn reason_name(code: u8) -> &'static str {
         0x97 => "quota_exceeded",
         0x99 => "bad_payload",
         _ => "refused",
+    }
+}
+
+/// A refusal known by its reason code alone.
+fn reason_refusal(code: u8) -> Error {
+    Error::Refused {
+        code: reason_name(code).into(),
+        message: format!("refused by the server (reason code 0x{code:02X})"),
     }
 }
 

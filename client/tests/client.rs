@@ -569,3 +569,28 @@ async fn a_limit_refusal_backs_off_longer() {
     phone.client.close().await;
     tablet.client.synced(LONG).await.unwrap();
 }
+
+/// What cannot go is refused before it reaches the outbox: a message too large for any server,
+/// and any send once the client has stopped (it would otherwise go out on the next start after
+/// the app was told it failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_that_cannot_go_are_refused_before_the_outbox() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Device::start(config(server.mqtt, "alice", "phone", dir.path()));
+    let conv = direct("alice", "bob");
+    let huge = "x".repeat(300 * 1024);
+    assert!(matches!(
+        alice.client.send(&conv, huge),
+        Err(Error::Refused { code, .. }) if code == "too_large"
+    ));
+    let other = alice.client.clone();
+    let pending = other.send(&conv, "in flight when closed").unwrap();
+    alice.client.close().await;
+    assert!(matches!(pending.stored().await, Ok(_) | Err(Error::Closed)));
+    assert!(matches!(other.send(&conv, "too late"), Err(Error::Closed)));
+    assert!(
+        other.outbox_len().unwrap() <= 1,
+        "only the one sent before closing"
+    );
+}
