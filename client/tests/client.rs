@@ -64,6 +64,14 @@ impl Device {
         Device { client, seen }
     }
 
+    /// Waits until an event matching `pred` has come.
+    async fn saw(&self, what: &str, pred: impl Fn(&Event) -> bool) {
+        eventually(LONG, what, async || {
+            self.events().iter().any(&pred).then_some(())
+        })
+        .await;
+    }
+
     fn events(&self) -> Vec<Event> {
         self.seen.lock().unwrap().clone()
     }
@@ -138,24 +146,16 @@ async fn messages_are_stored_then_delivered_once_in_order_with_receipts() {
             .count();
         assert_eq!(sent, 20);
         // Bob's device took them, so it acknowledged them: alice gets a delivered receipt.
-        eventually(LONG, "a delivered receipt up to 20", async || {
-            alice
-                .events()
-                .iter()
-                .any(|e| matches!(e, Event::Receipt(r) if r.kind == "delivered" && r.user == "bob" && r.seq == 20))
-                .then_some(())
-        })
-        .await;
+        let delivered = |e: &Event| matches!(e, Event::Receipt(r) if r.kind == "delivered" && r.user == "bob" && r.seq == 20);
+        alice.saw("a delivered receipt up to 20", delivered).await;
         // A read marker goes out and comes back as a read receipt.
         bob.client.mark_read(&conv, 20).unwrap();
-        eventually(LONG, "a read receipt", async || {
-            alice
-                .events()
-                .iter()
-                .any(|e| matches!(e, Event::Receipt(r) if r.kind == "read" && r.seq == 20))
-                .then_some(())
-        })
-        .await;
+        alice
+            .saw(
+                "a read receipt",
+                |e| matches!(e, Event::Receipt(r) if r.kind == "read" && r.seq == 20),
+            )
+            .await;
         // Edits, reactions and requests.
         alice
             .client
@@ -206,12 +206,10 @@ async fn groups_typing_and_presence() {
         .await
         .unwrap();
     assert_eq!(conv, "g.team");
-    eventually(LONG, "bob hears he was added", async || {
-        bob.events()
-            .iter()
-            .any(|e| matches!(e, Event::Membership(m) if m.kind == "member_added" && m.conv == "g.team"))
-            .then_some(())
-    })
+    bob.saw(
+        "bob hears he was added",
+        |e| matches!(e, Event::Membership(m) if m.kind == "member_added" && m.conv == "g.team"),
+    )
     .await;
     bob.client
         .send(&conv, "hi team")
@@ -221,22 +219,18 @@ async fn groups_typing_and_presence() {
         .unwrap();
     alice.has_all(&conv, 1).await;
     bob.client.typing(&conv).unwrap();
-    eventually(LONG, "alice sees bob typing", async || {
-        alice
-            .events()
-            .iter()
-            .any(|e| matches!(e, Event::Typing { conv, user } if conv == "g.team" && user == "bob"))
-            .then_some(())
-    })
-    .await;
-    eventually(LONG, "alice sees bob online", async || {
-        alice
-            .events()
-            .iter()
-            .any(|e| matches!(e, Event::Presence(p) if p.user == "bob" && p.status == "online"))
-            .then_some(())
-    })
-    .await;
+    alice
+        .saw(
+            "alice sees bob typing",
+            |e| matches!(e, Event::Typing { conv, user } if conv == "g.team" && user == "bob"),
+        )
+        .await;
+    alice
+        .saw(
+            "alice sees bob online",
+            |e| matches!(e, Event::Presence(p) if p.user == "bob" && p.status == "online"),
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,14 +277,9 @@ async fn wrong_credentials_and_a_takeover_stop_the_client() {
     wrong.credentials = Credentials::Password("nope".into());
     let wrong = Device::start(wrong);
     assert!(wrong.client.synced(LONG).await.is_err());
-    eventually(LONG, "a Stopped event", async || {
-        wrong
-            .events()
-            .iter()
-            .any(|e| matches!(e, Event::Stopped { .. }))
-            .then_some(())
-    })
-    .await;
+    wrong
+        .saw("a Stopped event", |e| matches!(e, Event::Stopped { .. }))
+        .await;
 
     // Two processes of one device (two data directories, one client id): the older one is
     // taken over and stops instead of taking the session back.
@@ -299,14 +288,9 @@ async fn wrong_credentials_and_a_takeover_stop_the_client() {
     first.client.synced(LONG).await.unwrap();
     let second = Device::start(config(server.mqtt, "bob", "phone", &dir.path().join("b")));
     second.client.synced(LONG).await.unwrap();
-    eventually(LONG, "the first stops", async || {
-        first
-            .events()
-            .iter()
-            .any(|e| matches!(e, Event::Stopped { .. }))
-            .then_some(())
-    })
-    .await;
+    first
+        .saw("the first stops", |e| matches!(e, Event::Stopped { .. }))
+        .await;
     // No duel: the second stays connected.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!second
