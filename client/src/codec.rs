@@ -1,6 +1,6 @@
 //! The payload path. A [`Codec`] wraps each text the app sends and unwraps each text it
 //! receives, per conversation: the plug for end-to-end encryption, which then changes nothing
-//! else in the client. Below it, [`encode`] and [`decode`] turn drafts and envelopes into JSON
+//! else in the client. Below it, `encode` and `decode` turn drafts and envelopes into JSON
 //! or MessagePack bytes.
 
 use serde::de::DeserializeOwned;

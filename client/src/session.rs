@@ -895,7 +895,6 @@ impl Session {
     }
 
     fn reply(&mut self, live: &mut Live, purpose: Purpose, payload: &[u8]) -> Result<(), Ended> {
-        tracing::debug!(len = payload.len(), "reply");
         let reply: Result<Value, Error> = codec::decode::<Value>(payload).and_then(|v| {
             if v["ok"] == json!(true) {
                 Ok(v)
