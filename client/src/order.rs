@@ -66,6 +66,16 @@ impl Orders {
         self.convs.entry(conv.to_string()).or_default().syncing = true;
     }
 
+    /// Whether a sync of `conv` is running.
+    pub fn is_syncing(&self, conv: &str) -> bool {
+        self.convs.get(conv).is_some_and(|c| c.syncing)
+    }
+
+    /// Whether any sync is running (catching up is over when none is).
+    pub fn any_syncing(&self) -> bool {
+        self.convs.values().any(|c| c.syncing)
+    }
+
     /// A sync of `conv` reached the end of what the store had when it read. Whether to sync
     /// again: an entry dropped past the hole meanwhile was committed after that read.
     pub fn synced(&mut self, conv: &str) -> bool {
