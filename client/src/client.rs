@@ -304,7 +304,9 @@ impl Client {
             .map(|_| ())
     }
 
-    /// Any request of `topics.md` ("Requests"): the reply, or the server's refusal.
+    /// Any request of `topics.md` ("Requests"): the reply, or the server's refusal. The
+    /// session bounds the wait: `Timeout` after 10 s without a reply, `Disconnected` when the
+    /// connection drops (or is down when asked).
     pub async fn request(&self, op: &str, body: Value) -> Result<Value, Error> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Request {
@@ -312,10 +314,7 @@ impl Client {
             body,
             reply: tx,
         })?;
-        match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Err(_) => Err(Error::Timeout),
-            Ok(reply) => reply.unwrap_or(Err(Error::Closed)),
-        }
+        rx.await.unwrap_or(Err(Error::Closed))
     }
 
     /// The user's conversations, with unread counts and each one's newest entry.
@@ -375,7 +374,7 @@ impl Client {
             )
             .await?;
         Ok(Page {
-            entries: self.open_all(conv, parse(&reply["messages"])?),
+            entries: self.open_all(parse(&reply["messages"])?),
             more: reply["more"].as_bool().unwrap_or(false),
             next: reply["next"].as_u64().unwrap_or(after),
         })
@@ -393,7 +392,7 @@ impl Client {
             body["before"] = json!(b);
         }
         let reply = self.request("history", body).await?;
-        Ok(self.open_all(conv, parse(&reply["messages"])?))
+        Ok(self.open_all(parse(&reply["messages"])?))
     }
 
     /// Full-text search over this user's conversations, newest first. (With an end-to-end
@@ -402,11 +401,7 @@ impl Client {
         let reply = self
             .request("search", json!({"q": q, "limit": limit}))
             .await?;
-        let entries: Vec<Entry> = parse(&reply["messages"])?;
-        Ok(entries
-            .into_iter()
-            .map(|e| session::open_entry(&*self.shared.config.codec, e))
-            .collect())
+        Ok(self.open_all(parse(&reply["messages"])?))
     }
 
     /// Uploads a file over the HTTP API; send its id in a draft's `media`.
@@ -471,7 +466,8 @@ impl Client {
             .transpose()
     }
 
-    fn open_all(&self, _conv: &str, entries: Vec<Entry>) -> Vec<Entry> {
+    /// Entries as the app sees them: each text through the codec.
+    fn open_all(&self, entries: Vec<Entry>) -> Vec<Entry> {
         entries
             .into_iter()
             .map(|e| session::open_entry(&*self.shared.config.codec, e))

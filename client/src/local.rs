@@ -4,6 +4,7 @@
 //! process at a time speaks for a device.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -58,6 +59,9 @@ pub struct Pending {
 pub struct LocalStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// The newest outbox entry's `n`: the session reads the outbox only when there is one it
+    /// has not published, not on every acknowledgement.
+    newest: AtomicI64,
 }
 
 impl LocalStore {
@@ -99,9 +103,13 @@ impl LocalStore {
             COMMIT;",
         )
         .map_err(err)?;
+        let newest = conn
+            .query_row("SELECT coalesce(max(n), 0) FROM outbox", [], |r| r.get(0))
+            .map_err(err)?;
         Ok(LocalStore {
             path,
             conn: Mutex::new(conn),
+            newest: AtomicI64::new(newest),
         })
     }
 
@@ -119,6 +127,14 @@ impl LocalStore {
             )?;
             Ok(c.last_insert_rowid())
         })
+        .inspect(|n| {
+            self.newest.fetch_max(*n, Ordering::Relaxed);
+        })
+    }
+
+    /// The newest outbox entry's `n` (0: none was ever written).
+    pub fn newest(&self) -> i64 {
+        self.newest.load(Ordering::Relaxed)
     }
 
     /// Up to `limit` outbox entries after `after` (0: from the start), oldest first.
@@ -233,6 +249,7 @@ mod tests {
         let store = LocalStore::open(dir.path()).unwrap();
         let pending = store.pending(0, 10).unwrap();
         assert_eq!(store.outbox_len().unwrap(), 1);
+        assert_eq!(store.newest(), 2);
         assert_eq!(pending.len(), 1);
         assert_eq!(
             (pending[0].cid.as_str(), pending[0].topic),

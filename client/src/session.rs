@@ -175,7 +175,6 @@ struct Live {
     /// 3.1.1 replies carry no correlation: they are matched per op, in order.
     by_op: HashMap<String, VecDeque<u64>>,
     next_request: u64,
-    syncing: HashSet<String>,
     /// CONNACK came and the subscriptions went out. Before that nothing is published: a
     /// message stored before its sender subscribed would come back to nobody, and a reply to
     /// a request would find no subscription.
@@ -338,7 +337,6 @@ impl Session {
             unseen: HashMap::new(),
             by_op: HashMap::new(),
             next_request: 0,
-            syncing: HashSet::new(),
             connected: false,
             early_requests: Vec::new(),
             catching_up: true,
@@ -511,6 +509,9 @@ impl Session {
 
     /// Publishes outbox entries not yet on this link, up to the window.
     fn publish_outbox(&mut self, live: &mut Live) -> Result<(), Ended> {
+        if live.published >= self.shared.local.newest() {
+            return Ok(());
+        }
         let on_wire = live.asked.iter().filter(|a| a.is_some()).count() + live.inflight.len();
         if on_wire >= WINDOW {
             return Ok(());
@@ -589,7 +590,6 @@ impl Session {
 
     fn sync(&mut self, live: &mut Live, conv: &str) -> Result<(), Ended> {
         self.orders.syncing(conv);
-        live.syncing.insert(conv.to_string());
         let after = self.orders.last(conv);
         let limit = self.shared.config.sync_page;
         tracing::debug!(%conv, after, "sync");
@@ -610,7 +610,9 @@ impl Session {
         held: Option<(u64, Held)>,
         correlation: Option<Bytes>,
     ) -> Result<(), Ended> {
-        let user = self.shared.config.user.clone();
+        // An Arc, not a copy of the user id per message; `self` stays free to borrow mutably.
+        let shared = Arc::clone(&self.shared);
+        let user = shared.config.user.as_str();
         let levels: Vec<&str> = topic.split('/').collect();
         match levels.as_slice() {
             ["u", u, "c", conv, kind] if *u == user => match *kind {
@@ -860,7 +862,7 @@ impl Session {
             .unseen
             .iter()
             .filter(|(conv, at)| {
-                now.duration_since(**at) >= UNSEEN && !live.syncing.contains(*conv)
+                now.duration_since(**at) >= UNSEEN && !self.orders.is_syncing(conv)
             })
             .map(|(conv, _)| conv.clone())
             .collect();
@@ -920,7 +922,7 @@ impl Session {
                         continue;
                     };
                     let last = c["last"]["seq"].as_u64().unwrap_or(0);
-                    if last > self.orders.last(conv) && !live.syncing.contains(conv) {
+                    if last > self.orders.last(conv) && !self.orders.is_syncing(conv) {
                         self.sync(live, conv)?;
                     }
                 }
@@ -942,7 +944,6 @@ impl Session {
             Err(e) => {
                 // Not a member any more, say: nothing to catch up there.
                 tracing::warn!(%conv, "sync: {e}");
-                live.syncing.remove(&conv);
                 self.orders.abandon(&conv);
                 self.check_synced(live);
                 return Ok(());
@@ -978,7 +979,6 @@ impl Session {
         if self.orders.synced(&conv) {
             return self.sync(live, &conv);
         }
-        live.syncing.remove(&conv);
         self.check_synced(live);
         Ok(())
     }
@@ -989,7 +989,7 @@ impl Session {
             .requests
             .values()
             .any(|(p, _)| matches!(p, Purpose::Conversations));
-        if live.catching_up && live.syncing.is_empty() && !conversations_pending {
+        if live.catching_up && !self.orders.any_syncing() && !conversations_pending {
             live.catching_up = false;
             let _ = self.state.send(State::Synced);
             self.emit(Event::Synced, None);
