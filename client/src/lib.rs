@@ -9,12 +9,13 @@
 //!   `cid` after a reconnect, a crash or a restart, so the server stores it exactly once, in
 //!   the order sent.
 //! - The connection comes back by itself, after a wait with full jitter; refused credentials or
-//!   a takeover by another process of the same device stop it with an error instead.
+//!   (MQTT 5) a takeover by another process of the same device stop it with an error instead.
 //! - After every (re)connect the client `sync`s each conversation from the last `seq` the app
 //!   took. [`Events`] yields each entry once, in `seq` order per conversation; a live copy and a
 //!   sync copy of one entry are one entry, and a hole is synced, never skipped.
 //! - Live messages are acknowledged (making the sender's "delivered" receipt) only when the app
-//!   has taken them.
+//!   has taken them; an entry past a hole is acknowledged as it is dropped, and comes with the
+//!   hole's sync.
 //! - A [`Codec`] wraps outgoing and unwraps incoming text per conversation: the plug for
 //!   end-to-end encryption.
 //!
