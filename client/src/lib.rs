@@ -39,7 +39,7 @@
 //! The map: [`client`] (the handle and [`Events`]), `session` (the task behind it: connect,
 //! resend, catch up, acknowledge), `link` (one MQTT connection, 3.1.1 or 5.0, through
 //! rumqttc), `order` (once and in order per conversation), `local` (the outbox and cursors in
-//! SQLite), `backoff` (when to reconnect), [`codec`] (formats and the per-conversation codec),
+//! SQLite), `backoff` (when to reconnect), `topics` (every topic string it builds or reads), [`codec`] (formats and the per-conversation codec),
 //! [`http`] (tokens and media over the HTTP API), [`model`] (what the app sends and gets),
 //! [`config`], [`error`].
 
@@ -54,6 +54,7 @@ pub mod local;
 pub mod model;
 mod order;
 mod session;
+mod topics;
 
 pub use client::{direct, Client, Conversation, Events, Page, Sending, State};
 pub use codec::{Codec, Plain};

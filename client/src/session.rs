@@ -19,12 +19,11 @@ use crate::link::{Dial, Ended, Happened, Held, Link};
 use crate::local::{Pending, Topic};
 use crate::model::{Entry, Event, Membership, Presence, Receipt, ServerError, Stored};
 use crate::order::{Offer, Orders};
+use crate::topics::{self, Received};
 use crate::Error;
 
 /// Outbox messages published and not yet acknowledged, at most.
 const WINDOW: usize = 64;
-/// Everyone's presence this user may read (the server narrows the filter).
-const PRESENCE: &str = "p/+";
 /// How long a negative acknowledgement waits for the report that says why in words.
 const REPORT_WAIT: Duration = Duration::from_millis(500);
 /// Refusal reports kept for matching to an acknowledgement.
@@ -397,7 +396,7 @@ impl Session {
             // Typing before that is stale by then.
             Command::Typing(_) if !live.connected => Ok(()),
             Command::Typing(conv) => {
-                let topic = format!("c/{conv}/t");
+                let topic = topics::typing(&conv);
                 live.asked.push_back(None);
                 live.link.publish(&topic, 0, b"1".to_vec(), None, None)
             }
@@ -432,19 +431,8 @@ impl Session {
                 tracing::info!("connected");
                 let _ = self.state.send(State::Connected);
                 self.emit(Event::Connected, None);
-                let user = &self.shared.config.user;
-                let mut filters = vec![
-                    format!("u/{user}/c/#"),
-                    format!("u/{user}/events"),
-                    format!("u/{user}/errors"),
-                    PRESENCE.to_string(),
-                ];
-                filters.push(if live.link.is_v5() {
-                    self.reply_topic()
-                } else {
-                    format!("u/{user}/reply/+")
-                });
-                for f in &filters {
+                let c = &self.shared.config;
+                for f in &topics::filters(&c.user, &c.device, live.link.is_v5()) {
                     live.link.subscribe(f)?;
                 }
                 // Subscribed first, then asked what was missed: whatever is stored after the
@@ -530,7 +518,7 @@ impl Session {
                 self.remove_from_outbox(&p);
                 continue;
             };
-            let topic = topic_of(&p);
+            let topic = topics::publish(&p.conv, p.topic);
             // natter reads read markers as JSON only.
             let format = match p.topic {
                 Topic::Read => Format::Json,
@@ -560,12 +548,6 @@ impl Session {
         Some((next, true))
     }
 
-    /// MQTT 5 replies to this device come here (other devices of the user ignore them).
-    fn reply_topic(&self) -> String {
-        let c = &self.shared.config;
-        format!("u/{}/reply/{}", c.user, c.device)
-    }
-
     fn request(
         &mut self,
         live: &mut Live,
@@ -576,9 +558,11 @@ impl Session {
         let id = live.next_request;
         live.next_request += 1;
         live.requests.insert(id, (purpose, Instant::now()));
-        let topic = format!("q/{}/{op}", self.shared.config.user);
+        let topic = topics::request(&self.shared.config.user, op);
         let reply = if live.link.is_v5() {
-            Some((self.reply_topic(), Bytes::from(id.to_be_bytes().to_vec())))
+            let c = &self.shared.config;
+            let correlation = Bytes::from(id.to_be_bytes().to_vec());
+            Some((topics::reply(&c.user, &c.device), correlation))
         } else {
             live.by_op.entry(op.to_string()).or_default().push_back(id);
             None
@@ -610,61 +594,61 @@ impl Session {
         held: Option<(u64, Held)>,
         correlation: Option<Bytes>,
     ) -> Result<(), Ended> {
-        // An Arc, not a copy of the user id per message; `self` stays free to borrow mutably.
-        let shared = Arc::clone(&self.shared);
-        let user = shared.config.user.as_str();
-        let levels: Vec<&str> = topic.split('/').collect();
-        match levels.as_slice() {
-            ["u", u, "c", conv, kind] if *u == user => match *kind {
-                "m" | "e" => match codec::decode::<Entry>(&payload) {
-                    Ok(entry) => {
-                        let entry = open_entry(&*self.shared.config.codec, entry);
-                        self.entry(live, entry, held)?;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%topic, "unreadable entry: {e}");
-                        self.ack_now(live, held);
-                    }
-                },
-                "r" => self.typed::<Receipt>(live, topic, &payload, held, Event::Receipt),
-                "t" => {
-                    let conv = conv.to_string();
-                    match codec::decode::<Value>(&payload) {
-                        Ok(v) => {
-                            let user = v["user"].as_str().unwrap_or_default().to_string();
-                            self.deliver(Event::Typing { conv, user }, held, None);
-                        }
-                        Err(_) => self.ack_now(live, held),
-                    }
+        match topics::parse(&self.shared.config.user, topic) {
+            Received::Entries => match codec::decode::<Entry>(&payload) {
+                Ok(entry) => {
+                    let entry = open_entry(&*self.shared.config.codec, entry);
+                    self.entry(live, entry, held)?;
                 }
-                _ => self.ack_now(live, held),
+                Err(e) => {
+                    tracing::warn!(%topic, "unreadable entry: {e}");
+                    self.ack_now(live, held);
+                }
             },
-            ["u", u, "events"] if *u == user => {
+            Received::Receipts => {
+                self.typed::<Receipt>(live, topic, &payload, held, Event::Receipt)
+            }
+            Received::Typing { conv } => match codec::decode::<Value>(&payload) {
+                Ok(v) => {
+                    let conv = conv.to_string();
+                    let user = v["user"].as_str().unwrap_or_default().to_string();
+                    self.deliver(Event::Typing { conv, user }, held, None);
+                }
+                Err(_) => self.ack_now(live, held),
+            },
+            Received::Events => {
                 self.typed::<Membership>(live, topic, &payload, held, Event::Membership);
                 // Whose presence this user may read may have changed: subscribing again makes
                 // the server send the retained presence of everyone now visible.
-                live.link.subscribe(PRESENCE)?;
+                live.link.subscribe(topics::PRESENCE)?;
             }
-            ["u", u, "errors"] if *u == user => {
-                if let Ok(err) = codec::decode::<ServerError>(&payload) {
-                    self.refusal_event(live, &err);
+            Received::Errors => {
+                // Decoded once: it may settle a send's handle, and it goes to the app.
+                match codec::decode::<ServerError>(&payload) {
+                    Ok(err) => {
+                        self.refusal_event(live, &err);
+                        self.deliver(Event::Refused(err), held, None);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%topic, "unreadable refusal: {e}");
+                        self.ack_now(live, held);
+                    }
                 }
-                self.typed::<ServerError>(live, topic, &payload, held, Event::Refused)
             }
-            ["u", u, "reply", ..] if *u == user => {
+            Received::Reply { last } => {
                 self.ack_now(live, held);
                 let id = match correlation {
                     Some(c) => <[u8; 8]>::try_from(&c[..]).ok().map(u64::from_be_bytes),
-                    None => self.uncorrelated(live, levels.last().copied(), &payload),
+                    None => self.uncorrelated(live, Some(last), &payload),
                 };
                 if let Some((purpose, _)) = id.and_then(|id| live.requests.remove(&id)) {
                     self.reply(live, purpose, &payload)?;
                 }
             }
-            ["p", who] => {
+            Received::Presence { user } => {
                 let presence = if payload.is_empty() {
                     Some(Presence {
-                        user: who.to_string(),
+                        user: user.to_string(),
                         status: "hidden".into(),
                         last_seen: None,
                     })
@@ -676,7 +660,7 @@ impl Session {
                     None => self.ack_now(live, held),
                 }
             }
-            _ => self.ack_now(live, held),
+            Received::Other => self.ack_now(live, held),
         }
         Ok(())
     }
@@ -758,7 +742,7 @@ impl Session {
     fn hand_on(&mut self, live: &mut Live, entry: Entry, ack: Option<(u64, Held)>) {
         // A direct conversation's first entry lets its two users see each other's presence.
         if entry.seq == 1 && entry.conv.starts_with("d.") {
-            let _ = live.link.subscribe(PRESENCE);
+            let _ = live.link.subscribe(topics::PRESENCE);
         }
         if entry.from == self.shared.config.user {
             if let Some(cid) = &entry.cid {
@@ -876,7 +860,7 @@ impl Session {
     /// An acknowledged message may have been refused (`negative`: it was): settle its handle
     /// with a report already here, or wait for one.
     fn await_refusal(&mut self, live: &mut Live, p: &Pending, negative: Option<u8>) {
-        let topic = topic_of(p);
+        let topic = topics::publish(&p.conv, p.topic);
         if let Some(i) = live.refusals.iter().position(|r| r.topic == topic) {
             if let Some(r) = live.refusals.remove(i) {
                 self.resolve(&p.conv, &p.cid, Err(refusal(&r)));
@@ -1021,14 +1005,4 @@ fn refusal(err: &ServerError) -> Error {
         code: err.error.clone(),
         message: err.message.clone(),
     }
-}
-
-/// The topic an outbox entry goes to.
-fn topic_of(p: &Pending) -> String {
-    let kind = match p.topic {
-        Topic::Message => "m",
-        Topic::Event => "e",
-        Topic::Read => "r",
-    };
-    format!("c/{}/{kind}", p.conv)
 }
