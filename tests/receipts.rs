@@ -378,3 +378,27 @@ async fn non_members_see_neither_presence_nor_typing() {
     .await;
     eve.no_publish(Duration::from_millis(300)).await;
 }
+
+/// A device that speaks MessagePack sends its read markers in it too.
+#[tokio::test]
+async fn a_read_marker_in_messagepack_is_read_like_json() {
+    let server = TestServer::start_with_users(USERS, |_| {});
+    let mut alice = login(&server, "alice").await;
+    let mut bob = login(&server, "bob").await;
+    alice
+        .client
+        .publish("c/d.alice.bob/m", QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    publish_on(&mut bob, "u/bob/c/d.alice.bob/m").await;
+    let marker = rmp_serde::to_vec_named(&json!({"read": 1})).unwrap();
+    bob.client
+        .publish("c/d.alice.bob/r", QoS::AtLeastOnce, false, marker)
+        .await
+        .unwrap();
+    let want = json!({"type": "read", "conv": "d.alice.bob", "user": "bob", "seq": 1});
+    assert_eq!(
+        read_marker(&mut alice, "u/alice/c/d.alice.bob/r").await,
+        want
+    );
+}

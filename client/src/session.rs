@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::backoff::{Ending, Retry};
 use crate::client::{Shared, State};
 use crate::codec::{self, Codec, Outgoing};
-use crate::config::{Credentials, Format};
+use crate::config::Credentials;
 use crate::link::{Dial, Ended, Happened, Held, Link};
-use crate::local::{Pending, Topic};
+use crate::local::Pending;
 use crate::model::{Entry, Event, Membership, Presence, Receipt, ServerError, Stored};
 use crate::order::{Offer, Orders};
 use crate::topics::{self, Received};
@@ -519,12 +519,7 @@ impl Session {
                 continue;
             };
             let topic = topics::publish(&p.conv, p.topic);
-            // natter reads read markers as JSON only.
-            let format = match p.topic {
-                Topic::Read => Format::Json,
-                _ => self.shared.config.format,
-            };
-            let payload = codec::encode(format, &body);
+            let payload = codec::encode(self.shared.config.format, &body);
             let alias = self.alias(live, &topic);
             live.asked.push_back(Some(p));
             live.link.publish(&topic, 1, payload, alias, None)?;

@@ -112,7 +112,14 @@ impl Connection {
         message: &Message,
         received: &Received,
     ) -> bool {
-        match serde_json::from_slice::<ReadMarker>(&message.payload) {
+        // JSON, or a MessagePack map from a device that speaks it (as for messages).
+        let marker = match message.payload.first() {
+            Some(0x80..=0x8f | 0xde | 0xdf) => {
+                rmp_serde::from_slice::<ReadMarker>(&message.payload).map_err(|e| e.to_string())
+            }
+            _ => serde_json::from_slice::<ReadMarker>(&message.payload).map_err(|e| e.to_string()),
+        };
+        match marker {
             Ok(marker) => {
                 if let Some(user) = self.identity.user.clone() {
                     let _ = self.shared.signals.send(Signal::Read {
@@ -125,7 +132,7 @@ impl Connection {
                 false
             }
             Err(e) => {
-                let refusal = Refusal::BadPayload(e.to_string());
+                let refusal = Refusal::BadPayload(e);
                 self.refuse(&message.topic, received.qos, received.pkid, &refusal);
                 true
             }
