@@ -10,7 +10,9 @@
 #                       natter-nogc,natter-norcpt,mosquitto,rumqttd,raw (default: all, but
 #                       natter-cluster only where nats-server and haproxy are installed; see
 #                       benches/README.md)
-#   --scenarios LIST    comma-separated subset of p2p-max,p2p-rate,fanout,idle,storm (default: all)
+#   --scenarios LIST    comma-separated subset of p2p-max,p2p-rate,p2p-sweep,fanout,idle,storm
+#                       (default: all; p2p-sweep is p2p-rate at 1k, 5k and 20k msg/s besides
+#                       p2p-rate's 10k, the latency curve)
 #   --natter-bin PATH   use this natter binary instead of building one
 #   --no-build          use the binaries already in the target directory
 #   --pin               pin each broker to CPU 0 and the load generator to CPU 1 (taskset)
@@ -27,13 +29,13 @@ MODE=full
 BROKERS=natter,natter-pg,natter-cluster,natter-plain,natter-nogc,natter-norcpt,mosquitto,rumqttd,raw
 # Whether --brokers named the columns (a missing tool is then an error, not a skipped column).
 BROKERS_ASKED=0
-SCENARIOS=p2p-max,p2p-rate,fanout,idle,storm
+SCENARIOS=p2p-max,p2p-rate,p2p-sweep,fanout,idle,storm
 NATTER_BIN=
 BUILD=1
 PIN=0
 OUT=
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -60,7 +62,7 @@ for b in ${BROKERS//,/ }; do
   case "$b" in natter|natter-pg|natter-cluster|natter-plain|natter-nogc|natter-norcpt|mosquitto|rumqttd|raw) ;; *) say "unknown broker $b"; exit 2 ;; esac
 done
 for s in ${SCENARIOS//,/ }; do
-  case "$s" in p2p-max|p2p-rate|fanout|idle|storm) ;; *) say "unknown scenario $s"; exit 2 ;; esac
+  case "$s" in p2p-max|p2p-rate|p2p-sweep|fanout|idle|storm) ;; *) say "unknown scenario $s"; exit 2 ;; esac
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -117,9 +119,11 @@ fi
 if [ "$MODE" = quick ]; then
   QUICK=(--quick)
   IDLE_CLIENTS=200
+  SWEEP_RATES="500 4000"
 else
   QUICK=()
   IDLE_CLIENTS=10000
+  SWEEP_RATES="1000 5000 20000"
 fi
 # Each idle client is one descriptor in the load generator and one in the broker (separate
 # processes); raise the soft limit as far as the hard limit allows.
@@ -509,11 +513,27 @@ for scenario in ${SCENARIOS//,/ }; do
     # later (they reload it when told over NATS); until then a node refuses what names it (a
     # group with that member, a direct message to it). Measure the steady state.
     [ "$broker" = natter-cluster ] && extra+=(--settle "$CLUSTER_SETTLE")
-    if ! "${LOADGEN_CPU[@]}" "$LOADGEN" run --scenario "$scenario" --broker "$broker" \
-      --addr "$BROKER_ADDR" --pid "$BROKER_PID" --proto "$proto" "${QUICK[@]}" "${extra[@]}" \
-      --results "$OUT/results.csv" --latency-dir "$OUT"; then
-      failures+=("$scenario on $broker: the load generator failed (see above)")
+    # A single natter node's history commits (its /metrics): commits per second, messages
+    # per commit, queue wait, SQL and fsync.
+    case "$broker" in
+      natter|natter-pg|natter-nogc|natter-norcpt) extra+=(--commit-metrics "$BROKER_HTTP") ;;
+    esac
+    # The sweep: one broker, one load generator run per rate, each named for its rate.
+    runs=("--scenario $scenario")
+    if [ "$scenario" = p2p-sweep ]; then
+      runs=()
+      for rate in $SWEEP_RATES; do
+        runs+=("--scenario p2p-rate --rate $rate --label p2p-rate-$(awk -v r="$rate" 'BEGIN { print (r % 1000 ? r : r / 1000 "k") }')")
+      done
     fi
+    for run in "${runs[@]}"; do
+      # shellcheck disable=SC2086 # a run's words
+      if ! "${LOADGEN_CPU[@]}" "$LOADGEN" run $run --broker "$broker" \
+        --addr "$BROKER_ADDR" --pid "$BROKER_PID" --proto "$proto" "${QUICK[@]}" "${extra[@]}" \
+        --results "$OUT/results.csv" --latency-dir "$OUT"; then
+        failures+=("$scenario on $broker: the load generator failed (see above)")
+      fi
+    done
     if [ -n "$watcher" ]; then
       kill "$watcher" 2>/dev/null || true
       wait "$watcher" 2>/dev/null || true

@@ -10,6 +10,12 @@ pub struct Stats {
     pub puback_ms: Histogram<12>,
     /// Messages per history commit.
     pub batch_size: Histogram<10>,
+    /// One history commit's parts, milliseconds: how long its oldest message waited in the
+    /// writer's queue, the statements before COMMIT, and the COMMIT itself (the durable write:
+    /// WAL append and fsync in SQLite, the WAL flush in PostgreSQL).
+    pub commit_wait_ms: Histogram<16>,
+    pub commit_sql_ms: Histogram<16>,
+    pub commit_sync_ms: Histogram<16>,
     pub media_bytes_uploaded: AtomicU64,
     pub clients_connected: AtomicU64,
     pub messages_received: AtomicU64,
@@ -81,6 +87,16 @@ impl Default for Histogram<12> {
 impl Default for Histogram<10> {
     fn default() -> Self {
         Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+    }
+}
+
+/// Milliseconds, fine below one: a commit's parts are fractions of a millisecond.
+impl Default for Histogram<16> {
+    fn default() -> Self {
+        Histogram::new([
+            0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0,
+            1000.0,
+        ])
     }
 }
 

@@ -58,6 +58,7 @@ fn commit(store: &dyn Store, batch: Vec<NewMessage>) -> Vec<Appended> {
     let mut log = store.log(Synchronous::Normal).expect("open the log");
     log.commit(&batch.iter().collect::<Vec<_>>())
         .expect("commit")
+        .results
         .into_iter()
         .map(|r| r.expect("appended"))
         .collect()

@@ -94,6 +94,7 @@ impl Connection {
         self.inflight.push(Pending::Persist(Box::new(Persist {
             new: Some(new),
             reply: None,
+            answer: None,
             topic: message.topic,
             qos,
             pkid,

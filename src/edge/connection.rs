@@ -140,10 +140,17 @@ impl Connection {
             if let Some(close) = self.catch_up().await {
                 return close;
             }
-            // Time spent on the server's own work (a commit waiting for an unreachable
-            // database) is not the client's silence: its packets wait unread meanwhile.
+            // Time spent on the server's own work (the writer's queue full) is not the
+            // client's silence: its packets wait unread meanwhile.
             last_read += working.elapsed();
-            let deadline = self.keepalive.map(|k| last_read + k);
+            // At most a Receive Maximum of messages wait for the store (3.1.1 clients have no
+            // such limit of their own): past it, reading pauses until the writer answers.
+            let room = self.inflight.len() < usize::from(self.shared.limits.receive_maximum);
+            if !room {
+                // Nor is the time reading pauses.
+                last_read = Instant::now();
+            }
+            let deadline = self.keepalive.filter(|_| room).map(|k| last_read + k);
             tokio::select! {
                 _ = shutdown.cancelled() => return Close::Server(DisconnectReasonCode::ServerShuttingDown),
                 _ = mailbox.ready() => {
@@ -160,7 +167,10 @@ impl Connection {
                     // The bucket has a token again: the waiting PUBLISH goes next.
                     self.throttled = None;
                 }
-                read = self.io.read(&mut self.rbuf), if self.throttled.is_none() => match read {
+                _ = self.inflight.answered(), if self.inflight.awaiting() => {
+                    // Settled (routed and acknowledged) by the next catch-up.
+                }
+                read = self.io.read(&mut self.rbuf), if self.throttled.is_none() && room => match read {
                     Ok(0) | Err(_) => return Close::Lost,
                     Ok(n) => {
                         last_read = Instant::now();
@@ -227,6 +237,9 @@ impl Connection {
     /// Says goodbye: DISCONNECT to a 5.0 client we close, `Closed` to the router, and a last
     /// bounded write.
     async fn finish(&mut self, close: Close) {
+        // What the client sent before it left is stored and routed first (and acknowledged,
+        // if the socket still takes it); the writer answers within its retry bound.
+        Box::pin(self.settle_all()).await;
         let (publish_will, expiry) = match &close {
             Close::Client { will, expiry } => (*will, *expiry),
             Close::Lost | Close::Server(_) => (true, None),

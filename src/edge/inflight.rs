@@ -34,6 +34,8 @@ pub(super) struct Persist {
     /// Taken when handed to the writer.
     pub(super) new: Option<NewMessage>,
     pub(super) reply: Option<oneshot::Receiver<Result<Appended, AppendError>>>,
+    /// The writer's answer, once it came.
+    pub(super) answer: Option<Result<Appended, AppendError>>,
     pub(super) topic: Bytes,
     pub(super) qos: QoS,
     pub(super) pkid: u16,
@@ -65,11 +67,46 @@ impl Inflight {
         self.pending.push_back(p);
     }
 
-    /// Takes the oldest queued entry.
-    pub(super) fn pop(&mut self) -> Option<Pending> {
+    /// How many inbound PUBLISHes wait (for the store, or for their turn to be acknowledged).
+    pub(super) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes the oldest queued entry if it can be settled now: an acknowledgement, or a message
+    /// the writer has answered for (its answer in `answer`). Messages settle in arrival order.
+    pub(super) fn pop_answered(&mut self) -> Option<Pending> {
+        if let Some(Pending::Persist(p)) = self.pending.front_mut() {
+            if p.answer.is_none() {
+                let rx = p.reply.as_mut()?;
+                p.answer = Some(match rx.try_recv() {
+                    Ok(answer) => answer,
+                    Err(oneshot::error::TryRecvError::Empty) => return None,
+                    Err(oneshot::error::TryRecvError::Closed) => Err(AppendError::Stopped),
+                });
+                p.reply = None;
+            }
+        }
         let p = self.pending.pop_front()?;
         self.pending_qos1 -= usize::from(p.is_qos1());
         Some(p)
+    }
+
+    /// Whether the oldest queued message waits for the writer's answer.
+    pub(super) fn awaiting(&self) -> bool {
+        matches!(self.pending.front(), Some(Pending::Persist(p)) if p.reply.is_some())
+    }
+
+    /// Resolves once the writer answered for the oldest queued message (see [`Self::awaiting`]).
+    /// Cancel safe: the answer is kept in the entry.
+    pub(super) async fn answered(&mut self) {
+        let Some(Pending::Persist(p)) = self.pending.front_mut() else {
+            return;
+        };
+        let Some(rx) = p.reply.as_mut() else {
+            return;
+        };
+        p.answer = Some(rx.await.unwrap_or(Err(AppendError::Stopped)));
+        p.reply = None;
     }
 
     /// The queued messages, to hand them to the writer.

@@ -24,9 +24,12 @@ impl Connection {
         }
     }
 
-    /// Hands pending chat messages to the history writer, then, in arrival order, routes each
-    /// committed one and acknowledges it. Nothing is acknowledged before its commit. A 3.1.1
-    /// client whose message could not be stored is then disconnected (see `settle_one`).
+    /// Hands new chat messages to the history writer, then, in arrival order, routes and
+    /// acknowledges each one committed so far, stopping at the first still waiting: the
+    /// connection goes on reading meanwhile (the next messages join the writer's next batch)
+    /// and settles the rest when the writer answers (`Inflight::answered`). Nothing is
+    /// acknowledged before its commit. A 3.1.1 client whose message could not be stored is
+    /// then disconnected (see `settle_one`).
     pub(super) async fn settle(&mut self) -> Option<Close> {
         for p in self.inflight.persisting() {
             if let Some(new) = p.new.take() {
@@ -34,7 +37,7 @@ impl Connection {
             }
         }
         let mut close = None;
-        while let Some(p) = self.inflight.pop() {
+        while let Some(p) = self.inflight.pop_answered() {
             let mut p = match p {
                 Pending::Ready(ack) => {
                     self.queue(&ack);
@@ -42,15 +45,27 @@ impl Connection {
                 }
                 Pending::Persist(p) => p,
             };
-            let result = match p.reply.take() {
-                Some(rx) => rx.await.unwrap_or(Err(AppendError::Stopped)),
-                None => Err(AppendError::Stopped),
-            };
+            let result = p.answer.take().unwrap_or(Err(AppendError::Stopped));
             if let Some(c) = self.settle_one(p, result) {
                 close = Some(c);
             }
         }
         close
+    }
+
+    /// Settles every queued message, waiting for the writer: the connection is closing, and
+    /// what it sent is routed (and acknowledged, if the socket still takes it) first.
+    pub(super) async fn settle_all(&mut self) -> Option<Close> {
+        let mut close = None;
+        loop {
+            if let Some(c) = self.settle().await {
+                close = Some(c);
+            }
+            if self.inflight.is_empty() {
+                return close;
+            }
+            self.inflight.answered().await;
+        }
     }
 
     /// Routes and acknowledges one message the writer answered for, or refuses it.

@@ -48,6 +48,26 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "Messages per history commit.",
         &mut out,
     );
+    let parts = [
+        (
+            &state.stats.commit_wait_ms,
+            "history_commit_wait_milliseconds",
+            "How long the oldest message of a history commit waited in the writer's queue.",
+        ),
+        (
+            &state.stats.commit_sql_ms,
+            "history_commit_sql_milliseconds",
+            "A history commit's statements before COMMIT.",
+        ),
+        (
+            &state.stats.commit_sync_ms,
+            "history_commit_sync_milliseconds",
+            "A history commit's COMMIT: the durable write (WAL append and fsync).",
+        ),
+    ];
+    for (histogram, name, help) in parts {
+        histogram.render(name, help, &mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -89,8 +89,27 @@ async fn post(
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    exchange(stream, buf, "POST", path, body).await
+}
+
+/// GET `path` from natter's HTTP API on a connection of its own: (status, body).
+pub async fn get(http: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(http)
+        .await
+        .with_context(|| format!("cannot connect to natter's HTTP API at {http}"))?;
+    exchange(&mut stream, &mut Vec::new(), "GET", path, "").await
+}
+
+/// One HTTP/1.1 request and its response, which must carry a content-length.
+async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let request = format!(
-        "POST {path} HTTP/1.1\r\nhost: natter\r\ncontent-type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nhost: natter\r\ncontent-type: application/json\r\n\
          content-length: {}\r\n\r\n{body}",
         body.len()
     );

@@ -10,6 +10,7 @@
 //! - `loadgen free-port`, `loadgen wait-port ADDR`: helpers for the script.
 
 mod chat;
+mod commits;
 mod forward;
 mod procstat;
 mod report;
@@ -149,6 +150,10 @@ struct RunArgs {
     /// natter's HTTP API (the chat scheme registers its accounts there).
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Flows: report the history commits of the single natter node whose HTTP API this is
+    /// (commits per second, messages per commit, each part's p50/p99, from its `/metrics`).
+    #[arg(long)]
+    commit_metrics: Option<SocketAddr>,
     /// Publisher/subscriber pairs (p2p-*).
     #[arg(long)]
     pairs: Option<usize>,
@@ -161,6 +166,10 @@ struct RunArgs {
     /// Total publish rate for p2p-rate, msg/s.
     #[arg(long)]
     rate: Option<f64>,
+    /// The scenario's name in the results (default: the scenario's own), e.g. `p2p-rate-5k`
+    /// for one point of a sweep of rates.
+    #[arg(long)]
+    label: Option<String>,
     /// Measured seconds (after the warm-up).
     #[arg(long)]
     duration: Option<f64>,
@@ -323,9 +332,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     // A short tag keeps client ids and topics of separate runs apart.
     let run_id = format!("{:x}", std::process::id());
     let names = Names::new(a.topic_scheme, &run_id, scenario);
-    let mut results = Results::new(scenario, &a.broker, a.latency_dir.clone());
+    let label = a.label.as_deref().unwrap_or(scenario);
+    let mut results = Results::new(label, &a.broker, a.latency_dir.clone());
     let rt = tokio::runtime::Runtime::new()?;
-    eprintln!("== {scenario} on {} ({})", a.broker, a.addr);
+    eprintln!("== {label} on {} ({})", a.broker, a.addr);
     rt.block_on(async {
         match a.scenario {
             Scenario::P2pMax | Scenario::P2pRate | Scenario::Fanout => {
@@ -343,6 +353,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     drain: Duration::from_secs(if q { 2 } else { 5 }),
                     payload: a.payload,
                 };
+                let before = match a.commit_metrics {
+                    Some(http) => Some(commits::read(http).await?),
+                    None => None,
+                };
                 let outcome = match a.client {
                     ClientKind::Lean => scenarios::run_flow(&target, spec, names).await?,
                     ClientKind::Rumqttc => {
@@ -354,6 +368,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     }
                 };
                 scenarios::flow_figures(&mut results, &outcome, target.broker, fixed)?;
+                if let (Some(http), Some(before)) = (a.commit_metrics, before) {
+                    commits::read(http).await?.figures(&before, &mut results);
+                }
             }
             Scenario::Idle => {
                 let spec = IdleSpec {
@@ -376,7 +393,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     })
-    .with_context(|| format!("{scenario} on {}", a.broker))?;
+    .with_context(|| format!("{label} on {}", a.broker))?;
     results.print();
     if let Some(dir) = a.results.parent() {
         std::fs::create_dir_all(dir).ok();

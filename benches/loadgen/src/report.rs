@@ -50,6 +50,11 @@ fn describe(scenario: &str) -> (&'static str, &'static str) {
             "1:1, fixed rate (latency)",
             "The same pairs at a fixed total publish rate; latency is what matters here.",
         ),
+        s if s.starts_with("p2p-rate-") => (
+            "1:1 at another fixed rate (the latency curve)",
+            "`p2p-rate` at the total rate the name says (`compare.sh`'s sweep): how latency \
+             grows with the load.",
+        ),
         "fanout" => (
             "Fan-out",
             "One publisher, many subscribers of one topic, QoS 1, closed loop on the slowest \

@@ -268,6 +268,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX cluster_devices_by_user ON cluster_devices(user);
 ",
+    // The full-text indexes follow the history instead of being written in each batch's
+    // commit (`messages::index`): `search_cursor` holds the last entry id indexed, everything
+    // before it having been indexed by the writer until now.
+    "
+    CREATE TABLE search_cursor (id INTEGER NOT NULL);
+    INSERT INTO search_cursor (id) SELECT COALESCE(MAX(id), 0) FROM messages;
+",
 ];
 
 impl Sqlite {

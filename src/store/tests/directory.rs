@@ -40,7 +40,7 @@ fn append(
             media: media.iter().map(|m| m.to_string()).collect(),
         },
     };
-    let mut results = log.commit(&[&m]).expect("commit");
+    let mut results = log.commit(&[&m]).expect("commit").results;
     let appended = results.remove(0).expect("appended");
     (appended.envelope, appended.duplicate)
 }

@@ -50,6 +50,7 @@ fn commit(store: &dyn Store, batch: &[NewMessage]) -> Vec<Result<Appended, Appen
     let mut log = store.log(Synchronous::Normal).expect("open the log");
     log.commit(&batch.iter().collect::<Vec<_>>())
         .expect("commit")
+        .results
 }
 
 fn seqs(b: &Backend, results: &[Result<Appended, AppendError>]) -> Vec<u64> {
@@ -521,7 +522,10 @@ fn writers_of_several_processes_share_a_conversation_without_gaps() {
                                 with_cid(text("alice", "g.team", &cid), &cid)
                             })
                             .collect();
-                        let results = log.commit(&messages.iter().collect::<Vec<_>>()).unwrap();
+                        let results = log
+                            .commit(&messages.iter().collect::<Vec<_>>())
+                            .unwrap()
+                            .results;
                         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
                     }
                 });

@@ -29,7 +29,7 @@ use postgres::{Client, NoTls, Statement};
 
 use super::{Db, CONNECT_TIMEOUT};
 use crate::store::messages::{AppendError, Appended, NewMessage};
-use crate::store::writer::{Log, WAIT_MAX};
+use crate::store::writer::{Committed, Log, WAIT_MAX};
 use crate::store::StoreError;
 
 /// The writer thread's connection (opened again when it broke) and its statements.
@@ -83,10 +83,7 @@ impl PgLog {
 }
 
 impl Log for PgLog {
-    fn commit(
-        &mut self,
-        batch: &[&NewMessage],
-    ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+    fn commit(&mut self, batch: &[&NewMessage]) -> Result<Committed, StoreError> {
         let (client, cache) = self.connected()?;
         // The common batch, plain messages only, is one statement: no transaction around it,
         // a single round trip and its commit.
@@ -99,13 +96,19 @@ impl Log for PgLog {
         // rare: the batch goes without them first, and only if a statement fails for a reason
         // that will not pass is it done again with one per message, so that the failure stays
         // that message's.
-        match first {
+        let results = match first {
             Err(e) if !is_transient(&e) => {
                 tracing::warn!(error = %e, "a message of the batch failed; isolating each");
                 commit_batch(client, cache, batch, true)
             }
             result => result,
-        }
+        }?;
+        // The common batch commits inside its one statement: the commit's own time is not
+        // told apart.
+        Ok(Committed {
+            results,
+            sync: None,
+        })
     }
 
     fn set_wait(&mut self, wait: Duration) {

@@ -1,38 +1,66 @@
-//! One batch's transaction: every message appended in order, the new entries indexed, and
-//! each conversation's last sequence number (and a direct conversation's row) recorded.
+//! One batch's transaction: every message appended in order, and each conversation's last
+//! sequence number (and a direct conversation's row) recorded. The full-text index follows
+//! later (`index.rs`).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 
 use super::append::append;
-use super::index::index_new;
+use super::index::catch_up;
 use super::is_transient;
 use crate::store::clock::now_ms;
 use crate::store::messages::{AppendError, Appended, NewMessage};
+use crate::store::writer::Committed;
 use crate::store::StoreError;
 
 /// Appends a batch in one transaction; a refused message does not fail the others, nor does
-/// one the database refuses (see [`append_isolated`]).
+/// one the database refuses. A savepoint per message costs two statements and a copy of each
+/// page it touches, and a message the database refuses is rare: the batch goes without them
+/// first, and only if a statement fails for a reason that will not pass is it done again with
+/// one per message (see [`append_isolated`]), so that the failure stays that message's.
 pub(super) fn commit(
     conn: &mut Connection,
     batch: &[&NewMessage],
     last_seq: &mut HashMap<String, u64>,
-) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+) -> Result<Committed, StoreError> {
+    match attempt(conn, batch, last_seq, false) {
+        Err(e) if !is_transient(&e) => {
+            // Sequence numbers handed out in the rolled-back transaction were not stored.
+            last_seq.clear();
+            tracing::warn!(error = %e, "a message of the batch failed; isolating each");
+            attempt(conn, batch, last_seq, true)
+        }
+        result => result,
+    }
+}
+
+/// One attempt at the batch's transaction, each message in a savepoint of its own if
+/// `isolated`, else a failure fails the batch.
+fn attempt(
+    conn: &mut Connection,
+    batch: &[&NewMessage],
+    last_seq: &mut HashMap<String, u64>,
+    isolated: bool,
+) -> Result<Committed, StoreError> {
     // IMMEDIATE: the write lock is taken (waiting out the busy timeout) before anything is
     // read, so a commit by another connection in between cannot void this one's snapshot.
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
     // Per conversation with new entries: the last seq, and who wrote the first.
     let mut top: HashMap<&str, (u64, &str)> = HashMap::new();
-    let mut unindexed = None;
     for m in batch {
         if m.content.target.is_some() {
             // An edit or delete updates its target through the index triggers, which must
             // find the target indexed.
-            index_new(&tx, &mut unindexed)?;
+            catch_up(&tx)?;
         }
-        let result = append_isolated(&mut tx, m, last_seq)?;
+        let result = if isolated {
+            append_isolated(&mut tx, m, last_seq)?
+        } else {
+            append(&tx, m, last_seq)?
+        };
         if let Ok(Appended {
             envelope,
             duplicate: false,
@@ -41,14 +69,16 @@ pub(super) fn commit(
             top.entry(&m.conv)
                 .and_modify(|(seq, _)| *seq = envelope.seq)
                 .or_insert((envelope.seq, &m.sender));
-            unindexed.get_or_insert(envelope.id);
         }
         results.push(result);
     }
-    index_new(&tx, &mut unindexed)?;
     record_conversations(&tx, top)?;
+    let started = Instant::now();
     tx.commit()?;
-    Ok(results)
+    Ok(Committed {
+        results,
+        sync: Some(started.elapsed()),
+    })
 }
 
 /// Appends one message in its own savepoint. An error that concerns this message alone (a

@@ -8,7 +8,8 @@
 //! keeps each conversation's last sequence number in memory between batches.
 //!
 //! The files: `batch.rs` (one batch's transaction), `append.rs` (one message inside it; who may
-//! edit, delete or react is [`crate::chat::edits`]), `index.rs` (the full-text indexes), and the
+//! edit, delete or react is [`crate::chat::edits`]), `index.rs` (the full-text indexes, which
+//! follow the history off the commit path), and the
 //! readers `history.rs`, `search.rs`, `receipts.rs`, `retention.rs`.
 
 mod append;
@@ -21,6 +22,8 @@ mod search;
 #[cfg(test)]
 mod tests;
 
+pub(super) use index::catch_up as catch_up_index;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -29,11 +32,13 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::config::Synchronous;
 use crate::store::messages::{AppendError, Appended, NewMessage};
-use crate::store::writer::{Log, WAIT_MAX};
+use crate::store::writer::{Committed, Log, WAIT_MAX};
 use crate::store::StoreError;
 
 /// Prepared statements the writer keeps (it uses about a dozen).
 const STATEMENT_CACHE: usize = 32;
+/// How long an index step waits for the write lock before it gives up until the next one.
+const INDEX_WAIT: Duration = Duration::from_millis(10);
 
 /// The writer thread's connection and what it remembers between batches.
 pub(in crate::store) struct SqliteLog {
@@ -72,16 +77,20 @@ impl SqliteLog {
 }
 
 impl Log for SqliteLog {
-    fn commit(
-        &mut self,
-        batch: &[&NewMessage],
-    ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+    fn commit(&mut self, batch: &[&NewMessage]) -> Result<Committed, StoreError> {
         let results = batch::commit(&mut self.conn, batch, &mut self.last_seq);
         if results.is_err() {
             // Sequence numbers handed out in the rolled-back transaction were not stored.
             self.last_seq.clear();
         }
         results
+    }
+
+    fn index(&mut self) -> Result<(), StoreError> {
+        // Never long behind a lock someone else holds: the next commit must not wait for a
+        // step that can come later (the next commit sets its own wait).
+        self.conn.busy_timeout(INDEX_WAIT)?;
+        index::step(&mut self.conn)
     }
 
     fn set_wait(&mut self, wait: Duration) {

@@ -11,6 +11,9 @@ impl Search for Sqlite {
         if convs.is_empty() {
             return Ok(Vec::new());
         }
+        // The index follows the history: what it has not reached yet is indexed now, so a
+        // search finds every stored message.
+        self.index_all()?;
         let list = convs.iter().map(|_| "?").collect::<Vec<_>>().join(",");
         let (from, matcher, pattern) = matcher(query);
         let sql = format!(

@@ -94,7 +94,7 @@ async fn age_retention_removes_only_old_entries_and_seq_never_goes_back() {
     assert_eq!(text(&writer, "g.other", "x").await, 1);
 }
 
-/// Entries are indexed once per batch; an edit or delete in the same batch as its target
+/// Entries are indexed after their commit; an edit or delete in the same batch as its target
 /// must still find it indexed, and the trigram index holds only CJK text.
 #[tokio::test]
 async fn batched_indexing_keeps_both_indexes_consistent() {
@@ -147,6 +147,64 @@ async fn batched_indexing_keeps_both_indexes_consistent() {
             )
             .unwrap();
     }
+}
+
+/// The index follows the history off the commit path: without any search, the writer indexes
+/// what it committed within its interval once it falls idle (bounded here by one second); a
+/// search before that indexes what is missing itself; and retention (whose triggers take
+/// entries out of the index) first indexes what it would remove.
+#[tokio::test]
+async fn the_index_follows_the_history_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Sqlite::open(dir.path()).unwrap();
+    let writer = start(&store);
+    let cursor = |store: &Sqlite| count(store, "SELECT id FROM search_cursor");
+    text(&writer, "d.alice.bob", "first words").await;
+    let last = count(&store, "SELECT MAX(id) FROM messages");
+    let committed = std::time::Instant::now();
+    while cursor(&store) < last {
+        assert!(
+            committed.elapsed() < Duration::from_secs(1),
+            "not indexed within a second of its commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A search right after a commit finds it, indexed or not.
+    text(&writer, "d.alice.bob", "second words").await;
+    let found = store.search(&["d.alice.bob".into()], "second", 10).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        cursor(&store),
+        count(&store, "SELECT MAX(id) FROM messages")
+    );
+    // Retention removes entries the writer has not indexed yet (the cursor set back as if it
+    // had not): the index stays consistent.
+    text(&writer, "d.alice.bob", "third words").await;
+    store
+        .lock()
+        .execute_batch(
+            "UPDATE search_cursor SET id = 0;
+             INSERT INTO messages_fts (messages_fts) VALUES ('delete-all');",
+        )
+        .unwrap();
+    let later = now_ms() + 2 * 86_400_000;
+    assert_eq!(
+        store
+            .retain_at(later, Some(Duration::from_secs(86_400)), 0)
+            .unwrap(),
+        3
+    );
+    store
+        .lock()
+        .execute(
+            "INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')",
+            [],
+        )
+        .unwrap();
+    assert!(store
+        .search(&["d.alice.bob".into()], "words", 10)
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -255,7 +313,10 @@ fn a_failing_insert_fails_only_its_own_message_in_a_batch() {
             ..from_alice("g.team", content(Kind::Msg, Some("two"), None, &[]))
         },
     ];
-    let results = log.commit(&batch.iter().collect::<Vec<_>>()).unwrap();
+    let results = log
+        .commit(&batch.iter().collect::<Vec<_>>())
+        .unwrap()
+        .results;
     assert!(
         matches!(results[1], Err(AppendError::Store(_))),
         "{:?}",
