@@ -10,14 +10,7 @@
 //! full, an I/O error) is retried with backoff while the senders wait, each at most until its
 //! deadline (`storage.commit_retry_secs` after it was submitted); only then is it reported as
 //! failed.
-//!
-//! Full-text indexing is kept off the commit path: the same thread brings the search index up
-//! to date in a transaction of its own at most every [`INDEX_EVERY`] while messages flow, and
-//! once the queue falls idle (woken by a ticker), so a commit never waits for it and the index
-//! grows in large segments instead of one per batch. A search indexes what is still missing
-//! before it reads (see the backend's `search`), so it never misses a stored message.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,8 +32,6 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 /// sender waits.
 const WAIT_MIN: Duration = Duration::from_millis(100);
 pub(super) const WAIT_MAX: Duration = Duration::from_secs(5);
-/// How often the search index catches up with the history while messages are committed.
-const INDEX_EVERY: Duration = Duration::from_millis(100);
 
 /// A committed batch: each message's result, and how long the COMMIT itself took (the durable
 /// write), for the commit histograms, where the backend can tell it apart.
@@ -58,29 +49,14 @@ pub trait Log: Send {
     /// refuses, an edit it may not make) fails that message alone and the rest commit. The
     /// outer error fails the whole batch; nothing of it is stored.
     fn commit(&mut self, batch: &[&NewMessage]) -> Result<Committed, StoreError>;
-    /// Brings the full-text index up to date with what was committed, in a transaction of
-    /// its own. A backend that indexes inside the commit has nothing to do.
-    fn index(&mut self) -> Result<(), StoreError> {
-        Ok(())
-    }
     /// Bounds how long the next attempt waits for a lock or for the database.
     fn set_wait(&mut self, wait: Duration);
     /// Whether a commit that failed with `e` may succeed if tried again.
     fn is_transient(&self, e: &StoreError) -> bool;
 }
 
-/// What the writer thread is asked to do.
-// Nearly every job is an `Append`: boxing it would cost an allocation per message for
-// nothing.
-#[allow(clippy::large_enum_variant)]
-enum Job {
-    Append(Append),
-    /// The ticker: messages were committed and the index has not caught up yet.
-    Index,
-}
-
 /// One queued message and where its result goes.
-struct Append {
+struct Job {
     message: NewMessage,
     reply: oneshot::Sender<Result<Appended, AppendError>>,
     submitted: Instant,
@@ -106,22 +82,9 @@ impl Writer {
         stats: Arc<Stats>,
     ) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let unindexed = Arc::new(AtomicBool::new(false));
-        let thread = Thread {
-            log,
-            max_batch: if group_commit { MAX_BATCH } else { 1 },
-            stats,
-            unindexed: unindexed.clone(),
-            indexed_at: Instant::now(),
-        };
         std::thread::Builder::new()
             .name("natter-writer".into())
-            .spawn(move || thread.run(rx))
-            .map_err(StoreError::Thread)?;
-        let ticker = tx.downgrade();
-        std::thread::Builder::new()
-            .name("natter-indexer".into())
-            .spawn(move || tick(&ticker, &unindexed))
+            .spawn(move || run(log, rx, if group_commit { MAX_BATCH } else { 1 }, &stats))
             .map_err(StoreError::Thread)?;
         Ok(Writer { tx, commit_retry })
     }
@@ -133,87 +96,33 @@ impl Writer {
     ) -> oneshot::Receiver<Result<Appended, AppendError>> {
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
-        let job = Job::Append(Append {
+        let job = Job {
             message,
             reply,
             submitted: now,
             deadline: now + self.commit_retry,
-        });
-        if let Err(mpsc::error::SendError(Job::Append(job))) = self.tx.send(job).await {
+        };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
             let _ = job.reply.send(Err(AppendError::Stopped));
         }
         rx
     }
 }
 
-/// The ticker's loop: wakes the writer when committed messages wait for the index and the
-/// writer may have fallen idle. It ends with the writer.
-fn tick(writer: &mpsc::WeakSender<Job>, unindexed: &AtomicBool) {
-    loop {
-        std::thread::sleep(INDEX_EVERY);
-        let Some(tx) = writer.upgrade() else {
-            return;
-        };
-        if unindexed.swap(false, Ordering::Relaxed) {
-            // A full queue means the writer is busy, and it indexes between batches anyway.
-            let _ = tx.try_send(Job::Index);
-        }
-    }
-}
-
-/// The writer thread's state.
-struct Thread {
-    log: Box<dyn Log>,
-    max_batch: usize,
-    stats: Arc<Stats>,
-    /// Set after a commit with new entries; the ticker takes it.
-    unindexed: Arc<AtomicBool>,
-    indexed_at: Instant,
-}
-
-impl Thread {
-    /// The thread's loop: waits for a message, takes what else is queued up to `max_batch`,
-    /// commits them together, and keeps the index close behind.
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        while let Some(job) = rx.blocking_recv() {
-            let mut index = false;
-            match job {
-                Job::Append(a) => batch.push(a),
-                Job::Index => index = true,
-            }
-            while !batch.is_empty() && batch.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(Job::Append(a)) => batch.push(a),
-                    Ok(Job::Index) => index = true,
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                self.stats.batch_size.observe(batch.len() as f64);
-                commit_with_retry(self.log.as_mut(), &mut batch, &self.stats);
-                self.unindexed.store(true, Ordering::Relaxed);
-            }
-            if index || self.indexed_at.elapsed() >= INDEX_EVERY {
-                self.index();
+/// The thread's loop: waits for a message, takes what else is queued up to `max_batch`, and
+/// commits them together.
+fn run(mut log: Box<dyn Log>, mut rx: mpsc::Receiver<Job>, max_batch: usize, stats: &Stats) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
         }
-        self.index();
-    }
-
-    /// Brings the search index up to date; a failure is retried at the next occasion (a
-    /// search indexes what it needs itself).
-    fn index(&mut self) {
-        self.indexed_at = Instant::now();
-        self.unindexed.store(false, Ordering::Relaxed);
-        if let Err(e) = self.log.index() {
-            if self.log.is_transient(&e) {
-                tracing::debug!(error = %e, "search index not updated; trying again later");
-            } else {
-                tracing::warn!(error = %e, "cannot update the search index; trying again later");
-            }
-            self.unindexed.store(true, Ordering::Relaxed);
-        }
+        stats.batch_size.observe(batch.len() as f64);
+        commit_with_retry(log.as_mut(), &mut batch, stats);
     }
 }
 
@@ -221,7 +130,7 @@ impl Thread {
 /// backoff (new messages queue up meanwhile, and publishers wait once the queue is full); a
 /// job whose deadline has passed, or any job after a failure that will not pass, is answered
 /// with the error: its sender was never told the message is stored, and sends it again.
-fn commit_with_retry(log: &mut dyn Log, batch: &mut Vec<Append>, stats: &Stats) {
+fn commit_with_retry(log: &mut dyn Log, batch: &mut Vec<Job>, stats: &Stats) {
     let mut backoff = RETRY_FIRST;
     let mut attempts = 0u32;
     loop {
@@ -273,7 +182,7 @@ fn commit_with_retry(log: &mut dyn Log, batch: &mut Vec<Append>, stats: &Stats) 
 /// After a failed commit: answers with the error every job that is not to be retried (the
 /// failure will not pass, or its deadline is over) and keeps the others in `batch`.
 fn answer_failed(
-    batch: &mut Vec<Append>,
+    batch: &mut Vec<Job>,
     e: &StoreError,
     transient: bool,
     now: Instant,

@@ -25,8 +25,6 @@ impl Accounts for Sqlite {
     fn remove_user(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        // The index triggers take removed entries out of the index, which must hold them.
-        super::messages::catch_up_index(&tx)?;
         for conv in direct_conversations_of(&tx, id)? {
             // media_refs go with their messages (ON DELETE CASCADE).
             tx.execute("DELETE FROM messages WHERE conv = ?1", params![conv])?;

@@ -14,7 +14,7 @@
 //! history, its search, receipts and retention.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -39,6 +39,8 @@ mod schema;
 pub struct Sqlite {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The full-text indexes, in a file of their own (`messages/index.rs`).
+    index: Arc<messages::Index>,
 }
 
 impl Sqlite {
@@ -56,6 +58,7 @@ impl Sqlite {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let store = Sqlite {
             conn: Mutex::new(conn),
+            index: Arc::new(messages::Index::open(&path)?),
             path,
         };
         store.migrate()?;
@@ -69,7 +72,10 @@ impl Sqlite {
 }
 
 impl Store for Sqlite {
+    /// The history writer's log; the search index follows it from now on.
     fn log(&self, sync: Synchronous) -> Result<Box<dyn Log>, StoreError> {
-        Ok(Box::new(messages::SqliteLog::open(&self.path, sync)?))
+        let log = messages::SqliteLog::open(&self.path, sync)?;
+        messages::Index::follow(&self.index)?;
+        Ok(Box::new(log))
     }
 }

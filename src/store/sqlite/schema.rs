@@ -268,12 +268,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX cluster_devices_by_user ON cluster_devices(user);
 ",
-    // The full-text indexes follow the history instead of being written in each batch's
-    // commit (`messages::index`): `search_cursor` holds the last entry id indexed, everything
-    // before it having been indexed by the writer until now.
+    // The full-text indexes moved to a file of their own, which an indexer follows off the
+    // commit path (`messages::index`); it builds them again from the history.
     "
-    CREATE TABLE search_cursor (id INTEGER NOT NULL);
-    INSERT INTO search_cursor (id) SELECT COALESCE(MAX(id), 0) FROM messages;
+    DROP TRIGGER messages_fts_delete;
+    DROP TRIGGER messages_fts_update;
+    DROP TRIGGER messages_tri_delete;
+    DROP TRIGGER messages_tri_update;
+    DROP TABLE messages_fts;
+    DROP TABLE messages_tri;
 ",
 ];
 

@@ -1,6 +1,6 @@
 //! One batch's transaction: every message appended in order, and each conversation's last
-//! sequence number (and a direct conversation's row) recorded. The full-text index follows
-//! later (`index.rs`).
+//! sequence number (and a direct conversation's row) recorded. The full-text indexes follow
+//! on their own (`index.rs`).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -8,7 +8,6 @@ use std::time::Instant;
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 
 use super::append::append;
-use super::index::catch_up;
 use super::is_transient;
 use crate::store::clock::now_ms;
 use crate::store::messages::{AppendError, Appended, NewMessage};
@@ -51,11 +50,6 @@ fn attempt(
     // Per conversation with new entries: the last seq, and who wrote the first.
     let mut top: HashMap<&str, (u64, &str)> = HashMap::new();
     for m in batch {
-        if m.content.target.is_some() {
-            // An edit or delete updates its target through the index triggers, which must
-            // find the target indexed.
-            catch_up(&tx)?;
-        }
         let result = if isolated {
             append_isolated(&mut tx, m, last_seq)?
         } else {

@@ -22,7 +22,7 @@ mod search;
 #[cfg(test)]
 mod tests;
 
-pub(super) use index::catch_up as catch_up_index;
+pub(super) use index::Index;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -37,8 +37,6 @@ use crate::store::StoreError;
 
 /// Prepared statements the writer keeps (it uses about a dozen).
 const STATEMENT_CACHE: usize = 32;
-/// How long an index step waits for the write lock before it gives up until the next one.
-const INDEX_WAIT: Duration = Duration::from_millis(10);
 
 /// The writer thread's connection and what it remembers between batches.
 pub(in crate::store) struct SqliteLog {
@@ -84,13 +82,6 @@ impl Log for SqliteLog {
             self.last_seq.clear();
         }
         results
-    }
-
-    fn index(&mut self) -> Result<(), StoreError> {
-        // Never long behind a lock someone else holds: the next commit must not wait for a
-        // step that can come later (the next commit sets its own wait).
-        self.conn.busy_timeout(INDEX_WAIT)?;
-        index::step(&mut self.conn)
     }
 
     fn set_wait(&mut self, wait: Duration) {

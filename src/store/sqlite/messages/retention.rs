@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 
-use super::index::catch_up;
 use crate::store::clock::now_ms;
 use crate::store::sqlite::Sqlite;
 use crate::store::{Retention, StoreError};
@@ -27,17 +26,14 @@ impl Sqlite {
         max_age: Option<Duration>,
         max_per_conv: u64,
     ) -> Result<usize, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // The index triggers take removed entries out of the index, which must hold them.
-        catch_up(&tx)?;
+        let conn = self.lock();
         let mut removed = 0;
         if let Some(age) = max_age {
             let cutoff = now_ms - age.as_millis() as i64;
-            removed += tx.execute("DELETE FROM messages WHERE ts < ?1", params![cutoff])?;
+            removed += conn.execute("DELETE FROM messages WHERE ts < ?1", params![cutoff])?;
         }
         if max_per_conv > 0 {
-            removed += tx.execute(
+            removed += conn.execute(
                 "DELETE FROM messages WHERE id IN (
                    SELECT m.id FROM messages m
                    JOIN (SELECT conv, MAX(seq) AS top FROM messages GROUP BY conv) t
@@ -46,7 +42,6 @@ impl Sqlite {
                 params![max_per_conv as i64],
             )?;
         }
-        tx.commit()?;
         Ok(removed)
     }
 }

@@ -132,33 +132,39 @@ async fn batched_indexing_keeps_both_indexes_consistent() {
     assert!(found("delta").is_empty(), "deleted");
     assert_eq!(found("北京"), [7]);
     assert_eq!(found("epsilon"), [7]);
+    let index = store.index.lock();
     // Only the one stored text with CJK left is in the trigram index.
-    assert_eq!(
-        count(&store, "SELECT COUNT(*) FROM messages_tri_docsize"),
-        1
-    );
-    for index in ["messages_fts", "messages_tri"] {
-        store
-            .lock()
+    let tri: i64 = index
+        .query_row("SELECT COUNT(*) FROM search.tri_docsize", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tri, 1);
+    for table in ["words", "tri"] {
+        index
             .execute(
-                // Internal consistency only: both indexes hold a subset of the table.
-                &format!("INSERT INTO {index} ({index}) VALUES ('integrity-check')"),
+                &format!("INSERT INTO search.{table} ({table}) VALUES ('integrity-check')"),
                 [],
             )
             .unwrap();
     }
 }
 
-/// The index follows the history off the commit path: without any search, the writer indexes
-/// what it committed within its interval once it falls idle (bounded here by one second); a
-/// search before that indexes what is missing itself; and retention (whose triggers take
-/// entries out of the index) first indexes what it would remove.
+/// The index follows the history off the commit path: without any search, the indexer
+/// indexes what was committed within its interval (bounded here by one second); a search
+/// before that indexes what is missing itself; edits and deletes reach the index too; and a
+/// removed index file is built again.
 #[tokio::test]
 async fn the_index_follows_the_history_within_its_bound() {
     let dir = tempfile::tempdir().unwrap();
     let store = Sqlite::open(dir.path()).unwrap();
     let writer = start(&store);
-    let cursor = |store: &Sqlite| count(store, "SELECT id FROM search_cursor");
+    let cursor = |store: &Sqlite| -> i64 {
+        store
+            .index
+            .lock()
+            .query_row("SELECT id FROM search.cursor", [], |r| r.get(0))
+            .unwrap()
+    };
+    let conv = ["d.alice.bob".to_string()];
     text(&writer, "d.alice.bob", "first words").await;
     let last = count(&store, "SELECT MAX(id) FROM messages");
     let committed = std::time::Instant::now();
@@ -171,40 +177,32 @@ async fn the_index_follows_the_history_within_its_bound() {
     }
     // A search right after a commit finds it, indexed or not.
     text(&writer, "d.alice.bob", "second words").await;
-    let found = store.search(&["d.alice.bob".into()], "second", 10).unwrap();
-    assert_eq!(found.len(), 1);
+    assert_eq!(store.search(&conv, "second", 10).unwrap().len(), 1);
     assert_eq!(
         cursor(&store),
         count(&store, "SELECT MAX(id) FROM messages")
     );
-    // Retention removes entries the writer has not indexed yet (the cursor set back as if it
-    // had not): the index stays consistent.
-    text(&writer, "d.alice.bob", "third words").await;
-    store
-        .lock()
-        .execute_batch(
-            "UPDATE search_cursor SET id = 0;
-             INSERT INTO messages_fts (messages_fts) VALUES ('delete-all');",
-        )
-        .unwrap();
-    let later = now_ms() + 2 * 86_400_000;
-    assert_eq!(
-        store
-            .retain_at(later, Some(Duration::from_secs(86_400)), 0)
-            .unwrap(),
-        3
-    );
-    store
-        .lock()
-        .execute(
-            "INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')",
-            [],
-        )
-        .unwrap();
-    assert!(store
-        .search(&["d.alice.bob".into()], "words", 10)
+    // An edit of an entry indexed long before replaces its text in the index.
+    append(
+        &writer,
+        "d.alice.bob",
+        content(Kind::Edit, Some("third"), Some(1), &[]),
+    )
+    .await;
+    assert!(store.search(&conv, "first", 10).unwrap().is_empty());
+    assert_eq!(store.search(&conv, "third", 10).unwrap().len(), 1);
+    // The index is derived data: a store opened on a directory without it builds it again.
+    drop(writer);
+    drop(store);
+    std::fs::remove_file(dir.path().join("natter-search.db")).unwrap();
+    let store = Sqlite::open(dir.path()).unwrap();
+    let seqs: Vec<u64> = store
+        .search(&conv, "words", 10)
         .unwrap()
-        .is_empty());
+        .iter()
+        .map(|i| i.envelope.seq)
+        .collect();
+    assert_eq!(seqs, [2]);
 }
 
 #[tokio::test]
