@@ -56,13 +56,13 @@ impl Devices for Sqlite {
     }
 
     fn token_current(&self, user: &str, device: &str, gen: &str) -> Result<bool, StoreError> {
+        // Every CONNECT and HTTP request with a token asks: kept prepared.
         Ok(self
             .lock()
-            .query_row(
-                "SELECT revoked, gen FROM devices WHERE user = ?1 AND device = ?2",
-                params![user, device],
-                |r| Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?)),
-            )
+            .prepare_cached("SELECT revoked, gen FROM devices WHERE user = ?1 AND device = ?2")?
+            .query_row(params![user, device], |r| {
+                Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?))
+            })
             .optional()?
             .is_some_and(|(revoked, current)| !revoked && current == gen))
     }
