@@ -18,6 +18,7 @@ use crate::config::AuthConfig;
 use crate::limiter::LoginLimiter;
 use crate::password;
 use crate::store::Store;
+use crate::token_cache::TokenCache;
 use crate::tokens::{self, Signer};
 use crate::topics::{self, ChatTopic, ConvId, ConvKind, FilterScope};
 
@@ -117,6 +118,8 @@ pub struct Access {
     signer: Arc<Signer>,
     /// Failed password logins and the password checks in flight, shared with the HTTP API.
     limiter: Arc<LoginLimiter>,
+    /// Tokens the store confirmed a moment ago, shared with the HTTP API.
+    tokens: Arc<TokenCache>,
 }
 
 impl Access {
@@ -139,12 +142,18 @@ impl Access {
             directory,
             signer,
             limiter,
+            tokens: Arc::default(),
         })
     }
 
     /// The login limiter, for the HTTP API to share.
     pub fn limiter(&self) -> Arc<LoginLimiter> {
         self.limiter.clone()
+    }
+
+    /// The confirmed tokens, for the HTTP API to share.
+    pub fn tokens(&self) -> Arc<TokenCache> {
+        self.tokens.clone()
     }
 
     fn dir(&self) -> RwLockReadGuard<'_, Directory> {
@@ -234,14 +243,23 @@ impl Access {
         if !topics::valid_id(&claims.dev) {
             return Err(Refusal::BadCredentials);
         }
-        let store = self.store.clone();
-        let (sub, dev, gen) = (claims.sub.clone(), claims.dev.clone(), claims.gen);
-        let current = tokio::task::spawn_blocking(move || store.token_current(&sub, &dev, &gen))
-            .await
-            .map_err(|_| Refusal::Unavailable)?
-            .map_err(|_| Refusal::Unavailable)?;
-        if !current {
-            return Err(Refusal::BadCredentials);
+        let now = std::time::Instant::now();
+        // A user removed by another process leaves the directory at its next reload: only a
+        // known user's confirmation is taken from the cache.
+        let cached = self.dir().user_exists(user)
+            && self.tokens.is_current(user, &claims.dev, &claims.gen, now);
+        if !cached {
+            let store = self.store.clone();
+            let (sub, dev, gen) = (claims.sub.clone(), claims.dev.clone(), claims.gen.clone());
+            let current =
+                tokio::task::spawn_blocking(move || store.token_current(&sub, &dev, &gen))
+                    .await
+                    .map_err(|_| Refusal::Unavailable)?
+                    .map_err(|_| Refusal::Unavailable)?;
+            if !current {
+                return Err(Refusal::BadCredentials);
+            }
+            self.tokens.confirm(user, &claims.dev, &claims.gen, now);
         }
         self.remember(user, false);
         Ok(Authenticated {
@@ -456,6 +474,7 @@ mod tests {
             directory: Arc::new(RwLock::new(directory)),
             signer: Arc::new(Signer::new(b"test")),
             limiter: Arc::new(LoginLimiter::new(3, 1)),
+            tokens: Arc::default(),
         };
         (a, dir)
     }
@@ -645,6 +664,10 @@ mod tests {
         });
         assert_eq!(a.authenticate(Some(("carol", &token)), HOME).await, phone);
         a.store.revoke_device("carol", "phone").unwrap();
+        // Revoked by another process: the confirmation of a moment ago holds until its TTL
+        // (`token_cache`); revoked here, the HTTP API forgets the confirmations at once.
+        assert_eq!(a.authenticate(Some(("carol", &token)), HOME).await, phone);
+        a.tokens.forget_all();
         let dead = Err(Refusal::BadCredentials);
         assert_eq!(a.authenticate(Some(("carol", &token)), HOME).await, dead);
         a.store.upsert_device("carol", "phone").unwrap();
@@ -656,6 +679,7 @@ mod tests {
         let token = phone_token(&a);
         assert_eq!(a.authenticate(Some(("carol", &token)), HOME).await, phone);
         a.store.set_password("carol", "h2").unwrap();
+        a.tokens.forget_all();
         assert_eq!(a.authenticate(Some(("carol", &token)), HOME).await, dead);
     }
 

@@ -7,8 +7,9 @@
 //! - [`topics`]: the only code that parses or builds topic strings (see `topics.md`).
 //! - [`codec`]: rumqttc's `mqttbytes` for both versions behind one (5.0) packet type
 //!   ([`codec::convert`] turns 3.1.1 packets into 5.0 ones and back).
-//! - [`ids`], [`password`], [`tokens`], [`stats`]: random ids, password hashes, access tokens
-//!   (JWT HS256) and refresh tokens, counters.
+//! - [`ids`], [`password`], [`tokens`], [`token_cache`], [`stats`]: random ids, password hashes,
+//!   access tokens (JWT HS256) and refresh tokens, tokens the store confirmed a moment ago,
+//!   counters.
 //! - [`limiter`]: failed logins and registrations per user and per address, shared by HTTP
 //!   and MQTT, checked before a password is hashed.
 //! - [`config`]: the one typed configuration (embedded `config/natter.toml`, env, flags),
@@ -83,5 +84,6 @@ pub mod server;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod token_cache;
 pub mod tokens;
 pub mod topics;

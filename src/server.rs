@@ -396,6 +396,7 @@ fn http_state(
         media,
     )
     .with_limiter(shared.access.limiter())
+    .with_tokens(shared.access.tokens())
 }
 
 /// Serves the HTTP API on its listener.

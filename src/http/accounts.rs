@@ -176,6 +176,10 @@ async fn issue(state: &Arc<AppState>, user: &str, device: &str) -> Result<Value,
     else {
         return Err(ApiError::unauthorized());
     };
+    // Just written: the device's current generation (its first CONNECT need not ask again).
+    state
+        .tokens
+        .confirm(user, device, &gen, std::time::Instant::now());
     let access = state.signer.issue(&Claims {
         sub: user.to_string(),
         dev: device.to_string(),
@@ -270,6 +274,8 @@ async fn change_password(
         state.limiter.failed(&me.user, peer.ip());
         return Err(ApiError::from(Refusal::WrongPassword));
     }
+    // The user's tokens carried the old generation.
+    state.tokens.forget_all();
     // Every live connection of the user goes, not only those of devices that logged in over
     // HTTP: one made with the old password (an MQTT client that sent it as its password)
     // would otherwise stay open.
@@ -309,6 +315,7 @@ async fn revoke_device(
     if !blocking(&state, move |s| s.revoke_device(&u, &d)).await? {
         return Err(ApiError::from(Refusal::NotFound).with_message("no such device"));
     }
+    state.tokens.forget_all();
     kick(&state, &me.user, &device).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -43,6 +43,7 @@ use crate::router::Event;
 use crate::service::requests::{ChatService, ServiceError};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
+use crate::token_cache::TokenCache;
 use crate::tokens::Signer;
 
 /// Token lifetimes and login limits, from `[http]` and `[auth]`.
@@ -83,6 +84,8 @@ pub struct AppState {
     pub started: Instant,
     /// Failed logins and registrations, shared with MQTT (see [`AppState::with_limiter`]).
     limiter: Arc<LoginLimiter>,
+    /// Tokens the store confirmed a moment ago, shared with MQTT (see [`AppState::with_tokens`]).
+    pub tokens: Arc<TokenCache>,
 }
 
 impl AppState {
@@ -117,6 +120,7 @@ impl AppState {
                 settings.login_attempts_per_minute,
                 settings.max_concurrent_logins,
             )),
+            tokens: Arc::default(),
             settings,
         }
     }
@@ -125,6 +129,11 @@ impl AppState {
     /// guesser cannot double their attempts by switching protocols.
     pub fn with_limiter(self, limiter: Arc<LoginLimiter>) -> AppState {
         AppState { limiter, ..self }
+    }
+
+    /// Shares MQTT's confirmed tokens (see [`crate::access::Access::tokens`]).
+    pub fn with_tokens(self, tokens: Arc<TokenCache>) -> AppState {
+        AppState { tokens, ..self }
     }
 
     fn is_admin(&self, user: &str) -> bool {
@@ -400,9 +409,18 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
             .signer
             .verify(token.trim(), now_secs())
             .map_err(|_| ApiError::unauthorized())?;
-        let (u, d, g) = (claims.sub.clone(), claims.dev.clone(), claims.gen);
-        if !blocking(state, move |s| s.token_current(&u, &d, &g)).await? {
-            return Err(ApiError::unauthorized());
+        let now = Instant::now();
+        if !state
+            .tokens
+            .is_current(&claims.sub, &claims.dev, &claims.gen, now)
+        {
+            let (u, d, g) = (claims.sub.clone(), claims.dev.clone(), claims.gen.clone());
+            if !blocking(state, move |s| s.token_current(&u, &d, &g)).await? {
+                return Err(ApiError::unauthorized());
+            }
+            state
+                .tokens
+                .confirm(&claims.sub, &claims.dev, &claims.gen, now);
         }
         Ok(AuthUser {
             user: claims.sub,

@@ -16,7 +16,6 @@
 //! A search first indexes what the indexer has not reached yet, so it finds every stored
 //! message (`search.rs`).
 
-
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
