@@ -359,8 +359,7 @@ fn start_services(
         background.push(cluster.start(
             outgoing_rx,
             control_rx,
-            router.clone(),
-            chat.clone(),
+            (router.clone(), chat.clone(), access.tokens()),
             store.clone(),
             shutdown.clone(),
         ));

@@ -38,6 +38,7 @@ use crate::router::{Control, Event, Forward, Gap, Message, Outgoing};
 use crate::service::requests::ChatService;
 use crate::stats::Stats;
 use crate::store::{RetainedRecord, Store};
+use crate::token_cache::TokenCache;
 use crate::topics::{self, ChatTopic, ConvKind};
 use wire::{Body, Frame, Wired};
 
@@ -90,6 +91,8 @@ struct Sinks {
     node: Arc<str>,
     router: mpsc::Sender<Event>,
     chat: Arc<ChatService>,
+    /// Forgotten when another node revokes a device or changes a password (its kick).
+    tokens: Arc<TokenCache>,
     stats: Arc<Stats>,
 }
 
@@ -180,8 +183,7 @@ impl Cluster {
         self,
         outgoing: mpsc::Receiver<Outgoing>,
         control: mpsc::UnboundedReceiver<Forward>,
-        router: mpsc::Sender<Event>,
-        chat: Arc<ChatService>,
+        (router, chat, tokens): (mpsc::Sender<Event>, Arc<ChatService>, Arc<TokenCache>),
         store: Arc<dyn Store>,
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
@@ -189,6 +191,7 @@ impl Cluster {
             node: self.node.clone(),
             router,
             chat,
+            tokens,
             stats: self.stats.clone(),
         };
         tokio::spawn(self.run(outgoing, control, sinks, store, shutdown))
@@ -391,7 +394,13 @@ impl Sinks {
                 self.chat.reload_soon();
                 return true;
             }
-            Body::Control(c) => Event::RemoteControl(c),
+            Body::Control(c) => {
+                if matches!(c, Control::KickUser(_) | Control::KickClient(_)) {
+                    // Tokens confirmed here may have died with it.
+                    self.tokens.forget_all();
+                }
+                Event::RemoteControl(c)
+            }
         };
         self.router.send(event).await.is_ok()
     }
