@@ -146,6 +146,21 @@ pub fn write(dir: &Path, header: Option<&Path>) -> anyhow::Result<()> {
             brokers.push(broker.to_string());
         }
     }
+    // Each scenario's figures together, scenarios in the order they first ran: a figure only a
+    // later broker has (natter-pg's all-server CPU) would otherwise open the section again
+    // after the scenarios that ran in between (the sweep's rates).
+    let mut scenarios: Vec<&str> = Vec::new();
+    for (scenario, _) in &order {
+        if !scenarios.contains(&scenario.as_str()) {
+            scenarios.push(scenario);
+        }
+    }
+    let rank: BTreeMap<String, usize> = scenarios
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.to_string(), i))
+        .collect();
+    order.sort_by_key(|(scenario, _)| rank[scenario]);
     brokers.sort_by_key(|b| KNOWN.iter().position(|k| k == b).unwrap_or(KNOWN.len()));
     let ran = |name: &str| brokers.iter().any(|b| b == name);
     let ratios: Vec<(&str, &str)> = RATIOS
