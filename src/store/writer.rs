@@ -44,10 +44,10 @@ pub struct Committed {
 /// One backend's way of appending to the history: its own connection, one transaction per
 /// batch.
 pub trait Log: Send {
-    /// Appends the messages in order in one transaction and returns each one's result. Each
-    /// message has its own savepoint: an error that concerns one message (a value the database
-    /// refuses, an edit it may not make) fails that message alone and the rest commit. The
-    /// outer error fails the whole batch; nothing of it is stored.
+    /// Appends the messages in order in one transaction and returns each one's result. An
+    /// error that concerns one message (a value the database refuses, an edit it may not make)
+    /// fails that message alone and the rest commit. The outer error fails the whole batch;
+    /// nothing of it is stored.
     fn commit(&mut self, batch: &[&NewMessage]) -> Result<Committed, StoreError>;
     /// Bounds how long the next attempt waits for a lock or for the database.
     fn set_wait(&mut self, wait: Duration);

@@ -5,7 +5,8 @@
 //!
 //! Readers and every write outside the history share the one connection of [`Sqlite`];
 //! history entries are written by the writer thread on its own connection
-//! (`messages::SqliteLog`), a batch per transaction. The schema is versioned with
+//! (`messages::SqliteLog`), a batch per transaction. The full-text indexes are derived data in
+//! `{data_dir}/natter-search.db`, kept up to date by an indexer thread (`messages/index.rs`). The schema is versioned with
 //! `PRAGMA user_version` in `schema.rs`.
 //!
 //! Each file implements one trait of the interface: `accounts.rs`, `devices.rs` (devices and

@@ -20,14 +20,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, ErrorCode};
 
 use crate::store::StoreError;
 
 /// The index's file, beside `natter.db`.
 const FILE: &str = "natter-search.db";
 /// How often the indexer looks for new entries.
-pub(in crate::store) const INDEX_EVERY: Duration = Duration::from_millis(100);
+const INDEX_EVERY: Duration = Duration::from_millis(100);
 /// Most entry ids one step covers: a step after a long backlog (a rebuild) holds the index,
 /// and the searches waiting for it, only briefly.
 const STEP: i64 = 4096;
@@ -55,15 +55,35 @@ pub(in crate::store) struct Index {
 }
 
 impl Index {
-    /// Opens (creating if needed) the index beside the history at `history`.
+    /// Opens (creating if needed) the index beside the history at `history`. An index file
+    /// that is not a sound database is removed and built again: it holds nothing the history
+    /// does not.
     pub(in crate::store) fn open(history: &Path) -> Result<Index, StoreError> {
-        let file = history.with_file_name(FILE);
-        let Some(file) = file.to_str() else {
+        let path = history.with_file_name(FILE);
+        let Some(file) = path.to_str() else {
             return Err(StoreError::Dir {
-                path: file,
+                path,
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not UTF-8"),
             });
         };
+        match Index::open_at(history, file) {
+            Err(StoreError::Sqlite(e))
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+                ) =>
+            {
+                tracing::warn!(error = %e, file, "the search index is damaged; building it again");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{file}{suffix}"));
+                }
+                Index::open_at(history, file)
+            }
+            opened => opened,
+        }
+    }
+
+    fn open_at(history: &Path, file: &str) -> Result<Index, StoreError> {
         let conn = Connection::open(history)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute("ATTACH DATABASE ?1 AS search", [file])?;

@@ -9,8 +9,8 @@
 //!
 //! The files: `batch.rs` (one batch's transaction), `append.rs` (one message inside it; who may
 //! edit, delete or react is [`crate::chat::edits`]), `index.rs` (the full-text indexes, which
-//! follow the history off the commit path), and the
-//! readers `history.rs`, `search.rs`, `receipts.rs`, `retention.rs`.
+//! follow the history off the commit path), and the readers `history.rs`, `search.rs`,
+//! `receipts.rs`, `retention.rs`.
 
 mod append;
 mod batch;

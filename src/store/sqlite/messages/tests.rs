@@ -194,15 +194,27 @@ async fn the_index_follows_the_history_within_its_bound() {
     // The index is derived data: a store opened on a directory without it builds it again.
     drop(writer);
     drop(store);
-    std::fs::remove_file(dir.path().join("natter-search.db")).unwrap();
+    let index = dir.path().join("natter-search.db");
+    std::fs::remove_file(&index).unwrap();
+    let found = |store: &Sqlite| -> Vec<u64> {
+        store
+            .search(&conv, "words", 10)
+            .unwrap()
+            .iter()
+            .map(|i| i.envelope.seq)
+            .collect()
+    };
     let store = Sqlite::open(dir.path()).unwrap();
-    let seqs: Vec<u64> = store
-        .search(&conv, "words", 10)
-        .unwrap()
-        .iter()
-        .map(|i| i.envelope.seq)
-        .collect();
-    assert_eq!(seqs, [2]);
+    assert_eq!(found(&store), [2]);
+    // So does one whose index file is damaged.
+    drop(store);
+    std::fs::write(
+        &index,
+        b"not a database, and long enough to be read as a header",
+    )
+    .unwrap();
+    let store = Sqlite::open(dir.path()).unwrap();
+    assert_eq!(found(&store), [2]);
 }
 
 #[tokio::test]
