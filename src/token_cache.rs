@@ -22,14 +22,22 @@ const MAX: usize = 100_000;
 /// a forged collision would need the process's random key.
 pub struct TokenCache {
     keys: RandomState,
-    confirmed: Mutex<HashMap<u64, Instant>>,
+    confirmed: Mutex<Confirmed>,
+}
+
+#[derive(Default)]
+struct Confirmed {
+    at: HashMap<u64, Instant>,
+    /// The last [`TokenCache::forget_all`]: a confirmation read from the store before it may
+    /// be stale, and is not kept.
+    forgotten_at: Option<Instant>,
 }
 
 impl Default for TokenCache {
     fn default() -> Self {
         TokenCache {
             keys: RandomState::new(),
-            confirmed: Mutex::new(HashMap::new()),
+            confirmed: Mutex::default(),
         }
     }
 }
@@ -39,27 +47,35 @@ impl TokenCache {
     pub fn is_current(&self, user: &str, device: &str, gen: &str, now: Instant) -> bool {
         let key = self.key(user, device, gen);
         self.lock()
+            .at
             .get(&key)
             .is_some_and(|at| now.saturating_duration_since(*at) < TTL)
     }
 
-    /// The store says this device's generation is `gen` (it just issued it, or confirmed it).
-    pub fn confirm(&self, user: &str, device: &str, gen: &str, now: Instant) {
+    /// The store said this device's generation is `gen` (it issued it, or confirmed it) in a
+    /// read that started at `asked`. Not kept if everything was forgotten since.
+    pub fn confirm(&self, user: &str, device: &str, gen: &str, asked: Instant) {
         let key = self.key(user, device, gen);
         let mut confirmed = self.lock();
-        if confirmed.len() >= MAX {
-            confirmed.retain(|_, at| now.saturating_duration_since(*at) < TTL);
-            if confirmed.len() >= MAX {
-                confirmed.clear();
+        if confirmed.forgotten_at.is_some_and(|f| asked <= f) {
+            return;
+        }
+        let at = &mut confirmed.at;
+        if at.len() >= MAX {
+            at.retain(|_, t| asked.saturating_duration_since(*t) < TTL);
+            if at.len() >= MAX {
+                at.clear();
             }
         }
-        confirmed.insert(key, now);
+        at.insert(key, asked);
     }
 
     /// A device was revoked or a password changed: nothing confirmed before holds any more
     /// (rare enough that forgetting everyone's costs only a few store reads).
     pub fn forget_all(&self) {
-        self.lock().clear();
+        let mut confirmed = self.lock();
+        confirmed.at.clear();
+        confirmed.forgotten_at = Some(Instant::now());
     }
 
     fn key(&self, user: &str, device: &str, gen: &str) -> u64 {
@@ -68,7 +84,7 @@ impl TokenCache {
             .hash_one((user.len(), device.len(), user, device, gen))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Confirmed> {
         self.confirmed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -99,6 +115,12 @@ mod tests {
         );
         cache.forget_all();
         assert!(!cache.is_current("alice", "phone", "g1", t0));
+        // A store read that started before the revoke does not bring it back.
+        cache.confirm("alice", "phone", "g1", t0);
+        assert!(!cache.is_current("alice", "phone", "g1", t0));
+        let later = Instant::now();
+        cache.confirm("alice", "phone", "g1", later);
+        assert!(cache.is_current("alice", "phone", "g1", later));
     }
 
     #[test]
@@ -108,7 +130,7 @@ mod tests {
         for i in 0..MAX + 10 {
             cache.confirm(&format!("u{i}"), "d", "g", t0);
         }
-        assert!(cache.lock().len() <= MAX);
+        assert!(cache.lock().at.len() <= MAX);
         assert!(cache.is_current(&format!("u{}", MAX + 9), "d", "g", t0));
     }
 }

@@ -172,14 +172,13 @@ async fn issue(state: &Arc<AppState>, user: &str, device: &str) -> Result<Value,
     let hash = tokens::hash_refresh_token(&refresh);
     let expires = now + state.settings.refresh_token.as_secs() as i64;
     let (u, d) = (user.to_string(), device.to_string());
+    let asked = std::time::Instant::now();
     let Some(gen) = blocking(state, move |s| s.add_refresh_token(&hash, &u, &d, expires)).await?
     else {
         return Err(ApiError::unauthorized());
     };
-    // Just written: the device's current generation (its first CONNECT need not ask again).
-    state
-        .tokens
-        .confirm(user, device, &gen, std::time::Instant::now());
+    // Just read: the device's current generation (its first CONNECT need not ask again).
+    state.tokens.confirm(user, device, &gen, asked);
     let access = state.signer.issue(&Claims {
         sub: user.to_string(),
         dev: device.to_string(),
