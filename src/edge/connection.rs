@@ -10,6 +10,7 @@
 //! `refusals` (what a refused PUBLISH tells the client).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,13 +118,19 @@ impl Connection {
     /// attached it (and may have queued resends: the CONNACK goes first, so the mailbox is
     /// drained only once it is written), so every way out, a failed CONNACK write too, goes
     /// through `finish`, which tells the router.
-    pub(super) async fn run(mut self: Box<Self>, connack: ConnAck) {
+    pub(super) fn run(mut self: Box<Self>, connack: ConnAck) -> impl Future<Output = ()> {
+        // Queued before the future is made: an argument of an async fn would be kept in its
+        // state, allocated for the connection's whole life.
         self.queue(&Packet::ConnAck(connack));
-        let close = match self.flush().await {
-            Ok(()) => self.serve().await,
-            Err(_) => Close::Lost,
-        };
-        self.finish(close).await;
+        async move {
+            let close = match self.flush().await {
+                Ok(()) => self.serve().await,
+                Err(_) => Close::Lost,
+            };
+            // Boxed: the goodbye's state (a bounded final write) is needed once, at the end,
+            // and would otherwise enlarge every connection's task for its whole life.
+            Box::pin(self.finish(close)).await;
+        }
     }
 
     // Packet handling below is synchronous on purpose: the connection awaits in only a few

@@ -208,7 +208,9 @@ async fn handle(
             return;
         }
     };
-    conn.run(connack).await;
+    // Boxed: allocated for what the connection needs while it runs, not for the largest
+    // state this function goes through.
+    Box::pin(conn.run(connack)).await;
 }
 
 async fn open(
