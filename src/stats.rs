@@ -12,7 +12,8 @@ pub struct Stats {
     pub batch_size: Histogram<10>,
     /// One history commit's parts, milliseconds: how long its oldest message waited in the
     /// writer's queue, the statements before COMMIT, and the COMMIT itself (the durable write:
-    /// WAL append and fsync in SQLite, the WAL flush in PostgreSQL).
+    /// WAL append and fsync). The last two only where the backend tells them apart (SQLite;
+    /// PostgreSQL commits its usual batch inside one statement).
     pub commit_wait_ms: Histogram<16>,
     pub commit_sql_ms: Histogram<16>,
     pub commit_sync_ms: Histogram<16>,

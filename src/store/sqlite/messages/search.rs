@@ -2,15 +2,12 @@
 //! without spaces through the trigram index (both in `index.rs`), or a substring scan when too
 //! short for trigrams.
 
+use super::history::SELECT;
 use super::index::Index;
 use crate::store::messages::Item;
 use crate::store::messages::{contains_pattern, is_cjk};
 use crate::store::sqlite::Sqlite;
 use crate::store::{Search, StoreError};
-
-/// The columns of the page a search returns, from the entries it found.
-const ENTRY: &str = "SELECT m.id, m.conv, m.seq, m.sender, m.device, m.ts, m.kind, m.cid, m.body,
-    m.reply_to, m.thread, m.target, m.emoji, m.edited, m.deleted, m.media FROM messages m";
 
 impl Search for Sqlite {
     fn search(&self, convs: &[String], query: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
@@ -18,7 +15,8 @@ impl Search for Sqlite {
             return Ok(Vec::new());
         }
         let list = convs.iter().map(|_| "?").collect::<Vec<_>>().join(",");
-        let filter = format!("m.kind = 'msg' AND m.conv IN ({list}) AND m.deleted = 0");
+        // Columns of `messages` alone (the index tables have only `body`).
+        let filter = format!("kind = 'msg' AND conv IN ({list}) AND deleted = 0");
         let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(convs.len() + 2);
         let (index, pattern) = matcher(query);
         values.push(pattern.into());
@@ -26,7 +24,7 @@ impl Search for Sqlite {
         values.push((limit as i64).into());
         let Some(index) = index else {
             let sql = format!(
-                "{ENTRY} WHERE m.body LIKE ? ESCAPE '\\' AND {filter} ORDER BY m.id DESC LIMIT ?"
+                "{SELECT} WHERE body LIKE ? ESCAPE '\\' AND {filter} ORDER BY id DESC LIMIT ?"
             );
             return Ok(self
                 .page(&sql, rusqlite::params_from_iter(values), limit)?
@@ -37,8 +35,8 @@ impl Search for Sqlite {
             let mut conn = self.index.lock();
             Index::catch_up(&mut conn)?;
             let sql = format!(
-                "SELECT m.id FROM search.{index} JOIN messages m ON m.id = {index}.rowid
-                 WHERE {index} MATCH ? AND {filter} ORDER BY m.id DESC LIMIT ?"
+                "SELECT messages.id FROM search.{index} JOIN messages ON messages.id = {index}.rowid
+                 WHERE {index} MATCH ? AND {filter} ORDER BY messages.id DESC LIMIT ?"
             );
             let mut stmt = conn.prepare(&sql)?;
             let ids = stmt
@@ -50,7 +48,7 @@ impl Search for Sqlite {
             return Ok(Vec::new());
         }
         let list = ids.iter().map(|_| "?").collect::<Vec<_>>().join(",");
-        let sql = format!("{ENTRY} WHERE m.id IN ({list}) ORDER BY m.id DESC");
+        let sql = format!("{SELECT} WHERE id IN ({list}) ORDER BY id DESC");
         Ok(self
             .page(&sql, rusqlite::params_from_iter(&ids), limit)?
             .items)
