@@ -18,7 +18,7 @@ use crate::access::{Access, AccessError};
 use crate::chat::Directory;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{listen_addr, Config};
-use crate::edge::{self, Admission, Kind, Limits, Shared, TlsError};
+use crate::edge::{self, Admission, Kind, Limits, Roster, Shared, TlsError};
 use crate::http::{AppState, HttpSettings};
 use crate::limiter::LoginLimiter;
 use crate::media::MediaStore;
@@ -215,7 +215,10 @@ pub async fn run(
         tasks: tasks.clone(),
         next_conn_id: AtomicU64::new(1),
         admission: Admission::new(config.limits.max_connections),
-        roster: config.cluster.enabled().then(|| store.clone()),
+        roster: config.cluster.enabled().then(|| Roster {
+            store: store.clone(),
+            node: Arc::from(config.cluster.node_id.as_str()),
+        }),
     });
     for (kind, addr) in listeners.addrs() {
         tracing::info!(%addr, ?kind, "listening");

@@ -162,7 +162,7 @@ async fn admit(
     let authenticated_at = Instant::now();
     let who = authenticate(shared, peer, login.as_ref()).await?;
     let (identity, assigned) = identify(shared, version, client_id, clean_start, who)?;
-    within_cluster_limit(shared, &identity).await?;
+    let elsewhere = connections_elsewhere(shared, &identity).await?;
     let will = match will {
         Some(w) => Some(Box::new(will_message(shared, &identity, w)?)),
         None => None,
@@ -180,6 +180,7 @@ async fn admit(
         receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
         will,
         authenticated_at,
+        elsewhere,
     };
     let session_present = attach(shared, request).await?;
     let changed_expiry = (expiry != requested_expiry).then_some(expiry);
@@ -202,31 +203,36 @@ async fn admit(
     })
 }
 
-/// In a cluster, refuses a user's connection beyond `limits.max_connections_per_user` on all
-/// nodes together (the router then checks this node's, as on a single node). Two nodes
+/// In a cluster: the user's connections on the other nodes, as their rosters say, which the
+/// router adds to this node's own when it checks `limits.max_connections_per_user`. This node's
+/// are counted by its router, exactly; the other nodes' as the roster has them, so two nodes
 /// admitting the user's last allowed connection at the same instant may both let it in.
-async fn within_cluster_limit(
+async fn connections_elsewhere(
     shared: &Shared,
     identity: &Identity,
-) -> Result<(), ConnectReturnCode> {
-    let max = shared.limits.max_connections_per_user as u64;
-    let (Some(store), Some(user)) = (&shared.roster, &identity.user) else {
-        return Ok(());
+) -> Result<usize, ConnectReturnCode> {
+    let max = shared.limits.max_connections_per_user;
+    let (Some(roster), Some(user)) = (&shared.roster, &identity.user) else {
+        return Ok(0);
     };
     if max == 0 {
-        return Ok(());
+        return Ok(0);
     }
-    let (store, u, c) = (store.clone(), user.clone(), identity.client_id.clone());
-    match tokio::task::spawn_blocking(move || store.user_connections(&u, &c)).await {
-        Ok(Ok(n)) if n >= max => {
+    let (store, node) = (roster.store.clone(), roster.node.clone());
+    let (u, c) = (user.clone(), identity.client_id.clone());
+    let counted =
+        tokio::task::spawn_blocking(move || store.user_connections_elsewhere(&node, &u, &c)).await;
+    match counted {
+        Ok(Ok(n)) if n >= max as u64 => {
             tracing::info!(client = ?identity.client_id, connections = n, "connection refused: too many for this user in the cluster");
             Err(ConnectReturnCode::QuotaExceeded)
         }
+        Ok(Ok(n)) => Ok(n as usize),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot count the user's connections in the cluster");
-            Ok(())
+            Ok(0)
         }
-        _ => Ok(()),
+        Err(_) => Ok(0),
     }
 }
 

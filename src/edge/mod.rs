@@ -142,8 +142,14 @@ pub struct Shared {
     pub next_conn_id: AtomicU64,
     /// Live sockets against `limits.max_connections`.
     pub admission: Arc<Admission>,
-    /// In a cluster: the store, whose roster counts a user's connections on every node.
-    pub roster: Option<Arc<dyn Store>>,
+    /// In a cluster: the roster, which counts a user's connections on the other nodes.
+    pub roster: Option<Roster>,
+}
+
+/// A cluster's roster of connected devices, and this node's name in it.
+pub struct Roster {
+    pub store: Arc<dyn Store>,
+    pub node: Arc<str>,
 }
 
 /// Accepts connections on `listener` until shutdown; each runs in its own tracked task.

@@ -23,6 +23,9 @@ pub struct ConnectRequest {
     /// When the credentials were checked (taken before the check began): a device revoked or
     /// a user removed after this instant may have been missed by it.
     pub authenticated_at: Instant,
+    /// In a cluster: the user's connections on the other nodes, counted against
+    /// `max_connections_per_user` with this node's.
+    pub elsewhere: usize,
 }
 
 /// A client's acknowledgement of a message we sent it.

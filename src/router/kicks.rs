@@ -133,6 +133,7 @@ mod tests {
             receive_maximum: 10,
             will: None,
             authenticated_at,
+            elsewhere: 0,
         }
     }
 

@@ -48,7 +48,7 @@ impl Router {
                     .filter(|id| self.sessions.get(*id).is_some_and(|s| s.link.is_some()))
                     .count()
             });
-            if max > 0 && live >= max {
+            if max > 0 && live + req.elsewhere >= max {
                 return Err(ConnectRefused::TooManyConnections);
             }
         }

@@ -156,6 +156,14 @@ pub trait Roster {
     fn taken_elsewhere(&self, node: &str, clients: &[String]) -> Result<Vec<String>, StoreError>;
     /// The user's connections on every node, but client `except`'s (one that reconnects).
     fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError>;
+    /// The user's connections on the nodes other than `node`, but client `except`'s: a node
+    /// counts its own connections itself, at once, rather than as the roster catches up.
+    fn user_connections_elsewhere(
+        &self,
+        node: &str,
+        user: &str,
+        except: &str,
+    ) -> Result<u64, StoreError>;
 }
 
 /// A retained message as the store keeps it: its encoding and its expiry (Unix milliseconds).

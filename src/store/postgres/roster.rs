@@ -97,6 +97,24 @@ impl Roster for Postgres {
     fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError> {
         self.with(|db| count(db, user, except))
     }
+
+    fn user_connections_elsewhere(
+        &self,
+        node: &str,
+        user: &str,
+        except: &str,
+    ) -> Result<u64, StoreError> {
+        self.with(|db| {
+            let n: i64 = db
+                .one(
+                    "SELECT count(*) FROM cluster_devices
+                     WHERE user_id = $1 AND client <> $2 AND node <> $3",
+                    &[&user, &except, &node],
+                )?
+                .try_get(0)?;
+            Ok(n as u64)
+        })
+    }
 }
 
 /// The user's connections on every node, but client `except`'s.

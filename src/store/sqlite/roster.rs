@@ -97,6 +97,20 @@ impl Roster for Sqlite {
     fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError> {
         count(&self.lock(), user, except)
     }
+
+    fn user_connections_elsewhere(
+        &self,
+        node: &str,
+        user: &str,
+        except: &str,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = self.lock().query_row(
+            "SELECT count(*) FROM cluster_devices WHERE user = ?1 AND client <> ?2 AND node <> ?3",
+            params![user, except, node],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
 }
 
 /// The user's connections on every node, but client `except`'s.

@@ -857,6 +857,17 @@ fn the_roster_counts_a_users_devices_across_nodes_until_a_node_expires() {
             b.name
         );
         assert_eq!(
+            s.user_connections_elsewhere("n2", "alice", "").unwrap(),
+            1,
+            "{}: n2 counts its own",
+            b.name
+        );
+        assert_eq!(
+            s.user_connections_elsewhere("n1", "alice", "alice.laptop")
+                .unwrap(),
+            0
+        );
+        assert_eq!(
             s.device_disconnected("n1", "alice.phone", "alice").unwrap(),
             1
         );
