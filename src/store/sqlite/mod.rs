@@ -6,8 +6,10 @@
 //! Readers and every write outside the history share the one connection of [`Sqlite`];
 //! history entries are written by the writer thread on its own connection
 //! (`messages::SqliteLog`), a batch per transaction. The full-text indexes are derived data in
-//! `{data_dir}/natter-search.db`, kept up to date by an indexer thread (`messages/index.rs`). The schema is versioned with
-//! `PRAGMA user_version` in `schema.rs`.
+//! `{data_dir}/natter-search.db`, kept up to date by an indexer thread (`messages/index.rs`).
+//! While the server runs, the log's checkpoints are a thread's of their own (`checkpoint.rs`),
+//! off the history's commits. The schema is versioned with `PRAGMA user_version` in
+//! `schema.rs`.
 //!
 //! Each file implements one trait of the interface: `accounts.rs`, `devices.rs` (devices and
 //! refresh tokens), `conversations.rs` (conversations, members, blocks), `directory.rs` (the
@@ -25,6 +27,7 @@ use super::{Store, StoreError};
 use crate::config::Synchronous;
 
 mod accounts;
+mod checkpoint;
 mod conversations;
 mod devices;
 mod directory;
@@ -75,7 +78,10 @@ impl Sqlite {
 impl Store for Sqlite {
     /// The history writer's log; the search index follows it from now on.
     fn log(&self, sync: Synchronous) -> Result<Box<dyn Log>, StoreError> {
-        let log = messages::SqliteLog::open(&self.path, sync)?;
+        // Checkpoints are the checkpoint thread's (and the writer's restarts) from now on.
+        self.lock().pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpoints = checkpoint::Checkpoints::start(&self.path)?;
+        let log = messages::SqliteLog::open(&self.path, sync, checkpoints)?;
         messages::Index::follow(&self.index)?;
         Ok(Box::new(log))
     }

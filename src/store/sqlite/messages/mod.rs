@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use super::checkpoint::Checkpoints;
 use crate::config::Synchronous;
 use crate::store::messages::{AppendError, Appended, NewMessage};
 use crate::store::writer::{Committed, Log, WAIT_MAX};
@@ -43,11 +44,20 @@ pub(in crate::store) struct SqliteLog {
     conn: Connection,
     /// Each conversation's last sequence number, as committed.
     last_seq: HashMap<String, u64>,
+    /// The log's checkpoints, which run on a thread of their own (`../checkpoint.rs`).
+    checkpoints: Checkpoints,
+    /// The busy timeout of the next attempt.
+    wait: Duration,
 }
 
 impl SqliteLog {
-    /// Opens the writer's own connection to `path`, durable as `sync` asks.
-    pub(in crate::store) fn open(path: &Path, sync: Synchronous) -> Result<SqliteLog, StoreError> {
+    /// Opens the writer's own connection to `path`, durable as `sync` asks; `checkpoints`
+    /// copies what it commits into the database file.
+    pub(in crate::store) fn open(
+        path: &Path,
+        sync: Synchronous,
+        checkpoints: Checkpoints,
+    ) -> Result<SqliteLog, StoreError> {
         // Only the writer thread uses this connection: SQLite's per-connection mutex would be
         // pure overhead on every call.
         let conn = Connection::open_with_flags(
@@ -59,6 +69,7 @@ impl SqliteLog {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.busy_timeout(WAIT_MAX)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(
             None,
             "synchronous",
@@ -70,12 +81,15 @@ impl SqliteLog {
         Ok(SqliteLog {
             conn,
             last_seq: HashMap::new(),
+            checkpoints,
+            wait: WAIT_MAX,
         })
     }
 }
 
 impl Log for SqliteLog {
     fn commit(&mut self, batch: &[&NewMessage]) -> Result<Committed, StoreError> {
+        self.checkpoints.restart_if_wanted(&self.conn, self.wait);
         let results = batch::commit(&mut self.conn, batch, &mut self.last_seq);
         if results.is_err() {
             // Sequence numbers handed out in the rolled-back transaction were not stored.
@@ -85,6 +99,7 @@ impl Log for SqliteLog {
     }
 
     fn set_wait(&mut self, wait: Duration) {
+        self.wait = wait;
         if let Err(e) = self.conn.busy_timeout(wait) {
             tracing::warn!(error = %e, "cannot set the history writer's busy timeout");
         }

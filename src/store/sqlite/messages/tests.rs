@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::SqliteLog;
 use crate::chat::envelope::{Content, Envelope, Kind};
 use crate::config::Synchronous;
 use crate::stats::Stats;
@@ -309,7 +308,7 @@ async fn a_deleted_message_releases_its_media() {
 fn a_failing_insert_fails_only_its_own_message_in_a_batch() {
     let dir = tempfile::tempdir().unwrap();
     let store = Sqlite::open(dir.path()).unwrap();
-    let mut log = SqliteLog::open(&dir.path().join("natter.db"), Synchronous::Normal).unwrap();
+    let mut log = store.log(Synchronous::Normal).unwrap();
     let bad = Content {
         reply_to: Some(u64::MAX),
         ..content(Kind::Msg, Some("bad"), None, &[])
@@ -376,4 +375,33 @@ async fn a_read_marker_past_the_end_is_clamped_to_the_last_seq() {
         store.mark_read("d.alice.carol", "carol", 5, false).unwrap(),
         None
     );
+}
+
+/// Checkpoints run beside the writer (`../checkpoint.rs`); under commits that never pause the
+/// log must still start over rather than grow with everything ever written.
+#[tokio::test]
+async fn the_log_starts_over_under_commits_that_never_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Sqlite::open(dir.path()).unwrap();
+    let writer = start(&store);
+    let wal = dir.path().join("natter.db-wal");
+    let page = "x".repeat(12_000);
+    // About 8 frames a commit, 16,000 in all: 64 MiB of log were it never started over.
+    for i in 0..2000 {
+        text(&writer, &format!("g.{}", i % 50), &page).await;
+    }
+    let size = std::fs::metadata(&wal).unwrap().len();
+    assert!(size < 32 << 20, "the log grew to {size} bytes");
+    let messages = count(&store, "SELECT count(*) FROM messages");
+    assert_eq!(messages, 2000);
+    // With the history writer idle, other writes (here retained messages) are restarted by
+    // the checkpoint thread.
+    for i in 0..4000 {
+        let topic = format!("t/{}", i % 50);
+        store
+            .set_retained(&topic, Some(page.as_bytes()), None)
+            .unwrap();
+    }
+    let size = std::fs::metadata(&wal).unwrap().len();
+    assert!(size < 32 << 20, "the log grew to {size} bytes");
 }
