@@ -6,23 +6,32 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Publish, PublishProperties};
 
-/// One connection's topic aliases.
+/// One connection's topic aliases: the tables are allocated when the first alias is set (most
+/// connections never set one, and every connection's state is held for its whole life).
 pub(super) struct Aliases {
+    tables: Option<Box<Tables>>,
+    client_max: u16,
+}
+
+#[derive(Default)]
+struct Tables {
     /// Topic aliases the client set towards us.
     inbound: HashMap<u16, Bytes>,
     /// Topic aliases we set towards the client, up to its Topic Alias Maximum.
     outbound: HashMap<Bytes, u16>,
-    client_max: u16,
 }
 
 impl Aliases {
     /// No aliases yet; the client accepts up to `client_max` from us.
     pub(super) fn new(client_max: u16) -> Aliases {
         Aliases {
-            inbound: HashMap::new(),
-            outbound: HashMap::new(),
+            tables: None,
             client_max,
         }
+    }
+
+    fn tables(&mut self) -> &mut Tables {
+        self.tables.get_or_insert_with(Box::default)
     }
 
     /// Whether the client accepts topic aliases from us at all.
@@ -44,12 +53,13 @@ impl Aliases {
             None => Ok(topic),
             Some(a) if a == 0 || a > server_max => Err(DisconnectReasonCode::TopicAliasInvalid),
             Some(a) if topic.is_empty() => self
-                .inbound
-                .get(&a)
+                .tables
+                .as_ref()
+                .and_then(|t| t.inbound.get(&a))
                 .cloned()
                 .ok_or(DisconnectReasonCode::ProtocolError),
             Some(a) => {
-                self.inbound.insert(a, topic.clone());
+                self.tables().inbound.insert(a, topic.clone());
                 Ok(topic)
             }
         }
@@ -59,14 +69,16 @@ impl Aliases {
     /// messages on it carry only the alias. Once the client's maximum is used up, new topics go
     /// out in full.
     pub(super) fn apply_out(&mut self, publish: &mut Publish) {
-        let alias = match self.outbound.get(&publish.topic) {
+        let client_max = usize::from(self.client_max);
+        let outbound = &mut self.tables().outbound;
+        let alias = match outbound.get(&publish.topic) {
             Some(&a) => {
                 publish.topic = Bytes::new();
                 a
             }
-            None if self.outbound.len() < usize::from(self.client_max) => {
-                let a = self.outbound.len() as u16 + 1;
-                self.outbound.insert(publish.topic.clone(), a);
+            None if outbound.len() < client_max => {
+                let a = outbound.len() as u16 + 1;
+                outbound.insert(publish.topic.clone(), a);
                 a
             }
             None => return,

@@ -158,6 +158,11 @@ impl Connection {
                 last_read = Instant::now();
             }
             let deadline = self.keepalive.filter(|_| room).map(|k| last_read + k);
+            // One timer for both: each costs the future that lives as long as the connection.
+            let wake = match (self.throttled, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Close::Server(DisconnectReasonCode::ServerShuttingDown),
                 _ = mailbox.ready() => {
@@ -170,10 +175,6 @@ impl Connection {
                     // Give the (now empty) queue's memory back while idle.
                     outbox = VecDeque::new();
                 }
-                _ = sleep_until(self.throttled), if self.throttled.is_some() => {
-                    // The bucket has a token again: the waiting PUBLISH goes next.
-                    self.throttled = None;
-                }
                 _ = self.inflight.answered(), if self.inflight.awaiting() => {
                     // Settled (routed and acknowledged) by the next catch-up.
                 }
@@ -184,9 +185,15 @@ impl Connection {
                         Stats::add(&self.shared.stats.bytes_received, n as u64);
                     }
                 },
-                _ = sleep_until(deadline) => {
-                    tracing::debug!(client = %self.identity.client_id, "keep alive timeout");
-                    return Close::Server(DisconnectReasonCode::KeepAliveTimeout);
+                _ = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if self.throttled.is_some_and(|t| t <= now) {
+                        // The bucket has a token again: the waiting PUBLISH goes next.
+                        self.throttled = None;
+                    } else if deadline.is_some_and(|d| d <= now) {
+                        tracing::debug!(client = %self.identity.client_id, "keep alive timeout");
+                        return Close::Server(DisconnectReasonCode::KeepAliveTimeout);
+                    }
                 }
             }
         }

@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use admission::Admission;
+use admission::Ticket;
 pub use tls::{acceptor as tls_acceptor, TlsError};
 use transport::{Io, Transport};
 
@@ -170,12 +171,14 @@ pub async fn accept_loop(
                 let Some(ticket) = shared.admission.admit() else {
                     continue;
                 };
-                let shared2 = shared.clone();
-                let tls = tls.clone();
-                shared.tasks.spawn(async move {
-                    handle(stream, peer, kind, tls, shared2).await;
-                    drop(ticket);
-                });
+                shared.tasks.spawn(handle(Box::new(Accepted {
+                    stream,
+                    peer,
+                    kind,
+                    tls: tls.clone(),
+                    shared: shared.clone(),
+                    ticket,
+                })));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -186,23 +189,37 @@ pub async fn accept_loop(
     }
 }
 
-async fn handle(
+/// An accepted socket and what its connection needs. Boxed into the task and unpacked at once:
+/// a task's arguments keep their room in its future for the connection's whole life.
+struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
     kind: Kind,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
-) {
+    /// Counts the connection against `limits.max_connections` until the task ends.
+    ticket: Ticket,
+}
+
+async fn handle(accepted: Box<Accepted>) {
+    let Accepted {
+        stream,
+        peer,
+        kind,
+        tls,
+        shared,
+        ticket: _ticket,
+    } = *accepted;
     // MQTT is request/response heavy: Nagle's algorithm would add tens of ms to small packets.
     let _ = stream.set_nodelay(true);
     let limits = &shared.limits;
-    // Boxed: TLS and WebSocket handshake state is large, and an unboxed future would size
-    // every connection's task for it for the connection's whole life.
-    let handshake = Box::pin(async {
+    // Boxed, with its timer: TLS and WebSocket handshake state is large, and an unboxed future
+    // would size every connection's task for it for the connection's whole life.
+    let handshake = Box::pin(tokio::time::timeout(limits.handshake_timeout, async {
         let transport = open(stream, kind, tls, limits.max_packet_size as usize).await?;
         connect::accept(transport, peer, &shared).await
-    });
-    let (conn, connack) = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+    }));
+    let (conn, connack) = match handshake.await {
         Ok(Ok(Some(admitted))) => admitted,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {

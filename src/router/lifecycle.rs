@@ -157,10 +157,10 @@ impl Router {
     /// Puts a session in the table and in its user's list.
     fn add_session(&mut self, client: Arc<str>, session: Session) {
         if let Some(user) = &session.identity.user {
-            self.by_user
-                .entry(user.clone())
-                .or_default()
-                .push(client.clone());
+            let clients = self.by_user.entry(user.clone()).or_default();
+            // Most users have one or two devices: no room kept for four.
+            clients.reserve_exact(1);
+            clients.push(client.clone());
         }
         self.sessions.insert(client, session);
     }

@@ -227,6 +227,11 @@ impl Mailbox {
     /// mailbox starts again from `out`'s storage.
     pub fn take(&self, out: &mut VecDeque<Outbound>, max_bytes: usize) {
         let mut inner = self.lock();
+        if inner.items.is_empty() {
+            // Nothing to take: exchanging would leave `out`'s emptied storage here, held for
+            // as long as the connection idles.
+            return;
+        }
         if inner.bytes <= max_bytes {
             std::mem::swap(&mut inner.items, out);
             (inner.bytes, inner.qos0, inner.qos0_bytes) = (0, 0, 0);

@@ -39,6 +39,7 @@ impl Signals {
         let was_offline =
             p.devices.is_empty() && p.left_at.is_none() && total.is_none_or(|n| n == 1);
         if !p.devices.contains(&client) {
+            p.devices.reserve_exact(1);
             p.devices.push(client);
         }
         p.left_at = None;

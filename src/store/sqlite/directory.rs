@@ -1,6 +1,8 @@
 //! What the in-memory chat directory is built from: a consistent snapshot of users,
 //! conversations, members and blocks, and the version number that says when to read it again.
 
+use rusqlite::TransactionBehavior;
+
 use super::Sqlite;
 use crate::store::{ConversationRow, Directory, Snapshot, StoreError, UserRow};
 
@@ -15,7 +17,8 @@ impl Directory for Sqlite {
 
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction()?;
+        // Only reads: a snapshot, without holding the writers up.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         let mut snap = Snapshot::default();
         {
             let mut stmt = tx.prepare("SELECT id, admin, created_at FROM users")?;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 use super::writer::Log;
 use super::{Store, StoreError};
@@ -55,8 +55,12 @@ impl Sqlite {
             source,
         })?;
         let path = data_dir.join("natter.db");
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        // A transaction that reads and then writes would find the write lock taken (by the
+        // history writer, or a checkpoint) and fail at once: SQLite cannot wait for a lock it
+        // must upgrade to inside a transaction. Taking it at BEGIN waits the busy timeout.
+        conn.set_transaction_behavior(TransactionBehavior::Immediate);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
