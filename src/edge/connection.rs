@@ -178,7 +178,7 @@ impl Connection {
                 _ = self.inflight.answered(), if self.inflight.awaiting() => {
                     // Settled (routed and acknowledged) by the next catch-up.
                 }
-                read = self.io.read(&mut self.rbuf), if self.throttled.is_none() && room => match read {
+                read = std::future::poll_fn(|cx| self.io.poll_read(cx, &mut self.rbuf)), if self.throttled.is_none() && room => match read {
                     Ok(0) | Err(_) => return Close::Lost,
                     Ok(n) => {
                         last_read = Instant::now();

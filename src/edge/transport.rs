@@ -5,10 +5,12 @@
 //! libraries buffer internally anyway.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -49,43 +51,54 @@ impl Transport {
 
     /// Reads more bytes into `buf`; `Ok(0)` means the peer closed.
     pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read(cx, buf)).await
+    }
+
+    /// [`Transport::read`] as a poll function: a connection waits on it in its select for its
+    /// whole life, where an async read's state (a readiness future) would be held with it.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         match self {
             Transport::Tcp(s) => loop {
-                s.readable().await?;
+                ready!(s.poll_read_ready(cx))?;
+                // Only now: an idle connection holds no read buffer.
                 if buf.capacity() - buf.len() < READ_CHUNK {
                     buf.reserve(READ_CHUNK);
                 }
                 match s.try_read_buf(buf) {
-                    Ok(n) => return Ok(n),
+                    Ok(n) => return Poll::Ready(Ok(n)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             },
             Transport::Stream(s) => {
                 buf.reserve(READ_CHUNK);
-                s.read_buf(buf).await
+                tokio_util::io::poll_read_buf(Pin::new(s), cx, buf)
             }
             Transport::Ws(ws) => loop {
-                match ws.next().await {
-                    None => return Ok(0),
-                    Some(Err(e)) => return Err(io::Error::other(e)),
+                match ready!(ws.poll_next_unpin(cx)) {
+                    None => return Poll::Ready(Ok(0)),
+                    Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
                     Some(Ok(WsMessage::Binary(data))) => {
                         if data.is_empty() {
                             continue;
                         }
                         buf.extend_from_slice(&data);
-                        return Ok(data.len());
+                        return Poll::Ready(Ok(data.len()));
                     }
-                    Some(Ok(WsMessage::Close(_))) => return Ok(0),
+                    Some(Ok(WsMessage::Close(_))) => return Poll::Ready(Ok(0)),
                     // Pings are answered by tungstenite on the next write or flush.
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
                         continue
                     }
                     Some(Ok(WsMessage::Text(_))) => {
-                        return Err(io::Error::new(
+                        return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::InvalidData,
                             "MQTT over WebSocket must use binary frames",
-                        ))
+                        )))
                     }
                 }
             },

@@ -162,12 +162,12 @@ impl Router {
             clients.reserve_exact(1);
             clients.push(client.clone());
         }
-        self.sessions.insert(client, session);
+        self.sessions.insert(client, Box::new(session));
     }
 
     /// Takes a session out of the table and out of its user's list.
     pub(super) fn remove_session(&mut self, client: &str) -> Option<Session> {
-        let session = self.sessions.remove(client)?;
+        let session = *self.sessions.remove(client)?;
         if let Some(user) = &session.identity.user {
             if let Some(ids) = self.by_user.get_mut(user) {
                 ids.retain(|id| **id != *client);

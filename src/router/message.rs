@@ -45,7 +45,9 @@ impl Message {
     /// A QoS 1 message from the server itself (events, replies, receipts, presence).
     pub fn server(topic: String, body: impl Into<Bytes>) -> Message {
         Message {
-            topic: Bytes::from(topic),
+            // Exact: `Bytes` takes a string with spare room only with an allocation of its own
+            // beside it, and retained messages (presence: one per online user) live long.
+            topic: Bytes::from(topic.into_bytes().into_boxed_slice()),
             payload: body.into(),
             qos: QoS::AtLeastOnce,
             retain: false,

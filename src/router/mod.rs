@@ -83,7 +83,9 @@ pub struct Router {
     settings: Settings,
     access: Arc<Access>,
     stats: Arc<Stats>,
-    sessions: HashMap<Arc<str>, Session>,
+    /// Boxed: a session is some 280 bytes, and a table holding them inline keeps that much
+    /// again in room for the sessions it may hold next.
+    sessions: HashMap<Arc<str>, Box<Session>>,
     /// The client ids of each user's sessions, so a CONNECT counts the user's connections
     /// without a scan of every session.
     by_user: HashMap<Arc<str>, Vec<Arc<str>>>,

@@ -10,7 +10,7 @@
 //! by `mqtt.max_queued_bytes`, and the in-flight window by the same budget (its connection's
 //! [`Mailbox::bounds`]), each but for one message larger than the budget, which goes alone.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,12 +53,50 @@ pub struct Subscribed {
     pub filter: Arc<str>,
 }
 
+/// A session's subscriptions, keyed by the raw SUBSCRIBE filter (with any `$share/{group}/`
+/// prefix). A vector, not a map: a session holds a few (at most
+/// `limits.max_subscriptions_per_connection`), and a hash table's smallest allocation would
+/// cost every idle connection some 200 bytes.
+#[derive(Debug, Default)]
+pub struct Remembered(Vec<(Arc<str>, Subscribed)>);
+
+impl Remembered {
+    /// Remembers `sub` under `raw`, replacing what was there.
+    pub fn insert(&mut self, raw: Arc<str>, sub: Subscribed) {
+        if let Some((_, old)) = self.0.iter_mut().find(|(r, _)| *r == raw) {
+            *old = sub;
+            return;
+        }
+        if self.0.len() < 4 {
+            // Exact room while small: most sessions hold one or two.
+            self.0.reserve_exact(1);
+        }
+        self.0.push((raw, sub));
+    }
+
+    pub fn remove(&mut self, raw: &str) -> Option<Subscribed> {
+        let i = self.0.iter().position(|(r, _)| &**r == raw)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    pub fn contains(&self, raw: &str) -> bool {
+        self.0.iter().any(|(r, _)| &**r == raw)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Subscribed> {
+        self.0.iter().map(|(_, s)| s)
+    }
+}
+
 #[derive(Debug)]
 pub struct Session {
     pub identity: Identity,
     pub link: Option<Link>,
-    /// Keyed by the raw SUBSCRIBE filter (with any `$share/{group}/` prefix).
-    pub subscriptions: HashMap<Arc<str>, Subscribed>,
+    pub subscriptions: Remembered,
     inflight: VecDeque<InFlight>,
     /// The bytes of the messages in flight and queued ([`super::Message::size`]).
     inflight_bytes: usize,
@@ -82,7 +120,7 @@ impl Session {
         Session {
             identity,
             link: None,
-            subscriptions: HashMap::new(),
+            subscriptions: Remembered::default(),
             inflight: VecDeque::new(),
             inflight_bytes: 0,
             queue: VecDeque::new(),

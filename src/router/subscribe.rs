@@ -143,7 +143,7 @@ fn admit_filter<'f>(
     }
     if limit > 0
         && session.subscriptions.len() >= limit
-        && !session.subscriptions.contains_key(f.path.as_str())
+        && !session.subscriptions.contains(f.path.as_str())
     {
         return Err(SubscribeReasonCode::QuotaExceeded);
     }

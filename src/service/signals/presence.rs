@@ -139,6 +139,8 @@ impl Signals {
                 .unwrap_or_else(|| self.clock.now_ms());
             json!({"user": user, "status": "offline", "last_seen": last_seen}).to_string()
         };
+        // Exact, as the topic (see `Message::server`): it is retained.
+        let payload = payload.into_bytes().into_boxed_slice();
         let mut message = Message::server(topics::presence_topic(user), payload);
         message.retain = true;
         message.qos = QoS::AtLeastOnce;
