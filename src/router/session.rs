@@ -414,4 +414,22 @@ mod tests {
         assert_eq!(s.queue.len(), 1);
         assert_eq!(s.queued_bytes, 100);
     }
+
+    #[test]
+    fn remembered_subscriptions_replace_and_remove_by_raw_filter() {
+        let sub = |filter: &str, group: Option<&str>| Subscribed {
+            group: group.map(Arc::from),
+            filter: filter.into(),
+        };
+        let mut r = Remembered::default();
+        r.insert("a/#".into(), sub("a/#", None));
+        r.insert("$share/g/b".into(), sub("b", Some("g")));
+        r.insert("a/#".into(), sub("a/#", None));
+        assert_eq!(r.len(), 2, "the same raw filter is replaced, not added");
+        assert!(r.contains("$share/g/b") && !r.contains("b"));
+        let shared = r.remove("$share/g/b").unwrap();
+        assert_eq!((shared.group.as_deref(), &*shared.filter), (Some("g"), "b"));
+        assert!(r.remove("$share/g/b").is_none());
+        assert_eq!(r.values().map(|s| &*s.filter).collect::<Vec<_>>(), ["a/#"]);
+    }
 }
