@@ -57,7 +57,7 @@ impl Roster for Postgres {
                  ON CONFLICT (client) DO UPDATE SET node = excluded.node, user_id = excluded.user_id",
                 &[&node, &client, &user],
             )?;
-            count(db, user, "")
+            count(db, user, "", "")
         })
     }
 
@@ -78,7 +78,7 @@ impl Roster for Postgres {
                 "DELETE FROM cluster_devices WHERE node = $1 AND client = $2",
                 &[&node, &client],
             )?;
-            count(db, user, "")
+            count(db, user, "", "")
         })
     }
 
@@ -95,7 +95,7 @@ impl Roster for Postgres {
     }
 
     fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError> {
-        self.with(|db| count(db, user, except))
+        self.with(|db| count(db, user, except, ""))
     }
 
     fn user_connections_elsewhere(
@@ -104,29 +104,22 @@ impl Roster for Postgres {
         user: &str,
         except: &str,
     ) -> Result<u64, StoreError> {
-        self.with(|db| {
-            let n: i64 = db
-                .one(
-                    "SELECT count(*) FROM cluster_devices
-                     WHERE user_id = $1 AND client <> $2 AND node <> $3",
-                    &[&user, &except, &node],
-                )?
-                .try_get(0)?;
-            Ok(n as u64)
-        })
+        self.with(|db| count(db, user, except, node))
     }
 }
 
-/// The user's connections on every node, but client `except`'s.
+/// The user's connections on every node but `not_on`, but client `except`'s ("" for none:
+/// node ids and client ids are never empty).
 fn count(
     db: &mut super::Db<'_, postgres::Client>,
     user: &str,
     except: &str,
+    not_on: &str,
 ) -> Result<u64, StoreError> {
     let n: i64 = db
         .one(
-            "SELECT count(*) FROM cluster_devices WHERE user_id = $1 AND client <> $2",
-            &[&user, &except],
+            "SELECT count(*) FROM cluster_devices WHERE user_id = $1 AND client <> $2 AND node <> $3",
+            &[&user, &except, &not_on],
         )?
         .try_get(0)?;
     Ok(n as u64)

@@ -59,7 +59,7 @@ impl Roster for Sqlite {
              ON CONFLICT (client) DO UPDATE SET node = excluded.node, user = excluded.user",
             params![node, client, user],
         )?;
-        count(&conn, user, "")
+        count(&conn, user, "", "")
     }
 
     fn restore_device(&self, node: &str, client: &str, user: &str) -> Result<(), StoreError> {
@@ -77,7 +77,7 @@ impl Roster for Sqlite {
             "DELETE FROM cluster_devices WHERE node = ?1 AND client = ?2",
             params![node, client],
         )?;
-        count(&conn, user, "")
+        count(&conn, user, "", "")
     }
 
     fn taken_elsewhere(&self, node: &str, clients: &[String]) -> Result<Vec<String>, StoreError> {
@@ -95,7 +95,7 @@ impl Roster for Sqlite {
     }
 
     fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError> {
-        count(&self.lock(), user, except)
+        count(&self.lock(), user, except, "")
     }
 
     fn user_connections_elsewhere(
@@ -104,20 +104,16 @@ impl Roster for Sqlite {
         user: &str,
         except: &str,
     ) -> Result<u64, StoreError> {
-        let n: i64 = self.lock().query_row(
-            "SELECT count(*) FROM cluster_devices WHERE user = ?1 AND client <> ?2 AND node <> ?3",
-            params![user, except, node],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
+        count(&self.lock(), user, except, node)
     }
 }
 
-/// The user's connections on every node, but client `except`'s.
-fn count(conn: &Connection, user: &str, except: &str) -> Result<u64, StoreError> {
+/// The user's connections on every node but `not_on`, but client `except`'s ("" for none:
+/// node ids and client ids are never empty).
+fn count(conn: &Connection, user: &str, except: &str, not_on: &str) -> Result<u64, StoreError> {
     let n: i64 = conn.query_row(
-        "SELECT count(*) FROM cluster_devices WHERE user = ?1 AND client <> ?2",
-        params![user, except],
+        "SELECT count(*) FROM cluster_devices WHERE user = ?1 AND client <> ?2 AND node <> ?3",
+        params![user, except, not_on],
         |r| r.get(0),
     )?;
     Ok(n as u64)
