@@ -566,7 +566,7 @@ async fn a_takeover_whose_message_was_lost_is_fenced_by_the_roster() {
     let mut phone = login_at(cluster.nodes[0].mqtt, "bob", "phone").await;
     // Another node takes bob.phone over in the store, and its message over NATS never comes.
     common::eventually(WAIT, "node 1 has recorded bob.phone", async || {
-        let n = cluster.nodes[0].with_store(|s| s.user_connections("bob", "").unwrap());
+        let n = cluster.nodes[0].with_store(|s| s.user_connections("bob", "", None).unwrap());
         (n == 1).then_some(())
     })
     .await;

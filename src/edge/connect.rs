@@ -162,7 +162,7 @@ async fn admit(
     let authenticated_at = Instant::now();
     let who = authenticate(shared, peer, login.as_ref()).await?;
     let (identity, assigned) = identify(shared, version, client_id, clean_start, who)?;
-    let elsewhere = connections_elsewhere(shared, &identity).await?;
+    let elsewhere = connections_elsewhere(shared, &identity).await;
     let will = match will {
         Some(w) => Some(Box::new(will_message(shared, &identity, w)?)),
         None => None,
@@ -207,32 +207,22 @@ async fn admit(
 /// router adds to this node's own when it checks `limits.max_connections_per_user`. This node's
 /// are counted by its router, exactly; the other nodes' as the roster has them, so two nodes
 /// admitting the user's last allowed connection at the same instant may both let it in.
-async fn connections_elsewhere(
-    shared: &Shared,
-    identity: &Identity,
-) -> Result<usize, ConnectReturnCode> {
-    let max = shared.limits.max_connections_per_user;
+async fn connections_elsewhere(shared: &Shared, identity: &Identity) -> usize {
     let (Some(roster), Some(user)) = (&shared.roster, &identity.user) else {
-        return Ok(0);
+        return 0;
     };
-    if max == 0 {
-        return Ok(0);
+    if shared.limits.max_connections_per_user == 0 {
+        return 0;
     }
     let (store, node) = (roster.store.clone(), roster.node.clone());
     let (u, c) = (user.clone(), identity.client_id.clone());
-    let counted =
-        tokio::task::spawn_blocking(move || store.user_connections_elsewhere(&node, &u, &c)).await;
-    match counted {
-        Ok(Ok(n)) if n >= max as u64 => {
-            tracing::info!(client = ?identity.client_id, connections = n, "connection refused: too many for this user in the cluster");
-            Err(ConnectReturnCode::QuotaExceeded)
-        }
-        Ok(Ok(n)) => Ok(n as usize),
+    match tokio::task::spawn_blocking(move || store.user_connections(&u, &c, Some(&node))).await {
+        Ok(Ok(n)) => n as usize,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot count the user's connections in the cluster");
-            Ok(0)
+            0
         }
-        Err(_) => Ok(0),
+        Err(_) => 0,
     }
 }
 

@@ -154,15 +154,14 @@ pub trait Roster {
     /// Which of `clients` (connected to `node`) another node holds now: a takeover this node
     /// missed, whose sessions here must end.
     fn taken_elsewhere(&self, node: &str, clients: &[String]) -> Result<Vec<String>, StoreError>;
-    /// The user's connections on every node, but client `except`'s (one that reconnects).
-    fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError>;
-    /// The user's connections on the nodes other than `node`, but client `except`'s: a node
-    /// counts its own connections itself, at once, rather than as the roster catches up.
-    fn user_connections_elsewhere(
+    /// The user's connections on every node, or on every node but `not_on` (a node counts its
+    /// own itself, at once, rather than as the roster catches up), but client `except`'s (one
+    /// that reconnects).
+    fn user_connections(
         &self,
-        node: &str,
         user: &str,
         except: &str,
+        not_on: Option<&str>,
     ) -> Result<u64, StoreError>;
 }
 

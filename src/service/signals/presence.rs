@@ -86,7 +86,7 @@ impl Signals {
             // In a cluster, a device may have connected to another node meanwhile.
             let u = user.clone();
             if self
-                .roster(move |s, _| s.user_connections(&u, ""))
+                .roster(move |s, _| s.user_connections(&u, "", None))
                 .await
                 .is_some_and(|n| n > 0)
             {
@@ -250,7 +250,9 @@ impl Signals {
         users.dedup();
         for user in users {
             let u = user.clone();
-            let left = self.roster(move |s, _| s.user_connections(&u, "")).await;
+            let left = self
+                .roster(move |s, _| s.user_connections(&u, "", None))
+                .await;
             let here = self
                 .presence
                 .get(user.as_str())

@@ -94,17 +94,13 @@ impl Roster for Postgres {
         })
     }
 
-    fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError> {
-        self.with(|db| count(db, user, except, ""))
-    }
-
-    fn user_connections_elsewhere(
+    fn user_connections(
         &self,
-        node: &str,
         user: &str,
         except: &str,
+        not_on: Option<&str>,
     ) -> Result<u64, StoreError> {
-        self.with(|db| count(db, user, except, node))
+        self.with(|db| count(db, user, except, not_on.unwrap_or("")))
     }
 }
 

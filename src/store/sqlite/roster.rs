@@ -94,17 +94,13 @@ impl Roster for Sqlite {
         Ok(taken)
     }
 
-    fn user_connections(&self, user: &str, except: &str) -> Result<u64, StoreError> {
-        count(&self.lock(), user, except, "")
-    }
-
-    fn user_connections_elsewhere(
+    fn user_connections(
         &self,
-        node: &str,
         user: &str,
         except: &str,
+        not_on: Option<&str>,
     ) -> Result<u64, StoreError> {
-        count(&self.lock(), user, except, node)
+        count(&self.lock(), user, except, not_on.unwrap_or(""))
     }
 }
 

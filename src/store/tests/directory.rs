@@ -851,19 +851,19 @@ fn the_roster_counts_a_users_devices_across_nodes_until_a_node_expires() {
         );
         assert_eq!(s.device_connected("n2", "bob.phone", "bob").unwrap(), 1);
         assert_eq!(
-            s.user_connections("alice", "alice.phone").unwrap(),
+            s.user_connections("alice", "alice.phone", None).unwrap(),
             1,
             "{}",
             b.name
         );
         assert_eq!(
-            s.user_connections_elsewhere("n2", "alice", "").unwrap(),
+            s.user_connections("alice", "", Some("n2")).unwrap(),
             1,
             "{}: n2 counts its own",
             b.name
         );
         assert_eq!(
-            s.user_connections_elsewhere("n1", "alice", "alice.laptop")
+            s.user_connections("alice", "alice.laptop", Some("n1"))
                 .unwrap(),
             0
         );
@@ -871,7 +871,7 @@ fn the_roster_counts_a_users_devices_across_nodes_until_a_node_expires() {
             s.device_disconnected("n1", "alice.phone", "alice").unwrap(),
             1
         );
-        assert_eq!(s.user_connections("alice", "").unwrap(), 1);
+        assert_eq!(s.user_connections("alice", "", None).unwrap(), 1);
         // Nothing is older than an hour: no node expires.
         assert!(s.expire_nodes(3600).unwrap().is_empty(), "{}", b.name);
         std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -882,7 +882,7 @@ fn the_roster_counts_a_users_devices_across_nodes_until_a_node_expires() {
             "{}: n2 went quiet",
             b.name
         );
-        assert_eq!(s.user_connections("alice", "").unwrap(), 0);
+        assert_eq!(s.user_connections("alice", "", None).unwrap(), 0);
         assert!(
             !s.node_alive("n2").unwrap(),
             "{}: n2 learns it was expired",
@@ -890,7 +890,7 @@ fn the_roster_counts_a_users_devices_across_nodes_until_a_node_expires() {
         );
         s.device_connected("n1", "bob.tablet", "bob").unwrap();
         assert_eq!(s.reset_node("n1").unwrap(), ["bob"], "{}", b.name);
-        assert_eq!(s.user_connections("bob", "").unwrap(), 0);
+        assert_eq!(s.user_connections("bob", "", None).unwrap(), 0);
     }
 }
 
